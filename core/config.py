@@ -1,0 +1,452 @@
+"""One validated configuration for every Cadence process.
+
+`config.json` at the repository root is parsed once by each entry point into
+`CadenceConfig` and passed down; no other module reads the file. Every field
+has a description (shown by `python3 core/config.py --schema`), unknown keys
+are an error, and every problem is reported at once with its key path.
+
+Run as:
+    python3 core/config.py [--config config.json] [key=value ...]   # print the effective config
+    python3 core/config.py --schema                                 # field reference
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = REPO_ROOT / "config.json"
+
+CRITICAL = {"critical": True}
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; `problems` lists every one."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PathsConfig(Section):
+    base_dir: str = Field(".", description="Root of all data folders (inbox/, queue/, models/, status/, ...). Relative paths are relative to the config file.")
+
+
+class ModelConfig(Section):
+    base_model: str = Field("models/base", description="Local HF model folder training starts from when no checkpoint exists (relative to base_dir). Changing it after checkpoints exist needs a new run.", json_schema_extra=CRITICAL)
+    model_name: str = Field("cadence-tiny", description="Name of the model line being trained; served as the OpenAI model id.", json_schema_extra=CRITICAL)
+    max_length: int = Field(4096, ge=16, le=1_048_576, description="Maximum tokens of one example, in training and validation alike.", json_schema_extra=CRITICAL)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weight dtype for training: auto = bf16 on a CUDA GPU that supports it, fp32 otherwise.")
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field("auto", description="Attention kernel; auto = Cadence's padding-free varlen SDPA for packed training, sdpa for generation.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory (slower).")
+    trust_remote_code: bool = Field(False, description="Allow model code from the model folder. Off by default: it executes arbitrary Python.")
+
+
+class LoraConfig(Section):
+    rank: int = Field(16, ge=1, description="LoRA rank r.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling alpha.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA branch.")
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], description="Module names that get adapters (attention + MLP projections).")
+
+
+class TrainingConfig(Section):
+    mode: Literal["full", "lora"] = Field("full", description="full fine-tuning, or LoRA adapters (peft).")
+    learning_rate: float = Field(2e-5, gt=0, le=1.0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not applied to norms and biases).")
+    adam_beta1: float = Field(0.9, gt=0, lt=1, description="AdamW beta1.")
+    adam_beta2: float = Field(0.95, gt=0, lt=1, description="AdamW beta2.")
+    adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0 disables clipping.")
+    lr_schedule: Literal["constant", "wsd"] = Field("constant", description="constant: warmup then constant for the endless stream of files. wsd: warmup, stable, and a linear cool-down over the last wsd_decay_fraction of every file (the file-end checkpoint is the cooled one).")
+    warmup_steps: int = Field(100, ge=0, description="Linear warmup over the first global steps of the run (never repeated per file).")
+    wsd_decay_fraction: float = Field(0.1, ge=0, le=1, description="wsd: share of each file's steps spent cooling down.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="wsd: LR at the end of the cool-down as a share of the peak.")
+    micro_batch_tokens: int = Field(16384, ge=16, description="Tokens in one padding-free packed micro-batch (must be >= model.max_length).")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    epochs: int = Field(1, ge=1, le=1000, description="Passes over each file (a job sidecar may override).")
+    seed: int = Field(42, description="Seed for shuffling, splits and init of anything random.")
+    log_steps: int = Field(1, ge=1, description="Write training_status.json and a metrics.jsonl line every N steps.")
+    eval_steps: int = Field(50, ge=0, description="Evaluate on the held-out split and fixed validation set every N steps (0 = only at file end).")
+    save_steps: int = Field(1000, ge=1, description="Checkpoint every N global steps, and always at the end of a file.")
+    save_total_limit: int = Field(5, ge=1, description="Checkpoints kept by the trainer's own rolling retention (the newest complete one is never deleted).")
+    eval_split_fraction: float = Field(0.05, ge=0, lt=1, description="Share of each file held out for evaluation (capped by eval_split_max).")
+    eval_split_max: int = Field(500, ge=0, description="Most held-out rows per file.")
+    eval_batch_tokens: int = Field(16384, ge=16, description="Tokens per evaluation micro-batch.")
+    fixed_validation_file: str | None = Field(None, description="JSONL (chat_sft_v1 or completion_v1) evaluated at every eval; relative to base_dir.")
+    fixed_validation_samples: int = Field(100, ge=1, description="Rows of the fixed validation file used per eval (seeded sample).")
+    truncation: Literal["truncate", "drop", "error"] = Field("truncate", description="Examples over max_length: truncate on the right, drop the example, or fail the file.")
+    profile: Literal["none", "emoji_think", "regime3"] = Field("none", description="Data profile applied to every example before tokenisation.")
+    cpu_bf16_autocast: bool = Field(False, description="On CPU, run forward/backward under bf16 autocast (weights stay fp32).")
+    max_steps_per_file: int | None = Field(None, ge=1, description="Cap on optimizer steps per file (for smoke runs).")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings, used when mode = lora.")
+
+
+class DaemonConfig(Section):
+    poll_interval: float = Field(30.0, gt=0, description="Seconds between inbox scans when inotify is unavailable (and as a safety net).")
+    settle_seconds: float = Field(2.0, ge=0, description="A file whose size and mtime did not change for this long is complete.")
+    default_schema: str = Field("chat_sft_v1", description="Dataset spec for files without a job sidecar.")
+    default_priority: Literal["high", "normal", "low"] = Field("normal", description="Queue priority for files without a job sidecar.")
+    shutdown_timeout: float = Field(120.0, gt=0, description="SIGTERM: seconds to finish the step and checkpoint before the child is killed.")
+    release_model_on_pause: bool = Field(False, description="Pause frees the model from memory (the child exits after its checkpoint) instead of keeping it loaded.")
+    heartbeat_interval: float = Field(1.0, gt=0, description="Seconds between heartbeats while the child is busy outside a step (load, eval).")
+    loop_interval: float = Field(1.0, gt=0, description="Supervisor loop tick in seconds.")
+
+
+class ValidationConfig(Section):
+    max_line_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="QUICK: longest accepted line in bytes.")
+    max_file_bytes: int = Field(2 * 1024 ** 3, ge=1024, description="QUICK: largest accepted file in bytes.")
+    max_json_depth: int = Field(32, ge=2, description="QUICK: deepest accepted JSON nesting.")
+    deep_on_arrival: bool = Field(False, description="Run DEEP checks on every arriving file, not only on request.")
+    policies: dict[str, Literal["error", "warning", "off"]] = Field(default_factory=dict, description="Per-check policy overrides, e.g. {\"near_duplicate\": \"error\"}.")
+    max_truncated_share: float = Field(0.05, ge=0, le=1, description="STANDARD: reject when more than this share of examples exceed max_length.")
+    report_lines_per_rule: int = Field(20, ge=1, description="Reports list the first N lines per rule and count the rest.")
+
+
+class QueueConfig(Section):
+    max_attempts: int = Field(3, ge=1, description="Failed attempts before a file goes to failed/.")
+    retry_backoff_seconds: float = Field(60.0, ge=0, description="Wait before retrying a failed file (doubles each attempt).")
+    completed_retention_days: float = Field(14.0, ge=0, description="Completed files older than this may be removed by the disk manager.")
+
+
+class SafetyConfig(Section):
+    watchdog_interval: float = Field(2.0, gt=0, description="Seconds between watchdog checks of the daemon pid.")
+    max_restarts: int = Field(3, ge=1, description="Restarts allowed per restart_window before the watchdog stays down and says why.")
+    restart_window: float = Field(300.0, gt=0, description="Crash-loop window in seconds.")
+    stuck_timeout: float = Field(900.0, gt=0, description="No heartbeat progress for this long in a training step: the child is stuck.")
+    stuck_timeout_eval: float = Field(1800.0, gt=0, description="Stuck limit during evaluation.")
+    stuck_timeout_checkpoint: float = Field(1800.0, gt=0, description="Stuck limit while writing a checkpoint.")
+    min_free_disk_gb: float = Field(10.0, ge=0, description="Refuse to start a file or write a checkpoint below this much free disk.")
+    warn_free_disk_gb: float = Field(50.0, ge=0, description="Warn (and let the disk manager free space) below this.")
+
+
+class RetentionConfig(Section):
+    keep_latest: int = Field(5, ge=1, description="Newest checkpoints always kept.")
+    keep_best: int = Field(2, ge=0, description="Best-ranked checkpoints always kept.")
+    keep_optimizer_latest: int = Field(2, ge=1, description="Checkpoints that keep their optimizer state (the newest ones).")
+    keep_versions: int = Field(10, ge=1, description="Consolidated versions kept under models/versions/.")
+    min_age_hours: float = Field(36.0, ge=0, description="Checkpoints younger than this are never removed by the disk manager.")
+    max_total_gb: float | None = Field(None, gt=0, description="Cap on the total size of models/current_model.")
+
+
+class ComparisonConfig(Section):
+    enabled: bool = Field(True, description="Score every new checkpoint.")
+    interval: float = Field(60.0, gt=0, description="Seconds between looks for unscored checkpoints.")
+    validation_samples: int = Field(100, ge=1, description="Rows of the fixed validation set scored per checkpoint.")
+    primary_metric: str = Field("val_loss", description="Metric the champion rule ranks by (val_loss, or accuracy:<skill>).")
+    margin: float = Field(0.01, ge=0, description="Relative improvement over the deployed version needed to become champion.")
+    anchor_file: str | None = Field(None, description="Fixed anchor set (JSONL) for the forgetting guard; relative to base_dir.")
+    guard_tolerance: float = Field(0.05, ge=0, description="Largest allowed relative regression of anchor loss.")
+    max_new_tokens: int = Field(64, ge=1, description="Generation budget for accuracy evals.")
+    nice: int = Field(10, ge=0, le=19, description="OS niceness of the scoring process so training is not starved.")
+
+
+class DeployTarget(Section):
+    name: str = Field(..., description="Target label.")
+    destination: str = Field(..., description="/local/path, host:/path (ssh) or rsync://host/module/path.")
+    server_url: str = Field("http://127.0.0.1:8765", description="Inference server that loads what lands there.")
+
+
+class DeployConfig(Section):
+    enabled: bool = Field(True, description="Deploy champions automatically.")
+    targets: list[DeployTarget] = Field(default_factory=lambda: [DeployTarget(name="local", destination="models/deployed")], description="Where champions go; the first is primary.")
+    rsync_timeout: float = Field(300.0, gt=0, description="Seconds before an rsync is killed.")
+    health_window_seconds: float = Field(10.0, ge=0, description="Watch error rate and latency this long before promoting.")
+    max_error_rate: float = Field(0.05, ge=0, le=1, description="Error share in the health window that triggers rollback.")
+    keep_remote_versions: int = Field(3, ge=2, description="Versions kept on each target (never the active or previous one).")
+
+
+class InferenceConfig(Section):
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8765, ge=1, le=65535, description="Port of the OpenAI-compatible server.")
+    model_path: str | None = Field(None, description="Model served at start (relative to base_dir); default: the newest deployed version, else model.base_model.")
+    max_batch_size: int = Field(32, ge=1, description="Requests decoded together in one forward pass.")
+    max_queue: int = Field(256, ge=1, description="Waiting requests beyond which the server answers 429.")
+    max_tokens_cap: int = Field(2048, ge=1, description="Largest max_tokens a request may ask for.")
+    default_max_tokens: int = Field(256, ge=1, description="max_tokens when the request gives none.")
+    default_temperature: float = Field(0.7, ge=0, description="Sampling temperature when the request gives none.")
+    default_top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling when the request gives none.")
+    api_keys: list[str] = Field(default_factory=list, description="Bearer keys for /v1/*; empty = open (loopback only by default).")
+    drain_timeout: float = Field(30.0, ge=0, description="SIGTERM: seconds to let in-flight requests finish.")
+    think_penalty: bool = Field(False, description="Apply the think-tag logit penalty by default.")
+    post_stop_penalty: bool = Field(False, description="Apply the post-stop-emoji penalty by default.")
+
+
+class MonitorConfig(Section):
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8080, ge=1, le=65535, description="Port of the monitor API and web UI.")
+    upload_max_bytes: int = Field(256 * 1024 * 1024, ge=1, description="Largest JSONL accepted by the upload endpoint.")
+    stale_after_seconds: float = Field(30.0, gt=0, description="A status file older than this with a dead pid is shown as not running.")
+
+
+class SkillConfig(Section):
+    name: str = Field(..., description="Skill id.")
+    url: str = Field(..., description="Base URL of the skill server.")
+    builtin: bool = Field(True, description="Started by start_all.sh from data_manager/skills.")
+
+
+class DataManagerConfig(Section):
+    enabled: bool = Field(True, description="Generate curriculum data when the queue runs low.")
+    min_queue_depth: int = Field(2, ge=0, description="Generate when fewer files than this are queued.")
+    cooldown_seconds: float = Field(180.0, ge=0, description="Least time between two generated batches.")
+    batch_size: int = Field(400, ge=1, description="Examples per generated file.")
+    eval_count: int = Field(50, ge=1, description="Held-out eval examples per skill and level.")
+    threshold: float = Field(0.8, ge=0, le=1, description="Mean accuracy that masters a level.")
+    window: int = Field(3, ge=1, description="Evals at the current level averaged for the threshold.")
+    skills: list[SkillConfig] = Field(default_factory=lambda: [
+        SkillConfig(name="binary", url="http://127.0.0.1:8090"),
+        SkillConfig(name="syllo", url="http://127.0.0.1:8091"),
+    ], description="Skills in rotation.")
+
+
+class AuthConfig(Section):
+    admin_token_file: str = Field("control/admin.token", description="File holding the token mutating endpoints require (created 0600 on first start); relative to base_dir. CADENCE_ADMIN_TOKEN overrides.")
+
+
+class CadenceConfig(Section):
+    paths: PathsConfig = Field(default_factory=PathsConfig, description="Where data lives.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The model being trained.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Training engine.")
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig, description="Training daemon.")
+    validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Spec and data validators.")
+    queue: QueueConfig = Field(default_factory=QueueConfig, description="Priority queue on disk.")
+    safety: SafetyConfig = Field(default_factory=SafetyConfig, description="Watchdog, anti-stuck, disk guards.")
+    retention: RetentionConfig = Field(default_factory=RetentionConfig, description="What is kept on disk.")
+    comparison: ComparisonConfig = Field(default_factory=ComparisonConfig, description="Checkpoint scoring and champion rule.")
+    deploy: DeployConfig = Field(default_factory=DeployConfig, description="Deployment orchestrator.")
+    inference: InferenceConfig = Field(default_factory=InferenceConfig, description="Inference server (box B).")
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig, description="Monitor API and web UI.")
+    data_manager: DataManagerConfig = Field(default_factory=DataManagerConfig, description="Curriculum data generation.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="Tokens for mutating endpoints.")
+
+    _config_dir: Path = REPO_ROOT
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "CadenceConfig":
+        if self.training.micro_batch_tokens < self.model.max_length:
+            raise ValueError(
+                f"training.micro_batch_tokens ({self.training.micro_batch_tokens}) must be >= model.max_length ({self.model.max_length})")
+        return self
+
+    @property
+    def layout(self) -> "Layout":
+        return Layout.from_base(resolve_under(self._config_dir, self.paths.base_dir))
+
+    def resolve(self, path: str | os.PathLike) -> Path:
+        """A config path made absolute: relative paths live under base_dir."""
+        return resolve_under(self.layout.base_dir, path)
+
+    def critical_values(self) -> dict[str, Any]:
+        return {key: value for key, value in _walk(self) if key in CRITICAL_KEYS}
+
+    def critical_hash(self) -> str:
+        blob = json.dumps(self.critical_values(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
+
+
+def resolve_under(root: Path, path: str | os.PathLike) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (Path(root) / p).resolve()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every folder and state file of DESIGN.md, derived from base_dir."""
+
+    base_dir: Path
+
+    @classmethod
+    def from_base(cls, base_dir: Path) -> "Layout":
+        return cls(Path(base_dir).resolve())
+
+    inbox = property(lambda s: s.base_dir / "inbox")
+    queue = property(lambda s: s.base_dir / "queue")
+    models = property(lambda s: s.base_dir / "models")
+    current_model = property(lambda s: s.base_dir / "models" / "current_model")
+    versions = property(lambda s: s.base_dir / "models" / "versions")
+    status = property(lambda s: s.base_dir / "status")
+    control = property(lambda s: s.base_dir / "control")
+    logs = property(lambda s: s.base_dir / "logs")
+    pids = property(lambda s: s.base_dir / ".pids")
+    emergency_stop = property(lambda s: s.base_dir / ".stop")
+    training_status = property(lambda s: s.base_dir / "status" / "training_status.json")
+    metrics = property(lambda s: s.base_dir / "status" / "metrics.jsonl")
+    events = property(lambda s: s.base_dir / "status" / "events.jsonl")
+    comparisons = property(lambda s: s.base_dir / "status" / "comparisons.json")
+    deployments = property(lambda s: s.base_dir / "status" / "deployments.jsonl")
+
+    def queue_dir(self, state: str) -> Path:
+        return self.queue / state
+
+    def pid_file(self, name: str) -> Path:
+        return self.pids / f"{name}.pid"
+
+    def ensure(self) -> "Layout":
+        for d in (self.inbox, self.models, self.status, self.control, self.logs, self.pids):
+            d.mkdir(parents=True, exist_ok=True)
+        for state in ("high", "normal", "low", "processing", "recently_completed", "failed", "rejected"):
+            self.queue_dir(state).mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def _walk(model: BaseModel, prefix: str = ""):
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        key = f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            yield from _walk(value, key + ".")
+        else:
+            yield key, value
+
+
+def _critical_keys(cls: type[BaseModel], prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for name, field in cls.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys |= _critical_keys(ann, f"{prefix}{name}.")
+        elif (field.json_schema_extra or {}).get("critical"):
+            keys.add(f"{prefix}{name}")
+    return keys
+
+
+CRITICAL_KEYS = frozenset(_critical_keys(CadenceConfig))
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`training.learning_rate=1e-4` -> (["training", "learning_rate"], 1e-4); values parse as JSON, else stay strings."""
+    if "=" not in item:
+        raise ConfigError("override", [f"{item!r}: expected key=value"])
+    key, raw = item.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    problems = []
+    for item in overrides:
+        try:
+            keys, value = parse_override(item)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                problems.append(f"{item}: {k} is not a section")
+                break
+        else:
+            node[keys[-1]] = value
+    if problems:
+        raise ConfigError("overrides", problems)
+    return data
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not part of the config schema)"
+        out.append(f"{loc}: {msg}")
+    return out
+
+
+def from_dict(data: dict, config_dir: Path | None = None, source: str = "config") -> CadenceConfig:
+    try:
+        cfg = CadenceConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, _format_errors(exc)) from None
+    cfg._config_dir = Path(config_dir or REPO_ROOT).resolve()
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> CadenceConfig:
+    """Read, override and validate config.json. Missing file = all defaults."""
+    path = Path(path or os.environ.get("CADENCE_CONFIG") or DEFAULT_CONFIG_PATH).resolve()
+    data: dict = {}
+    if path.exists():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(str(path), [f"not valid JSON: {exc}"]) from None
+        if not isinstance(data, dict):
+            raise ConfigError(str(path), ["(root): must be a JSON object"])
+    data = apply_overrides(data, overrides or [])
+    return from_dict(data, path.parent, str(path))
+
+
+def add_config_args(parser) -> None:
+    """The two arguments every entry point takes: --config and trailing key=value overrides."""
+    parser.add_argument("--config", default=None, help="config.json path (default: $CADENCE_CONFIG or the repo's config.json)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set training.learning_rate=1e-4 (repeatable)")
+
+
+def config_from_args(args) -> CadenceConfig:
+    return load_config(args.config, list(getattr(args, "overrides", []) or []))
+
+
+def schema_reference() -> str:
+    lines = []
+
+    def walk(cls: type[BaseModel], prefix: str):
+        for name, field in cls.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                lines.append(f"[{prefix}{name}] {field.description or ''}")
+                walk(ann, f"{prefix}{name}.")
+            else:
+                crit = " (CRITICAL)" if (field.json_schema_extra or {}).get("critical") else ""
+                default = field.default if field.default_factory is None else field.default_factory()
+                if isinstance(default, BaseModel):
+                    default = default.model_dump()
+                elif isinstance(default, list):
+                    default = [d.model_dump() if isinstance(d, BaseModel) else d for d in default]
+                lines.append(f"  {prefix}{name} = {json.dumps(default)}{crit}: {field.description}")
+
+    walk(CadenceConfig, "")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Validate config.json and print the effective configuration.")
+    add_config_args(parser)
+    parser.add_argument("--schema", action="store_true", help="print every field with its default and description")
+    parser.add_argument("extra", nargs="*", metavar="KEY=VALUE", help="overrides, same as --set")
+    args = parser.parse_args(argv)
+    if args.schema:
+        print(schema_reference())
+        return 0
+    try:
+        cfg = load_config(args.config, args.overrides + args.extra)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(cfg.to_json(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

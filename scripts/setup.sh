@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up Cadence on a fresh machine (idempotent): venv in .venv, install, build
+# the default tiny model into models/base/ if absent.
+#
+# Run as:  scripts/setup.sh [--test]     (--test also installs the test extras)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras=""
+if [[ "${1:-}" == "--test" ]]; then extras="[test]"; fi
+if [[ "${1:-}" == "--bench" ]]; then extras="[test,bench]"; fi
+
+PY=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  "$PY" -m venv .venv
+fi
+# torch is pinned in pyproject; installing it first keeps pip from resolving a CUDA build.
+.venv/bin/pip install -q --disable-pip-version-check "torch==2.13.0"
+.venv/bin/pip install -q --disable-pip-version-check -e ".${extras}"
+mkdir -p inbox queue models status logs control .pids
+.venv/bin/python scripts/make_tiny_model.py --out models/base --if-absent
+echo "setup done: .venv ready, models/base present"
