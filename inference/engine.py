@@ -1,0 +1,342 @@
+"""One loaded model version and its running batch: prefill, batched decode, sampling, detokenisation.
+
+A `ModelEngine` holds a model, its tokenizer and the KV cache of every
+sequence currently decoding on it. Sequences of different lengths share one
+left-padded `DynamicCache`; the engine builds the 4-D attention mask and the
+per-row position ids itself, so a new sequence can join the batch (its
+prefill is merged in) and a finished one can leave (its row is dropped)
+between any two decode steps: continuous batching without paged attention,
+which suits CPU and small models. Only the scheduler thread calls `prefill`,
+`decode_step` and `drop`; `generate_sync` is the smoke test, run before a
+version is allowed to serve.
+
+Library only; see inference/scheduler.py for the loop that drives it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from transformers import DynamicCache
+
+from inference.logits import build_processors
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 0.7
+    top_p: float = 0.9
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    think_penalty: bool = False
+    post_stop_penalty: bool = False
+    ignore_eos: bool = False
+
+
+@dataclass
+class Event:
+    """What the scheduler tells a waiting request: a text delta, or the end (finish_reason set), or an error."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Sequence:
+    """One request's generation state. `sink` is called from the scheduler thread with each Event."""
+
+    def __init__(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+                 engine: "ModelEngine", sink: Callable[[Event], None]):
+        self.request_id = request_id
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.engine = engine
+        self.sink = sink
+        self.output_ids: list[int] = []
+        self.sent = ""            # text already emitted
+        self.aborted = False      # set by the event loop when the client goes away
+        self.finished = False
+        self.finish_reason: str | None = None
+        self.arrival = time.monotonic()
+        self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
+        self.itl: list[float] = []
+        self.generator = None
+        if params.seed is not None:
+            self.generator = torch.Generator().manual_seed(int(params.seed))
+        self.processors = build_processors(engine.tokenizer, len(prompt_ids), params.think_penalty,
+                                           params.post_stop_penalty, engine.eos_token_ids)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class NonFiniteLogits(RuntimeError):
+    """The model produced NaN/Inf logits."""
+
+
+class ModelEngine:
+    """A model version on a device plus its continuous batch."""
+
+    def __init__(self, model, tokenizer, version: str, source_path: str, global_step: int | None,
+                 max_context: int, content_id: str | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.version = version
+        self.source_path = source_path
+        self.global_step = global_step
+        self.max_context = max_context
+        self.content_id = content_id
+        self.device = next(model.parameters()).device
+        self.loaded_at = time.time()
+        self.retired = False
+        self.pending = 0          # sequences bound to this engine and not finished (waiting or running)
+        self.eos_token_ids = self._eos_ids()
+        layer_types = getattr(model.config, "layer_types", None) or ["full_attention"]
+        self._mask_keys = sorted(set(layer_types))
+        # Batch state (scheduler thread only).
+        self.rows: list[Sequence] = []
+        self.cache: DynamicCache | None = None
+        self.valid: torch.Tensor | None = None      # [B, L] bool: real (non-pad) key positions
+        self.next_pos: torch.Tensor | None = None   # [B] position id of the next token
+        self.last_tokens: torch.Tensor | None = None  # [B] token fed at the next decode step
+
+    def _eos_ids(self) -> list[int]:
+        ids = set()
+        gen = getattr(self.model, "generation_config", None)
+        for src in (getattr(gen, "eos_token_id", None), getattr(self.model.config, "eos_token_id", None),
+                    self.tokenizer.eos_token_id):
+            if isinstance(src, int):
+                ids.add(src)
+            elif isinstance(src, (list, tuple)):
+                ids.update(int(i) for i in src)
+        return sorted(ids)
+
+    # ---- prompts -------------------------------------------------------------------------------
+    def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
+        enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = enc["input_ids"] if not isinstance(enc, list) else enc
+        if ids and isinstance(ids[0], list):
+            ids = ids[0]
+        return [int(i) for i in ids]
+
+    def text_prompt_ids(self, prompt: str) -> list[int]:
+        return [int(i) for i in self.tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+
+    @property
+    def vocab_limit(self) -> int:
+        return int(self.model.config.vocab_size)
+
+    # ---- the forward passes ----------------------------------------------------------------------
+    def _forward(self, input_ids, mask4d, position_ids, cache):
+        out = self.model(input_ids=input_ids, attention_mask={k: mask4d for k in self._mask_keys},
+                         position_ids=position_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :].float(), out.past_key_values
+
+    @torch.inference_mode()
+    def prefill(self, seqs: list[Sequence]) -> None:
+        """Run the prompts of `seqs` together (left-padded), sample their first token, merge them into the batch."""
+        b = len(seqs)
+        length = max(len(s.prompt_ids) for s in seqs)
+        input_ids = torch.zeros((b, length), dtype=torch.long)
+        valid = torch.zeros((b, length), dtype=torch.bool)
+        for i, s in enumerate(seqs):
+            n = len(s.prompt_ids)
+            input_ids[i, length - n:] = torch.tensor(s.prompt_ids, dtype=torch.long)
+            valid[i, length - n:] = True
+        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+        causal = torch.ones((length, length), dtype=torch.bool).tril()
+        # Pad queries attend to themselves only: an all-masked row would give NaN that leaks through the cache.
+        mask = (causal[None] & valid[:, None, :]) | torch.eye(length, dtype=torch.bool)[None]
+        cache = DynamicCache()
+        logits, cache = self._forward(input_ids.to(self.device), mask[:, None].to(self.device),
+                                      positions.to(self.device), cache)
+        tokens = self._sample(logits, seqs)
+        self._merge(seqs, cache, valid, positions[:, -1] + 1, tokens)
+        now = time.monotonic()
+        for s, tok in zip(seqs, tokens.tolist()):
+            s.first_token_at = s.last_token_at = now
+            self._append(s, tok)
+
+    @torch.inference_mode()
+    def decode_step(self) -> None:
+        """One token for every running sequence in a single forward pass."""
+        if not self.rows:
+            return
+        b = len(self.rows)
+        self.valid = torch.cat([self.valid, torch.ones((b, 1), dtype=torch.bool)], dim=1)
+        mask = self.valid[:, None, None, :].to(self.device)
+        logits, self.cache = self._forward(self.last_tokens[:, None].to(self.device), mask,
+                                           self.next_pos[:, None].to(self.device), self.cache)
+        tokens = self._sample(logits, self.rows)
+        self.next_pos = self.next_pos + 1
+        self.last_tokens = tokens
+        now = time.monotonic()
+        for s, tok in zip(self.rows, tokens.tolist()):
+            if s.last_token_at is not None:
+                s.itl.append(now - s.last_token_at)
+            s.last_token_at = now
+            self._append(s, tok)
+
+    def _merge(self, seqs, cache, valid, next_pos, tokens) -> None:
+        new_layers = [(layer.keys, layer.values) for layer in cache.layers]
+        if not self.rows:
+            self.rows, self.cache, self.valid = list(seqs), cache, valid
+            self.next_pos, self.last_tokens = next_pos, tokens
+            return
+        la, lb = self.valid.shape[1], valid.shape[1]
+        length = max(la, lb)
+
+        def pad(t, n, dim):  # left-pad dim by n
+            if n == 0:
+                return t
+            shape = list(t.shape)
+            shape[dim] = n
+            return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
+
+        merged = []
+        for old, new in zip(self.cache.layers, new_layers):
+            k = torch.cat([pad(old.keys, length - la, 2), pad(new[0], length - lb, 2)], dim=0)
+            v = torch.cat([pad(old.values, length - la, 2), pad(new[1], length - lb, 2)], dim=0)
+            merged.append((k, v))
+        self.cache = DynamicCache(ddp_cache_data=merged)
+        self.valid = torch.cat([pad(self.valid, length - la, 1), pad(valid, length - lb, 1)], dim=0)
+        self.next_pos = torch.cat([self.next_pos, next_pos])
+        self.last_tokens = torch.cat([self.last_tokens, tokens])
+        self.rows.extend(seqs)
+
+    def drop_finished(self) -> list[Sequence]:
+        """Remove finished or aborted rows from the batch; trim left padding no row needs any more."""
+        gone = [s for s in self.rows if s.finished or s.aborted]
+        if not gone:
+            return []
+        keep = [i for i, s in enumerate(self.rows) if not (s.finished or s.aborted)]
+        if not keep:
+            self.rows, self.cache, self.valid, self.next_pos, self.last_tokens = [], None, None, None, None
+            return gone
+        idx = torch.tensor(keep, dtype=torch.long)
+        valid = self.valid[idx]
+        first = int(valid.any(dim=0).long().argmax())  # first column any row still uses
+        layers = []
+        for layer in self.cache.layers:
+            layers.append((layer.keys[idx.to(layer.keys.device), :, first:], layer.values[idx.to(layer.keys.device), :, first:]))
+        self.cache = DynamicCache(ddp_cache_data=layers)
+        self.valid = valid[:, first:]
+        self.next_pos = self.next_pos[idx]
+        self.last_tokens = self.last_tokens[idx]
+        self.rows = [self.rows[i] for i in keep]
+        return gone
+
+    def reset_batch(self) -> list[Sequence]:
+        rows = self.rows
+        self.rows, self.cache, self.valid, self.next_pos, self.last_tokens = [], None, None, None, None
+        return rows
+
+    # ---- sampling ---------------------------------------------------------------------------------
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        if not torch.isfinite(logits).all():
+            raise NonFiniteLogits(f"{self.version}: model produced NaN/Inf logits")
+        logits = logits.cpu()
+        for i, s in enumerate(seqs):
+            if s.processors:
+                ids = torch.tensor([s.prompt_ids + s.output_ids], dtype=torch.long)
+                row = logits[i:i + 1]
+                for proc in s.processors:
+                    row = proc(ids, row)
+                logits[i] = row[0]
+        temps = torch.tensor([s.params.temperature for s in seqs], dtype=torch.float32)
+        greedy = temps <= 1e-5
+        out = logits.argmax(dim=-1)
+        if bool(greedy.all()):
+            return out
+        sample_idx = (~greedy).nonzero().flatten()
+        scaled = logits[sample_idx] / temps[sample_idx, None]
+        top_p = torch.tensor([seqs[i].params.top_p for i in sample_idx.tolist()], dtype=torch.float32)
+        if bool((top_p < 1.0).any()):
+            sorted_logits, order = scaled.sort(dim=-1, descending=True)
+            cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+            remove = (cum - sorted_logits.softmax(dim=-1)) >= top_p[:, None]  # keep the token crossing top_p
+            sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+            scaled = torch.full_like(scaled, float("-inf")).scatter(-1, order, sorted_logits)
+        probs = scaled.softmax(dim=-1)
+        seeded = [j for j, i in enumerate(sample_idx.tolist()) if seqs[i].generator is not None]
+        if not seeded:
+            picks = torch.multinomial(probs, 1).flatten()
+        else:
+            picks = torch.empty(len(sample_idx), dtype=torch.long)
+            for j, i in enumerate(sample_idx.tolist()):
+                picks[j] = torch.multinomial(probs[j], 1, generator=seqs[i].generator)[0]
+        out[sample_idx] = picks
+        return out
+
+    # ---- per-token bookkeeping ---------------------------------------------------------------------
+    def _append(self, s: Sequence, token: int) -> None:
+        """Record one token; emit the text that is safe to show; decide whether `s` is done."""
+        if s.finished or s.aborted:
+            return
+        p = s.params
+        if token in self.eos_token_ids and not p.ignore_eos:
+            self._finish(s, "stop", self._decode(s))
+            return
+        s.output_ids.append(token)
+        text = self._decode(s)
+        if p.stop:
+            cut = min((pos for pos in (text.find(x) for x in p.stop) if pos >= 0), default=-1)
+            if cut >= 0:
+                self._finish(s, "stop", text[:cut])
+                return
+        total = len(s.prompt_ids) + len(s.output_ids)
+        if len(s.output_ids) >= p.max_tokens or total >= self.max_context:
+            self._finish(s, "length", text)
+            return
+        safe = text.rstrip("\ufffd")
+        for x in p.stop:  # hold back a tail that could still become a stop string
+            for n in range(min(len(x) - 1, len(safe)), 0, -1):
+                if safe.endswith(x[:n]):
+                    safe = safe[:-n]
+                    break
+        if len(safe) > len(s.sent) and safe.startswith(s.sent):
+            delta = safe[len(s.sent):]
+            s.sent = safe
+            s.sink(Event(text=delta))
+
+    def _decode(self, s: Sequence) -> str:
+        return self.tokenizer.decode(s.output_ids, skip_special_tokens=True)
+
+    def _finish(self, s: Sequence, reason: str, final_text: str) -> None:
+        delta = final_text[len(s.sent):] if final_text.startswith(s.sent) else ""
+        s.sent = final_text if final_text.startswith(s.sent) else s.sent
+        s.finished = True
+        s.finish_reason = reason
+        s.sink(Event(text=delta, finish_reason=reason, prompt_tokens=len(s.prompt_ids),
+                     completion_tokens=len(s.output_ids)))
+
+    # ---- smoke test ----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate_sync(self, prompt_ids: list[int], max_tokens: int = 8) -> tuple[list[int], str]:
+        """Greedy generation outside the scheduler (same prefill/decode code); raises on NaN/Inf logits."""
+        events: list[Event] = []
+        seq = Sequence("smoke", prompt_ids, SamplingParams(max_tokens=max_tokens, temperature=0.0, top_p=1.0),
+                       self, events.append)
+        saved = self.reset_batch()
+        assert not saved, "generate_sync must not run on an engine that is serving"
+        try:
+            self.prefill([seq])
+            while not seq.finished:
+                self.decode_step()
+        finally:
+            self.reset_batch()
+        return seq.output_ids, seq.sent
+
+    def release(self) -> None:
+        """Drop the weights (called once the retired engine has drained)."""
+        self.reset_batch()
+        self.model = None

@@ -1,0 +1,156 @@
+"""Load a model folder into a standby `ModelEngine`, refusing anything that is not safe to serve.
+
+Checks, in order, each failing with a `ModelLoadError` whose `code` names the
+problem: the folder exists; `manifest.json` matches every file (sha256 and
+size, via core.manifest); the config parses and names a causal-LM
+architecture; the weights load with no missing, unexpected or mis-shaped
+tensor; the tokenizer loads and agrees with the config (vocabulary fits,
+end token inside it, a chat template); every weight is finite; a smoke
+prompt generates tokens with finite logits. Nothing here touches the version
+that is serving.
+
+Library only: `load_engine(path, version, cfg)`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from core.manifest import MANIFEST_NAME, ManifestError, content_id, verify_manifest
+from inference.engine import ModelEngine, NonFiniteLogits
+
+logger = logging.getLogger(__name__)
+
+
+class ModelLoadError(Exception):
+    """A model folder that must not serve; `code` is machine-readable, the message says why."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        super().__init__(message)
+
+
+def _global_step(folder: Path, manifest: dict | None) -> int | None:
+    if manifest and isinstance(manifest.get("global_step"), int):
+        return manifest["global_step"]
+    for rel in ("training_state/trainer_state.json", "trainer_state.json"):
+        try:
+            step = json.loads((folder / rel).read_text()).get("global_step")
+            if isinstance(step, int):
+                return step
+        except (OSError, ValueError, AttributeError):
+            pass
+    m = re.search(r"checkpoint-(\d+)$", folder.name)
+    return int(m.group(1)) if m else None
+
+
+def _device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _dtype(name: str, device: torch.device):
+    if name == "float32" or (name == "auto" and device.type == "cpu"):
+        return torch.float32
+    if name == "float16":
+        return torch.float16
+    if name == "bfloat16" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def load_engine(path: str | Path, version: str | None, cfg, require_manifest: bool | None = None) -> tuple[ModelEngine, dict]:
+    """Load and verify `path`; returns (engine, report). Raises ModelLoadError on any failed check."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.monotonic()
+    folder = Path(path)
+    icfg = cfg.inference
+    if require_manifest is None:
+        require_manifest = icfg.require_manifest
+    report: dict = {"path": str(folder), "checks": []}
+    if not folder.is_dir():
+        raise ModelLoadError("not_found", f"{folder}: no such model folder")
+
+    manifest = None
+    if (folder / MANIFEST_NAME).exists():
+        try:
+            manifest = verify_manifest(folder, model_only=True)
+        except ManifestError as exc:
+            raise ModelLoadError("manifest_mismatch", str(exc)) from None
+        report["checks"].append("manifest")
+    elif require_manifest:
+        raise ModelLoadError("manifest_missing", f"{folder}: no {MANIFEST_NAME} (sha256 per file is required to deploy)")
+    version = version or (manifest or {}).get("version") or folder.name
+    report["version"] = version
+
+    trust = bool(cfg.model.trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust)
+    except Exception as exc:  # transformers raises OSError/ValueError/KeyError for unreadable configs
+        raise ModelLoadError("bad_config", f"{folder}/config.json: {type(exc).__name__}: {exc}") from None
+    archs = getattr(config, "architectures", None) or []
+    if not any(a.endswith("ForCausalLM") for a in archs):
+        raise ModelLoadError("wrong_architecture", f"{folder}: architectures {archs} is not a causal LM")
+
+    device = _device()
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            folder, config=config, dtype=_dtype(cfg.model.dtype, device), trust_remote_code=trust,
+            output_loading_info=True)
+    except Exception as exc:  # shape mismatches, unreadable safetensors, unknown model types
+        raise ModelLoadError("wrong_architecture", f"{folder}: weights do not load as {archs}: {type(exc).__name__}: {exc}") from None
+    bad = {k: sorted(str(x) for x in info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    bad = {k: v for k, v in bad.items() if v}
+    if bad:
+        raise ModelLoadError("wrong_architecture", f"{folder}: weights do not match config {archs}: "
+                             + "; ".join(f"{k}: {', '.join(v[:5])}{' …' if len(v) > 5 else ''}" for k, v in bad.items()))
+    model.to(device).eval()
+    report["checks"].append("architecture")
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
+    except Exception as exc:  # missing/corrupt tokenizer files surface as OSError/ValueError/TypeError
+        raise ModelLoadError("bad_tokenizer", f"{folder}: tokenizer does not load: {type(exc).__name__}: {exc}") from None
+    vocab = int(config.vocab_size)
+    problems = []
+    if len(tokenizer) > vocab:
+        problems.append(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab}")
+    if tokenizer.eos_token_id is None or not 0 <= tokenizer.eos_token_id < vocab:
+        problems.append(f"end token id {tokenizer.eos_token_id} is not inside the vocabulary")
+    if not getattr(tokenizer, "chat_template", None):
+        problems.append("no chat template")
+    if problems:
+        raise ModelLoadError("tokenizer_mismatch", f"{folder}: " + "; ".join(problems))
+    report["checks"].append("tokenizer")
+
+    with torch.no_grad():
+        for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise ModelLoadError("nonfinite_weights", f"{folder}: tensor {name} holds NaN/Inf")
+    report["checks"].append("finite_weights")
+
+    max_context = int(getattr(config, "max_position_embeddings", 0) or 0) or 4096
+    if icfg.max_model_len:
+        max_context = min(max_context, icfg.max_model_len)
+    engine = ModelEngine(model, tokenizer, version, str(folder.resolve()), _global_step(folder, manifest),
+                         max_context, content_id(manifest) if manifest else None)
+    try:
+        prompt = engine.chat_prompt_ids([{"role": "user", "content": icfg.smoke_prompt}])
+        ids, text = engine.generate_sync(prompt, max_tokens=icfg.smoke_tokens)
+    except NonFiniteLogits as exc:
+        raise ModelLoadError("smoke_failed", f"{folder}: smoke prompt: {exc}") from None
+    except Exception as exc:  # any failure to generate (template errors, shape errors at runtime)
+        raise ModelLoadError("smoke_failed", f"{folder}: smoke prompt failed: {type(exc).__name__}: {exc}") from None
+    if not ids and not engine.eos_token_ids:
+        raise ModelLoadError("smoke_failed", f"{folder}: smoke prompt generated nothing")
+    report["checks"].append("smoke")
+    report["smoke_tokens"] = len(ids)
+    report["global_step"] = engine.global_step
+    report["load_seconds"] = round(time.monotonic() - t0, 3)
+    logger.info("loaded %s from %s in %.2fs (checks: %s)", version, folder, report["load_seconds"], ", ".join(report["checks"]))
+    return engine, report
