@@ -51,6 +51,7 @@ def make_config(tmp_path, micro_model_dir):
             "model": {"base_model": str(model_dir or micro_model_dir), "max_length": 256},
             "training": {"learning_rate": 1e-3, "warmup_steps": 2, "micro_batch_tokens": 512,
                          "eval_steps": 0, "save_steps": 1000, "log_steps": 1},
+            "safety": {"min_free_disk_gb": 0},
         }
         for dotted, value in (overrides or {}).items():
             node = data

@@ -1,0 +1,49 @@
+"""Varlen attention for padding-free packed rows, registered with transformers' AttentionInterface.
+
+With `cu_seq_lens_q` in the forward kwargs (set by `PackedBatch.model_kwargs`),
+each example of the packed row attends causally to itself only, computed segment
+by segment with PyTorch SDPA: no T x T mask is built and no work is spent on
+cross-example blocks. Without it (generation, padded batches) the call is plain
+SDPA. On CUDA with flash-attn installed, `flash_attention_2` consumes the same
+kwargs natively.
+"""
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+NAME = "cadence_varlen"
+
+
+def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+                             scaling: float | None = None, **kwargs):
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None or query.shape[0] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    bounds = cu.tolist()
+    dropout = dropout if module.training else 0.0
+    outs = [
+        torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout, scale=scaling, is_causal=True)
+        for s, e in zip(bounds[:-1], bounds[1:])
+    ]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _mask(*args, **kwargs):
+    # Packed rows carry no padding: the kernel above applies causality per segment.
+    if kwargs.get("attention_mask") is None:
+        return None
+    return sdpa_mask(*args, **kwargs)
+
+
+def register() -> str:
+    AttentionInterface.register(NAME, varlen_attention_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, _mask)
+    return NAME

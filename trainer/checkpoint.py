@@ -1,0 +1,174 @@
+"""Checkpoints on disk: atomic publish, sha256 manifest, verified load with fallback, rolling retention.
+
+Layout (DESIGN.md): `<current_model>/checkpoint-<global_step>/` holds the
+`save_pretrained` model and tokenizer (loadable by AutoModelForCausalLM as is),
+`training_state/` (optimizer.pt, rng.pt, trainer_state.json) and
+`manifest.json`. A checkpoint is written into a hidden temp folder beside it,
+every file fsynced, then renamed: a checkpoint on disk is complete or absent.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.atomic_io import fsync_dir, read_json
+from core.manifest import MANIFEST_NAME, ManifestError, TRAINING_STATE_DIR, verify_manifest, write_manifest
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+STATE_FILE = "trainer_state.json"
+PROTECTED_FILE = "protected.json"
+
+
+class DiskFullError(OSError):
+    """Not enough disk to write a checkpoint; nothing partial was left behind."""
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint could be loaded."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    step: int
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path / TRAINING_STATE_DIR
+
+    def trainer_state(self) -> dict:
+        return read_json(self.state_dir / STATE_FILE, {}) or {}
+
+
+def list_checkpoints(root: str | Path) -> list[CheckpointInfo]:
+    """Published checkpoints (with a manifest), oldest first. Temp folders are never listed."""
+    root = Path(root)
+    out = []
+    if root.is_dir():
+        for p in root.iterdir():
+            m = CHECKPOINT_RE.match(p.name)
+            if m and p.is_dir() and (p / MANIFEST_NAME).is_file():
+                out.append(CheckpointInfo(p, int(m.group(1))))
+    return sorted(out, key=lambda c: c.step)
+
+
+def latest_checkpoint(root: str | Path) -> CheckpointInfo | None:
+    ckpts = list_checkpoints(root)
+    return ckpts[-1] if ckpts else None
+
+
+def verified_checkpoints(root: str | Path):
+    """Newest first, each verified against its manifest; a corrupt one is skipped with a warning."""
+    for ckpt in reversed(list_checkpoints(root)):
+        try:
+            verify_manifest(ckpt.path)
+        except ManifestError as exc:
+            logger.warning("checkpoint %s is corrupt, falling back to the previous one: %s", ckpt.path.name, exc)
+            continue
+        yield ckpt
+
+
+def clean_temp_dirs(root: str | Path) -> int:
+    """Remove leftovers of checkpoints whose writer died mid-save."""
+    root = Path(root)
+    n = 0
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(".tmp-checkpoint-"):
+                shutil.rmtree(p, ignore_errors=True)
+                n += 1
+    return n
+
+
+def free_bytes(path: str | Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _fsync_tree(folder: Path) -> None:
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(dirpath)
+
+
+def publish_checkpoint(root: str | Path, step: int, write_fn, min_free_bytes: int = 0,
+                       expected_bytes: int = 0) -> CheckpointInfo:
+    """Write a checkpoint via `write_fn(tmp_dir)` into a temp dir, manifest it, fsync, rename into place.
+
+    Raises DiskFullError before writing anything when free space is below
+    `min_free_bytes + expected_bytes`, and after cleaning up on ENOSPC.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"checkpoint-{step}"
+    if (final / MANIFEST_NAME).is_file():
+        logger.info("checkpoint-%d already published", step)
+        return CheckpointInfo(final, step)
+    available = free_bytes(root)
+    if available < min_free_bytes + expected_bytes:
+        raise DiskFullError(errno.ENOSPC, f"{available / 1e9:.2f} GB free at {root}, need "
+                            f"{(min_free_bytes + expected_bytes) / 1e9:.2f} GB for checkpoint-{step}")
+    tmp = root / f".tmp-checkpoint-{step}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        write_fn(tmp)
+        write_manifest(tmp, global_step=step)
+        _fsync_tree(tmp)
+        if final.exists():  # an unmanifested leftover: never complete, safe to replace
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        fsync_dir(root)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            raise DiskFullError(errno.ENOSPC, f"disk full while writing checkpoint-{step}: {exc}") from exc
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return CheckpointInfo(final, step)
+
+
+def protected_names(root: str | Path) -> set[str]:
+    """Checkpoint names other parts pinned (deployed, champion, best) in `<root>/protected.json`."""
+    data = read_json(Path(root) / PROTECTED_FILE, {}) or {}
+    names = set()
+    for value in data.values() if isinstance(data, dict) else []:
+        if isinstance(value, str):
+            names.add(value)
+        elif isinstance(value, list):
+            names.update(v for v in value if isinstance(v, str))
+    return names
+
+
+def prune_checkpoints(root: str | Path, keep: int, protected: set[str] | None = None) -> list[Path]:
+    """Keep the newest `keep` checkpoints and every protected one; never the newest complete one."""
+    ckpts = list_checkpoints(root)
+    protected = (protected or set()) | protected_names(root)
+    doomed = [c for c in ckpts[:-max(1, keep)] if c.path.name not in protected]
+    for c in doomed:
+        trash = c.path.with_name(f".tmp-checkpoint-delete-{c.step}")
+        os.rename(c.path, trash)  # unpublish first: a crash mid-delete never leaves a half checkpoint listed
+        shutil.rmtree(trash, ignore_errors=True)
+        logger.info("retention: removed %s", c.path.name)
+    return [c.path for c in doomed]
+
+
+def write_trainer_state(state_dir: Path, state: dict) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / STATE_FILE).write_text(json.dumps({**state, "saved_at": time.time()}, indent=2, default=str))

@@ -1,0 +1,507 @@
+"""The continuous full fine-tuning engine: setup -> train_file -> evaluate -> save, for an endless stream of files.
+
+A library with no daemon knowledge. `TrainerEngine.setup()` loads the newest
+verified checkpoint (falling back past a corrupt one) or the base model, with
+optimizer, RNG and the trainer state (global step, the file in progress and the
+steps done in it). `train_file()` encodes a file with the model's own chat
+template, plans its packed steps deterministically, skips the steps a previous
+attempt already finished, and trains the rest; the global step never resets and
+the LR schedule is a function of it. Control (pause/stop) is polled through
+`TrainingHooks` at step boundaries only.
+
+Run standalone with `python3 core/train.py FILE` (see its --help).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from core.config import CadenceConfig
+from core.system_metrics import gpu_stats, ram_stats
+from trainer import attention
+from trainer.checkpoint import (CheckpointError, CheckpointInfo, DiskFullError, clean_temp_dirs, prune_checkpoints,
+                                publish_checkpoint, verified_checkpoints, write_trainer_state)
+from trainer.data import IGNORE_INDEX, DataError, EncodedExample, chat_prompt_and_answer, encode_examples, load_tokenizer, read_jsonl
+from trainer.packing import PackedBatch, file_seed, pack, plan_steps
+from trainer.profiles import apply_profile
+from trainer.schedule import lr_factor
+from trainer.status import StatusWriter
+
+logger = logging.getLogger(__name__)
+
+LOGITS_CHUNK_ELEMENTS = 1 << 26  # above this many logits per micro-batch, the LM head runs in recomputed chunks
+
+
+class NonFiniteLossError(RuntimeError):
+    """Loss or gradient became NaN/Inf; the step was not applied and nothing was saved."""
+
+
+class ConfigMismatchError(RuntimeError):
+    """A critical parameter differs from the one the checkpoints were trained with."""
+
+
+class TrainingHooks:
+    """What the engine asks its host at step boundaries. The default host never interrupts."""
+
+    def heartbeat(self, phase: str, global_step: int) -> None:
+        """Called at least once per step and during long phases (phase: load|train|eval|checkpoint|paused)."""
+
+    def control(self) -> str | None:
+        """'pause', 'stop' or None; polled between optimizer steps."""
+        return None
+
+    def wait_while_paused(self) -> str:
+        """Block while paused; return 'resume' or 'stop'."""
+        return "stop"
+
+    def on_checkpoint(self, info: CheckpointInfo) -> None:
+        pass
+
+
+@dataclass
+class FileResult:
+    file_id: str
+    status: str                  # completed | interrupted | already_done
+    global_step_start: int
+    global_step_end: int
+    steps: int
+    total_steps: int
+    examples: int = 0
+    tokens: int = 0
+    truncated: int = 0
+    dropped: list[str] = field(default_factory=list)
+    final_loss: float | None = None
+    val_loss: float | None = None
+    reason: str | None = None
+
+
+@dataclass
+class FileData:
+    train: dict[int, EncodedExample]
+    held_out: list[EncodedExample]
+    held_out_rows: list[dict]
+    truncated: int
+    dropped: list[str]
+
+
+def _device_and_precision(cfg: CadenceConfig) -> tuple[torch.device, str]:
+    if torch.cuda.is_available():
+        bf16 = torch.cuda.is_bf16_supported()
+        want = cfg.model.dtype
+        if want == "auto":
+            return torch.device("cuda"), "bf16" if bf16 else "fp16"
+        return torch.device("cuda"), {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[want]
+    return torch.device("cpu"), "bf16" if cfg.training.cpu_bf16_autocast else "no"
+
+
+class TrainerEngine:
+    def __init__(self, cfg: CadenceConfig, hooks: TrainingHooks | None = None, new_run: bool = False):
+        self.cfg = cfg
+        self.hooks = hooks or TrainingHooks()
+        self.new_run = new_run
+        layout = cfg.layout
+        self.checkpoint_root = layout.current_model
+        self.status = StatusWriter(layout.training_status, layout.metrics)
+        self.model = None
+        self.tokenizer = None
+        self.optimizer = None
+        self.accelerator = None
+        self.state: dict = {}
+        self._fixed_val: list[EncodedExample] | None = None
+        self._step_time_ema: float | None = None
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> "TrainerEngine":
+        from accelerate import Accelerator
+        from transformers import AutoModelForCausalLM
+
+        cfg = self.cfg
+        self.hooks.heartbeat("load", 0)
+        device, precision = _device_and_precision(cfg)
+        self.accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
+        clean_temp_dirs(self.checkpoint_root)
+        attn = cfg.model.attn_implementation
+        if attn == "auto":
+            attn = attention.register()
+        source, ckpt = self._pick_source()
+        logger.info("loading model from %s", source)
+        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32, attn_implementation=attn,
+                                                     trust_remote_code=cfg.model.trust_remote_code)
+        self.tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
+        if cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.config.use_cache = False
+        model.train()
+        self.optimizer = self._make_optimizer(model)
+        self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        self.state = {"global_step": 0, "tokens_seen": 0, "examples_seen": 0, "files_done": [], "current_file": None,
+                      "critical": cfg.critical_values(), "critical_hash": cfg.critical_hash(), "run_started_at": time.time()}
+        if ckpt is not None:
+            self._restore(ckpt)
+        self.status.rewind_metrics(self.state["global_step"])
+        self.status.update(state="idle", global_step=self.state["global_step"],
+                           last_checkpoint=ckpt.path.name if ckpt else None)
+        return self
+
+    def _pick_source(self) -> tuple[Path, CheckpointInfo | None]:
+        for ckpt in verified_checkpoints(self.checkpoint_root):
+            state = ckpt.trainer_state()
+            if state.get("critical_hash") and state["critical_hash"] != self.cfg.critical_hash() and not self.new_run:
+                old = state.get("critical", {})
+                diff = {k: (old.get(k), v) for k, v in self.cfg.critical_values().items() if old.get(k) != v}
+                raise ConfigMismatchError(
+                    "critical config changed since the checkpoints were written: "
+                    + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+                    + ". Restore the old values, or start a new run explicitly.")
+            if self.new_run:
+                break
+            return ckpt.path, ckpt
+        base = self.cfg.resolve(self.cfg.model.base_model)
+        if not (base / "config.json").is_file():
+            raise CheckpointError(f"no usable checkpoint under {self.checkpoint_root} and no model at {base}")
+        return base, None
+
+    def _make_optimizer(self, model) -> torch.optim.Optimizer:
+        t = self.cfg.training
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "norm" in name or name.endswith(".bias") else decay).append(p)
+        groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon)
+
+    def _restore(self, ckpt: CheckpointInfo) -> None:
+        state_dir = ckpt.state_dir
+        opt_path = state_dir / "optimizer.pt"
+        if opt_path.is_file():
+            self.optimizer.load_state_dict(torch.load(opt_path, map_location="cpu", weights_only=True))
+        else:
+            logger.warning("%s has no optimizer state (pruned); continuing with fresh AdamW moments", ckpt.path.name)
+        rng_path = state_dir / "rng.pt"
+        if rng_path.is_file():
+            rng = torch.load(rng_path, map_location="cpu", weights_only=False)
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])
+            if torch.cuda.is_available() and rng.get("cuda") is not None:
+                torch.cuda.set_rng_state_all(rng["cuda"])
+        saved = ckpt.trainer_state()
+        self.state.update({k: v for k, v in saved.items() if k not in ("critical", "critical_hash") or self.new_run is False})
+        self.state["critical"], self.state["critical_hash"] = self.cfg.critical_values(), self.cfg.critical_hash()
+        logger.info("resumed from %s (global step %d%s)", ckpt.path.name, self.state["global_step"],
+                    f", mid-file {self.state['current_file']['name']}" if self.state.get("current_file") else "")
+
+    @property
+    def global_step(self) -> int:
+        return int(self.state.get("global_step", 0))
+
+    # ------------------------------------------------------------------ data
+    def _encode(self, rows: list[dict], schema_id: str) -> list[EncodedExample]:
+        rows = apply_profile(rows, self.cfg.training.profile, self.cfg.training.seed)
+        return encode_examples(rows, self.tokenizer, schema_id, self.cfg.model.max_length)
+
+    def prepare_file(self, path: Path, file_id: str, schema_id: str) -> FileData:
+        t = self.cfg.training
+        rows = read_jsonl(path)
+        if not rows:
+            raise DataError(f"{path}: no examples")
+        n_eval = min(t.eval_split_max, int(len(rows) * t.eval_split_fraction)) if len(rows) >= 20 else 0
+        order = list(range(len(rows)))
+        random.Random(file_seed(t.seed, file_id, -1)).shuffle(order)
+        eval_idx = set(order[:n_eval])
+        encoded = self._encode(rows, schema_id)
+        train, held_out, held_rows, dropped, truncated = {}, [], [], [], 0
+        for i, ex in enumerate(encoded):
+            line = f"{path.name}:{i + 1}"
+            if ex.truncated:
+                truncated += 1
+                if t.truncation == "error":
+                    raise DataError(f"{line}: {ex.original_length} tokens > max_length {self.cfg.model.max_length} (truncation=error)")
+                if t.truncation == "drop":
+                    dropped.append(f"{line}: dropped, {ex.original_length} tokens > max_length")
+                    continue
+            if ex.error:
+                dropped.append(f"{line}: {ex.error}")
+                continue
+            if i in eval_idx:
+                held_out.append(ex)
+                held_rows.append(rows[i])
+            else:
+                train[i] = ex
+        for msg in dropped:
+            logger.warning("not trained: %s", msg)
+        if not train:
+            raise DataError(f"{path}: no trainable examples ({len(dropped)} rejected: {'; '.join(dropped[:3])})")
+        return FileData(train, held_out, held_rows, truncated, dropped)
+
+    # ------------------------------------------------------------------ fit
+    def train_file(self, path: str | Path, file_id: str | None = None, schema_id: str = "chat_sft_v1",
+                   epochs: int | None = None) -> FileResult:
+        path = Path(path)
+        from core.manifest import sha256_file
+
+        file_id = file_id or sha256_file(path)
+        t = self.cfg.training
+        if file_id in self.state.get("files_done", []):
+            logger.info("%s already trained (id %s); nothing to do", path.name, file_id[:12])
+            return FileResult(file_id, "already_done", self.global_step, self.global_step, 0, 0)
+        data = self.prepare_file(path, file_id, schema_id)
+        epochs = epochs or t.epochs
+        lengths = {i: ex.n_tokens for i, ex in data.train.items()}
+        plan = plan_steps(lengths, t.micro_batch_tokens, t.gradient_accumulation_steps, t.seed, file_id, epochs)
+        if t.max_steps_per_file:
+            plan = plan[: t.max_steps_per_file]
+        cur = self.state.get("current_file")
+        if cur and cur.get("id") == file_id:
+            done = int(cur.get("steps_done", 0))
+            if cur.get("total_steps") != len(plan):
+                raise RuntimeError(f"{path.name}: resume plan mismatch ({cur.get('total_steps')} != {len(plan)} steps)")
+            logger.info("resuming %s at step %d/%d", path.name, done, len(plan))
+        else:
+            if cur:
+                logger.warning("checkpoint was mid-file %s; starting %s instead (the other file keeps its progress record)",
+                               cur.get("name"), path.name)
+            done = 0
+            cur = {"id": file_id, "name": path.name, "steps_done": 0, "total_steps": len(plan),
+                   "global_step_start": self.global_step, "started_at": time.time()}
+            self.state["current_file"] = cur
+        result = FileResult(file_id, "completed", cur["global_step_start"], self.global_step, done, len(plan),
+                            examples=len(data.train), truncated=data.truncated, dropped=data.dropped)
+        self.status.update(state="training", file=path.name, file_id=file_id, file_step=done, file_total_steps=len(plan),
+                           dropped_examples=len(data.dropped), truncated_examples=data.truncated)
+        last_loss = None
+        for step_index in range(done, len(plan)):
+            action = self.hooks.control()
+            if action == "pause":
+                self._checkpoint("pause")
+                self.status.update(state="paused")
+                action = self.hooks.wait_while_paused()
+                if action != "stop":
+                    self.status.update(state="training")
+            if action == "stop":
+                self._checkpoint("stop")
+                result.status, result.reason = "interrupted", "stop requested"
+                break
+            examples = [[data.train[i] for i in micro] for micro in plan[step_index]]
+            last_loss, n_tokens = self._train_step(examples, step_index, len(plan))
+            cur["steps_done"] = step_index + 1
+            result.steps = cur["steps_done"]
+            result.tokens += n_tokens
+            is_last = step_index + 1 == len(plan)
+            if t.eval_steps and self.global_step % t.eval_steps == 0 and not is_last:
+                self.evaluate(data)
+            if self.global_step % t.save_steps == 0 and not is_last:
+                self._checkpoint("periodic")
+        result.final_loss = last_loss
+        result.global_step_end = self.global_step
+        if result.status == "completed":
+            metrics = self.evaluate(data)
+            result.val_loss = metrics.get("val_loss")
+            self.state["files_done"] = (self.state.get("files_done", []) + [file_id])[-10000:]
+            self.state["current_file"] = None
+            self.state["last_file"] = {"id": file_id, "name": path.name, "final_loss": last_loss,
+                                       "val_loss": result.val_loss, "global_step_end": self.global_step}
+            self._checkpoint("end_of_file")
+            self.status.update(state="idle", file=None, file_step=len(plan))
+        return result
+
+    def _set_lr(self, file_step: int, file_total: int) -> float:
+        t = self.cfg.training
+        lr = t.learning_rate * lr_factor(t.lr_schedule, self.global_step, file_step, file_total, t.warmup_steps,
+                                         t.wsd_decay_fraction, t.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _loss_sum(self, batch: PackedBatch) -> torch.Tensor:
+        """Summed CE over supervised targets, running the LM head on supervised positions only."""
+        model = self.accelerator.unwrap_model(self.model)
+        hidden = model.get_decoder()(**batch.model_kwargs()).last_hidden_state[0]
+        mask = batch.targets[0] != IGNORE_INDEX
+        h, y = hidden[mask], batch.targets[0][mask]
+        head = model.get_output_embeddings()
+        if h.shape[0] * head.weight.shape[0] <= LOGITS_CHUNK_ELEMENTS:
+            return F.cross_entropy(head(h).float(), y, reduction="sum")
+        chunk = max(1, LOGITS_CHUNK_ELEMENTS // head.weight.shape[0])
+        total = h.new_zeros((), dtype=torch.float32)
+        for s in range(0, h.shape[0], chunk):
+            total = total + torch.utils.checkpoint.checkpoint(
+                lambda hh, yy: F.cross_entropy(head(hh).float(), yy, reduction="sum"), h[s:s + chunk], y[s:s + chunk],
+                use_reentrant=False)
+        return total
+
+    def _train_step(self, micro_batches: list[list[EncodedExample]], file_step: int, file_total: int):
+        t = self.cfg.training
+        started = time.perf_counter()
+        self.hooks.heartbeat("train", self.global_step)
+        lr = self._set_lr(file_step, file_total)
+        packed = [pack(m).to(self.accelerator.device) for m in micro_batches]
+        n_targets = sum(b.n_targets for b in packed)
+        n_tokens = sum(b.n_tokens for b in packed)
+        loss_total = 0.0
+        self.model.train()
+        for i, batch in enumerate(packed):
+            sync = i == len(packed) - 1
+            ctx = self.accelerator.no_sync(self.model) if not sync else _nullcontext()
+            with ctx, self.accelerator.autocast():
+                loss = self._loss_sum(batch) / max(1, n_targets)
+            if not torch.isfinite(loss):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteLossError(f"loss is {loss.item()} at global step {self.global_step + 1}; step not applied")
+            self.accelerator.backward(loss)
+            loss_total += loss.item()
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+        grad_norm = float(grad_norm)
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(f"gradient norm is {grad_norm} at global step {self.global_step + 1}; step not applied")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state["global_step"] = self.global_step + 1
+        self.state["tokens_seen"] = self.state.get("tokens_seen", 0) + n_tokens
+        self.state["examples_seen"] = self.state.get("examples_seen", 0) + sum(len(m) for m in micro_batches)
+        elapsed = time.perf_counter() - started
+        self._step_time_ema = elapsed if self._step_time_ema is None else 0.9 * self._step_time_ema + 0.1 * elapsed
+        if self.global_step % t.log_steps == 0 or file_step + 1 == file_total:
+            record = {"type": "train", "global_step": self.global_step, "file": self.state["current_file"]["name"],
+                      "file_step": file_step + 1, "file_total_steps": file_total, "loss": loss_total, "lr": lr,
+                      "grad_norm": grad_norm, "tokens": n_tokens, "tokens_per_s": n_tokens / elapsed,
+                      "step_time_s": elapsed}
+            self.status.metric(record)
+            self.status.update(state="training", global_step=self.global_step, file_step=file_step + 1,
+                               file_total_steps=file_total, loss=loss_total, lr=lr, tokens_per_s=n_tokens / elapsed,
+                               eta_s=self._step_time_ema * (file_total - file_step - 1), gpu=gpu_stats(), ram=ram_stats())
+        self.hooks.heartbeat("train", self.global_step)
+        return loss_total, n_tokens
+
+    # ------------------------------------------------------------------ evaluate
+    @torch.no_grad()
+    def eval_loss(self, examples: list[EncodedExample]) -> float | None:
+        if not examples:
+            return None
+        self.model.eval()
+        budget = self.cfg.training.eval_batch_tokens
+        total, count, batch, used = 0.0, 0, [], 0
+        for ex in examples + [None]:
+            if ex is None or (batch and used + ex.n_tokens > budget):
+                if batch:
+                    packed = pack(batch).to(self.accelerator.device)
+                    with self.accelerator.autocast():
+                        total += float(self._loss_sum(packed))
+                    count += packed.n_targets
+                    self.hooks.heartbeat("eval", self.global_step)
+                batch, used = [], 0
+            if ex is not None:
+                batch.append(ex)
+                used += ex.n_tokens
+        self.model.train()
+        return total / count if count else None
+
+    def fixed_validation(self) -> list[EncodedExample]:
+        t = self.cfg.training
+        if self._fixed_val is None:
+            self._fixed_val = []
+            if t.fixed_validation_file:
+                path = self.cfg.resolve(t.fixed_validation_file)
+                if path.is_file():
+                    rows = read_jsonl(path)
+                    random.Random(42).shuffle(rows)
+                    rows = rows[: t.fixed_validation_samples]
+                    schema = "completion_v1" if rows and "messages" not in rows[0] else "chat_sft_v1"
+                    self._fixed_val = [e for e in self._encode(rows, schema) if not e.error]
+                else:
+                    logger.warning("fixed validation file %s not found; skipping it", path)
+        return self._fixed_val
+
+    def evaluate(self, data: FileData | None = None) -> dict:
+        self.hooks.heartbeat("eval", self.global_step)
+        metrics: dict = {"type": "eval", "global_step": self.global_step}
+        if data is not None and data.held_out:
+            metrics["val_loss"] = self.eval_loss(data.held_out)
+        fixed = self.fixed_validation()
+        if fixed:
+            metrics["fixed_val_loss"] = self.eval_loss(fixed)
+            metrics.setdefault("val_loss", metrics["fixed_val_loss"])
+        if data is not None and data.held_out_rows:
+            metrics["preview"] = self.preview(data.held_out_rows[0])
+        if len(metrics) > 2:
+            self.status.metric(metrics)
+            self.status.update(val_loss=metrics.get("val_loss"), fixed_val_loss=metrics.get("fixed_val_loss"),
+                               preview=metrics.get("preview"))
+        return metrics
+
+    @torch.no_grad()
+    def preview(self, row: dict, max_new_tokens: int = 48) -> dict | None:
+        """Greedy answer of the model to one held-out example (bounded, so it can never hang)."""
+        split = chat_prompt_and_answer(row)
+        if split is None or not split[0]:
+            return None
+        messages, golden = split
+        answer = self.generate(messages, max_new_tokens)
+        return {"prompt": messages[-1]["content"][:500], "golden": golden[:500], "answer": answer[:500],
+                "match": answer.strip() == golden.strip()}
+
+    @torch.no_grad()
+    def generate(self, messages: list[dict], max_new_tokens: int = 64, logits_processor=None) -> str:
+        model = self.accelerator.unwrap_model(self.model)
+        model.eval()
+        enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        ids = enc["input_ids"].to(self.accelerator.device)
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, logits_processor=logits_processor,
+                             pad_token_id=self.tokenizer.pad_token_id)
+        model.train()
+        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+    # ------------------------------------------------------------------ save
+    def _checkpoint(self, reason: str) -> CheckpointInfo:
+        self.hooks.heartbeat("checkpoint", self.global_step)
+        model = self.accelerator.unwrap_model(self.model)
+        state = dict(self.state, reason=reason, config_hash=self.cfg.critical_hash())
+
+        def write(tmp: Path) -> None:
+            model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            sd = tmp / "training_state"
+            sd.mkdir()
+            torch.save(self.optimizer.state_dict(), sd / "optimizer.pt")
+            torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, sd / "rng.pt")
+            write_trainer_state(sd, state)
+
+        expected = sum(p.numel() * p.element_size() for p in model.parameters()) * 4  # weights + 2 moments + slack
+        min_free = int(self.cfg.safety.min_free_disk_gb * 1e9)
+        info = publish_checkpoint(self.checkpoint_root, self.global_step, write, min_free, expected)
+        prune_checkpoints(self.checkpoint_root, self.cfg.training.save_total_limit)
+        self.status.update(last_checkpoint=info.path.name, global_step=self.global_step)
+        self.status.metric({"type": "checkpoint", "global_step": self.global_step, "path": info.path.name, "reason": reason})
+        self.hooks.on_checkpoint(info)
+        logger.info("saved %s (%s)", info.path.name, reason)
+        return info
+
+    def save(self, reason: str = "manual") -> CheckpointInfo:
+        return self._checkpoint(reason)
+
+    def close(self) -> None:
+        self.model = self.optimizer = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+__all__ = ["TrainerEngine", "TrainingHooks", "FileResult", "NonFiniteLossError", "ConfigMismatchError",
+           "DiskFullError", "CheckpointError", "DataError"]
