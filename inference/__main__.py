@@ -1,0 +1,61 @@
+"""Run the Cadence inference server (OpenAI-compatible, batched, zero-drop model swap).
+
+Binds inference.host:inference.port (127.0.0.1:8765 by default), writes
+.pids/inference.pid while it runs, and on SIGTERM/SIGINT stops accepting
+connections, lets in-flight requests finish within inference.drain_timeout,
+then exits 0.
+
+Run as:
+    python -m inference [--config config.json] [--set inference.port=8765] [--set inference.model_path=models/deployed/v001]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from core.config import ConfigError, add_config_args, config_from_args
+
+logger = logging.getLogger("inference")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__.split("\n\n")[0])
+    add_config_args(parser)
+    parser.add_argument("--host", default=None, help="bind address (default: inference.host)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: inference.port)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import uvicorn
+
+    from inference.app import create_app
+
+    host = args.host or cfg.inference.host
+    port = args.port or cfg.inference.port
+    pid_file = cfg.layout.pid_file("inference")
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(f"{os.getpid()}\n")
+    try:
+        config = uvicorn.Config(create_app(cfg), host=host, port=port, log_level=args.log_level,
+                                timeout_graceful_shutdown=max(1, int(cfg.inference.drain_timeout)),
+                                access_log=False)
+        uvicorn.Server(config).run()
+    finally:
+        try:
+            if pid_file.read_text().strip() == str(os.getpid()):
+                pid_file.unlink()
+        except FileNotFoundError:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""App factory of the inference server: routes, auth, error shape, lifespan (scheduler + first model).
+
+`create_app(cfg)` returns a FastAPI app. Its lifespan starts the scheduler
+thread and loads the start-up model (`inference.model_path`, else
+`model.base_model` as version "base") in a worker thread, so `/health`
+answers at once and `/ready` turns 200 after the model has passed its smoke
+prompt. On shutdown it stops taking requests, lets in-flight ones finish
+within `inference.drain_timeout`, then stops the scheduler.
+
+Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models,
+GET /health, GET /ready, GET /metrics; admin (token required):
+GET /admin/models, POST /admin/models/load {path, version?},
+POST /admin/models/rollback {version?}.
+
+Run with `python -m inference` (inference/__main__.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.auth import admin_token, bearer_token, token_matches
+from inference.loader import ModelLoadError
+from inference.metrics import Metrics
+from inference.protocol import error_body
+from inference.registry import ModelRegistry
+from inference.scheduler import Scheduler
+from inference.serving import OpenAIServing, RequestError
+
+logger = logging.getLogger(__name__)
+
+LOAD_ERROR_STATUS = {"busy": 409, "no_previous": 409, "not_found": 404}
+
+
+@dataclass
+class ServerState:
+    cfg: object
+    scheduler: Scheduler
+    registry: ModelRegistry
+    metrics: Metrics
+    admin_token: str
+    ready: bool = False
+    startup_error: str | None = None
+    shutting_down: bool = False
+    started_at: float = field(default_factory=time.time)
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.cadence
+
+
+async def require_api_key(request: Request) -> None:
+    keys = _state(request).cfg.inference.api_keys
+    if not keys:
+        return
+    presented = bearer_token(request.headers.get("authorization"))
+    if not any(token_matches(presented, k) for k in keys):
+        raise RequestError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+
+async def require_admin(request: Request) -> None:
+    state = _state(request)
+    presented = bearer_token(request.headers.get("authorization")) or request.headers.get("x-admin-token")
+    if not token_matches(presented, state.admin_token):
+        raise RequestError(401, "admin token required (Authorization: Bearer <token>)", code="invalid_admin_token",
+                           type_="authentication_error")
+
+
+async def _json_object(request: Request) -> dict:
+    body = await request.body()
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise RequestError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise RequestError(400, "request body must be a JSON object", code="invalid_value")
+    return data
+
+
+def _optional_str(data: dict, key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise RequestError(400, f"`{key}` must be a non-empty string", param=key, code="invalid_value")
+    return value
+
+
+def build_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/v1/chat/completions", dependencies=[Depends(require_api_key)])
+    async def chat_completions(request: Request):
+        return await _state(request).serving.handle(request, "chat")
+
+    @router.post("/v1/completions", dependencies=[Depends(require_api_key)])
+    async def completions(request: Request):
+        return await _state(request).serving.handle(request, "completion")
+
+    @router.get("/v1/models", dependencies=[Depends(require_api_key)])
+    async def list_models(request: Request):
+        state = _state(request)
+        engine = state.scheduler.active
+        data = []
+        if engine is not None:
+            data.append({"id": state.cfg.model.model_name, "object": "model", "created": int(engine.loaded_at),
+                         "owned_by": "cadence", "version": engine.version, "global_step": engine.global_step,
+                         "source_path": engine.source_path, "served_id": f"{state.cfg.model.model_name}@{engine.version}",
+                         "content_id": engine.content_id, "max_model_len": engine.max_context})
+        headers = {"X-Model-Version": engine.version} if engine else None
+        return JSONResponse({"object": "list", "data": data}, headers=headers)
+
+    @router.get("/health")
+    async def health(request: Request):
+        return {"status": "ok"}
+
+    @router.get("/ready")
+    async def ready(request: Request):
+        state = _state(request)
+        engine = state.scheduler.active
+        if state.ready and engine is not None and not state.shutting_down:
+            return {"status": "ready", "version": engine.version}
+        reason = "shutting down" if state.shutting_down else (state.startup_error or "loading model")
+        return JSONResponse(error_body(reason, "service_unavailable", code="not_ready"), status_code=503)
+
+    @router.get("/metrics")
+    async def metrics(request: Request):
+        state = _state(request)
+        text = state.metrics.render(state.scheduler.running, state.scheduler.waiting, state.scheduler.active,
+                                    state.scheduler.draining())
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    @router.get("/admin/models", dependencies=[Depends(require_admin)])
+    async def admin_models(request: Request):
+        return _state(request).registry.describe()
+
+    @router.post("/admin/models/load", dependencies=[Depends(require_admin)])
+    async def admin_load(request: Request):
+        state = _state(request)
+        data = await _json_object(request)
+        path = _optional_str(data, "path")
+        if path is None:
+            raise RequestError(400, "`path` is required", param="path", code="invalid_value")
+        version = _optional_str(data, "version")
+        return await _run_load(state, lambda: state.registry.load(state.cfg.resolve(path), version))
+
+    @router.post("/admin/models/rollback", dependencies=[Depends(require_admin)])
+    async def admin_rollback(request: Request):
+        state = _state(request)
+        data = await _json_object(request)
+        version = _optional_str(data, "version")
+        return await _run_load(state, lambda: state.registry.rollback(version))
+
+    return router
+
+
+async def _run_load(state: ServerState, fn):
+    try:
+        report = await asyncio.to_thread(fn)
+    except ModelLoadError as exc:
+        active = state.scheduler.active
+        status = LOAD_ERROR_STATUS.get(exc.code, 422)
+        return JSONResponse(error_body(str(exc), "model_load_error", code=exc.code,
+                                       active_version=active.version if active else None), status_code=status)
+    state.ready = True
+    return JSONResponse(report, headers={"X-Model-Version": report["version"]})
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, exc: RequestError):
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return JSONResponse(error_body(str(exc.detail), type_, code=exc.status_code), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        return JSONResponse(error_body(str(exc.errors()), code="invalid_value"), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, exc: Exception):
+        logger.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "server_error"), status_code=500)
+
+
+def startup_model(cfg) -> tuple[Path, str | None]:
+    """The folder served at start and its version label: inference.model_path, else model.base_model as "base"."""
+    if cfg.inference.model_path:
+        return cfg.resolve(cfg.inference.model_path), None
+    return cfg.resolve(cfg.model.base_model), "base"
+
+
+async def _load_startup_model(state: ServerState) -> None:
+    path, version = startup_model(state.cfg)
+    try:
+        await asyncio.to_thread(state.registry.load, path, version, False, "startup")
+        state.ready = True
+    except ModelLoadError as exc:
+        state.startup_error = f"start-up model failed to load ({exc.code}): {exc}"
+        logger.error("%s; the server stays up for /admin/models/load", state.startup_error)
+
+
+async def drain(state: ServerState, timeout: float) -> bool:
+    """Refuse new requests; wait until nothing runs or waits (or `timeout`). True when fully drained."""
+    state.shutting_down = True
+    deadline = time.monotonic() + timeout
+    while state.scheduler.running or state.scheduler.waiting:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+def create_app(cfg, load_model: bool = True) -> FastAPI:
+    """The inference server app for `cfg` (a CadenceConfig). `load_model=False` skips the start-up load (tests)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        metrics = Metrics(cfg.model.model_name)
+        scheduler = Scheduler(metrics, cfg.inference.max_batch_size, cfg.inference.max_queue).start()
+        registry = ModelRegistry(cfg, scheduler, metrics)
+        state = ServerState(cfg, scheduler, registry, metrics, admin_token(cfg))
+        state.serving = OpenAIServing(state)
+        app.state.cadence = state
+        loader = asyncio.create_task(_load_startup_model(state)) if load_model else None
+        try:
+            yield
+        finally:
+            if loader and not loader.done():
+                loader.cancel()
+            drained = await drain(state, cfg.inference.drain_timeout)
+            if not drained:
+                logger.warning("drain timeout (%.0fs): aborting %d running and %d waiting requests",
+                               cfg.inference.drain_timeout, scheduler.running, scheduler.waiting)
+            await asyncio.to_thread(scheduler.stop, 5.0)
+
+    app = FastAPI(title="Cadence inference", lifespan=lifespan, docs_url=None, redoc_url=None)
+    _install_error_handlers(app)
+    app.include_router(build_router())
+    return app
