@@ -114,9 +114,10 @@ class SkillClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, json: Any = None) -> Any:
+    def _request(self, method: str, path: str, json: Any = None, retries: int | None = None) -> Any:
+        retries = self.retries if retries is None else retries
         last: Exception | None = None
-        for attempt in range(self.retries + 1):
+        for attempt in range(retries + 1):
             try:
                 resp = self._http.request(method, path, json=json)
             except httpx.HTTPError as exc:  # connect error, timeout, protocol error
@@ -130,14 +131,14 @@ class SkillClient:
                 last = SkillAPIError(f"{self.base_url}{path}: HTTP {resp.status_code}: {resp.text[:300]}", resp.status_code)
                 if resp.status_code < 500:
                     raise last
-            if attempt < self.retries:
+            if attempt < retries:
                 time.sleep(self.backoff * 2 ** attempt)
-        raise SkillAPIError(f"{self.base_url}{path}: failed after {self.retries + 1} attempt(s): {last}")
+        raise SkillAPIError(f"{self.base_url}{path}: failed after {retries + 1} attempt(s): {last}")
 
     def health(self) -> bool:
-        """True when GET /health answers {"status": "ok"}; never raises."""
+        """True when GET /health answers {"status": "ok"} (one attempt, no retries); never raises."""
         try:
-            body = self._request("GET", "/health")
+            body = self._request("GET", "/health", retries=0)
         except SkillAPIError as exc:
             logger.debug("health check failed: %s", exc)
             return False

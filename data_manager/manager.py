@@ -1,0 +1,589 @@
+"""Data manager: keeps the queue fed with curriculum data and gives the comparison engine its eval sets.
+
+One `tick()` (called by the training daemon's loop, or by `generate` here):
+  1. prune: queued files of a skill below its current curriculum level move
+     to queue/deferred/ with their sidecars (never lost, never trained stale);
+  2. gate: generate only when fewer than `min_queue_depth` files wait
+     (queue/high, normal, low, plus data files not yet ingested from inbox/)
+     and `cooldown_seconds` have passed since the last attempt;
+  3. generate: the next skill in rotation, at its current level, through the
+     Skill API client (a built-in skill falls back to in-process generation
+     when its server is down), with a random training seed below 2**31;
+  4. check quality: every sample well-formed and tagged with the skill and
+     the level asked for, prompts diverse enough, every example within
+     model.max_length tokens. A failing batch is logged and nothing is written;
+  5. write: NAME.job.json (schema_id syllo_v1, priority, tags skill:/level:)
+     first, then the rows to inbox/.NAME.jsonl.tmp renamed to inbox/NAME.jsonl,
+     so the watcher sees the sidecar as soon as it sees the data.
+
+Held-out eval sets live in status/evals/<skill>/level_<n>.jsonl (Skill API
+samples, seed EVAL_SEED_BASE + level: never a training seed). The comparison
+engine calls `eval_set()`, generates answers, then `score_and_record()`.
+
+Run as:
+    python3 data_manager/manager.py status [--json]
+    python3 data_manager/manager.py generate [--force] [--count N] [--skill NAME]
+    python3 data_manager/manager.py tick | prune | evalsets
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import secrets
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.atomic_io import atomic_write_json, atomic_write_text, fsync_dir, read_json
+from data_manager.curriculum_manager import Curriculum, Decision
+from data_manager.skill_api_client import LocalSkillClient, SkillAPIError, SkillClient, local_score
+from data_manager.skills import BUILTIN_SKILLS, get_skill
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_ID = "syllo_v1"
+GENERATED_TAG = "data_manager"
+SIDECAR_SUFFIXES = (".meta.json", ".job.json", ".reason.json")
+QUEUE_PRIORITIES = ("high", "normal", "low")
+TRAIN_SEED_MAX = 2 ** 31
+EVAL_SEED_BASE = 2 ** 40
+CHAT_OVERHEAD_TOKENS = 16  # ChatML markers and role names around one user and one assistant turn
+
+
+class QualityError(ValueError):
+    """A generated batch that must not be trained on; `problems` lists every reason."""
+
+    def __init__(self, skill: str, level: int, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"{skill} level {level}: " + "; ".join(problems))
+
+
+@dataclass
+class QualityReport:
+    ok: bool
+    problems: list[str]
+    samples: int
+    distinct_prompts: int
+    required_distinct: int
+    max_tokens: int
+
+
+@dataclass
+class BatchResult:
+    skill: str
+    level: int
+    seed: int
+    count: int
+    path: str
+    job_path: str
+    quality: dict[str, Any]
+    dropped_eval_overlap: int = 0
+
+
+@dataclass
+class TickResult:
+    action: str  # "generated", "skipped" or "failed"
+    reason: str
+    batch: BatchResult | None = None
+    deferred: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvalResult:
+    skill: str
+    level: int
+    accuracy: float
+    correct: int
+    total: int
+    results: list[dict[str, Any]]
+    scorer: str
+
+
+def _utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def is_data_file(path: Path) -> bool:
+    """A queued/dropped data file, not a sidecar, hidden file or partial write."""
+    name = path.name
+    return (path.is_file() and not name.startswith(".") and not name.endswith((".tmp", ".part"))
+            and not name.endswith(SIDECAR_SUFFIXES))
+
+
+def queue_depth(layout) -> dict[str, int]:
+    """Data files waiting per priority, plus those dropped in inbox/ and not yet ingested."""
+    depth = {}
+    for prio in QUEUE_PRIORITIES:
+        folder = layout.queue_dir(prio)
+        depth[prio] = sum(1 for p in folder.iterdir() if is_data_file(p)) if folder.is_dir() else 0
+    inbox = layout.inbox
+    depth["inbox"] = sum(1 for p in inbox.iterdir() if is_data_file(p) and p.suffix == ".jsonl") if inbox.is_dir() else 0
+    depth["total"] = sum(depth[k] for k in (*QUEUE_PRIORITIES, "inbox"))
+    return depth
+
+
+def sidecars_of(data_file: Path) -> list[Path]:
+    """NAME.meta.json / NAME.job.json / NAME.reason.json beside NAME.jsonl (also NAME.jsonl.meta.json)."""
+    out = []
+    for stem in dict.fromkeys((data_file.stem, data_file.name)):
+        for suffix in SIDECAR_SUFFIXES:
+            p = data_file.with_name(stem + suffix)
+            if p.exists():
+                out.append(p)
+    return out
+
+
+def _tags_level(tags: Any) -> tuple[str | None, int | None]:
+    skill = level = None
+    for tag in tags if isinstance(tags, list) else []:
+        if isinstance(tag, str) and tag.startswith("skill:"):
+            skill = tag[6:]
+        elif isinstance(tag, str) and tag.startswith("level:") and tag[6:].isdigit():
+            level = int(tag[6:])
+    return skill, level
+
+
+def queued_skill_level(data_file: Path) -> tuple[str | None, int | None]:
+    """(skill, level) of a queued file: job sidecar tags, else the meta sidecar, else its first row's metadata."""
+    for side in sidecars_of(data_file):
+        doc = read_json(side, None)
+        if not isinstance(doc, dict):
+            continue
+        for tags in (doc.get("tags"), (doc.get("job") or {}).get("tags") if isinstance(doc.get("job"), dict) else None):
+            skill, level = _tags_level(tags)
+            if skill and level:
+                return skill, level
+        if isinstance(doc.get("skill"), str) and isinstance(doc.get("level"), int):
+            return doc["skill"], doc["level"]
+    try:
+        with open(data_file, encoding="utf-8") as fh:
+            meta = json.loads(fh.readline()).get("metadata") or {}
+        if isinstance(meta.get("skill"), str) and isinstance(meta.get("level"), int):
+            return meta["skill"], meta["level"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None, None
+
+
+def check_quality(samples: list[dict[str, Any]], skill: str, level: int, *, count_tokens: Callable[[str], int],
+                  max_tokens: int, min_distinct_ratio: float, problem_space: int | None = None) -> QualityReport:
+    """Every problem of a generated batch at once: well-formed, tagged skill/level, diverse, within length."""
+    problems: list[str] = []
+    if not samples:
+        return QualityReport(False, ["empty batch"], 0, 0, 0, 0)
+    bad_shape = [i for i, s in enumerate(samples)
+                 if not (isinstance(s.get("user_prompt"), str) and s["user_prompt"].strip()
+                         and isinstance(s.get("assistant_response"), str) and s["assistant_response"].strip())]
+    if bad_shape:
+        problems.append(f"{len(bad_shape)} sample(s) with an empty prompt or answer (first: #{bad_shape[0]})")
+    wrong_tag = [i for i, s in enumerate(samples)
+                 if (s.get("metadata") or {}).get("level") != level or (s.get("metadata") or {}).get("skill") != skill]
+    if wrong_tag:
+        first = samples[wrong_tag[0]].get("metadata") or {}
+        problems.append(f"{len(wrong_tag)} sample(s) not tagged skill={skill} level={level} "
+                        f"(first: #{wrong_tag[0]} has skill={first.get('skill')!r} level={first.get('level')!r})")
+    distinct = len({s.get("user_prompt") for s in samples})
+    need = min_distinct_ratio * len(samples)
+    if problem_space:
+        need = min(need, 0.8 * problem_space)
+    need = math.ceil(need)
+    if distinct < need:
+        problems.append(f"only {distinct} distinct prompts in {len(samples)} samples (need {need})")
+    longest, too_long = 0, 0
+    for s in samples:
+        if bad_shape and not isinstance(s.get("user_prompt"), str):
+            continue
+        n = count_tokens(s["user_prompt"]) + count_tokens(s["assistant_response"]) + CHAT_OVERHEAD_TOKENS
+        longest = max(longest, n)
+        too_long += n > max_tokens
+    if too_long:
+        problems.append(f"{too_long} sample(s) longer than max_length {max_tokens} tokens (longest {longest})")
+    return QualityReport(not problems, problems, len(samples), distinct, need, longest)
+
+
+def tokenizer_counter(model_dir: str | Path) -> Callable[[str], int]:
+    """Token counter of the model's tokenizer; UTF-8 byte count (an upper bound for byte-level BPE) if it cannot load."""
+    if not (Path(model_dir) / "tokenizer_config.json").exists():
+        logger.warning("no tokenizer in %s; lengths are checked in UTF-8 bytes", model_dir)
+        return lambda text: len(text.encode("utf-8"))
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+        return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
+    except Exception as exc:  # missing model folder, transformers not installed: degrade, don't stop
+        logger.warning("tokenizer of %s unavailable (%s); lengths are checked in UTF-8 bytes", model_dir, exc)
+        return lambda text: len(text.encode("utf-8"))
+
+
+def to_training_row(sample: dict[str, Any]) -> dict[str, Any]:
+    """A Skill API sample as a syllo_v1 row (chat_sft_v1 + metadata.skill/level)."""
+    meta = sample["metadata"]
+    return {"messages": [{"role": "user", "content": sample["user_prompt"]},
+                         {"role": "assistant", "content": sample["assistant_response"]}],
+            "metadata": {"skill": meta["skill"], "level": meta["level"], "seed": meta.get("seed"), "index": meta.get("index")}}
+
+
+class DataManager:
+    """Curriculum data generation, pruning and eval sets for one Cadence base_dir."""
+
+    def __init__(self, cfg, clients: dict[str, Any] | None = None, curriculum: Curriculum | None = None,
+                 count_tokens: Callable[[str], int] | None = None, clock: Callable[[], float] = time.time):
+        self.cfg = cfg
+        self.dm = cfg.data_manager
+        self.layout = cfg.layout
+        self.skills = [s.name for s in self.dm.skills]
+        self._skill_cfg = {s.name: s for s in self.dm.skills}
+        self._clients = dict(clients or {})
+        max_levels = {s.name: BUILTIN_SKILLS[s.name].max_level for s in self.dm.skills if s.builtin and s.name in BUILTIN_SKILLS}
+        self.curriculum = curriculum or Curriculum.from_config(cfg, max_levels)
+        self._count_tokens = count_tokens
+        self.clock = clock
+        self.state_path = self.layout.status / "data_manager.json"
+        self.deferred_dir = self.layout.queue / "deferred"
+
+    # -- plumbing ---------------------------------------------------------
+    @property
+    def count_tokens(self) -> Callable[[str], int]:
+        if self._count_tokens is None:
+            self._count_tokens = tokenizer_counter(self.cfg.resolve(self.cfg.model.base_model))
+        return self._count_tokens
+
+    def client(self, skill: str):
+        """The client for `skill`: injected, else HTTP; a built-in skill whose server is down runs in process."""
+        if skill in self._clients:
+            return self._clients[skill]
+        sc = self._skill_cfg[skill]
+        http = SkillClient(sc.url, name=skill, timeout=self.dm.request_timeout, retries=self.dm.request_retries)
+        if sc.builtin and self.dm.local_fallback and skill in BUILTIN_SKILLS and not http.health():
+            logger.warning("skill server %s (%s) not answering; generating %s in process", sc.url, skill, skill)
+            http.close()
+            return LocalSkillClient(get_skill(skill))
+        return http
+
+    def load_state(self) -> dict[str, Any]:
+        state = read_json(self.state_path, None)
+        return state if isinstance(state, dict) else {"rotation_index": 0, "last_attempt_at": None,
+                                                      "last_generation_at": None, "batches_generated": 0}
+
+    def _save_state(self, state: dict[str, Any]) -> None:
+        state["updated_at"] = _utcnow()
+        atomic_write_json(self.state_path, state)
+
+    # -- gating -----------------------------------------------------------
+    def should_generate(self, now: float | None = None) -> tuple[bool, str]:
+        now = self.clock() if now is None else now
+        if not self.dm.enabled:
+            return False, "data_manager disabled"
+        if not self.skills:
+            return False, "no skills configured"
+        depth = queue_depth(self.layout)["total"]
+        if depth >= self.dm.min_queue_depth:
+            return False, f"queue depth {depth} >= min_queue_depth {self.dm.min_queue_depth}"
+        last = self.load_state().get("last_attempt_at")
+        if last is not None and now - last < self.dm.cooldown_seconds:
+            return False, f"cooldown: {self.dm.cooldown_seconds - (now - last):.0f}s left"
+        return True, f"queue depth {depth} < {self.dm.min_queue_depth}"
+
+    def tick(self, now: float | None = None) -> TickResult:
+        """Prune stale files, then generate one batch if the gate opens. Never raises on skill-server trouble."""
+        deferred = [str(p) for p in self.prune_stale()]
+        ok, reason = self.should_generate(now)
+        if not ok:
+            return TickResult("skipped", reason, deferred=deferred)
+        try:
+            batch = self.generate_batch(now=now)
+        except (SkillAPIError, QualityError) as exc:
+            logger.error("data generation failed: %s", exc)
+            return TickResult("failed", str(exc), deferred=deferred)
+        return TickResult("generated", reason, batch, deferred)
+
+    # -- generation -------------------------------------------------------
+    def next_skill(self) -> str:
+        state = self.load_state()
+        return self.skills[int(state.get("rotation_index", 0)) % len(self.skills)]
+
+    def generate_batch(self, skill: str | None = None, count: int | None = None, now: float | None = None) -> BatchResult:
+        """Generate, check and write one batch (no gating). Without `skill`: the next in rotation, which then advances."""
+        now = self.clock() if now is None else now
+        state = self.load_state()
+        rotate = skill is None
+        skill = skill or self.next_skill()
+        if skill not in self._skill_cfg:
+            raise KeyError(f"unknown skill {skill!r}; configured: {', '.join(self.skills)}")
+        count = count or self.dm.batch_size
+        level = self.curriculum.level(skill)
+        seed = secrets.randbelow(TRAIN_SEED_MAX)
+        state["last_attempt_at"] = now
+        if rotate:
+            state["rotation_index"] = int(state.get("rotation_index", 0)) + 1
+        self._save_state(state)
+        client = self.client(skill)
+        try:
+            space = client.levels().problem_space.get(level)
+            samples = client.generate(level, count, seed)
+            eval_prompts = {s["user_prompt"] for s in self._ensure_eval_set(skill, level, client)}
+        except SkillAPIError as exc:
+            self._note_error(f"{skill} L{level}: {exc}")
+            raise
+        finally:
+            client.close()
+        # Keep held-out prompts out of training when the level has room; at small levels (binary level 1 has
+        # 16 problems) every prompt is in both, and the eval measures the level, not generalisation.
+        kept = [s for s in samples if s["user_prompt"] not in eval_prompts]
+        dropped = 0
+        if len(kept) >= len(samples) / 2:
+            dropped, samples = len(samples) - len(kept), kept
+        quality = check_quality(samples, skill, level, count_tokens=self.count_tokens, max_tokens=self.cfg.model.max_length,
+                                min_distinct_ratio=self.dm.min_distinct_ratio, problem_space=space)
+        if not quality.ok:
+            self._note_error(f"{skill} L{level}: quality: {'; '.join(quality.problems)}")
+            raise QualityError(skill, level, quality.problems)
+        path, job_path = self._write_inbox(skill, level, seed, samples, dropped)
+        state = self.load_state()
+        state["last_generation_at"] = now
+        state["batches_generated"] = int(state.get("batches_generated", 0)) + 1
+        state["last_batch"] = {"skill": skill, "level": level, "seed": seed, "count": len(samples),
+                               "file": path.name, "at": _utcnow()}
+        state["last_error"] = None
+        self._save_state(state)
+        logger.info("generated %s: %s level %d, %d samples (seed %d)", path.name, skill, level, len(samples), seed)
+        return BatchResult(skill, level, seed, len(samples), str(path), str(job_path), asdict(quality), dropped)
+
+    def _note_error(self, message: str) -> None:
+        state = self.load_state()
+        state["last_error"] = {"message": message, "at": _utcnow()}
+        self._save_state(state)
+
+    def _write_inbox(self, skill: str, level: int, seed: int, samples: list[dict[str, Any]], dropped: int) -> tuple[Path, Path]:
+        inbox = self.layout.inbox
+        inbox.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        name = f"dm_{skill}_L{level:02d}_{stamp}_{seed}"
+        job = {"schema_id": SCHEMA_ID, "priority": self.dm.priority,
+               "tags": [GENERATED_TAG, f"skill:{skill}", f"level:{level}"],
+               "notes": f"generated by data_manager: {skill} level {level}, seed {seed}, {len(samples)} samples"
+                        + (f", {dropped} dropped as held-out eval prompts" if dropped else "")}
+        job_path = inbox / f"{name}.job.json"
+        atomic_write_json(job_path, job)  # before the data: the watcher must find it when NAME.jsonl appears
+        data_path = inbox / f"{name}.jsonl"
+        tmp = inbox / f".{name}.jsonl.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for s in samples:
+                fh.write(json.dumps(to_training_row(s), ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, data_path)
+        fsync_dir(inbox)
+        return data_path, job_path
+
+    # -- pruning ----------------------------------------------------------
+    def prune_stale(self) -> list[Path]:
+        """Move queued files of a known skill below its current level (and their sidecars) to queue/deferred/."""
+        levels = self.curriculum.levels(self.skills)
+        moved = []
+        for prio in QUEUE_PRIORITIES:
+            folder = self.layout.queue_dir(prio)
+            if not folder.is_dir():
+                continue
+            for data_file in sorted(folder.iterdir()):
+                if not is_data_file(data_file):
+                    continue
+                skill, level = queued_skill_level(data_file)
+                if skill not in levels or level is None or level >= levels[skill]:
+                    continue
+                dest = self._defer(data_file, f"{skill} level {level} is below the current level {levels[skill]}")
+                if dest:
+                    moved.append(dest)
+        return moved
+
+    def _defer(self, data_file: Path, reason: str) -> Path | None:
+        self.deferred_dir.mkdir(parents=True, exist_ok=True)
+        dest = self.deferred_dir / data_file.name
+        if dest.exists():
+            dest = self.deferred_dir / f"{data_file.stem}.{int(self.clock())}{data_file.suffix}"
+        sidecars = sidecars_of(data_file)
+        try:
+            os.rename(data_file, dest)  # the data first: once it is gone the queue cannot claim it
+        except FileNotFoundError:
+            return None  # claimed for training meanwhile
+        for side in sidecars:
+            side_dest = dest.with_name(dest.stem + side.name[len(data_file.stem):]) if side.name.startswith(data_file.stem + ".") else dest.with_name(side.name)
+            try:
+                os.rename(side, side_dest)
+            except FileNotFoundError:
+                continue
+            if side_dest.name.endswith(".meta.json"):
+                meta = read_json(side_dest, None)
+                if isinstance(meta, dict):
+                    meta.update(state="deferred", deferred_at=_utcnow(), deferred_reason=reason)
+                    atomic_write_json(side_dest, meta)
+        fsync_dir(self.deferred_dir)
+        logger.info("deferred %s: %s", data_file.name, reason)
+        return dest
+
+    # -- evaluation (the comparison engine's side) --------------------------
+    def eval_set_path(self, skill: str, level: int) -> Path:
+        return self.layout.status / "evals" / skill / f"level_{level}.jsonl"
+
+    def eval_set(self, skill: str, level: int | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """(level, samples) of the held-out set at `level` (default: the current one), generated once and kept."""
+        level = self.curriculum.level(skill) if level is None else level
+        return level, self._ensure_eval_set(skill, level)
+
+    def _ensure_eval_set(self, skill: str, level: int, client=None) -> list[dict[str, Any]]:
+        path = self.eval_set_path(skill, level)
+        samples = self._read_eval_set(path, skill, level)
+        if samples is not None:
+            return samples
+        own = client is None
+        client = client or self.client(skill)
+        try:
+            samples = client.generate(level, self.dm.eval_count, EVAL_SEED_BASE + level)
+        finally:
+            if own:
+                client.close()
+        wrong = [s for s in samples if s["metadata"].get("level") != level or s["metadata"].get("skill") != skill]
+        if wrong or not samples:
+            raise SkillAPIError(f"{skill}: eval set for level {level} came back with {len(wrong)} sample(s) of another "
+                                f"skill/level (or empty); refusing to evaluate on it")
+        atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+        logger.info("wrote eval set %s (%d samples)", path, len(samples))
+        return samples
+
+    @staticmethod
+    def _read_eval_set(path: Path, skill: str, level: int) -> list[dict[str, Any]] | None:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            samples = [json.loads(line) for line in lines if line.strip()]
+        except (OSError, ValueError):
+            return None
+        if samples and all(s.get("metadata", {}).get("level") == level and s.get("metadata", {}).get("skill") == skill
+                           for s in samples):
+            return samples
+        logger.warning("eval set %s is not all %s level %d; regenerating", path, skill, level)
+        return None
+
+    def evaluate_answers(self, skill: str, level: int, samples: list[dict[str, Any]], answers: list[str]) -> EvalResult:
+        """Score model answers against eval samples of `skill` at `level` (refuses samples of another level)."""
+        wrong = [i for i, s in enumerate(samples)
+                 if s.get("metadata", {}).get("level") != level or s.get("metadata", {}).get("skill") != skill]
+        if wrong:
+            raise ValueError(f"{len(wrong)} eval sample(s) are not {skill} level {level} (first #{wrong[0]})")
+        sc = self._skill_cfg.get(skill)
+        if sc is None or (sc.builtin and skill in BUILTIN_SKILLS):
+            report = local_score(skill, samples, answers)
+        else:
+            client = self.client(skill)
+            try:
+                report = client.score(samples, answers)
+            finally:
+                client.close()
+        return EvalResult(skill, level, report.accuracy, report.correct, report.total, report.results, report.scorer)
+
+    def record_eval(self, skill: str, level: int, accuracy: float, step: int | None = None,
+                    checkpoint: str | None = None, n: int | None = None) -> Decision:
+        return self.curriculum.record_eval(skill, level, accuracy, step=step, checkpoint=checkpoint, n=n)
+
+    def score_and_record(self, skill: str, level: int, samples: list[dict[str, Any]], answers: list[str],
+                         step: int | None = None, checkpoint: str | None = None) -> tuple[EvalResult, Decision]:
+        result = self.evaluate_answers(skill, level, samples, answers)
+        return result, self.record_eval(skill, level, result.accuracy, step=step, checkpoint=checkpoint, n=result.total)
+
+    # -- reporting --------------------------------------------------------
+    def status(self, now: float | None = None) -> dict[str, Any]:
+        now = self.clock() if now is None else now
+        state = self.load_state()
+        ok, reason = self.should_generate(now)
+        deferred = sum(1 for p in self.deferred_dir.iterdir() if is_data_file(p)) if self.deferred_dir.is_dir() else 0
+        return {"enabled": self.dm.enabled, "queue": queue_depth(self.layout), "min_queue_depth": self.dm.min_queue_depth,
+                "would_generate": ok, "reason": reason, "next_skill": self.next_skill() if self.skills else None,
+                "levels": self.curriculum.levels(self.skills), "deferred_files": deferred, **state}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from core.config import ConfigError, add_config_args, config_from_args
+
+    parser = argparse.ArgumentParser(description="Cadence data manager: curriculum data generation, pruning, eval sets.")
+    add_config_args(parser)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_status = sub.add_parser("status", help="queue depth, gate, rotation, levels, last batch")
+    p_status.add_argument("--json", action="store_true", help="machine-readable output")
+    p_gen = sub.add_parser("generate", help="generate one batch into inbox/ (obeys depth and cooldown unless --force)")
+    p_gen.add_argument("--force", action="store_true", help="ignore queue depth, cooldown and data_manager.enabled")
+    p_gen.add_argument("--count", type=int, default=None, help="samples in the batch (default data_manager.batch_size)")
+    p_gen.add_argument("--skill", default=None, help="skill to generate (default: next in rotation)")
+    sub.add_parser("tick", help="one daemon step: prune, then generate if the gate opens")
+    sub.add_parser("prune", help="move queued files below the current level to queue/deferred/")
+    sub.add_parser("evalsets", help="write the held-out eval set of every skill at its current level")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    manager = DataManager(cfg)
+    try:
+        if args.command == "status":
+            status = manager.status()
+            if args.json:
+                print(json.dumps(status, indent=2, default=str))
+            else:
+                q = status["queue"]
+                print(f"data manager {'enabled' if status['enabled'] else 'disabled'}; queued {q['total']} "
+                      f"(high {q['high']}, normal {q['normal']}, low {q['low']}, inbox {q['inbox']}), "
+                      f"min depth {status['min_queue_depth']}, deferred {status['deferred_files']}")
+                print(f"next: {status['next_skill']} -> {'generate' if status['would_generate'] else 'wait'} ({status['reason']})")
+                print("levels: " + ", ".join(f"{k} {v}" for k, v in status["levels"].items()))
+                if status.get("last_batch"):
+                    b = status["last_batch"]
+                    print(f"last batch: {b['file']} ({b['skill']} L{b['level']}, {b['count']} samples, {b['at']})")
+                if status.get("last_error"):
+                    print(f"last error: {status['last_error']['message']} ({status['last_error']['at']})")
+            return 0
+        if args.command == "generate":
+            if args.count is not None and args.count < 1:
+                print("error: --count must be >= 1", file=sys.stderr)
+                return 2
+            if not args.force:
+                ok, reason = manager.should_generate()
+                if not ok:
+                    print(f"not generating: {reason} (use --force)")
+                    return 0
+            batch = manager.generate_batch(skill=args.skill, count=args.count)
+            print(f"wrote {batch.path} ({batch.skill} level {batch.level}, {batch.count} samples, seed {batch.seed})")
+            return 0
+        if args.command == "tick":
+            result = manager.tick()
+            print(f"{result.action}: {result.reason}" + (f" -> {result.batch.path}" if result.batch else ""))
+            for d in result.deferred:
+                print(f"deferred {d}")
+            return 0 if result.action != "failed" else 1
+        if args.command == "prune":
+            for d in manager.prune_stale():
+                print(f"deferred {d}")
+            return 0
+        if args.command == "evalsets":
+            for skill in manager.skills:
+                level, samples = manager.eval_set(skill)
+                print(f"{manager.eval_set_path(skill, level)}: {len(samples)} samples")
+            return 0
+    except (SkillAPIError, QualityError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
