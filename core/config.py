@@ -102,6 +102,8 @@ class DaemonConfig(Section):
     release_model_on_pause: bool = Field(False, description="Pause frees the model from memory (the child exits after its checkpoint) instead of keeping it loaded.")
     heartbeat_interval: float = Field(1.0, gt=0, description="Seconds between heartbeats while the child is busy outside a step (load, eval).")
     loop_interval: float = Field(1.0, gt=0, description="Supervisor loop tick in seconds.")
+    inbox_observer: Literal["auto", "inotify", "polling"] = Field("auto", description="How the inbox is watched: auto = inotify (close-write events) with polling as fallback; polling = scans every poll_interval only.")
+    orphan_sidecar_seconds: float = Field(300.0, ge=0, description="A NAME.job.json whose NAME.jsonl has not arrived after this long is moved to queue/rejected/.")
 
 
 class ValidationConfig(Section):
@@ -112,6 +114,7 @@ class ValidationConfig(Section):
     policies: dict[str, Literal["error", "warning", "off"]] = Field(default_factory=dict, description="Per-check policy overrides, e.g. {\"near_duplicate\": \"error\"}.")
     max_truncated_share: float = Field(0.05, ge=0, le=1, description="STANDARD: reject when more than this share of examples exceed max_length.")
     report_lines_per_rule: int = Field(20, ge=1, description="Reports list the first N lines per rule and count the rest.")
+    standard_on_arrival: bool = Field(False, description="Also run STANDARD (tokenizer + chat template) when a file arrives, not only before training.")
 
 
 class QueueConfig(Section):
