@@ -336,12 +336,14 @@ class DataManager:
             raise
         finally:
             client.close()
-        # Keep held-out prompts out of training when the level has room; at small levels (binary level 1 has
-        # 16 problems) every prompt is in both, and the eval measures the level, not generalisation.
-        kept = [s for s in samples if s["user_prompt"] not in eval_prompts]
+        # Keep held-out prompts out of training when the level has room for it. A small level (binary level 1
+        # has 16 problems, syllo level 1 has 60) is trained on all of its problems: there the eval measures
+        # mastery of the level, not generalisation, and excluding eval prompts would leave gaps it is tested on.
         dropped = 0
-        if len(kept) >= len(samples) / 2:
-            dropped, samples = len(samples) - len(kept), kept
+        if space is None or space > 10 * (count + self.dm.eval_count):
+            kept = [s for s in samples if s["user_prompt"] not in eval_prompts]
+            if len(kept) >= 0.9 * len(samples):
+                dropped, samples = len(samples) - len(kept), kept
         quality = check_quality(samples, skill, level, count_tokens=self.count_tokens, max_tokens=self.cfg.model.max_length,
                                 min_distinct_ratio=self.dm.min_distinct_ratio, problem_space=space)
         if not quality.ok:

@@ -133,7 +133,7 @@ class SkillClient:
                     raise last
             if attempt < retries:
                 time.sleep(self.backoff * 2 ** attempt)
-        raise SkillAPIError(f"{self.base_url}{path}: failed after {retries + 1} attempt(s): {last}")
+        raise SkillAPIError(f"{self.base_url}{path}: failed after {retries + 1} attempt(s): {last}", getattr(last, "status", None))
 
     def health(self) -> bool:
         """True when GET /health answers {"status": "ok"} (one attempt, no retries); never raises."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         pid_file.parent.mkdir(parents=True, exist_ok=True)
         pid_file.write_text(f"{os.getpid()}\n")
     logger.info("serving skill %s on http://%s:%d", skill.name, args.host, port)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it with the previous handler: make that
+    # handler an exit that unwinds through `finally`, so the pid file goes away on a clean stop.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(create_app(skill), host=args.host, port=port, log_level=args.log_level)
     finally:
