@@ -20,6 +20,23 @@ from core.config import ConfigError, add_config_args, config_from_args
 logger = logging.getLogger("inference")
 
 
+def _server_class():
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn, but a SIGTERM/SIGINT is a graceful drain that exits 0 (uvicorn re-raises the signal)."""
+
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+            state = getattr(self.config.app.state, "cadence", None) if hasattr(self.config.app, "state") else None
+            if state is not None:
+                state.shutting_down = True  # /ready -> 503 and new requests -> 503 while in-flight ones finish
+            logger.info("signal %s: draining in-flight requests (up to %.0fs)", sig, self.config.timeout_graceful_shutdown)
+
+    return DrainingServer
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__.split("\n\n")[0])
     add_config_args(parser)
@@ -47,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         config = uvicorn.Config(create_app(cfg), host=host, port=port, log_level=args.log_level,
                                 timeout_graceful_shutdown=max(1, int(cfg.inference.drain_timeout)),
                                 access_log=False)
-        uvicorn.Server(config).run()
+        _server_class()(config).run()
     finally:
         try:
             if pid_file.read_text().strip() == str(os.getpid()):

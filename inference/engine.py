@@ -99,6 +99,7 @@ class ModelEngine:
         self.loaded_at = time.time()
         self.retired = False
         self.pending = 0          # sequences bound to this engine and not finished (waiting or running)
+        self.forward_passes = 0   # prefill + decode forwards run (tests use it to prove batching)
         self.eos_token_ids = self._eos_ids()
         layer_types = getattr(model.config, "layer_types", None) or ["full_attention"]
         self._mask_keys = sorted(set(layer_types))
@@ -137,6 +138,7 @@ class ModelEngine:
 
     # ---- the forward passes ----------------------------------------------------------------------
     def _forward(self, input_ids, mask4d, position_ids, cache):
+        self.forward_passes += 1
         out = self.model(input_ids=input_ids, attention_mask={k: mask4d for k in self._mask_keys},
                          position_ids=position_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :].float(), out.past_key_values
