@@ -27,6 +27,9 @@ from inference.engine import ModelEngine, NonFiniteLogits
 logger = logging.getLogger(__name__)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
 class ModelLoadError(Exception):
     """A model folder that must not serve; `code` is machine-readable, the message says why."""
 
@@ -112,6 +115,8 @@ def load_engine(path: str | Path, version: str | None, cfg, require_manifest: bo
     model.to(device).eval()
     report["checks"].append("architecture")
 
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError("bad_tokenizer", f"{folder}: no tokenizer files (none of {', '.join(TOKENIZER_FILES)})")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
     except Exception as exc:  # missing/corrupt tokenizer files surface as OSError/ValueError/TypeError
@@ -120,6 +125,11 @@ def load_engine(path: str | Path, version: str | None, cfg, require_manifest: bo
     problems = []
     if len(tokenizer) > vocab:
         problems.append(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab}")
+    elif len(tokenizer) < vocab // 2:
+        problems.append(f"tokenizer has only {len(tokenizer)} tokens for a model with vocab_size {vocab}")
+    probe = icfg.smoke_prompt
+    if tokenizer.decode(tokenizer(probe, add_special_tokens=False)["input_ids"]) != probe:
+        problems.append(f"tokenizer does not round-trip {probe!r}")
     if tokenizer.eos_token_id is None or not 0 <= tokenizer.eos_token_id < vocab:
         problems.append(f"end token id {tokenizer.eos_token_id} is not inside the vocabulary")
     if not getattr(tokenizer, "chat_template", None):

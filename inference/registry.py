@@ -61,7 +61,7 @@ class ModelRegistry:
                          load_seconds=report["load_seconds"])
             self.history.append(entry)
             self._served.append({"version": engine.version, "path": engine.source_path,
-                                 "global_step": engine.global_step})
+                                 "global_step": engine.global_step, "require_manifest": require_manifest})
             self.metrics.count_load(True)
             logger.info("now serving %s (step %s); previous %s drains", engine.version, engine.global_step,
                         old.version if old else None)
@@ -82,7 +82,7 @@ class ModelRegistry:
         if not candidates:
             raise ModelLoadError("no_previous", f"no earlier version{' ' + version if version else ''} to roll back to")
         target = candidates[0]
-        report = self.load(target["path"], target["version"], reason="rollback")
+        report = self.load(target["path"], target["version"], target["require_manifest"], reason="rollback")
         # The rolled-back version replaces the one we left; drop the abandoned one from the rollback chain.
         if current is not None:
             self._served = [s for s in self._served[:-1] if s["version"] != current.version] + self._served[-1:]
