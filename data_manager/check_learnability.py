@@ -1,0 +1,146 @@
+"""Hand-run check that level 1 of each built-in skill suits the tiny default model.
+
+Prints, per skill, token lengths of level-1 prompts, answers and whole chat
+examples under the tiny model's own tokenizer, the size of the answer space,
+and one example. With --train-seconds it also fine-tunes a fresh tiny model
+on level-1 data with a minimal loop (AdamW, loss on the assistant turn only;
+not Cadence's trainer) and reports greedy-decoding accuracy on the held-out
+eval set after each chunk of steps: an honest, stand-alone learnability
+estimate. Not part of the test suite (it takes minutes of CPU).
+
+Run as:
+    python3 data_manager/check_learnability.py                          # token lengths only (seconds)
+    python3 data_manager/check_learnability.py --train-seconds 240 --threads 2 [--skill binary]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from data_manager.manager import EVAL_SEED_BASE
+from data_manager.skills import BUILTIN_SKILLS, get_skill
+
+logger = logging.getLogger(__name__)
+
+
+def chat_ids(tok, prompt: str, answer: str | None = None) -> list[int]:
+    msgs = [{"role": "user", "content": prompt}] + ([{"role": "assistant", "content": answer}] if answer is not None else [])
+    out = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=answer is None, return_dict=False)
+    return list(out)
+
+
+def length_report(tok, skill_name: str, count: int = 400) -> dict:
+    skill = get_skill(skill_name)
+    samples = skill.generate(1, count, seed=0)
+    n = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    prompt_t = [n(s.user_prompt) for s in samples]
+    answer_t = [n(s.assistant_response) for s in samples]
+    full_t = [len(chat_ids(tok, s.user_prompt, s.assistant_response)) for s in samples]
+    ex = samples[0]
+    return {"skill": skill_name, "problem_space": skill.describe_level(1).problem_space,
+            "distinct_answers": len({s.assistant_response for s in samples}),
+            "prompt_tokens": (min(prompt_t), statistics.mean(prompt_t), max(prompt_t)),
+            "answer_tokens": (min(answer_t), statistics.mean(answer_t), max(answer_t)),
+            "example_tokens": (min(full_t), statistics.mean(full_t), max(full_t)),
+            "example": (ex.user_prompt, ex.assistant_response, n(ex.user_prompt), n(ex.assistant_response))}
+
+
+def train_and_eval(model_dir: Path, skill_name: str, seconds: float, batch_size: int, lr: float, eval_every: int) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    skill = get_skill(skill_name)
+    evals = [s for s in skill.generate(1, 50, seed=EVAL_SEED_BASE + 1)]
+    max_answer = max(len(tok(s.assistant_response, add_special_tokens=False)["input_ids"]) for s in evals)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    pad = tok.pad_token_id
+
+    def batch(step: int):
+        rows = skill.generate(1, batch_size, seed=step)
+        ids, labels = [], []
+        for s in rows:
+            prompt = chat_ids(tok, s.user_prompt)
+            full = chat_ids(tok, s.user_prompt, s.assistant_response)
+            ids.append(full)
+            labels.append([-100] * len(prompt) + full[len(prompt):])
+        width = max(map(len, ids))
+        x = torch.tensor([r + [pad] * (width - len(r)) for r in ids])
+        y = torch.tensor([r + [-100] * (width - len(r)) for r in labels])
+        return x, y, (x != pad).long() | (y != -100).long()
+
+    @torch.no_grad()
+    def accuracy() -> float:
+        model.eval()
+        correct = 0
+        for s in evals:
+            prompt = torch.tensor([chat_ids(tok, s.user_prompt)])
+            out = model.generate(prompt, max_new_tokens=max_answer + 3, do_sample=False)
+            answer = tok.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
+            correct += skill.score(s.assistant_response, answer).correct
+        model.train()
+        return correct / len(evals)
+
+    model.train()
+    start, step = time.time(), 0
+    print(f"[{skill_name}] training a fresh tiny model for {seconds:.0f}s (batch {batch_size}, lr {lr})")
+    while time.time() - start < seconds:
+        x, y, mask = batch(step)
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / 20)
+        loss = model(input_ids=x, attention_mask=mask, labels=y).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        if step % eval_every == 0:
+            print(f"[{skill_name}] step {step:4d}  {time.time() - start:6.1f}s  loss {loss.item():.3f}  eval acc {accuracy():.2f}", flush=True)
+    print(f"[{skill_name}] final: step {step}, {time.time() - start:.0f}s, loss {loss.item():.3f}, eval acc {accuracy():.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Check that level 1 of the built-in skills suits the tiny model.")
+    parser.add_argument("--model", default=None, help="model folder (default: build the tiny preset in a temp dir)")
+    parser.add_argument("--skill", choices=sorted(BUILTIN_SKILLS), action="append", help="skill(s) to check (default: all)")
+    parser.add_argument("--train-seconds", type=float, default=0, help="also train a fresh model this long per skill")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak LR (default: config.json's 1e-3)")
+    parser.add_argument("--eval-every", type=int, default=50, help="steps between eval-accuracy reports")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2, like the demo box)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    import torch
+    from transformers import AutoTokenizer
+
+    from scripts.make_tiny_model import build_model
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(args.model) if args.model else build_model(Path(tmp) / "tiny", "tiny")
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        for name in args.skill or sorted(BUILTIN_SKILLS):
+            r = length_report(tok, name)
+            fmt = lambda t: f"min {t[0]}, mean {t[1]:.1f}, max {t[2]}"  # noqa: E731
+            print(f"== {name} level 1: {r['problem_space']} distinct problems, {r['distinct_answers']} distinct answers")
+            print(f"   prompt tokens  {fmt(r['prompt_tokens'])}")
+            print(f"   answer tokens  {fmt(r['answer_tokens'])}")
+            print(f"   chat example   {fmt(r['example_tokens'])} (template + both turns)")
+            p, a, pn, an = r["example"]
+            print(f"   example: user {p!r} ({pn} tokens) -> assistant {a!r} ({an} tokens)")
+        for name in (args.skill or sorted(BUILTIN_SKILLS)) if args.train_seconds > 0 else []:
+            train_and_eval(model_dir, name, args.train_seconds, args.batch_size, args.lr, args.eval_every)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
