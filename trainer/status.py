@@ -24,7 +24,7 @@ class StatusWriter:
         self._status.update(fields)
         self._status["updated_at"] = time.time()
         self._status["pid"] = os.getpid()
-        atomic_write_json(self.status_path, self._status)
+        atomic_write_json(self.status_path, self._status, durable=False)
         return self._status
 
     def metric(self, record: dict) -> None:

@@ -1,0 +1,399 @@
+"""The 24/7 training daemon: a supervisor that never imports torch.
+
+It holds an OS lock (one instance per base_dir), runs the inbox watcher and
+validators, claims the next queued file and trains it in a child process
+(`trainer/child.py`) that it can stop, kill and restart. The child writes a
+heartbeat each step; the daemon checks it every tick (anti-stuck), classifies
+every child exit (crash detector) and acts on it: complete, requeue at the
+front with progress, retry with backoff, shrink the batch after an OOM, fail
+the file, or pause with an alert. Every state change goes to
+`status/events.jsonl`. Config changes apply at the next file boundary
+(critical ones are refused). SIGTERM/SIGINT: the child finishes its step,
+checkpoints and exits; the file goes back to the front of its queue.
+
+Run as:
+    python3 core/training_daemon.py [--config config.json] [--set key=value]
+    (normally started by scripts/start_all.sh under safety/daemon_watchdog.py)
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from core.atomic_io import append_jsonl, read_json  # noqa: E402
+from core.config import CadenceConfig, ConfigError, add_config_args, load_config  # noqa: E402
+from core.control import consume_skip, consume_stop_after_file, read_control, request  # noqa: E402
+from core.procs import AlreadyRunning, InstanceLock, live_pid, remove_pid, terminate, write_pid  # noqa: E402
+from core.training_queue import QueueEntry, TrainingQueue  # noqa: E402
+from safety import anti_stuck_monitor, crash_detector  # noqa: E402
+from safety.config_validator import critical_problems, disk_problems  # noqa: E402
+from trainer.checkpoint import latest_checkpoint  # noqa: E402  (no torch: lazy package)
+from trainer.status import StatusWriter  # noqa: E402
+
+logger = logging.getLogger("core.training_daemon")
+
+EXIT_CODES = {0: "completed", 3: "interrupted", 10: "data_error", 11: "nan_loss", 12: "disk_full", 13: "config_error",
+              14: "oom", 1: "unknown"}
+
+
+def log_event(cfg: CadenceConfig, event: str, **fields) -> None:
+    append_jsonl(cfg.layout.events, {"ts": time.time(), "source": "daemon", "event": event, **fields})
+
+
+def sd_notify(message: str) -> None:
+    """systemd notify protocol (READY=1, WATCHDOG=1, STATUS=...); a no-op outside systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(message.encode(), addr)
+    except OSError:
+        pass
+
+
+class Child:
+    """One running training child and what the daemon knows about it."""
+
+    def __init__(self, proc: subprocess.Popen, entry: QueueEntry, step_at_start: int):
+        self.proc = proc
+        self.entry = entry
+        self.started_at = time.time()
+        self.step_at_start = step_at_start
+        self.killed_reason: str | None = None
+        self.term_sent_at: float | None = None
+
+
+class TrainingDaemon:
+    def __init__(self, config_path: str | None, overrides: list[str]):
+        self.config_path = config_path
+        self.overrides = overrides
+        self.cfg = load_config(config_path, overrides)
+        self.layout = self.cfg.layout.ensure()
+        self.queue = TrainingQueue(self.cfg)
+        self.status = StatusWriter(self.layout.training_status, self.layout.metrics)
+        self.lock = InstanceLock(self.layout.pids / "daemon.lock")
+        self.child: Child | None = None
+        self.shutdown_requested = threading.Event()
+        self.exit_reason = "shutdown"
+        self.ingestor = None
+        self._blocked_reason: str | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def run(self) -> int:
+        try:
+            self.lock.acquire()
+        except AlreadyRunning:
+            pid = live_pid(self.layout.pid_file("daemon"))
+            print(f"training daemon already running (pid {pid}) for {self.layout.base_dir}", file=sys.stderr)
+            return 3
+        write_pid(self.layout.pid_file("daemon"))
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        log_event(self.cfg, "daemon_started", pid=os.getpid())
+        try:
+            self._reap_orphan()
+            self._recover()
+            self._start_ingest()
+            sd_notify("READY=1")
+            while not self.shutdown_requested.is_set():
+                self.tick()
+                self.shutdown_requested.wait(self.cfg.daemon.loop_interval if self.child is None else 0.2)
+            self._shutdown()
+        finally:
+            self._stop_ingest()
+            remove_pid(self.layout.pid_file("daemon"))
+            self.lock.release()
+        log_event(self.cfg, "daemon_stopped", reason=self.exit_reason)
+        return 0
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.exit_reason = signal.Signals(signum).name
+        self.shutdown_requested.set()
+
+    def _reap_orphan(self) -> None:
+        """A trainer left by a previous daemon (which died) must be gone before a new one starts."""
+        pid = live_pid(self.layout.pid_file("trainer"))
+        if pid:
+            outcome = terminate(pid, self.cfg.daemon.shutdown_timeout)
+            log_event(self.cfg, "orphan_trainer_stopped", pid=pid, outcome=outcome)
+
+    def _recover(self) -> None:
+        ckpt = latest_checkpoint(self.layout.current_model)
+        step = ckpt.step if ckpt else 0
+        for e in self.queue.entries(("processing",)):
+            progressed = step > int(e.meta.get("attempt_step_start", step))
+            if progressed:
+                self.queue.requeue_front(e.name, progress={"global_step": step}, reason="recovered: progress made")
+            else:
+                self.queue.fail(e.name, "recovered from processing/ after an unclean shutdown", retryable=True)
+            log_event(self.cfg, "recovered", file=e.name, counted_as_attempt=not progressed)
+
+    def _start_ingest(self) -> None:
+        try:
+            from core.watcher import Ingestor
+        except ImportError:  # ingest not installed: the queue can still be fed by training_queue.py add
+            logger.warning("core.watcher not available: inbox/ is not watched")
+            return
+        self.ingestor = Ingestor(self.cfg, self.queue)
+        self._ingest_stop = threading.Event()
+        self._ingest_thread = threading.Thread(target=self._ingest_loop, name="ingest", daemon=True)
+        self._ingest_thread.start()
+
+    def _ingest_loop(self) -> None:
+        while not self._ingest_stop.is_set():
+            try:
+                self.ingestor.run_forever(self._ingest_stop)
+            except Exception:  # the loop boundary: bad input must never stop the daemon
+                logger.exception("inbox watcher failed; restarting it")
+                self._ingest_stop.wait(1.0)
+
+    def _stop_ingest(self) -> None:
+        if self.ingestor is not None:
+            self._ingest_stop.set()
+            self._ingest_thread.join(timeout=10)
+
+    def _shutdown(self) -> None:
+        if self.child is None:
+            return
+        log_event(self.cfg, "stopping_child", pid=self.child.proc.pid, reason=self.exit_reason)
+        self.status.update(state="stopping")
+        try:
+            self.child.proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.child.proc.wait(self.cfg.daemon.shutdown_timeout)
+        except subprocess.TimeoutExpired:
+            self.child.killed_reason = "shutdown"
+            self.child.proc.kill()
+            self.child.proc.wait()
+        self._handle_exit(self.child, self.child.proc.returncode)
+
+    # ------------------------------------------------------------------ loop
+    def tick(self) -> None:
+        sd_notify("WATCHDOG=1")
+        if self.child is not None:
+            code = self.child.proc.poll()
+            if code is not None:
+                child, self.child = self.child, None
+                self._handle_exit(child, code)
+            else:
+                self._check_stuck()
+            return
+        control = read_control(self.layout)
+        if control.get("skip"):
+            consume_skip(self.layout)
+            log_event(self.cfg, "skip_ignored", reason="no file is training")
+        if control["desired"] == "stopped":
+            self.exit_reason = f"stop requested ({control.get('reason')})"
+            self._idle_status("stopped")
+            self.shutdown_requested.set()
+            return
+        if control["desired"] == "paused":
+            self._idle_status("paused", reason=control.get("reason"))
+            return
+        if not self._ready_to_train():
+            return
+        entry = self.queue.claim_next()
+        if entry is None:
+            self._idle_status("idle")
+            return
+        self._spawn(entry)
+
+    def _ready_to_train(self) -> bool:
+        """File boundary: reload config (non-critical changes apply now), refuse critical changes, check disk."""
+        try:
+            fresh = load_config(self.config_path, self.overrides)
+        except ConfigError as exc:
+            return self._blocked(f"config.json invalid, keeping the last good config: {exc}", keep_config=True)
+        if fresh.model_dump() != self.cfg.model_dump():
+            log_event(self.cfg, "config_reloaded")
+        problems = critical_problems(fresh)
+        if problems:
+            return self._blocked("critical config change refused: " + " | ".join(problems))
+        self.cfg = fresh
+        errors, warnings = disk_problems(self.cfg)
+        if errors:
+            self._free_disk()
+            errors, warnings = disk_problems(self.cfg)
+            if errors:
+                return self._blocked("; ".join(errors))
+        if self._blocked_reason:
+            log_event(self.cfg, "unblocked", was=self._blocked_reason)
+            self._blocked_reason = None
+        return True
+
+    def _blocked(self, reason: str, keep_config: bool = False) -> bool:
+        if reason != self._blocked_reason:
+            logger.error("%s", reason)
+            log_event(self.cfg, "blocked", reason=reason)
+            self._blocked_reason = reason
+        self._idle_status("blocked", reason=reason)
+        return False
+
+    def _free_disk(self) -> None:
+        try:
+            from management.auto_disk_manager import free_space
+        except ImportError:
+            return
+        try:
+            freed = free_space(self.cfg)
+            log_event(self.cfg, "disk_freed", detail=freed)
+        except Exception:
+            logger.exception("disk manager failed")
+
+    def _idle_status(self, state: str, **extra) -> None:
+        counts = {p: len(self.queue.entries((p,))) for p in ("high", "normal", "low")}
+        current = read_json(self.layout.training_status, {}) or {}
+        if current.get("state") == state and current.get("queue") == counts and current.get("pid") == os.getpid() \
+                and time.time() - current.get("updated_at", 0) < 5:
+            return
+        self.status.update(state=state, queue=counts, daemon_pid=os.getpid(), file=None, **extra)
+
+    def _spawn(self, entry: QueueEntry) -> None:
+        ckpt = latest_checkpoint(self.layout.current_model)
+        step = ckpt.step if ckpt else 0
+        entry = self.queue.update_meta(entry.name, attempt_step_start=step,
+                                       global_step_start=entry.meta.get("global_step_start", step))
+        cmd = [sys.executable, "-m", "trainer.child", "--file", str(entry.path), "--file-id", entry.id or entry.name,
+               "--schema", entry.meta.get("schema_id") or self.cfg.daemon.default_schema]
+        if entry.meta.get("epochs"):
+            cmd += ["--epochs", str(int(entry.meta["epochs"]))]
+        if self.config_path:
+            cmd += ["--config", str(self.config_path)]
+        for item in self.overrides + list(entry.meta.get("overrides") or []):
+            cmd += ["--set", item]
+        self.layout.logs.mkdir(parents=True, exist_ok=True)
+        log = open(self.layout.logs / "trainer.log", "ab")
+        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        (self.layout.status / "child_result.json").unlink(missing_ok=True)
+        proc = subprocess.Popen(cmd, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        log.close()
+        self.child = Child(proc, entry, step)
+        log_event(self.cfg, "training_started", file=entry.name, pid=proc.pid, attempt=entry.meta.get("attempts"),
+                  global_step=step)
+        self.status.update(state="training", file=entry.name, daemon_pid=os.getpid(), trainer_pid=proc.pid)
+
+    def _check_stuck(self) -> None:
+        child = self.child
+        if child.killed_reason:
+            return
+        verdict = anti_stuck_monitor.check(self.cfg, child.proc.pid, child.started_at)
+        if verdict is None:
+            return
+        log_event(self.cfg, "stuck", file=child.entry.name, pid=child.proc.pid, detail=str(verdict))
+        how = anti_stuck_monitor.dump_stacks(child.proc.pid, self.layout.logs / "trainer.log")
+        child.killed_reason = "stuck"
+        terminate(child.proc.pid, 5, signal.SIGKILL)
+        log_event(self.cfg, "stuck_child_killed", file=child.entry.name, stacks=how)
+
+    # ------------------------------------------------------------------ exits
+    def _handle_exit(self, child: Child, code: int) -> None:
+        layout = self.layout
+        result = read_json(layout.status / "child_result.json", None)
+        if result and result.get("pid") != child.proc.pid:
+            result = None
+        name = child.entry.name
+        ckpt = latest_checkpoint(layout.current_model)
+        step = ckpt.step if ckpt else 0
+        kind = EXIT_CODES.get(code, "unknown") if code >= 0 else "signal"
+        progress = {"global_step": step, "steps_done": (result or {}).get("result", {}) and result["result"].get("steps")}
+        if kind == "completed":
+            res = (result or {}).get("result") or {}
+            self.queue.complete(name, global_step_end=res.get("global_step_end", step), stats=res)
+            log_event(self.cfg, "training_completed", file=name, global_step=res.get("global_step_end", step),
+                      status=res.get("status"))
+            if consume_stop_after_file(layout):
+                log_event(self.cfg, "stop_after_file")
+            return
+        if kind == "interrupted":
+            skip = consume_skip(layout)
+            if skip:
+                self.queue.skip(name, skip.get("reason") or "skipped by operator")
+                log_event(self.cfg, "skipped", file=name, reason=skip.get("reason"), global_step=step)
+            else:
+                self.queue.requeue_front(name, progress=progress, reason=(result or {}).get("message") or "interrupted")
+                log_event(self.cfg, "training_interrupted", file=name, global_step=step,
+                          reason=(result or {}).get("message"))
+            return
+        category, message = crash_detector.classify(
+            code, result, _log_tail(layout.logs / "trainer.log"), child.killed_reason,
+            read_json(layout.status / "heartbeat.json", {}))
+        crash = crash_detector.record(layout.status / "crash_history.jsonl", code, category, message, name, step)
+        log_event(self.cfg, "child_crashed", file=name, category=category, action=crash.action, message=message,
+                  exit_code=code, global_step=step)
+        self._act(crash, child, step)
+
+    def _act(self, crash, child: Child, step: int) -> None:
+        name = child.entry.name
+        action = crash.action
+        if action == "fail":
+            self.queue.fail(name, f"{crash.category}: {crash.message}", retryable=False)
+        elif action == "shrink_batch_retry":
+            entry = self.queue.find(name, ("processing",))
+            t = self.cfg.training
+            over = dict(item.split("=", 1) for item in entry.meta.get("overrides") or [])
+            micro = int(over.get("training.micro_batch_tokens", t.micro_batch_tokens))
+            accum = int(over.get("training.gradient_accumulation_steps", t.gradient_accumulation_steps))
+            if micro // 2 < self.cfg.model.max_length:
+                self.queue.fail(name, f"{crash.category}: micro-batch cannot shrink below max_length "
+                                      f"({micro} tokens): {crash.message}", retryable=False)
+                return
+            over.update({"training.micro_batch_tokens": str(micro // 2), "training.gradient_accumulation_steps": str(accum * 2)})
+            self.queue.update_meta(name, overrides=[f"{k}={v}" for k, v in over.items()])
+            self.queue.requeue_front(name, reason=f"{crash.category}: retry with micro-batch {micro // 2} x {accum * 2}")
+            log_event(self.cfg, "batch_shrunk", file=name, micro_batch_tokens=micro // 2, accumulation=accum * 2)
+        elif action == "free_disk_and_pause":
+            self.queue.requeue_front(name, reason="disk full")
+            self._free_disk()
+            request(self.layout, "pause", reason=f"ALERT disk full: {crash.message}")
+            log_event(self.cfg, "alert", kind="disk_full", message=crash.message)
+        elif action == "pause":
+            self.queue.requeue_front(name, reason=crash.category)
+            request(self.layout, "pause", reason=f"ALERT {crash.category}: {crash.message}")
+            log_event(self.cfg, "alert", kind=crash.category, message=crash.message)
+        else:  # retry: an attempt counts only when it made no progress
+            if step > child.step_at_start:
+                self.queue.requeue_front(name, progress={"global_step": step}, reason=f"{crash.category} after progress")
+            else:
+                self.queue.fail(name, f"{crash.category}: {crash.message}", retryable=True)
+
+
+def _log_tail(path: Path, n_bytes: int = 16_384) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - n_bytes))
+            return fh.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Cadence's 24/7 training daemon (supervisor; training runs in a child).")
+    add_config_args(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    try:
+        daemon = TrainingDaemon(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return daemon.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

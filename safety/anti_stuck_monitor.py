@@ -1,0 +1,124 @@
+"""Detect a training child that stopped making progress, dump its stacks, and kill it.
+
+Progress is the child's heartbeat (`status/heartbeat.json`, written every step
+and during load/eval/checkpoint). No heartbeat for `safety.stuck_timeout`
+(`stuck_timeout_eval` / `stuck_timeout_checkpoint` in those phases) means
+stuck: every thread's stack is dumped to the child's log (py-spy when installed,
+else the child's faulthandler on SIGUSR1), then the child is killed and the
+daemon requeues the file with the attempt counted. The daemon runs this check
+every tick; the CLI runs it once against the recorded trainer pid.
+
+Run as:
+    python3 safety/anti_stuck_monitor.py [--kill]
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.atomic_io import read_json  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Verdict:
+    pid: int
+    phase: str
+    silent_for: float
+    limit: float
+    global_step: int | None
+
+    def __str__(self) -> str:
+        return (f"no heartbeat for {self.silent_for:.0f}s in phase {self.phase!r} (limit {self.limit:.0f}s) "
+                f"at global step {self.global_step}")
+
+
+def limit_for(cfg, phase: str) -> float:
+    s = cfg.safety
+    return {"eval": s.stuck_timeout_eval, "checkpoint": s.stuck_timeout_checkpoint,
+            "load": max(s.stuck_timeout, s.stuck_timeout_checkpoint)}.get(phase, s.stuck_timeout)
+
+
+def check(cfg, pid: int, started_at: float, now: float | None = None) -> Verdict | None:
+    """A Verdict when child `pid` has been silent longer than its phase allows; paused children never are."""
+    now = now or time.time()
+    beat = read_json(cfg.layout.status / "heartbeat.json", {}) or {}
+    if beat.get("pid") != pid:
+        beat = {"phase": "load", "ts": started_at}  # no heartbeat of its own yet: count from its start
+    phase = beat.get("phase", "train")
+    if phase == "paused":
+        return None
+    silent = now - float(beat.get("ts", started_at))
+    limit = limit_for(cfg, phase)
+    if silent > limit:
+        return Verdict(pid, phase, silent, limit, beat.get("global_step"))
+    return None
+
+
+def dump_stacks(pid: int, log_path: Path | None = None, timeout: float = 20.0) -> str:
+    """All thread stacks of `pid`, into the log. Returns how they were taken."""
+    pyspy = shutil.which("py-spy")
+    if pyspy:
+        try:
+            out = subprocess.run([pyspy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=timeout)
+            if out.returncode == 0:
+                logger.error("stacks of stuck trainer %d (py-spy):\n%s", pid, out.stdout)
+                if log_path:
+                    with open(log_path, "a") as fh:
+                        fh.write(f"\n--- py-spy dump of stuck pid {pid} ---\n{out.stdout}\n")
+                return "py-spy"
+        except (subprocess.TimeoutExpired, OSError) as exc:
+            logger.warning("py-spy failed: %s", exc)
+    try:
+        os.kill(pid, signal.SIGUSR1)  # the child's faulthandler writes every thread's stack to its log
+        time.sleep(1.0)
+        return "faulthandler"
+    except ProcessLookupError:
+        return "gone"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from core.config import ConfigError, add_config_args, config_from_args
+    from core.procs import live_pid, terminate
+
+    parser = argparse.ArgumentParser(description="Check the training child's heartbeat once; optionally kill it when stuck.")
+    parser.add_argument("--kill", action="store_true", help="dump stacks and kill a stuck child")
+    add_config_args(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    pid = live_pid(cfg.layout.pid_file("trainer"))
+    if pid is None:
+        print("no training child running")
+        return 0
+    import psutil
+
+    verdict = check(cfg, pid, psutil.Process(pid).create_time())
+    if verdict is None:
+        print(f"trainer {pid}: making progress")
+        return 0
+    print(f"trainer {pid}: STUCK: {verdict}")
+    if args.kill:
+        how = dump_stacks(pid, cfg.layout.logs / "trainer.log")
+        print(f"stacks dumped via {how}; {terminate(pid, 10)}")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Start, stop and inspect Cadence's processes by recorded pid (the engine behind start_all/stop_all/status.sh).
+
+Box A: the watchdog (which starts and keeps the training daemon alive), the
+monitor, the model lifecycle worker (comparison + deployment) and the built-in
+skill servers. Single-machine mode (the default) also starts box B's inference
+server. Every process gets a pid file in .pids/ and a log in logs/; starting
+is idempotent (a live pid is never started twice); stopping is graceful
+(SIGTERM, wait) and then forced.
+
+Run as:
+    python3 scripts/services.py start [--no-inference] [--only NAME ...]
+    python3 scripts/services.py stop [--timeout 60]
+    python3 scripts/services.py status [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from core.config import CadenceConfig, ConfigError, add_config_args, config_from_args  # noqa: E402
+from core.procs import live_pid, remove_pid, terminate, write_pid  # noqa: E402
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def service_table(cfg: CadenceConfig, config_args: list[str], inference: bool = True) -> list[dict]:
+    py = sys.executable
+    out = [{"name": "watchdog", "cmd": [py, str(REPO / "safety" / "daemon_watchdog.py"), *config_args],
+            "pid": "watchdog", "box": "A"}]
+    if _has_module("monitoring.__main__"):
+        out.append({"name": "monitor", "cmd": [py, "-m", "monitoring", *config_args], "pid": "monitor", "box": "A"})
+    if _has_module("management.__main__"):
+        out.append({"name": "lifecycle", "cmd": [py, "-m", "management", *config_args], "pid": "lifecycle", "box": "A"})
+    if cfg.data_manager.enabled and _has_module("data_manager.skills.__main__"):
+        for skill in cfg.data_manager.skills:
+            if skill.builtin:
+                port = skill.url.rstrip("/").rsplit(":", 1)[-1]
+                out.append({"name": f"skill-{skill.name}", "cmd": [py, "-m", "data_manager.skills", skill.name, "--port", port],
+                            "pid": f"skill-{skill.name}", "box": "A"})
+    if inference and _has_module("inference.__main__"):
+        out.append({"name": "inference", "cmd": [py, "-m", "inference", *config_args], "pid": "inference", "box": "B"})
+    return out
+
+
+def start(cfg: CadenceConfig, services: list[dict]) -> list[dict]:
+    layout = cfg.layout.ensure()
+    report = []
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), TOKENIZERS_PARALLELISM="false")
+    for svc in services:
+        pid_file = layout.pid_file(svc["pid"])
+        pid = live_pid(pid_file)
+        if pid:
+            report.append({"name": svc["name"], "pid": pid, "action": "already running"})
+            continue
+        log = open(layout.logs / f"{svc['name']}.log", "ab")
+        proc = subprocess.Popen(svc["cmd"], cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        log.close()
+        if not pid_file.exists() or live_pid(pid_file) is None:
+            write_pid(pid_file, proc.pid)  # services that write their own pid file rewrite the same value
+        report.append({"name": svc["name"], "pid": proc.pid, "action": "started"})
+    time.sleep(1.0)
+    for r in report:
+        if r["action"] == "started" and live_pid(layout.pid_file(_pid_name(services, r["name"]))) is None:
+            r["action"] = "exited at once (see logs/%s.log)" % r["name"]
+    return report
+
+
+def _pid_name(services: list[dict], name: str) -> str:
+    return next(s["pid"] for s in services if s["name"] == name)
+
+
+def stop(cfg: CadenceConfig, timeout: float) -> list[dict]:
+    """Watchdog first (so nothing is restarted), then the daemon (checkpoint + requeue), then the rest."""
+    layout = cfg.layout
+    order = ["watchdog", "daemon", "lifecycle", "monitor", "inference"]
+    names = order + sorted(p.stem for p in layout.pids.glob("*.pid") if p.stem not in order and p.stem != "trainer")
+    report = []
+    for name in names:
+        pid_file = layout.pid_file(name)
+        pid = live_pid(pid_file)
+        if pid is None:
+            if pid_file.exists():
+                pid_file.unlink(missing_ok=True)
+                report.append({"name": name, "action": "stale pid file removed"})
+            continue
+        wait = cfg.daemon.shutdown_timeout if name == "daemon" else timeout
+        outcome = terminate(pid, wait)
+        remove_pid(pid_file, pid)
+        report.append({"name": name, "pid": pid, "action": outcome})
+    orphan = live_pid(layout.pid_file("trainer"))
+    if orphan:
+        report.append({"name": "trainer", "pid": orphan, "action": terminate(orphan, cfg.daemon.shutdown_timeout)})
+    return report
+
+
+def status(cfg: CadenceConfig) -> list[dict]:
+    layout = cfg.layout
+    rows = []
+    for p in sorted(layout.pids.glob("*.pid")):
+        pid = live_pid(p)
+        rows.append({"name": p.stem, "pid": pid, "alive": pid is not None})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Start/stop/inspect Cadence's processes.")
+    parser.add_argument("command", choices=["start", "stop", "status"])
+    parser.add_argument("--no-inference", action="store_true", help="start: box A only (inference runs on box B)")
+    parser.add_argument("--only", nargs="*", default=None, help="start: only these services")
+    parser.add_argument("--timeout", type=float, default=30.0, help="stop: seconds before SIGKILL (daemon: daemon.shutdown_timeout)")
+    parser.add_argument("--json", action="store_true")
+    add_config_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    config_args = (["--config", str(Path(args.config).resolve())] if args.config else []) + \
+        [x for item in args.overrides for x in ("--set", item)]
+    if args.command == "start":
+        services = service_table(cfg, config_args, inference=not args.no_inference)
+        if args.only:
+            services = [s for s in services if s["name"] in args.only]
+        report = start(cfg, services)
+    elif args.command == "stop":
+        report = stop(cfg, args.timeout)
+    else:
+        report = status(cfg)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for r in report:
+            print("  ".join(f"{k}={v}" for k, v in r.items()))
+        if not report:
+            print("nothing to do")
+    return 0 if all("exited" not in str(r.get("action", "")) for r in report) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

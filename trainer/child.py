@@ -1,0 +1,193 @@
+"""The training child: one process per claimed file, started and supervised by the daemon.
+
+It loads the engine, trains the file (resuming mid-file when the checkpoint says
+so), writes a heartbeat at every step and during long phases, polls the
+operator's requests at step boundaries, and exits with a code the crash detector
+understands; details go to `status/child_result.json`. It asks the kernel for
+SIGTERM if the daemon dies, so it can never train on as an orphan.
+
+Run as (by the daemon):
+    python -m trainer.child --file queue/processing/x.jsonl --file-id SHA --schema chat_sft_v1 [--config C] [--set k=v]
+"""
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.atomic_io import atomic_write_json  # noqa: E402
+from core.config import ConfigError, add_config_args, config_from_args  # noqa: E402
+from core.control import read_control  # noqa: E402
+from core.procs import remove_pid, set_parent_death_signal, write_pid  # noqa: E402
+
+logger = logging.getLogger("trainer.child")
+
+EXIT_OK, EXIT_INTERRUPTED = 0, 3
+EXIT_DATA, EXIT_NAN, EXIT_DISK, EXIT_CONFIG, EXIT_OOM, EXIT_UNKNOWN = 10, 11, 12, 13, 14, 1
+EXIT_NAMES = {EXIT_OK: "completed", EXIT_INTERRUPTED: "interrupted", EXIT_DATA: "data_error", EXIT_NAN: "nan_loss",
+              EXIT_DISK: "disk_full", EXIT_CONFIG: "config_error", EXIT_OOM: "oom", EXIT_UNKNOWN: "unknown"}
+
+
+def heartbeat_path(layout) -> Path:
+    return layout.status / "heartbeat.json"
+
+
+def result_path(layout) -> Path:
+    return layout.status / "child_result.json"
+
+
+class Faults:
+    """Opt-in fault injection for the safety tests (CADENCE_FAULT_INJECT=kind:step[,kind:step])."""
+
+    def __init__(self, spec: str | None):
+        self.faults = {}
+        for item in filter(None, (spec or "").split(",")):
+            kind, _, step = item.partition(":")
+            self.faults[kind.strip()] = int(step or 0)
+
+    def at_step(self, step: int) -> None:
+        if self.faults.get("sleep") == step:
+            logger.warning("fault injection: hanging at step %d", step)
+            time.sleep(10_000)
+        if self.faults.get("oom") == step:
+            import torch
+
+            raise torch.OutOfMemoryError("fault injection: CUDA out of memory. Tried to allocate 2.00 GiB")
+        if self.faults.get("exit") == step:
+            os._exit(99)
+
+
+class DaemonHooks:
+    def __init__(self, cfg, file_name: str, faults: Faults):
+        self.cfg = cfg
+        self.layout = cfg.layout
+        self.file_name = file_name
+        self.faults = faults
+        self.sigterm = False
+        self._last_beat = 0.0
+        self.stop_reason: str | None = None
+
+    def heartbeat(self, phase: str, global_step: int) -> None:
+        now = time.time()
+        if phase == "train":
+            self.faults.at_step(global_step)
+        elif now - self._last_beat < 0.2 and phase != "checkpoint":
+            return
+        self._last_beat = now
+        atomic_write_json(heartbeat_path(self.layout), {"pid": os.getpid(), "phase": phase, "global_step": global_step,
+                                                        "file": self.file_name, "ts": now,
+                                                        "ram_pct": psutil.virtual_memory().percent}, durable=False)
+
+    def control(self) -> str | None:
+        if self.sigterm:
+            self.stop_reason = "SIGTERM"
+            return "stop"
+        state = read_control(self.layout)
+        if state.get("skip"):
+            self.stop_reason = "skip"
+            return "stop"
+        if state["desired"] == "stopped":
+            self.stop_reason = "stop"
+            return "stop"
+        if state["desired"] == "paused":
+            if self.cfg.daemon.release_model_on_pause:
+                self.stop_reason = "pause"
+                return "stop"
+            return "pause"
+        return None
+
+    def wait_while_paused(self) -> str:
+        while True:
+            action = self.control()
+            if action is None:
+                return "resume"
+            if action == "stop":
+                return "stop"
+            self.heartbeat("paused", -1)
+            time.sleep(0.25)
+
+    def on_checkpoint(self, info) -> None:
+        self.heartbeat("train", info.step)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Train one claimed file (started by the training daemon).")
+    parser.add_argument("--file", required=True)
+    parser.add_argument("--file-id", required=True)
+    parser.add_argument("--schema", default="chat_sft_v1")
+    parser.add_argument("--epochs", type=int, default=None)
+    add_config_args(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    set_parent_death_signal(signal.SIGTERM)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the anti-stuck monitor asks for stacks this way
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        return _finish(None, EXIT_CONFIG, str(exc))
+    layout = cfg.layout
+    write_pid(layout.pid_file("trainer"))
+    hooks = DaemonHooks(cfg, Path(args.file).name, Faults(os.environ.get("CADENCE_FAULT_INJECT")))
+    signal.signal(signal.SIGTERM, lambda *_: setattr(hooks, "sigterm", True))
+    signal.signal(signal.SIGINT, lambda *_: setattr(hooks, "sigterm", True))
+    try:
+        return _run(cfg, args, hooks)
+    finally:
+        remove_pid(layout.pid_file("trainer"))
+
+
+def _run(cfg, args, hooks: DaemonHooks) -> int:
+    import torch
+
+    from trainer import ConfigMismatchError, DataError, DiskFullError, NonFiniteLossError, TrainerEngine
+
+    try:
+        hooks.heartbeat("load", 0)
+        engine = TrainerEngine(cfg, hooks).setup()
+        result = engine.train_file(args.file, file_id=args.file_id, schema_id=args.schema, epochs=args.epochs)
+    except DataError as exc:
+        return _finish(cfg, EXIT_DATA, str(exc))
+    except NonFiniteLossError as exc:
+        return _finish(cfg, EXIT_NAN, str(exc))
+    except DiskFullError as exc:
+        return _finish(cfg, EXIT_DISK, str(exc))
+    except ConfigMismatchError as exc:
+        return _finish(cfg, EXIT_CONFIG, str(exc))
+    except torch.OutOfMemoryError as exc:
+        return _finish(cfg, EXIT_OOM, f"out of memory: {exc}")
+    except OSError as exc:
+        if exc.errno == 28:
+            return _finish(cfg, EXIT_DISK, str(exc))
+        logger.exception("training failed")
+        return _finish(cfg, EXIT_UNKNOWN, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    except Exception as exc:  # the loop boundary: classify, never hide
+        logger.exception("training failed")
+        return _finish(cfg, EXIT_UNKNOWN, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    payload = {k: v for k, v in result.__dict__.items()}
+    if result.status == "interrupted":
+        return _finish(cfg, EXIT_INTERRUPTED, hooks.stop_reason or "interrupted", result=payload)
+    return _finish(cfg, EXIT_OK, result.status, result=payload)
+
+
+def _finish(cfg, code: int, message: str, tb: str | None = None, result: dict | None = None) -> int:
+    if cfg is not None:
+        atomic_write_json(result_path(cfg.layout), {"pid": os.getpid(), "exit_code": code, "category": EXIT_NAMES[code],
+                                                    "message": message, "traceback": tb, "result": result,
+                                                    "finished_at": time.time()})
+    if code not in (EXIT_OK, EXIT_INTERRUPTED):
+        logger.error("%s: %s", EXIT_NAMES[code], message)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
