@@ -1,0 +1,373 @@
+"""Serving benchmark, vLLM-bench style: Cadence's inference server vs `transformers serve` on the same model, same run.
+
+For each backend (Cadence; `transformers serve`; `transformers serve
+--continuous-batching`) it starts the server as a subprocess on loopback,
+warms it up, then sends streaming chat requests from a closed loop of C
+concurrent clients (C = 1, 8, 32 by default) and reports TTFT, TPOT, ITL and
+end-to-end latency percentiles, request/s and output tokens/s, plus the
+ratio of Cadence's output tok/s and TTFT p99 to the best peer at each
+concurrency. Every request generates exactly --max-tokens tokens (Cadence:
+`ignore_eos`; transformers: a generation_config without an end token), so
+throughput compares like with like. Output token counts come from each
+server's `usage`.
+
+Finally it measures Cadence's TTFT p99 while new model versions are being
+deployed back to back (POST /admin/models/load) against the steady state.
+
+Run as:
+    python benchmarks/serve.py                                  # tiny model built in a temp dir
+    python benchmarks/serve.py --model models/base --concurrency 1 8 32 --max-tokens 64
+    python benchmarks/serve.py --backends cadence --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+
+PROMPT = ("You are a careful assistant. Explain, step by step, how to add two binary numbers such as "
+          "1011 and 0110, and say what the carry bit does in each column.")
+ADMIN_TOKEN = "bench-admin-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    k = (len(values) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+# ---- backends --------------------------------------------------------------------------------------
+class Backend:
+    name = "?"
+
+    def __init__(self, model: Path, workdir: Path, max_batch: int):
+        self.model, self.workdir, self.max_batch = model, workdir, max_batch
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.log = workdir / f"{self.name}.log"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def body(self, max_tokens: int) -> dict:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 180) -> None:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+        self.proc = subprocess.Popen(self.command(), stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
+                                     cwd=REPO, env=env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: see {self.log}")
+            try:
+                r = httpx.post(self.url + "/v1/chat/completions", json={**self.body(2), "stream": False}, timeout=30)
+                if r.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.name} not ready after {timeout}s: see {self.log}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+class Cadence(Backend):
+    name = "cadence"
+
+    def command(self):
+        base = self.workdir / "cadence-base"
+        (base / "control").mkdir(parents=True, exist_ok=True)
+        (base / "control" / "admin.token").write_text(ADMIN_TOKEN)
+        cfg = {"paths": {"base_dir": str(base)}, "model": {"base_model": str(self.model)},
+               "inference": {"port": self.port, "max_batch_size": self.max_batch, "max_queue": 1024}}
+        (base / "config.json").write_text(json.dumps(cfg))
+        return [sys.executable, "-m", "inference", "--config", str(base / "config.json"), "--log-level", "warning"]
+
+    def body(self, max_tokens):
+        return {"model": "cadence-tiny", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": max_tokens,
+                "temperature": 0.7, "top_p": 0.9, "stream": True, "ignore_eos": True,
+                "stream_options": {"include_usage": True}}
+
+
+class TransformersServe(Backend):
+    name = "transformers serve"
+    cb = False
+
+    def command(self):
+        exe = shutil.which("transformers") or str(Path(sys.executable).parent / "transformers")
+        cmd = [exe, "serve", str(self.model), "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu",
+               "--log-level", "warning"]
+        return cmd + (["--continuous-batching"] if self.cb else [])
+
+    def body(self, max_tokens):
+        # A generation_config without eos_token_id: exactly max_tokens tokens, like Cadence's ignore_eos.
+        gen = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": max_tokens}
+        return {"model": str(self.model), "messages": [{"role": "user", "content": PROMPT}], "max_tokens": max_tokens,
+                "temperature": 0.7, "top_p": 0.9, "stream": True, "generation_config": json.dumps(gen),
+                "stream_options": {"include_usage": True}}
+
+
+class TransformersServeCB(TransformersServe):
+    name = "transformers serve --continuous-batching"
+    cb = True
+
+
+# ---- load generation ----------------------------------------------------------------------------------
+async def one_request(client: httpx.AsyncClient, backend: Backend, max_tokens: int) -> dict:
+    t0 = time.perf_counter()
+    arrivals, usage, error, version = [], None, None, None
+    try:
+        async with client.stream("POST", backend.url + "/v1/chat/completions", json=backend.body(max_tokens)) as r:
+            version = r.headers.get("x-model-version")
+            if r.status_code != 200:
+                error = f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
+            else:
+                async for line in r.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    obj = json.loads(line[6:])
+                    if "error" in obj:
+                        error = str(obj["error"])[:200]
+                        break
+                    if obj.get("usage"):
+                        usage = obj["usage"]
+                    for ch in obj.get("choices") or []:
+                        if (ch.get("delta") or {}).get("content"):
+                            arrivals.append(time.perf_counter())
+    except httpx.HTTPError as exc:
+        error = repr(exc)
+    end = time.perf_counter()
+    tokens = (usage or {}).get("completion_tokens") or len(arrivals)
+    return {"start": t0, "end": end, "ttft": (arrivals[0] - t0) if arrivals else None, "e2e": end - t0,
+            "itl": [b - a for a, b in zip(arrivals, arrivals[1:])], "tokens": tokens, "error": error,
+            "version": version}
+
+
+async def run_level(backend: Backend, concurrency: int, n_requests: int, max_tokens: int,
+                    stop_when: threading.Event | None = None) -> tuple[list[dict], float]:
+    results: list[dict] = []
+    remaining = [n_requests]
+
+    async def worker(client):
+        while (stop_when is None and remaining[0] > 0) or (stop_when is not None and not stop_when.is_set()):
+            remaining[0] -= 1
+            results.append(await one_request(client, backend, max_tokens))
+
+    limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency + 2)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        duration = time.perf_counter() - t0
+    return results, duration
+
+
+def summarize(results: list[dict], duration: float) -> dict:
+    ok = [r for r in results if not r["error"]]
+    ttft = [r["ttft"] for r in ok if r["ttft"] is not None]
+    tpot = [(r["e2e"] - r["ttft"]) / (r["tokens"] - 1) for r in ok if r["ttft"] is not None and r["tokens"] > 1]
+    itl = [x for r in ok for x in r["itl"]]
+    e2e = [r["e2e"] for r in ok]
+    out = {"requests": len(results), "failed": len(results) - len(ok), "duration_s": duration,
+           "req_per_s": len(ok) / duration if duration else 0.0,
+           "output_tok_per_s": sum(r["tokens"] for r in ok) / duration if duration else 0.0,
+           "mean_output_tokens": statistics.mean([r["tokens"] for r in ok]) if ok else 0}
+    for name, vals in (("ttft", ttft), ("tpot", tpot), ("itl", itl), ("e2e", e2e)):
+        out[f"{name}_mean_ms"] = 1000 * statistics.mean(vals) if vals else float("nan")
+        for p in (50, 90, 99):
+            out[f"{name}_p{p}_ms"] = 1000 * pct(vals, p)
+    errors = sorted({r["error"] for r in results if r["error"]})
+    if errors:
+        out["errors"] = errors[:3]
+    return out
+
+
+def bench_backend(backend: Backend, levels: list[int], per_level, max_tokens: int) -> dict:
+    backend.start()
+    try:
+        asyncio.run(run_level(backend, 2, 4, max_tokens))  # warm-up
+        rows = {}
+        for c in levels:
+            results, duration = asyncio.run(run_level(backend, c, per_level(c), max_tokens))
+            rows[c] = summarize(results, duration)
+            print(f"  {backend.name:42s} c={c:<3d} {rows[c]['output_tok_per_s']:8.1f} tok/s  "
+                  f"ttft p99 {rows[c]['ttft_p99_ms']:8.1f} ms  failed {rows[c]['failed']}", flush=True)
+        return rows
+    finally:
+        backend.stop()
+
+
+def bench_swap(model: Path, workdir: Path, concurrency: int, max_tokens: int, n_versions: int, seconds: float,
+               interval: float = 1.0) -> dict:
+    """Cadence TTFT during back-to-back deploys vs steady state, same load."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from core.manifest import write_manifest
+
+    def perturb_weights(folder: Path, seed: int) -> None:
+        tensors = load_file(folder / "model.safetensors")
+        g = torch.Generator().manual_seed(seed)
+        for name, t in tensors.items():
+            if t.is_floating_point():
+                tensors[name] = t + 0.02 * torch.randn(t.shape, generator=g, dtype=t.dtype)
+        save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+    versions = []
+    for i in range(n_versions):
+        dst = workdir / f"swap-v{i:02d}"
+        shutil.copytree(model, dst)
+        perturb_weights(dst, seed=i)
+        write_manifest(dst, model_only=True, version=f"swap-v{i:02d}", global_step=i)
+        versions.append(dst)
+    backend = Cadence(model, workdir, 32)
+    backend.start()
+    try:
+        asyncio.run(run_level(backend, 2, 4, max_tokens))
+        steady_stop = threading.Event()
+        threading.Timer(seconds, steady_stop.set).start()
+        steady, d1 = asyncio.run(run_level(backend, concurrency, 0, max_tokens, stop_when=steady_stop))
+        swap_stop = threading.Event()
+        loads = []
+
+        def deploy():
+            for path in versions:
+                time.sleep(interval)  # keep serving between deploys: the phase measures requests that overlap swaps
+                t0 = time.perf_counter()
+                r = httpx.post(backend.url + "/admin/models/load", json={"path": str(path)}, timeout=300,
+                               headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+                loads.append({"status": r.status_code, "seconds": time.perf_counter() - t0,
+                              "version": r.json().get("version")})
+            time.sleep(interval)
+            swap_stop.set()
+
+        deployer = threading.Thread(target=deploy)
+        deployer.start()
+        during, d2 = asyncio.run(run_level(backend, concurrency, 0, max_tokens, stop_when=swap_stop))
+        deployer.join()
+    finally:
+        backend.stop()
+    s, w = summarize(steady, d1), summarize(during, d2)
+    return {"concurrency": concurrency, "steady": s, "during_swap": w, "loads": loads,
+            "versions_seen": sorted({r["version"] for r in during if r["version"]}),
+            "ttft_p99_ratio": w["ttft_p99_ms"] / s["ttft_p99_ms"] if s["ttft_p99_ms"] else float("nan")}
+
+
+# ---- report ----------------------------------------------------------------------------------------
+def print_table(results: dict, levels: list[int]) -> None:
+    cols = ["c", "backend", "req/s", "out tok/s", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99", "ITL p50",
+            "ITL p99", "E2E p50", "E2E p99", "failed"]
+    print("\n| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for c in levels:
+        for name, rows in results.items():
+            if isinstance(rows, str):
+                continue
+            r = rows[c]
+            print(f"| {c} | {name} | {r['req_per_s']:.2f} | {r['output_tok_per_s']:.1f} | {r['ttft_p50_ms']:.1f} | "
+                  f"{r['ttft_p99_ms']:.1f} | {r['tpot_p50_ms']:.2f} | {r['tpot_p99_ms']:.2f} | {r['itl_p50_ms']:.2f} | "
+                  f"{r['itl_p99_ms']:.2f} | {r['e2e_p50_ms']:.0f} | {r['e2e_p99_ms']:.0f} | {r['failed']} |")
+    print("(latencies in ms)")
+    peers = {k: v for k, v in results.items() if k != "cadence" and not isinstance(v, str)}
+    for name, why in results.items():
+        if isinstance(why, str):
+            print(f"\n{name}: not measured: {why}")
+    if "cadence" in results and peers:
+        print("\n| c | best peer (out tok/s) | Cadence / best peer out tok/s | Cadence TTFT p99 / best peer TTFT p99 |")
+        print("|---|---|---|---|")
+        for c in levels:
+            best_name, best = max(peers.items(), key=lambda kv: kv[1][c]["output_tok_per_s"])
+            cad = results["cadence"][c]
+            best_ttft = min(v[c]["ttft_p99_ms"] for v in peers.values())
+            print(f"| {c} | {best_name} ({best[c]['output_tok_per_s']:.1f}) | "
+                  f"{cad['output_tok_per_s'] / best[c]['output_tok_per_s']:.2f}x | {cad['ttft_p99_ms'] / best_ttft:.2f}x |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="HF model folder (default: build the tiny preset in a temp dir)")
+    parser.add_argument("--preset", default="tiny", help="make_tiny_model preset when --model is not given")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=None, help="requests per level (default: max(8, 2*c))")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--backends", nargs="+", default=["cadence", "transformers", "transformers-cb"],
+                        choices=["cadence", "transformers", "transformers-cb"])
+    parser.add_argument("--swap-versions", type=int, default=6, help="versions deployed in the swap test (0 = skip)")
+    parser.add_argument("--swap-concurrency", type=int, default=8)
+    parser.add_argument("--steady-seconds", type=float, default=8.0)
+    parser.add_argument("--swap-interval", type=float, default=1.0, help="seconds of serving between two deploys")
+    parser.add_argument("--json", default=None, help="also write all numbers to this file")
+    args = parser.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="cadence-bench-"))
+    model = Path(args.model).resolve() if args.model else None
+    if model is None:
+        from scripts.make_tiny_model import build_model
+        model = build_model(workdir / f"model-{args.preset}", preset=args.preset)
+    per_level = (lambda c: args.requests) if args.requests else (lambda c: max(8, 2 * c))
+    print(f"model {model}; {os.cpu_count()} CPUs; max_tokens {args.max_tokens}; concurrency {args.concurrency}", flush=True)
+    classes = {"cadence": Cadence, "transformers": TransformersServe, "transformers-cb": TransformersServeCB}
+    results: dict = {}
+    for key in args.backends:
+        backend = classes[key](model, workdir, max(args.concurrency))
+        try:
+            results[backend.name] = bench_backend(backend, args.concurrency, per_level, args.max_tokens)
+        except Exception as exc:  # a peer that cannot run here is reported with the reason, not fatal
+            tail = backend.log.read_text(errors="replace")[-600:] if backend.log.exists() else ""
+            results[backend.name] = f"{type(exc).__name__}: {exc}\n{tail}"
+            print(f"  {backend.name}: failed: {exc}", flush=True)
+    print_table(results, args.concurrency)
+    swap = None
+    if args.swap_versions and "cadence" in args.backends:
+        swap = bench_swap(model, workdir, args.swap_concurrency, args.max_tokens, args.swap_versions, args.steady_seconds,
+                          args.swap_interval)
+        s, w = swap["steady"], swap["during_swap"]
+        print(f"\nSwap under load (Cadence, c={swap['concurrency']}, {len(swap['loads'])} versions deployed back to back, "
+              f"load calls {[round(x['seconds'], 2) for x in swap['loads']]} s, statuses {[x['status'] for x in swap['loads']]}):")
+        print("| phase | requests | failed | TTFT p50 | TTFT p99 | out tok/s |")
+        print("|---|---|---|---|---|---|")
+        for name, r in (("steady", s), ("during swaps", w)):
+            print(f"| {name} | {r['requests']} | {r['failed']} | {r['ttft_p50_ms']:.1f} | {r['ttft_p99_ms']:.1f} | "
+                  f"{r['output_tok_per_s']:.1f} |")
+        print(f"TTFT p99 during swap / steady: {swap['ttft_p99_ratio']:.2f}x; versions that served: {swap['versions_seen']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "swap": swap}, indent=2, default=str))
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
