@@ -47,24 +47,48 @@ def result_path(layout) -> Path:
 
 
 class Faults:
-    """Opt-in fault injection for the safety tests (CADENCE_FAULT_INJECT=kind:step[,kind:step])."""
+    """Opt-in fault injection for the safety tests: CADENCE_FAULT_INJECT="kind:value[,kind:value]".
 
-    def __init__(self, spec: str | None):
-        self.faults = {}
+    sleep:N    hang at global step N (anti-stuck)      oom:N     raise CUDA OOM at global step N
+    exit:N     os._exit(99) at global step N           enospc:N  disk full when checkpointing at step N
+    slow:S     sleep S seconds every step (gives tests time to act mid-file)
+    Each fault except `slow` fires once per base_dir (a marker file in status/ records it).
+    """
+
+    def __init__(self, spec: str | None, status_dir: Path):
+        self.faults: dict[str, float] = {}
+        self.status_dir = status_dir
         for item in filter(None, (spec or "").split(",")):
-            kind, _, step = item.partition(":")
-            self.faults[kind.strip()] = int(step or 0)
+            kind, _, value = item.partition(":")
+            self.faults[kind.strip()] = float(value or 0)
+
+    def _fire(self, kind: str, step: int) -> bool:
+        if kind not in self.faults or int(self.faults[kind]) != step:
+            return False
+        marker = self.status_dir / f".fault_fired_{kind}"
+        if marker.exists():
+            return False
+        marker.write_text(str(step))
+        logger.warning("fault injection: %s at global step %d", kind, step)
+        return True
 
     def at_step(self, step: int) -> None:
-        if self.faults.get("sleep") == step:
-            logger.warning("fault injection: hanging at step %d", step)
+        if self.faults.get("slow"):
+            time.sleep(self.faults["slow"])
+        if self._fire("sleep", step):
             time.sleep(10_000)
-        if self.faults.get("oom") == step:
+        if self._fire("oom", step):
             import torch
 
-            raise torch.OutOfMemoryError("fault injection: CUDA out of memory. Tried to allocate 2.00 GiB")
-        if self.faults.get("exit") == step:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (fault injection)")
+        if self._fire("exit", step):
             os._exit(99)
+
+    def at_checkpoint(self, step: int) -> None:
+        if self._fire("enospc", step):
+            from trainer.checkpoint import DiskFullError
+
+            raise DiskFullError(28, "No space left on device (fault injection)")
 
 
 class DaemonHooks:
@@ -81,6 +105,8 @@ class DaemonHooks:
         now = time.time()
         if phase == "train":
             self.faults.at_step(global_step)
+        elif phase == "checkpoint":
+            self.faults.at_checkpoint(global_step)
         elif now - self._last_beat < 0.2 and phase != "checkpoint":
             return
         self._last_beat = now
@@ -137,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         return _finish(None, EXIT_CONFIG, str(exc))
     layout = cfg.layout
     write_pid(layout.pid_file("trainer"))
-    hooks = DaemonHooks(cfg, Path(args.file).name, Faults(os.environ.get("CADENCE_FAULT_INJECT")))
+    hooks = DaemonHooks(cfg, Path(args.file).name, Faults(os.environ.get("CADENCE_FAULT_INJECT"), layout.status))
     signal.signal(signal.SIGTERM, lambda *_: setattr(hooks, "sigterm", True))
     signal.signal(signal.SIGINT, lambda *_: setattr(hooks, "sigterm", True))
     try:
