@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import secrets
 import sys
@@ -44,6 +43,8 @@ if __package__ in (None, ""):
 
 from core.atomic_io import atomic_write_json, atomic_write_text, fsync_dir, read_json
 from data_manager.curriculum_manager import Curriculum, Decision
+from data_manager.quality import QualityError, QualityReport, check_quality, tokenizer_counter  # noqa: F401 (re-exported)
+from data_manager.queue_files import QUEUE_PRIORITIES, is_data_file, queue_depth, queued_skill_level, sidecars_of  # noqa: F401
 from data_manager.skill_api_client import LocalSkillClient, SkillAPIError, SkillClient, local_score
 from data_manager.skills import BUILTIN_SKILLS, get_skill
 
@@ -51,29 +52,8 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_ID = "syllo_v1"
 GENERATED_TAG = "data_manager"
-SIDECAR_SUFFIXES = (".meta.json", ".job.json", ".reason.json")
-QUEUE_PRIORITIES = ("high", "normal", "low")
 TRAIN_SEED_MAX = 2 ** 31
 EVAL_SEED_BASE = 2 ** 40
-CHAT_OVERHEAD_TOKENS = 16  # ChatML markers and role names around one user and one assistant turn
-
-
-class QualityError(ValueError):
-    """A generated batch that must not be trained on; `problems` lists every reason."""
-
-    def __init__(self, skill: str, level: int, problems: list[str]):
-        self.problems = problems
-        super().__init__(f"{skill} level {level}: " + "; ".join(problems))
-
-
-@dataclass
-class QualityReport:
-    ok: bool
-    problems: list[str]
-    samples: int
-    distinct_prompts: int
-    required_distinct: int
-    max_tokens: int
 
 
 @dataclass
@@ -109,119 +89,6 @@ class EvalResult:
 
 def _utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def is_data_file(path: Path) -> bool:
-    """A queued/dropped data file, not a sidecar, hidden file or partial write."""
-    name = path.name
-    return (path.is_file() and not name.startswith(".") and not name.endswith((".tmp", ".part"))
-            and not name.endswith(SIDECAR_SUFFIXES))
-
-
-def queue_depth(layout) -> dict[str, int]:
-    """Data files waiting per priority, plus those dropped in inbox/ and not yet ingested."""
-    depth = {}
-    for prio in QUEUE_PRIORITIES:
-        folder = layout.queue_dir(prio)
-        depth[prio] = sum(1 for p in folder.iterdir() if is_data_file(p)) if folder.is_dir() else 0
-    inbox = layout.inbox
-    depth["inbox"] = sum(1 for p in inbox.iterdir() if is_data_file(p) and p.suffix == ".jsonl") if inbox.is_dir() else 0
-    depth["total"] = sum(depth[k] for k in (*QUEUE_PRIORITIES, "inbox"))
-    return depth
-
-
-def sidecars_of(data_file: Path) -> list[Path]:
-    """NAME.meta.json / NAME.job.json / NAME.reason.json beside NAME.jsonl (also NAME.jsonl.meta.json)."""
-    out = []
-    for stem in dict.fromkeys((data_file.stem, data_file.name)):
-        for suffix in SIDECAR_SUFFIXES:
-            p = data_file.with_name(stem + suffix)
-            if p.exists():
-                out.append(p)
-    return out
-
-
-def _tags_level(tags: Any) -> tuple[str | None, int | None]:
-    skill = level = None
-    for tag in tags if isinstance(tags, list) else []:
-        if isinstance(tag, str) and tag.startswith("skill:"):
-            skill = tag[6:]
-        elif isinstance(tag, str) and tag.startswith("level:") and tag[6:].isdigit():
-            level = int(tag[6:])
-    return skill, level
-
-
-def queued_skill_level(data_file: Path) -> tuple[str | None, int | None]:
-    """(skill, level) of a queued file: job sidecar tags, else the meta sidecar, else its first row's metadata."""
-    for side in sidecars_of(data_file):
-        doc = read_json(side, None)
-        if not isinstance(doc, dict):
-            continue
-        for tags in (doc.get("tags"), (doc.get("job") or {}).get("tags") if isinstance(doc.get("job"), dict) else None):
-            skill, level = _tags_level(tags)
-            if skill and level:
-                return skill, level
-        if isinstance(doc.get("skill"), str) and isinstance(doc.get("level"), int):
-            return doc["skill"], doc["level"]
-    try:
-        with open(data_file, encoding="utf-8") as fh:
-            meta = json.loads(fh.readline()).get("metadata") or {}
-        if isinstance(meta.get("skill"), str) and isinstance(meta.get("level"), int):
-            return meta["skill"], meta["level"]
-    except (OSError, ValueError, AttributeError):
-        pass
-    return None, None
-
-
-def check_quality(samples: list[dict[str, Any]], skill: str, level: int, *, count_tokens: Callable[[str], int],
-                  max_tokens: int, min_distinct_ratio: float, problem_space: int | None = None) -> QualityReport:
-    """Every problem of a generated batch at once: well-formed, tagged skill/level, diverse, within length."""
-    problems: list[str] = []
-    if not samples:
-        return QualityReport(False, ["empty batch"], 0, 0, 0, 0)
-    bad_shape = [i for i, s in enumerate(samples)
-                 if not (isinstance(s.get("user_prompt"), str) and s["user_prompt"].strip()
-                         and isinstance(s.get("assistant_response"), str) and s["assistant_response"].strip())]
-    if bad_shape:
-        problems.append(f"{len(bad_shape)} sample(s) with an empty prompt or answer (first: #{bad_shape[0]})")
-    wrong_tag = [i for i, s in enumerate(samples)
-                 if (s.get("metadata") or {}).get("level") != level or (s.get("metadata") or {}).get("skill") != skill]
-    if wrong_tag:
-        first = samples[wrong_tag[0]].get("metadata") or {}
-        problems.append(f"{len(wrong_tag)} sample(s) not tagged skill={skill} level={level} "
-                        f"(first: #{wrong_tag[0]} has skill={first.get('skill')!r} level={first.get('level')!r})")
-    distinct = len({s.get("user_prompt") for s in samples})
-    need = min_distinct_ratio * len(samples)
-    if problem_space:
-        need = min(need, 0.8 * problem_space)
-    need = math.ceil(need)
-    if distinct < need:
-        problems.append(f"only {distinct} distinct prompts in {len(samples)} samples (need {need})")
-    longest, too_long = 0, 0
-    for s in samples:
-        if bad_shape and not isinstance(s.get("user_prompt"), str):
-            continue
-        n = count_tokens(s["user_prompt"]) + count_tokens(s["assistant_response"]) + CHAT_OVERHEAD_TOKENS
-        longest = max(longest, n)
-        too_long += n > max_tokens
-    if too_long:
-        problems.append(f"{too_long} sample(s) longer than max_length {max_tokens} tokens (longest {longest})")
-    return QualityReport(not problems, problems, len(samples), distinct, need, longest)
-
-
-def tokenizer_counter(model_dir: str | Path) -> Callable[[str], int]:
-    """Token counter of the model's tokenizer; UTF-8 byte count (an upper bound for byte-level BPE) if it cannot load."""
-    if not (Path(model_dir) / "tokenizer_config.json").exists():
-        logger.warning("no tokenizer in %s; lengths are checked in UTF-8 bytes", model_dir)
-        return lambda text: len(text.encode("utf-8"))
-    try:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(model_dir))
-        return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
-    except Exception as exc:  # missing model folder, transformers not installed: degrade, don't stop
-        logger.warning("tokenizer of %s unavailable (%s); lengths are checked in UTF-8 bytes", model_dir, exc)
-        return lambda text: len(text.encode("utf-8"))
 
 
 def to_training_row(sample: dict[str, Any]) -> dict[str, Any]:
@@ -440,6 +307,16 @@ class DataManager:
         """(level, samples) of the held-out set at `level` (default: the current one), generated once and kept."""
         level = self.curriculum.level(skill) if level is None else level
         return level, self._ensure_eval_set(skill, level)
+
+    def eval_sets(self) -> dict[str, tuple[int, list[dict[str, Any]]]]:
+        """{skill: (current level, held-out samples)} for every configured skill; a skill whose set cannot be made is left out (logged)."""
+        out = {}
+        for skill in self.skills:
+            try:
+                out[skill] = self.eval_set(skill)
+            except SkillAPIError as exc:
+                logger.error("no eval set for %s: %s", skill, exc)
+        return out
 
     def _ensure_eval_set(self, skill: str, level: int, client=None) -> list[dict[str, Any]]:
         path = self.eval_set_path(skill, level)

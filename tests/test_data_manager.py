@@ -271,6 +271,8 @@ def test_evaluate_answers_and_closed_loop_advance(dm_factory):
     decisions = [dm.score_and_record("binary", level, samples, perfect, step=s)[1] for s in (10, 20, 30)]
     assert [d.level_after for d in decisions] == [1, 1, 2]
     assert dm.curriculum.level("binary") == 2 and dm.eval_set("binary")[0] == 2
+    sets = dm.eval_sets()
+    assert {k: v[0] for k, v in sets.items()} == {"binary": 2, "syllo": 1}
     assert dm.curriculum.history("binary")[-1]["n"] == 10
 
 
