@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from inference.logits import build_processors
 
@@ -77,6 +78,51 @@ class Sequence:
 
     def abort(self) -> None:
         self.aborted = True
+
+
+class _BufferedLayer(DynamicLayer):
+    """A DynamicLayer that appends into spare capacity (doubling when full) instead of re-concatenating the
+    whole cache at every decode step, which is what makes long generations slow with the stock layer."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, spare: int = 64):
+        super().__init__()
+        self.dtype, self.device = keys.dtype, keys.device
+        self.is_initialized = True
+        self._len = keys.shape[-2]
+        self._k = self._alloc(keys, self._len + spare)
+        self._v = self._alloc(values, self._len + spare)
+        self._views()
+
+    @staticmethod
+    def _alloc(src: torch.Tensor, capacity: int) -> torch.Tensor:
+        b, h, n, d = src.shape
+        buf = src.new_empty((b, h, capacity, d))
+        buf[:, :, :n] = src
+        return buf
+
+    def _views(self) -> None:
+        self.keys = self._k[:, :, : self._len]
+        self.values = self._v[:, :, : self._len]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        n = key_states.shape[-2]
+        if self._len + n > self._k.shape[2]:
+            cap = 2 * (self._len + n)
+            self._k, self._v = self._alloc(self.keys, cap), self._alloc(self.values, cap)
+        self._k[:, :, self._len: self._len + n] = key_states
+        self._v[:, :, self._len: self._len + n] = value_states
+        self._len += n
+        self._views()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self._len
+
+
+def _buffered_cache(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    cache = DynamicCache()
+    cache.layers = [_BufferedLayer(k, v) for k, v in layers]
+    return cache
 
 
 class NonFiniteLogits(RuntimeError):
@@ -191,7 +237,7 @@ class ModelEngine:
     def _merge(self, seqs, cache, valid, next_pos, tokens) -> None:
         new_layers = [(layer.keys, layer.values) for layer in cache.layers]
         if not self.rows:
-            self.rows, self.cache, self.valid = list(seqs), cache, valid
+            self.rows, self.cache, self.valid = list(seqs), _buffered_cache(new_layers), valid
             self.next_pos, self.last_tokens = next_pos, tokens
             return
         la, lb = self.valid.shape[1], valid.shape[1]
@@ -209,7 +255,7 @@ class ModelEngine:
             k = torch.cat([pad(old.keys, length - la, 2), pad(new[0], length - lb, 2)], dim=0)
             v = torch.cat([pad(old.values, length - la, 2), pad(new[1], length - lb, 2)], dim=0)
             merged.append((k, v))
-        self.cache = DynamicCache(ddp_cache_data=merged)
+        self.cache = _buffered_cache(merged)
         self.valid = torch.cat([pad(self.valid, length - la, 1), pad(valid, length - lb, 1)], dim=0)
         self.next_pos = torch.cat([self.next_pos, next_pos])
         self.last_tokens = torch.cat([self.last_tokens, tokens])
@@ -230,7 +276,7 @@ class ModelEngine:
         layers = []
         for layer in self.cache.layers:
             layers.append((layer.keys[idx.to(layer.keys.device), :, first:], layer.values[idx.to(layer.keys.device), :, first:]))
-        self.cache = DynamicCache(ddp_cache_data=layers)
+        self.cache = _buffered_cache(layers)
         self.valid = valid[:, first:]
         self.next_pos = self.next_pos[idx]
         self.last_tokens = self.last_tokens[idx]
@@ -264,8 +310,8 @@ class ModelEngine:
         top_p = torch.tensor([seqs[i].params.top_p for i in sample_idx.tolist()], dtype=torch.float32)
         if bool((top_p < 1.0).any()):
             sorted_logits, order = scaled.sort(dim=-1, descending=True)
-            cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-            remove = (cum - sorted_logits.softmax(dim=-1)) >= top_p[:, None]  # keep the token crossing top_p
+            sorted_probs = sorted_logits.softmax(dim=-1)
+            remove = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p[:, None]  # keep the token crossing top_p
             sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
             scaled = torch.full_like(scaled, float("-inf")).scatter(-1, order, sorted_logits)
         probs = scaled.softmax(dim=-1)
