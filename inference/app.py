@@ -230,6 +230,9 @@ def create_app(cfg, load_model: bool = True) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        if cfg.inference.torch_threads:
+            import torch
+            torch.set_num_threads(cfg.inference.torch_threads)
         metrics = Metrics(cfg.model.model_name)
         scheduler = Scheduler(metrics, cfg.inference.max_batch_size, cfg.inference.max_queue).start()
         registry = ModelRegistry(cfg, scheduler, metrics)
