@@ -162,7 +162,11 @@ class DataManager:
 
     def tick(self, now: float | None = None) -> TickResult:
         """Prune stale files, then generate one batch if the gate opens. Never raises on skill-server trouble."""
-        deferred = [str(p) for p in self.prune_stale()]
+        try:
+            deferred = [str(p) for p in self.prune_stale()]
+        except OSError as exc:  # a permission or disk problem must not stop the daemon's loop
+            logger.error("pruning the queue failed: %s", exc)
+            deferred = []
         ok, reason = self.should_generate(now)
         if not ok:
             return TickResult("skipped", reason, deferred=deferred)
