@@ -36,6 +36,7 @@ from trainer.status import StatusWriter
 
 logger = logging.getLogger(__name__)
 
+ADAPTER_DIR = "adapter"
 LOGITS_CHUNK_ELEMENTS = 1 << 26  # above this many logits per micro-batch, the LM head runs in recomputed chunks
 
 
@@ -131,10 +132,14 @@ class TrainerEngine:
         if attn == "auto":
             attn = attention.register()
         source, ckpt = self._pick_source()
-        logger.info("loading model from %s", source)
-        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32, attn_implementation=attn,
+        lora = cfg.training.mode == "lora"
+        weights = self.cfg.resolve(cfg.model.base_model) if lora else source
+        logger.info("loading model from %s%s", weights, f" + LoRA adapter from {source}" if lora and ckpt else "")
+        model = AutoModelForCausalLM.from_pretrained(str(weights), dtype=torch.float32, attn_implementation=attn,
                                                      trust_remote_code=cfg.model.trust_remote_code)
         self.tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
+        if lora:
+            model = self._wrap_lora(model, ckpt)
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
@@ -167,6 +172,18 @@ class TrainerEngine:
         if not (base / "config.json").is_file():
             raise CheckpointError(f"no usable checkpoint under {self.checkpoint_root} and no model at {base}")
         return base, None
+
+    def _wrap_lora(self, model, ckpt: CheckpointInfo | None):
+        """LoRA mode: a fresh adapter on the base model, or the checkpoint's adapter (trainable) to continue."""
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        lc = self.cfg.training.lora
+        if ckpt is not None:
+            return PeftModel.from_pretrained(model, str(ckpt.path / ADAPTER_DIR), is_trainable=True)
+        config = LoraConfig(r=lc.rank, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=list(lc.target_modules),
+                            bias="none", task_type="CAUSAL_LM")
+        torch.manual_seed(self.cfg.training.seed)
+        return get_peft_model(model, config)
 
     def _make_optimizer(self, model) -> torch.optim.Optimizer:
         t = self.cfg.training
@@ -467,7 +484,18 @@ class TrainerEngine:
         state = dict(self.state, reason=reason, config_hash=self.cfg.critical_hash())
 
         def write(tmp: Path) -> None:
-            model.save_pretrained(tmp, safe_serialization=True)
+            if self.cfg.training.mode == "lora":
+                # The adapter (to continue training) plus the merged model at the top level, so the
+                # checkpoint loads with AutoModelForCausalLM as is and deploys like a full one.
+                model.save_pretrained(tmp / ADAPTER_DIR, safe_serialization=True)
+                write_adapter_metadata(tmp / ADAPTER_DIR, self.cfg, state)
+                import copy
+
+                merged = copy.deepcopy(model).merge_and_unload()
+                merged.save_pretrained(tmp, safe_serialization=True)
+                del merged
+            else:
+                model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             sd = tmp / "training_state"
             sd.mkdir()
@@ -493,6 +521,22 @@ class TrainerEngine:
         self.model = self.optimizer = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def write_adapter_metadata(adapter_dir: Path, cfg: CadenceConfig, state: dict) -> None:
+    """Per-adapter training metadata, as the original system's LoRA pipeline kept it."""
+    import json
+
+    lc, t = cfg.training.lora, cfg.training
+    last = state.get("last_file") or {}
+    meta = {"base_model": str(cfg.resolve(cfg.model.base_model)), "model_name": cfg.model.model_name,
+            "lora_r": lc.rank, "lora_alpha": lc.alpha, "lora_dropout": lc.dropout, "target_modules": list(lc.target_modules),
+            "learning_rate": t.learning_rate, "epochs": t.epochs, "global_step": state.get("global_step"),
+            "training_examples": state.get("examples_seen"), "files_trained": len(state.get("files_done", [])),
+            "final_loss": last.get("final_loss"), "val_loss": last.get("val_loss"),
+            "training_time_s": time.time() - float(state.get("run_started_at") or time.time()),
+            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (adapter_dir / "training_metadata.json").write_text(json.dumps(meta, indent=2))
 
 
 class _nullcontext:
