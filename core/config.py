@@ -141,6 +141,10 @@ class RetentionConfig(Section):
     keep_versions: int = Field(10, ge=1, description="Consolidated versions kept under models/versions/.")
     min_age_hours: float = Field(36.0, ge=0, description="Checkpoints younger than this are never removed by the disk manager.")
     max_total_gb: float | None = Field(None, gt=0, description="Cap on the total size of models/current_model.")
+    disk_check_interval: float = Field(300.0, gt=0, description="Seconds between the lifecycle worker's free-space checks (the disk manager frees space below safety.warn_free_disk_gb).")
+    log_retention_days: float = Field(14.0, ge=0, description="Rotated logs (logs/*.log.N, *.gz) older than this may be removed by the disk manager.")
+    backup_keep: int = Field(3, ge=1, description="Backups kept under models/backups/ (newest first; older ones go by count and age).")
+    backup_max_age_days: float = Field(30.0, ge=0, description="Backups older than this are removed (the newest one is always kept).")
 
 
 class ComparisonConfig(Section):
@@ -153,12 +157,20 @@ class ComparisonConfig(Section):
     guard_tolerance: float = Field(0.05, ge=0, description="Largest allowed relative regression of anchor loss.")
     max_new_tokens: int = Field(64, ge=1, description="Generation budget for accuracy evals.")
     nice: int = Field(10, ge=0, le=19, description="OS niceness of the scoring process so training is not starved.")
+    validation_file: str | None = Field(None, description="Validation JSONL scored for val_loss (supervised tokens only); default: training.fixed_validation_file. Relative to base_dir.")
+    eval_samples: int = Field(50, ge=0, description="Held-out eval rows per skill (and per eval file) generated and exact-matched for each checkpoint; 0 = no accuracy evals.")
+    eval_files: list[str] = Field(default_factory=list, description="Extra eval sets (chat JSONL; the last assistant turn is the expected answer, exact match); relative to base_dir.")
+    feed_curriculum: bool = Field(True, description="Record each skill's accuracy (at the level tested) in the data manager's curriculum.")
+    measure_latency: bool = Field(False, description="Also time greedy generation (seconds per generated token) on the eval prompts.")
+    device: str = Field("cpu", description="Where scoring runs: cpu, cuda, cuda:1, or auto (a GPU when present). Keep it off the training GPU.")
+    torch_threads: int | None = Field(1, ge=1, description="CPU threads for scoring (default 1, so training keeps the other cores); None = torch's choice.")
 
 
 class DeployTarget(Section):
     name: str = Field(..., description="Target label.")
     destination: str = Field(..., description="/local/path, host:/path (ssh) or rsync://host/module/path.")
     server_url: str = Field("http://127.0.0.1:8765", description="Inference server that loads what lands there.")
+    server_path: str | None = Field(None, description="The destination folder as the target's server sees it (default: destination, for local targets; set it for host:/path and rsync:// targets).")
 
 
 class DeployConfig(Section):
@@ -168,6 +180,10 @@ class DeployConfig(Section):
     health_window_seconds: float = Field(10.0, ge=0, description="Watch error rate and latency this long before promoting.")
     max_error_rate: float = Field(0.05, ge=0, le=1, description="Error share in the health window that triggers rollback.")
     keep_remote_versions: int = Field(3, ge=2, description="Versions kept on each target (never the active or previous one).")
+    verify_staging: bool = Field(True, description="Check the sha256 manifest of a local target's staged copy before it is renamed into place (the server checks again when it loads).")
+    health_probe_interval: float = Field(0.5, gt=0, description="Seconds between probe requests during the health window.")
+    max_latency_seconds: float | None = Field(None, gt=0, description="Median probe latency in the health window above this triggers rollback (None = latency not judged).")
+    request_timeout: float = Field(600.0, gt=0, description="Seconds to wait for the target server's load or rollback answer.")
 
 
 class InferenceConfig(Section):
