@@ -212,6 +212,12 @@ class MonitorConfig(Section):
     port: int = Field(8080, ge=1, le=65535, description="Port of the monitor API and web UI.")
     upload_max_bytes: int = Field(256 * 1024 * 1024, ge=1, description="Largest JSONL accepted by the upload endpoint.")
     stale_after_seconds: float = Field(30.0, gt=0, description="A status file older than this with a dead pid is shown as not running.")
+    poll_interval: float = Field(0.2, gt=0, le=5, description="Seconds between looks at metrics.jsonl, events.jsonl and the status file for the live feed (SSE).")
+    ema_smoothing: float = Field(0.95, ge=0, lt=1, description="Smoothing factor of the EMA curves of train and validation loss (TensorBoard-style, debiased).")
+    history_max_points: int = Field(2000, ge=10, le=200_000, description="Default and largest point budget per chart series; longer histories are min-max downsampled.")
+    replay_buffer: int = Field(20000, ge=100, description="Live-feed messages kept for Last-Event-ID replay after a reconnect.")
+    system_sample_interval: float = Field(2.0, gt=0, description="Seconds between CPU/RAM/GPU samples for the system charts.")
+    inference_timeout: float = Field(2.0, gt=0, description="Seconds to wait for box B's /v1/models and /metrics before showing it as unreachable.")
 
 
 class SkillConfig(Section):
