@@ -1,0 +1,11 @@
+"""Importers: foreign chat and instruction data -> chat_sft_v1 JSONL for inbox/.
+
+* `whatsapp`: WhatsApp .txt exports, one person's voice (`import_whatsapp`).
+* `generic`: CSV / JSON / JSONL with prompt/response-style columns, HF
+  `messages` or ShareGPT `conversations` (`import_generic`).
+
+Each is a CLI (`python3 -m data_manager.importers.<name> --help`) writing to
+`--out PATH` or straight into the inbox (`--inbox`, sidecar first, then rename).
+
+Run as: python3 -m data_manager.importers.whatsapp | generic ...
+"""
