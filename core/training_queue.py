@@ -72,6 +72,10 @@ class DuplicateError(QueueError):
                          f"{original.state}/{original.name} (originally {original.meta.get('original_name')!r})")
 
 
+class MovedMeanwhile(QueueError):
+    """The file was moved by another process between looking and renaming (a lost race, not an error)."""
+
+
 @dataclass
 class QueueEntry:
     name: str
@@ -200,9 +204,13 @@ class TrainingQueue:
         """Rename the data file (the commit point), then write the sidecar beside it and move the others."""
         src = entry.state
         src_path, dst_path = self.dir(src) / entry.name, self.dir(dst) / entry.name
-        if dst_path.exists() and dst != src:
-            raise QueueError(f"{dst}/{entry.name} already exists")
-        os.rename(src_path, dst_path)  # FileNotFoundError: someone else moved it first
+        if dst != src and os.path.lexists(dst_path):
+            # names are unique across states, so this is another process that moved the same file first
+            raise MovedMeanwhile(f"{dst}/{entry.name} already exists")
+        try:
+            os.rename(src_path, dst_path)
+        except FileNotFoundError:
+            raise MovedMeanwhile(f"{src}/{entry.name} was moved by another process") from None
         meta = dict(entry.meta)
         meta.update(updates)
         meta["state"] = dst
@@ -286,7 +294,7 @@ class TrainingQueue:
                 try:
                     return self._move(e, "processing", "claimed", started_at=now_iso(now),
                                       attempts=int(e.meta.get("attempts", 0)) + 1, claimed_by=os.getpid())
-                except FileNotFoundError:
+                except MovedMeanwhile:
                     continue  # another process claimed it first
         return None
 
@@ -571,4 +579,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the importable module's main, so its classes are the ones every other module sees
+    from core.training_queue import main as _main
+
+    sys.exit(_main())

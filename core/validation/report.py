@@ -178,10 +178,11 @@ class ValidationReport:
             first = g.lines[0] if g.lines else {}
             where = f" first at line {first['line']}" if first.get("line") else ""
             msg = f": {first['message']}" if first.get("message") else ""
+            msg = msg if len(msg) <= 160 else msg[:157] + "..."
             parts.append(f"{g.rule} x{g.count} ({g.severity}){where}{msg}")
         head = f"{self.file}: {self.level} {verdict}, {self.error_count} error(s), {self.warning_count} warning(s)"
         text = head + ("; " + "; ".join(parts) if parts else "")
-        return text if len(text) <= 600 else text[:597] + "..."
+        return text if len(text) <= 1000 else text[:997] + "..."
 
     def to_dict(self) -> dict:
         return {

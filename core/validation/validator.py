@@ -340,4 +340,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the importable module's main, so its classes are the ones every other module sees
+    from core.validation.validator import main as _main
+
+    sys.exit(_main())

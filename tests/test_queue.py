@@ -1,0 +1,268 @@
+"""Training queue: priorities, FIFO, retries with backoff, recovery, concurrent claims, CLI."""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.training_queue import DuplicateError, QueueError, TrainingQueue, main as queue_main
+from core.validation.report import ValidationReport
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def add(queue: TrainingQueue, tmp: Path, name: str, priority: str = "normal", content: str | None = None, **kw):
+    src = tmp / f"src-{name}"
+    src.write_text(content if content is not None else json.dumps({"name": name}) + "\n")
+    fid = hashlib.sha256(src.read_bytes()).hexdigest()
+    return queue.enqueue(src, file_id=fid, original_name=name, schema_id="chat_sft_v1", priority=priority,
+                         name=name, **kw)
+
+
+def files(queue: TrainingQueue, state: str) -> list[str]:
+    return sorted(p.name for p in queue.dir(state).iterdir())
+
+
+def test_priority_then_fifo(make_config, tmp_path):
+    q = TrainingQueue(make_config())
+    for name, prio in [("a.jsonl", "low"), ("b.jsonl", "normal"), ("c.jsonl", "high"), ("d.jsonl", "normal"),
+                       ("e.jsonl", "high"), ("f.jsonl", "low")]:
+        add(q, tmp_path, name, prio)
+    order = []
+    while (e := q.claim_next()) is not None:
+        order.append(e.name)
+        assert e.state == "processing" and e.meta["state"] == "processing" and e.meta["attempts"] == 1
+        q.complete(e.name, global_step_end=7)
+    assert order == ["c.jsonl", "e.jsonl", "b.jsonl", "d.jsonl", "a.jsonl", "f.jsonl"]
+    done = q.entries(("recently_completed",))
+    assert len(done) == 6 and all(x.meta["finished_at"] and x.meta["global_step_end"] == 7 for x in done)
+    assert files(q, "processing") == []
+
+
+def test_state_change_is_a_rename_and_sidecar_follows(make_config, tmp_path):
+    q = TrainingQueue(make_config())
+    e = add(q, tmp_path, "x.jsonl", "normal")
+    ino = os.stat(e.path).st_ino
+    meta = json.loads((q.dir("normal") / "x.meta.json").read_text())
+    for key in ("id", "original_name", "schema_id", "priority", "state", "attempts", "enqueued_at", "started_at",
+                "finished_at", "errors", "validation", "global_step_start", "global_step_end"):
+        assert key in meta
+    c = q.claim_next()
+    assert os.stat(c.path).st_ino == ino  # same inode: moved, never copied
+    assert files(q, "normal") == [] and files(q, "processing") == ["x.jsonl", "x.meta.json"]
+    assert c.meta["history"][-1]["to"] == "processing"
+
+
+def test_retry_backoff_then_failed_with_every_error(make_config, tmp_path):
+    q = TrainingQueue(make_config({"queue.max_attempts": 3, "queue.retry_backoff_seconds": 10}))
+    add(q, tmp_path, "x.jsonl", "high")
+    t = 1_000_000.0
+    e = q.claim_next(now=t)
+    r = q.fail(e.name, "CUDA OOM", now=t)
+    assert r.state == "high" and r.meta["not_before"] == t + 10
+    assert q.claim_next(now=t + 9) is None  # backing off
+    e = q.claim_next(now=t + 10)
+    assert e.meta["attempts"] == 2
+    r = q.fail(e.name, "NaN loss", now=t + 10)
+    assert r.meta["not_before"] == t + 10 + 20  # doubles
+    e = q.claim_next(now=t + 30)
+    r = q.fail(e.name, "segfault", now=t + 30)
+    assert r.state == "failed"
+    assert [x["error"] for x in r.meta["errors"]] == ["CUDA OOM", "NaN loss", "segfault"]
+    assert [x["attempt"] for x in r.meta["errors"]] == [1, 2, 3]
+    # retry brings it back with attempts reset
+    r = q.retry("x")
+    assert r.state == "high" and r.meta["attempts"] == 0 and q.claim_next().name == "x.jsonl"
+
+
+def test_backoff_does_not_block_other_files(make_config, tmp_path):
+    q = TrainingQueue(make_config({"queue.retry_backoff_seconds": 100}))
+    add(q, tmp_path, "a.jsonl", "high")
+    add(q, tmp_path, "b.jsonl", "low")
+    q.fail(q.claim_next().name, "boom")
+    assert q.claim_next().name == "b.jsonl"
+    assert q.status()["backing_off"] == 1
+
+
+def test_requeue_front_keeps_progress(make_config, tmp_path):
+    q = TrainingQueue(make_config())
+    for n in ("x.jsonl", "y.jsonl", "z.jsonl"):
+        add(q, tmp_path, n)
+    assert q.claim_next().name == "x.jsonl"
+    y = q.claim_next()
+    r = q.requeue_front(y.name, progress={"global_step": 120, "batches_consumed": 7})
+    assert r.state == "normal" and r.meta["attempts"] == 0 and r.meta["interruptions"] == 1
+    again = q.claim_next()
+    assert again.name == "y.jsonl"  # before z, although z waited longer
+    assert again.meta["progress"] == {"global_step": 120, "batches_consumed": 7}
+    assert again.meta["attempts"] == 1
+
+
+def test_recover_processing_on_start(make_config, tmp_path):
+    cfg = make_config({"queue.max_attempts": 2})
+    q = TrainingQueue(cfg)
+    add(q, tmp_path, "a.jsonl")
+    add(q, tmp_path, "b.jsonl")
+    q.claim_next()  # a: then the daemon "crashes"
+    q2 = TrainingQueue(cfg)
+    (r,) = q2.recover_processing()
+    assert r.state == "normal" and r.meta["attempts"] == 1 and "unclean shutdown" in r.meta["errors"][-1]["error"]
+    assert files(q2, "processing") == []
+    assert q2.claim_next().name == "a.jsonl"  # at the front
+    (r,) = TrainingQueue(cfg).recover_processing()  # second crash on the same file: out of attempts
+    assert r.state == "failed" and len(r.meta["errors"]) == 2
+    # not counted when the daemon says so
+    q2.claim_next()
+    (r,) = TrainingQueue(cfg).recover_processing(count_as_attempt=False)
+    assert r.state == "normal" and r.meta["attempts"] == 0
+
+
+def test_repair_moves_sidecars_left_behind(make_config, tmp_path):
+    q = TrainingQueue(make_config())
+    e = add(q, tmp_path, "a.jsonl", "normal")
+    os.rename(e.path, q.dir("processing") / "a.jsonl")  # crash right after the data rename
+    assert q.repair() == 1
+    assert files(q, "processing") == ["a.jsonl", "a.meta.json"] and files(q, "normal") == []
+    assert json.loads((q.dir("processing") / "a.meta.json").read_text())["state"] == "processing"
+    (q.dir("low") / "hand.jsonl").write_text("{}\n")  # dropped into the queue by hand: gets a sidecar
+    assert q.repair() == 1 and (q.dir("low") / "hand.meta.json").exists()
+
+
+def test_duplicate_content_names_original(make_config, tmp_path):
+    q = TrainingQueue(make_config())
+    add(q, tmp_path, "first.jsonl", content="same\n")
+    with pytest.raises(DuplicateError, match=r"normal/first.jsonl"):
+        add(q, tmp_path, "second.jsonl", content="same\n")
+    forced = add(q, tmp_path, "second.jsonl", content="same\n", force=True)
+    assert forced.meta["forced"] is True
+
+
+def test_unique_names(make_config, tmp_path):
+    q = TrainingQueue(make_config())
+    a = add(q, tmp_path, "x.jsonl", content="1\n")
+    b = add(q, tmp_path, "x.jsonl", content="2\n")
+    c = add(q, tmp_path, "x.jsonl", content="3\n", priority="high")
+    assert (a.name, b.name, c.name) == ("x.jsonl", "x-2.jsonl", "x-3.jsonl")
+
+
+def test_skip_reject_remove_set_priority(make_config, tmp_path):
+    q = TrainingQueue(make_config())
+    add(q, tmp_path, "a.jsonl")
+    add(q, tmp_path, "b.jsonl")
+    add(q, tmp_path, "c.jsonl")
+    s = q.skip("a", "operator skipped it")
+    assert s.state == "failed" and s.meta["skipped"] and "operator" in s.meta["errors"][-1]["error"]
+    p = q.set_priority("c.jsonl", "high")
+    assert p.state == "high" and files(q, "high") == ["c.jsonl", "c.meta.json"]
+    rep = ValidationReport("b.jsonl", "standard")
+    rep.add("zero_supervised", "no supervised tokens left", 4)
+    r = q.reject("b", rep)
+    assert r.state == "rejected"
+    reason = json.loads((q.dir("rejected") / "b.reason.json").read_text())
+    assert reason["problems"][0]["lines"][0]["line"] == 4
+    back = q.retry("b")  # a rejected file goes back to the inbox to be validated again
+    assert back.state == "inbox" and (q.layout.inbox / "b.jsonl").exists()
+    q.remove("c")
+    assert files(q, "high") == []
+    claimed = q.claim_next()
+    assert claimed is None
+    with pytest.raises(QueueError):
+        q.set_priority("a", "high")  # failed files are retried, not re-prioritised
+
+
+def _claim_worker(base_cfg_json: str, barrier, out, rounds: int) -> None:
+    sys.path.insert(0, str(REPO))
+    from core.config import from_dict
+    from core.training_queue import TrainingQueue
+
+    data = json.loads(base_cfg_json)
+    q = TrainingQueue(from_dict(data, Path(data["paths"]["base_dir"])))
+    for r in range(rounds):
+        barrier.wait()
+        try:
+            e = q.claim_next()
+        except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the test
+            out.put((r, os.getpid(), f"ERROR {type(exc).__name__}: {exc}"))
+            continue
+        out.put((r, os.getpid(), e.name if e else None))
+
+
+def test_two_processes_claiming_at_once_exactly_one_wins(make_config, tmp_path):
+    cfg = make_config()
+    q = TrainingQueue(cfg)
+    ctx = mp.get_context("spawn")
+    workers, rounds = 3, 12
+    barrier = ctx.Barrier(workers + 1)
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_claim_worker, args=(cfg.to_json(), barrier, out, rounds)) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        winners = []
+        for r in range(rounds):
+            add(q, tmp_path, f"race{r}.jsonl", content=f"{r}\n")
+            barrier.wait(timeout=60)  # release every worker at the same moment
+            results = [out.get(timeout=60) for _ in range(workers)]
+            won = [name for _, _, name in results if name]
+            assert len(won) == 1, results  # exactly one process got the file
+            assert won[0] == f"race{r}.jsonl"
+            winners.append(won[0])
+            q.complete(won[0])
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+    assert all(p.exitcode == 0 for p in procs)
+    assert len(q.entries(("recently_completed",))) == rounds and files(q, "processing") == []
+
+
+def _write_config(cfg, tmp_path) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(cfg.to_json())
+    return path
+
+
+def test_cli_in_process(make_config, tmp_path, capsys):
+    cfg = make_config()
+    conf = str(_write_config(cfg, tmp_path))
+    q = TrainingQueue(cfg)
+    add(q, tmp_path, "a.jsonl", "low")
+    add(q, tmp_path, "b.jsonl", "high")
+    assert queue_main(["--config", conf, "status", "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["counts"]["low"] == 1 and st["next"]["name"] == "b.jsonl"
+    assert queue_main(["--config", conf, "list"]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:3] == ["NAME", "STATE", "PRIORITY"] and "a.jsonl" in table
+    assert queue_main(["--config", conf, "set-priority", "a", "high", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "high"
+    assert queue_main(["--config", conf, "remove", "nope"]) == 1
+    assert "no such file" in capsys.readouterr().err
+    assert queue_main(["--config", conf, "show", "b", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["meta"]["original_name"] == "b.jsonl"
+
+
+def test_cli_script_add_from_repo_root(make_config, tmp_path):
+    cfg = make_config()
+    conf = _write_config(cfg, tmp_path)
+    good = tmp_path / "mine.jsonl"
+    good.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                             {"role": "assistant", "content": "hello"}]}) + "\n")
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text("{oops\n")
+    run = lambda *a: subprocess.run([sys.executable, "core/training_queue.py", "--config", str(conf), *a],  # noqa: E731
+                                    cwd=REPO, capture_output=True, text=True, timeout=60)
+    r = run("add", str(good), "--priority", "high", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["state"] == "high" and good.exists()  # a copy was queued
+    r = run("add", str(bad))
+    assert r.returncode == 1 and "invalid_json" in r.stdout and "line 1" in r.stdout
+    r = run("add", str(good))
+    assert r.returncode == 1 and "duplicate" in r.stdout
+    r = run("--help")
+    assert r.returncode == 0 and "set-priority" in r.stdout
