@@ -1,0 +1,55 @@
+"""Print Cadence's progress every few seconds: state, step, loss, validation loss, throughput, queue, curriculum, deployed version.
+
+Run as:
+    python3 scripts/follow.py [--interval 2] [--config config.json]     (Ctrl-C stops following, not Cadence)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.atomic_io import read_json  # noqa: E402
+from core.config import ConfigError, add_config_args, config_from_args  # noqa: E402
+from core.training_controller import live_status  # noqa: E402
+
+
+def line(cfg) -> str:
+    s = live_status(cfg)
+    cur = read_json(cfg.layout.status / "curriculum.json", {}) or {}
+    skills = cur.get("skills") or {}
+    levels = " ".join(f"{k}:L{v.get('level')}" for k, v in skills.items() if isinstance(v, dict))
+    dep = read_json(cfg.layout.status / "deployment_state.json", {}) or {}
+    deployed = dep.get("active_version") or dep.get("active") or "-"
+    f = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else "-"
+    q = s["queue"]
+    step = f"{s['file_step']}/{s['file_total_steps']}" if s.get("file") else "-"
+    return (f"{time.strftime('%H:%M:%S')} {s['state']:<10} step {s['global_step'] if s['global_step'] is not None else '-':>6} "
+            f"file {step:>9} loss {f(s['loss'], '.4f')} val {f(s['val_loss'], '.4f')} {f(s['tokens_per_s'], '.0f')} tok/s "
+            f"queue {q['high'] + q['normal'] + q['low']} {levels} deployed {deployed}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Follow Cadence's training progress in the terminal.")
+    parser.add_argument("--interval", type=float, default=2.0)
+    parser.add_argument("--no-inference", action="store_true", help=argparse.SUPPRESS)
+    add_config_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        while True:
+            print(line(cfg), flush=True)
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
