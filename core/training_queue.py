@@ -193,7 +193,7 @@ class TrainingQueue:
 
     # ---------------------------------------------------------- transitions
     def _event(self, event: str, entry: QueueEntry, **extra) -> None:
-        rec = {"ts": now_iso(), "source": "queue", "event": event, "file": entry.name, "state": entry.state,
+        rec = {"ts": time.time(), "at": now_iso(), "source": "queue", "event": event, "file": entry.name, "state": entry.state,
                "id": entry.id, **extra}
         try:
             append_jsonl(self.layout.events, rec)

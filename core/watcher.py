@@ -521,7 +521,7 @@ class Ingestor:
         atomic_write_json(rejected / f"{stem_of(name)}.meta.json", meta)
         logger.warning("rejected %s", rep.summary())
         try:
-            append_jsonl(self.layout.events, {"ts": now_iso(), "source": "ingest", "event": "rejected",
+            append_jsonl(self.layout.events, {"ts": time.time(), "at": now_iso(), "source": "ingest", "event": "rejected",
                                                "file": name, "original_name": rep.file, "rules": rep.rules("error"),
                                                "summary": rep.summary()})
         except OSError:
