@@ -178,6 +178,7 @@ class Ingestor:
         self.events = _InboxEvents(self.inbox, self.wake)
         self.observer = None
         self._seen: dict[str, _Seen] = {}
+        self._sidecar_since: dict[str, float] = {}  # when each NAME.job.json without its NAME.jsonl was first seen
         self._next_due: float | None = None
         self._recovered = False
 
@@ -250,14 +251,18 @@ class Ingestor:
             results.append(self._take(parts, job_parts if has_job else None))
         for job_rel, parts in sidecars.items():
             seen_now.add(job_rel)
-            st = self._seen.get(job_rel)
-            self._complete(job_rel, now)
-            st = self._seen.get(job_rel)
-            if st and now - st.since >= self.cfg.daemon.orphan_sidecar_seconds:
+            since = self._sidecar_since.setdefault(job_rel, now)
+            due = since + self.cfg.daemon.orphan_sidecar_seconds
+            if now >= due and self._complete(job_rel, now):
                 results.append(self._take_stray(parts, "orphan_sidecar"))
+            else:
+                self._next_due = due if self._next_due is None else min(self._next_due, due)
         for rel in list(self._seen):
             if rel not in seen_now:
                 del self._seen[rel]
+        for rel in list(self._sidecar_since):
+            if rel not in sidecars:
+                del self._sidecar_since[rel]
         return results
 
     def _walk(self, folder: Path, parts: list[str], data: list, sidecars: dict, strays: list) -> None:
