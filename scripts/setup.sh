@@ -18,4 +18,6 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check -e ".${extras}"
 mkdir -p inbox queue models status logs control .pids
 .venv/bin/python scripts/make_tiny_model.py --out models/base --if-absent
+# The monitor page's chart library, pinned in package.json/package-lock.json; without npm the page says so and shows numbers only.
+if command -v npm >/dev/null 2>&1; then npm ci --no-audit --no-fund --loglevel=error >/dev/null || echo "warning: npm ci failed: the monitor page will have no charts"; else echo "note: npm not found: the monitor page will have no charts (install Node.js/npm, rerun scripts/setup.sh)"; fi
 echo "setup done: .venv ready, models/base present"

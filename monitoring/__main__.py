@@ -1,0 +1,60 @@
+"""Run the Cadence monitor: JSON API, live feed (SSE) and web page on one port.
+
+Binds monitor.host:monitor.port (127.0.0.1:8080 by default), writes
+.pids/monitor.pid while it runs (removed on exit). Open http://127.0.0.1:8080/
+and paste the admin token (auth.admin_token_file, control/admin.token by
+default) into the page once to enable the control buttons.
+
+Run as:
+    python -m monitoring [--config config.json] [--set monitor.port=8080] [--host 127.0.0.1] [--port 8080]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from core.config import ConfigError, add_config_args, config_from_args
+
+logger = logging.getLogger("monitoring")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m monitoring", description=__doc__.split("\n\n")[0])
+    add_config_args(parser)
+    parser.add_argument("--host", default=None, help="bind address (default: monitor.host)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: monitor.port)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import uvicorn
+
+    from core.auth import admin_token_path
+    from core.procs import remove_pid, write_pid
+    from monitoring.app import create_app
+
+    host = args.host or cfg.monitor.host
+    port = args.port or cfg.monitor.port
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("binding %s: the read API and page are open to the network; controls still need the token",
+                       host)
+    app = create_app(cfg)
+    pid_file = cfg.layout.pid_file("monitor")
+    write_pid(pid_file)
+    logger.info("monitor on http://%s:%d/ (admin token in %s)", host, port, admin_token_path(cfg))
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False,
+                    timeout_graceful_shutdown=3)
+    finally:
+        remove_pid(pid_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Write a realistic Cadence run into a base_dir, to try the monitor without training (and for its tests).
+
+What it writes goes through the owners' code wherever there is one: queue files
+through the real Ingestor (so sidecars and reject reports are the genuine
+article), curriculum evals through data_manager's Curriculum; metrics lines
+and the status file in the trainer's formats; checkpoint folders with a
+manifest (listed like real ones, but without weights); a ranking ledger and
+deployment history in the shape the design contract describes.
+
+Run as:
+    python -m monitoring.demo --base-dir /tmp/cadence-demo [--steps 3000] [--live-pid PID]
+    python -m monitoring --set paths.base_dir=/tmp/cadence-demo
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+from core.atomic_io import append_jsonl, atomic_write_json
+
+PROMPTS = [("What is ①⓪ + ①①?", "①⓪①"), ("Decrement ①⓪⓪.", "⓪①①"), ("Convert 6 to binary.", "①①⓪"),
+           ("What is ①① × ①⓪?", "①①⓪"), ("What is ①①① - ⓪①⓪?", "①⓪①")]
+
+
+def metric_lines(steps: int, start_ts: float, seed: int = 0, eval_every: int = 50, ckpt_every: int = 500,
+                 file_steps: int = 1000, overfit_after: float = 0.8):
+    """Yield train/eval/checkpoint records of a plausible run: loss decays with noise; late in the run the
+    validation loss turns up (so the overfitting warning has something to warn about)."""
+    rng = random.Random(seed)
+    for step in range(1, steps + 1):
+        frac = step / steps
+        base = 0.35 + 2.2 * math.exp(-step / (steps * 0.18))
+        loss = max(0.01, base * (1 + rng.gauss(0, 0.06)) + (0.4 if rng.random() < 0.002 else 0.0))
+        lr = 2e-4 * min(1.0, step / 100)
+        ts = start_ts + step * 1.3
+        fname = f"binary_L{1 + (step - 1) // file_steps}.jsonl"
+        fstep = (step - 1) % file_steps + 1
+        yield {"ts": ts, "type": "train", "global_step": step, "file": fname, "file_step": fstep,
+               "file_total_steps": file_steps, "loss": round(loss, 5), "lr": lr,
+               "grad_norm": round(abs(rng.gauss(0.8, 0.2)), 4), "tokens": 16000,
+               "tokens_per_s": round(12300 + rng.gauss(0, 400), 1), "step_time_s": 1.3}
+        if step % eval_every == 0:
+            val = base * 1.04 + 0.02 + (max(0.0, frac - overfit_after) * 3.0) ** 1.5
+            prompt, golden = PROMPTS[(step // eval_every) % len(PROMPTS)]
+            answer = golden if rng.random() < min(0.95, frac + 0.2) else golden[::-1]
+            yield {"ts": ts + 0.5, "type": "eval", "global_step": step, "val_loss": round(val, 5),
+                   "fixed_val_loss": round(val * 1.02, 5),
+                   "preview": {"prompt": prompt, "golden": golden, "answer": answer, "match": answer == golden}}
+        if step % ckpt_every == 0:
+            yield {"ts": ts + 1.0, "type": "checkpoint", "global_step": step, "path": f"checkpoint-{step}",
+                   "reason": "save_steps"}
+
+
+def write_metrics(path: Path, steps: int, start_ts: float, **kw) -> int:
+    """Write the run in large blocks (fast enough for a million steps)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(path, "a", encoding="utf-8") as fh:
+        buf = []
+        for rec in metric_lines(steps, start_ts, **kw):
+            buf.append(json.dumps(rec, ensure_ascii=False))
+            n += 1
+            if len(buf) >= 20000:
+                fh.write("\n".join(buf) + "\n")
+                buf = []
+        if buf:
+            fh.write("\n".join(buf) + "\n")
+    return n
+
+
+def write_run(cfg, steps: int = 3000, live_pid: int | None = None, now: float | None = None) -> dict:
+    """A whole demo base_dir. With `live_pid`, .pids/daemon.pid and trainer.pid name it (a stand-in daemon)."""
+    from core.watcher import Ingestor
+    from data_manager.curriculum_manager import Curriculum
+
+    layout = cfg.layout.ensure()
+    now = time.time() if now is None else now
+    start = now - steps * 1.3 - 5
+    write_metrics(layout.metrics, steps, start)
+    # checkpoints (folders with a manifest, listed like real ones)
+    ckpt_steps = [s for s in range(500, steps + 1, 500)][-4:]
+    for s in ckpt_steps:
+        d = layout.current_model / f"checkpoint-{s}"
+        (d / "training_state").mkdir(parents=True, exist_ok=True)
+        atomic_write_json(d / "manifest.json", {"files": {}, "global_step": s})
+        atomic_write_json(d / "training_state" / "trainer_state.json",
+                          {"global_step": s, "files_done": [f"binary_L{i}.jsonl" for i in range(1, s // 1000 + 1)],
+                           "reason": "save_steps"})
+    records = []
+    for i, s in enumerate(ckpt_steps):
+        val = 0.35 + 2.2 * math.exp(-s / (steps * 0.18)) * 1.04 + 0.02
+        records.append({"checkpoint": f"checkpoint-{s}", "global_step": s, "val_loss": round(val + (0.05 if i == len(ckpt_steps) - 1 else 0), 4),
+                        "accuracy": {"binary": round(min(0.97, 0.4 + 0.15 * i), 3), "syllo": round(0.2 + 0.1 * i, 3)},
+                        "anchor_loss": round(1.2 - 0.01 * i, 4), "scored_at": now - (len(ckpt_steps) - i) * 600})
+    ranked = sorted(records, key=lambda r: r["val_loss"])
+    for rank, r in enumerate(ranked, 1):
+        r["rank"] = rank
+    champion = ranked[0]["checkpoint"] if ranked else None
+    deployed = ranked[1]["checkpoint"] if len(ranked) > 1 else champion
+    atomic_write_json(layout.comparisons, {"version": 1, "primary_metric": "val_loss", "checkpoints": records,
+                                           "champion": champion, "updated_at": now})
+    if deployed:
+        dstep = int(deployed.split("-")[1])
+        append_jsonl(layout.deployments, {"ts": start + dstep * 1.3 + 60, "version": f"v001_{deployed}",
+                                          "checkpoint": deployed, "global_step": dstep, "target": "local",
+                                          "outcome": "promoted", "duration_s": 11.2})
+    # queue: genuine ingest (sidecars, reject reports)
+    ingestor = Ingestor(cfg)
+    src = layout.base_dir / "demo-src"
+    src.mkdir(exist_ok=True)
+    for i, (name, prio) in enumerate([("binary_L4.jsonl", "high"), ("syllo_L2.jsonl", "normal"),
+                                      ("operator_notes.jsonl", "low")]):
+        rows = [{"messages": [{"role": "user", "content": f"{p} #{i}-{k}"}, {"role": "assistant", "content": a}]}
+                for k, (p, a) in enumerate(PROMPTS * 4)]
+        (src / name).write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+        ingestor.ingest_path(src / name, priority=prio)
+    (src / "broken_upload.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\nnot json\n')
+    ingestor.ingest_path(src / "broken_upload.jsonl")
+    # curriculum
+    cur = Curriculum.from_config(cfg)
+    for k, acc in enumerate([0.55, 0.7, 0.85, 0.9, 0.92, 0.6, 0.72]):
+        cur.record_eval("binary", cur.level("binary"), acc, step=(k + 1) * 400)
+    for k, acc in enumerate([0.3, 0.42, 0.5]):
+        cur.record_eval("syllo", cur.level("syllo"), acc, step=(k + 1) * 400)
+    # events (daemon + lifecycle; the queue and ingest wrote theirs already)
+    for ev in ({"source": "daemon", "event": "started"}, {"source": "daemon", "event": "file_started",
+                                                         "file": f"binary_L{steps // 1000 + 1}.jsonl"},
+               {"source": "lifecycle", "event": "scored", "checkpoint": ckpt_steps[-1] if ckpt_steps else None},
+               {"source": "lifecycle", "event": "deployed", "checkpoint": deployed}):
+        append_jsonl(layout.events, {"ts": now - 30, **ev})
+    # status file as the trainer writes it
+    last = next(r for r in reversed(list(metric_lines(steps, start))) if r["type"] == "train")
+    last_eval = next(r for r in reversed(list(metric_lines(steps, start))) if r["type"] == "eval")
+    atomic_write_json(layout.training_status, {
+        "state": "training", "global_step": steps, "file": last["file"], "file_step": last["file_step"],
+        "file_total_steps": last["file_total_steps"], "loss": last["loss"], "val_loss": last_eval["val_loss"],
+        "lr": last["lr"], "tokens_per_s": last["tokens_per_s"], "eta_s": 1.3 * (1000 - last["file_step"]),
+        "gpu": [], "ram": None, "preview": last_eval["preview"], "last_checkpoint": f"checkpoint-{ckpt_steps[-1]}" if ckpt_steps else None,
+        "deployed_version": f"v001_{deployed}" if deployed else None, "updated_at": now, "pid": live_pid or 0})
+    if live_pid:
+        for name in ("daemon", "trainer"):
+            layout.pid_file(name).write_text(f"{live_pid}\n")
+    return {"steps": steps, "checkpoints": ckpt_steps, "champion": champion, "deployed": deployed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from core.config import from_dict
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base-dir", required=True, help="folder to fill (created)")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--live-pid", type=int, default=None, help="pid to record as daemon and trainer (default: none)")
+    args = parser.parse_args(argv)
+    base = Path(args.base_dir).resolve()
+    cfg = from_dict({"paths": {"base_dir": str(base)}}, base)
+    print(json.dumps(write_run(cfg, args.steps, args.live_pid)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
