@@ -1,0 +1,152 @@
+"""Lifecycle worker: score new checkpoints, decide the champion, deploy it, apply retention, watch the disk, feed the curriculum.
+
+One loop every comparison.interval seconds, at low priority (os.nice
+comparison.nice) so training is not starved. Each step's exceptions are
+caught at the loop boundary and logged; the next pass tries again. On start
+it first finishes any deployment a crash interrupted. Writes
+.pids/lifecycle.pid (removed on exit) and holds .pids/lifecycle.lock.
+SIGTERM/SIGINT stop it at the next safe point.
+
+Run as:
+    python -m management [--config config.json] [--once]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.config import ConfigError, add_config_args, config_from_args
+from core.procs import AlreadyRunning, InstanceLock, remove_pid, write_pid
+
+logger = logging.getLogger("management")
+
+
+class LifecycleWorker:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.stop = threading.Event()
+        self._last_disk_check = 0.0
+
+    def recover(self) -> None:
+        from management.deployment_orchestrator import Orchestrator
+
+        if self.cfg.deploy.enabled and self.cfg.deploy.targets:
+            with Orchestrator(self.cfg) as orch:
+                orch.recover()
+
+    def score(self) -> None:
+        from management.model_comparison_engine import score_new_checkpoints
+
+        if self.cfg.comparison.enabled:
+            score_new_checkpoints(self.cfg)
+
+    def champion_and_deploy(self) -> dict | None:
+        from management.deployment_orchestrator import Orchestrator, active_content_id, tried_content_ids
+        from management.model_comparison_engine import load_ledger, pick_champion, record_champion
+
+        cfg = self.cfg
+        ledger = load_ledger(cfg)
+        baseline = active_content_id(cfg)
+        entry, decision = pick_champion(cfg, ledger, baseline, tried_content_ids(cfg))
+        if entry is None:
+            if decision is not None:
+                logger.info("no champion: %s", decision.reason)
+            return None
+        record_champion(cfg, entry, decision, baseline)
+        logger.info("champion %s: %s", entry["checkpoint"], decision.reason)
+        if not (cfg.deploy.enabled and cfg.deploy.targets):
+            return None
+        with Orchestrator(cfg) as orch:
+            result = orch.deploy(entry["checkpoint"])
+        logger.info("deploy of %s: %s", entry["checkpoint"], result.get("status"))
+        return result
+
+    def retention(self) -> None:
+        from management.retention import apply_retention
+
+        apply_retention(self.cfg)
+
+    def disk(self) -> None:
+        from management.auto_disk_manager import check
+
+        if time.monotonic() - self._last_disk_check >= self.cfg.retention.disk_check_interval:
+            self._last_disk_check = time.monotonic()
+            check(self.cfg)
+
+    def data_manager(self) -> None:
+        if not self.cfg.data_manager.enabled:
+            return
+        from data_manager.manager import DataManager
+
+        DataManager(self.cfg).tick()
+
+    def run_once(self) -> None:
+        for name, step in (("recover", self.recover), ("score", self.score), ("deploy", self.champion_and_deploy),
+                           ("retention", self.retention), ("disk", self.disk), ("data_manager", self.data_manager)):
+            if self.stop.is_set():
+                return
+            try:
+                step()
+            except AlreadyRunning:
+                logger.info("%s: another deployment holds the lock; next pass", name)
+            except Exception:  # loop boundary: one failing step must not stop the worker
+                logger.exception("lifecycle step %s failed", name)
+
+    def run(self, once: bool = False) -> None:
+        while not self.stop.is_set():
+            self.run_once()
+            if once:
+                return
+            self.stop.wait(self.cfg.comparison.interval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m management", description=__doc__.split("\n\n")[0])
+    add_config_args(parser)
+    parser.add_argument("--once", action="store_true", help="one pass, then exit")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    layout = cfg.layout.ensure()
+    lock = InstanceLock(layout.pids / "lifecycle.lock")
+    try:
+        lock.acquire()
+    except AlreadyRunning:
+        print("error: another lifecycle worker is running", file=sys.stderr)
+        return 1
+    if cfg.comparison.nice:
+        os.nice(cfg.comparison.nice)
+    worker = LifecycleWorker(cfg)
+
+    def _stop(signum, frame):  # only a flag: the loop stops at its next safe point
+        logger.info("signal %s: stopping after the current step", signum)
+        worker.stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    pid_file = layout.pid_file("lifecycle")
+    write_pid(pid_file)
+    try:
+        worker.run(once=args.once)
+    finally:
+        remove_pid(pid_file)
+        lock.release()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Hash-verified backups of model folders, taken before any destructive operation, kept by count and age.
+
+A backup is `models/backups/<UTC time>_<label>/`: the folder's files copied
+(hard-linked when the source is immutable and on the same filesystem: a
+checkpoint's files are never rewritten in place), a fresh sha256 manifest
+written over the copy, and the copy verified against the source's manifest
+when it has one. Only a verified backup counts; a failed one is removed and
+the caller's destructive step must not run (BackupError).
+
+Run as:
+    python3 management/backup_manager.py list [--json]
+    python3 management/backup_manager.py create PATH [--label NAME] [--json]
+    python3 management/backup_manager.py prune [--json]
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.atomic_io import atomic_write_json, fsync_dir, read_json
+from core.manifest import MANIFEST_NAME, ManifestError, build_manifest, verify_manifest
+
+logger = logging.getLogger(__name__)
+
+INFO_FILE = "backup.json"
+
+
+class BackupError(RuntimeError):
+    """The backup could not be made or verified; nothing destructive may follow."""
+
+
+def backups_dir(cfg) -> Path:
+    return cfg.layout.models / "backups"
+
+
+def link_or_copy_tree(src: Path, dst: Path, skip_top: tuple[str, ...] = ()) -> None:
+    """Copy `src` into the new folder `dst`, hard-linking files where possible."""
+    dst.mkdir(parents=True)
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if rel.parts[0] in skip_top:
+            continue
+        target = dst / rel
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
+
+
+def create_backup(cfg, source: str | Path, label: str | None = None) -> Path:
+    """Back up `source` (a model folder); returns the verified backup folder or raises BackupError."""
+    source = Path(source)
+    if not source.is_dir():
+        raise BackupError(f"{source}: nothing to back up")
+    root = backups_dir(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}_{label or source.name}"
+    final, tmp = root / name, root / f".tmp-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        link_or_copy_tree(source, tmp)
+        src_manifest = read_json(source / MANIFEST_NAME)
+        if isinstance(src_manifest, dict) and isinstance(src_manifest.get("files"), dict):
+            verify_manifest(tmp)  # the copy matches the source's own hashes
+        else:
+            atomic_write_json(tmp / MANIFEST_NAME, build_manifest(tmp))
+        atomic_write_json(tmp / INFO_FILE, {"source": str(source), "label": label, "created_at": time.time()})
+        os.rename(tmp, final)
+        fsync_dir(root)
+    except (OSError, ManifestError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BackupError(f"backup of {source} failed: {exc}") from exc
+    logger.info("backed up %s to %s", source, final)
+    return final
+
+
+def list_backups(cfg) -> list[dict]:
+    root = backups_dir(cfg)
+    out = []
+    if root.is_dir():
+        for p in sorted(root.iterdir()):
+            if p.is_dir() and not p.name.startswith("."):
+                info = read_json(p / INFO_FILE, {}) or {}
+                out.append({"name": p.name, "path": str(p), "source": info.get("source"),
+                            "created_at": info.get("created_at") or p.stat().st_mtime})
+    return sorted(out, key=lambda b: b["created_at"])
+
+
+def prune_backups(cfg, dry_run: bool = False, now: float | None = None) -> list[str]:
+    """Remove backups beyond `retention.backup_keep` (oldest first) and older than backup_max_age_days; the newest stays."""
+    now = time.time() if now is None else now
+    rc = cfg.retention
+    items = list_backups(cfg)
+    doomed = []
+    for i, b in enumerate(items):
+        newest_n = i >= len(items) - rc.backup_keep
+        too_old = now - b["created_at"] > rc.backup_max_age_days * 86400
+        if i == len(items) - 1:
+            continue
+        if not newest_n or too_old:
+            doomed.append(b)
+    for b in doomed:
+        if not dry_run:
+            shutil.rmtree(b["path"], ignore_errors=True)
+            logger.info("removed backup %s", b["name"])
+    return [b["path"] for b in doomed]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from core.config import ConfigError, add_config_args, config_from_args
+
+    parser = argparse.ArgumentParser(description="Hash-verified backups of model folders (models/backups/).")
+    add_config_args(parser)
+    parser.add_argument("command", choices=["list", "create", "prune"])
+    parser.add_argument("path", nargs="?", help="folder to back up (create)")
+    parser.add_argument("--label")
+    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "create":
+        if not args.path:
+            parser.error("create needs PATH")
+        try:
+            out = {"backup": str(create_backup(cfg, cfg.resolve(args.path), args.label))}
+        except BackupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    elif args.command == "prune":
+        out = {"removed": prune_backups(cfg, args.dry_run), "dry_run": args.dry_run}
+    else:
+        out = {"backups": list_backups(cfg)}
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+    elif args.command == "list":
+        for b in out["backups"]:
+            print(f"{b['name']}  from {b['source']}")
+        print(f"{len(out['backups'])} backup(s)")
+    else:
+        print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

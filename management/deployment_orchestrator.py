@@ -1,0 +1,546 @@
+"""Deployment orchestrator: champion -> version -> every target, verified, health-checked, promoted or rolled back.
+
+Per target, a deployment walks these stages, each recorded in the state file
+(`status/deployment_state.json`, atomic) before it starts and in the history
+(`status/deployments.jsonl`, one JSON line per event) when it ends:
+
+    copy      rsync the version's model files into `<dest>/.staging-<version>/`
+    verify    sha256 manifest of the staged copy (local targets), rename to `<dest>/<version>/`
+    load      POST /admin/models/load {path, version}: the server verifies, smoke-tests and flips
+    health    /v1/models must report the new content; probes for deploy.health_window_seconds
+              (error rate <= max_error_rate, median latency <= max_latency_seconds)
+    promote   active <- new, previous <- old; remote cleanup keeps keep_remote_versions,
+              never the active or previous one
+    rollback  (health failed) POST /admin/models/rollback, else load the previous folder again
+
+Crash consistency: a restart (`recover`) resumes the deployment in the state
+file from its stage, asking the server what it serves rather than assuming:
+a load that completed while the orchestrator was dead is detected by content
+id, a rollback likewise. Each content id is deployed at most once: once it is
+promoted, failed or rolled back it is never picked again (`tried_content_ids`).
+Set CADENCE_DEPLOY_FAULT=<point> to SIGKILL the orchestrator at a named point
+(mid_copy, after_copy, mid_verify, mid_flip, after_flip, mid_rollback,
+after_promote): the tests use it.
+
+deployments.jsonl line: {"ts", "deploy_id", "event", "target", "version", "content_id", "checkpoint", ...}
+  events: started, copied, verified, loaded, load_rejected, health_ok, health_failed, promoted,
+          rolled_back, failed, resumed, cleanup, converged
+deployment_state.json: {"targets": {name: {"active": {version, content_id, checkpoint, path, deployed_at} | null,
+                                           "previous": {...} | null}},
+                        "in_progress": {deploy_id, version, content_id, checkpoint, source, target, stage,
+                                        targets_done, baseline, attempts, timings} | null}
+
+Run as:
+    python3 management/deployment_orchestrator.py status [--json]
+    python3 management/deployment_orchestrator.py deploy [--checkpoint checkpoint-120] [--json]
+    python3 management/deployment_orchestrator.py recover [--json]
+    python3 management/deployment_orchestrator.py rollback [--target NAME] [--json]
+    python3 management/deployment_orchestrator.py history [--json]
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import statistics
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.atomic_io import append_jsonl, atomic_write_json, read_json
+from core.auth import admin_token
+from core.manifest import ManifestError, verify_manifest
+from core.procs import InstanceLock
+from management import deploy_transport as transport
+
+logger = logging.getLogger(__name__)
+
+FAULT_ENV = "CADENCE_DEPLOY_FAULT"
+STATE_NAME = "deployment_state.json"
+TERMINAL_EVENTS = ("promoted", "failed", "rolled_back")
+
+
+class DeployError(RuntimeError):
+    """A deployment that cannot go on (message says why)."""
+
+
+def fault(point: str) -> None:
+    """Test hook: die exactly here, as kill -9 would."""
+    if os.environ.get(FAULT_ENV) == point:
+        logger.warning("fault injection: SIGKILL at %s", point)
+        logging.shutdown()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ------------------------------------------------------------------ state and history
+def state_path(cfg) -> Path:
+    return cfg.layout.status / STATE_NAME
+
+
+def load_state(cfg) -> dict:
+    state = read_json(state_path(cfg), None)
+    if not isinstance(state, dict):
+        state = {}
+    state.setdefault("targets", {})
+    state.setdefault("in_progress", None)
+    return state
+
+
+def save_state(cfg, state: dict) -> None:
+    state["updated_at"] = time.time()
+    atomic_write_json(state_path(cfg), state)
+
+
+def record(cfg, event: str, ip: dict | None = None, **fields) -> None:
+    line = {"ts": time.time(), "event": event}
+    if ip:
+        line.update(deploy_id=ip["deploy_id"], version=ip["version"], content_id=ip["content_id"],
+                    checkpoint=ip.get("checkpoint"))
+    line.update(fields)
+    append_jsonl(cfg.layout.deployments, line)
+    append_jsonl(cfg.layout.events, {"ts": line["ts"], "source": "deploy", **{k: v for k, v in line.items() if k != "ts"}})
+
+
+def history(cfg) -> list[dict]:
+    out = []
+    try:
+        for line in cfg.layout.deployments.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a torn last line from a crash mid-append
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def tried_content_ids(cfg) -> set[str]:
+    """Content that was promoted, failed or rolled back, is active, or is being deployed: never picked again."""
+    ids = {h["content_id"] for h in history(cfg) if h.get("event") in TERMINAL_EVENTS and h.get("content_id")}
+    state = load_state(cfg)
+    for t in state["targets"].values():
+        if t.get("active"):
+            ids.add(t["active"]["content_id"])
+    if state["in_progress"]:
+        ids.add(state["in_progress"]["content_id"])
+    return ids
+
+
+def active_content_id(cfg) -> str | None:
+    """Content id deployed on the primary target."""
+    primary = cfg.deploy.targets[0].name if cfg.deploy.targets else None
+    active = (load_state(cfg)["targets"].get(primary) or {}).get("active")
+    return active["content_id"] if active else None
+
+
+def deployed_versions(cfg) -> list[str]:
+    """Active and previous version names on every target (retention and the disk manager keep these)."""
+    names = []
+    state = load_state(cfg)
+    for t in state["targets"].values():
+        for key in ("active", "previous"):
+            if t.get(key):
+                names.append(t[key]["version"])
+    if state["in_progress"]:
+        names.append(state["in_progress"]["version"])
+    return names
+
+
+def deployed_checkpoints(cfg) -> list[str]:
+    state = load_state(cfg)
+    names = [t[k]["checkpoint"] for t in state["targets"].values() for k in ("active", "previous")
+             if t.get(k) and t[k].get("checkpoint")]
+    if state["in_progress"] and state["in_progress"].get("checkpoint"):
+        names.append(state["in_progress"]["checkpoint"])
+    return names
+
+
+# ------------------------------------------------------------------ the orchestrator
+class Orchestrator:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.dc = cfg.deploy
+        self.targets = {t.name: t for t in self.dc.targets}
+        self.lock = InstanceLock(cfg.layout.status / "deployment.lock")
+        self._token = None
+
+    def client(self, target) -> transport.ServerClient:
+        if self._token is None:
+            self._token = admin_token(self.cfg)
+        keys = self.cfg.inference.api_keys
+        return transport.ServerClient(target.server_url, self._token, self.cfg.model.model_name,
+                                      keys[0] if keys else None, self.dc.request_timeout)
+
+    def __enter__(self):
+        self.lock.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+    # -- entry points -------------------------------------------------------
+    def deploy(self, checkpoint: str | None = None, desc: str | None = None) -> dict:
+        """Deploy a checkpoint (default: the newest) to every target; finishes any interrupted deployment first."""
+        from management.model_versioner import create_version
+
+        self.recover()
+        version = create_version(self.cfg, checkpoint, desc)
+        if version["content_id"] in tried_content_ids(self.cfg):
+            record(self.cfg, "skipped", None, version=version["name"], content_id=version["content_id"],
+                   reason="this content was already deployed or tried")
+            return {"status": "skipped", "version": version["name"], "reason": "content already deployed or tried"}
+        ip = {"deploy_id": uuid.uuid4().hex[:12], "version": version["name"], "content_id": version["content_id"],
+              "checkpoint": version.get("checkpoint"), "source": version["path"], "started_at": time.time(),
+              "target": self.dc.targets[0].name, "stage": "copy", "targets_done": [], "attempts": 0,
+              "timings": {}, "results": {}}
+        state = load_state(self.cfg)
+        state["in_progress"] = ip
+        save_state(self.cfg, state)
+        record(self.cfg, "started", ip, targets=[t.name for t in self.dc.targets])
+        return self._run(state)
+
+    def recover(self) -> dict | None:
+        """Finish (or undo) a deployment interrupted by a crash, then make every target serve its active version."""
+        state = load_state(self.cfg)
+        result = None
+        if state["in_progress"]:
+            ip = state["in_progress"]
+            ip["attempts"] = int(ip.get("attempts", 0)) + 1
+            save_state(self.cfg, state)
+            record(self.cfg, "resumed", ip, target=ip["target"], stage=ip["stage"], attempt=ip["attempts"])
+            if ip["attempts"] > 3:
+                self._abandon(state, ip, "interrupted more than 3 times")
+            else:
+                result = self._run(state)
+        self.converge()
+        return result
+
+    def converge(self) -> None:
+        """A reachable server serving something other than its target's active version gets the active one loaded."""
+        state = load_state(self.cfg)
+        for name, tstate in state["targets"].items():
+            target, active = self.targets.get(name), tstate.get("active")
+            if target is None or not active:
+                continue
+            served = self.client(target).served()
+            if served is None or served.get("content_id") == active["content_id"]:
+                continue
+            status, body = self.client(target).load(active["path"], active["version"])
+            record(self.cfg, "converged", None, target=name, version=active["version"], content_id=active["content_id"],
+                   status=status, served_before=served.get("version"), error=body.get("error"))
+
+    # -- the state machine ----------------------------------------------------
+    def _run(self, state: dict) -> dict:
+        ip = state["in_progress"]
+        order = [t.name for t in self.dc.targets]
+        while ip["target"] is not None:
+            target = self.targets.get(ip["target"])
+            if target is None:
+                raise DeployError(f"target {ip['target']} is no longer configured")
+            outcome = self._run_target(state, ip, target)
+            ip["results"][target.name] = outcome
+            ip["targets_done"].append(target.name)
+            if outcome != "promoted" and target.name == order[0]:
+                break  # the primary refused it: the others never get it
+            rest = [n for n in order if n not in ip["targets_done"]]
+            ip["target"], ip["stage"] = (rest[0], "copy") if rest else (None, "done")
+            save_state(self.cfg, state)
+        final = "promoted" if all(v == "promoted" for v in ip["results"].values()) else \
+            ("partial" if "promoted" in ip["results"].values() else "failed")
+        result = {"status": final, "deploy_id": ip["deploy_id"], "version": ip["version"],
+                  "content_id": ip["content_id"], "targets": ip["results"], "timings": ip["timings"]}
+        if final != "promoted":
+            record(self.cfg, "failed", ip, targets=ip["results"], reason=ip.get("failure"))
+        state["in_progress"] = None
+        save_state(self.cfg, state)
+        return result
+
+    def _set_stage(self, state: dict, ip: dict, stage: str) -> None:
+        ip["stage"] = stage
+        save_state(self.cfg, state)
+
+    def _timed(self, ip: dict, target, phase: str, seconds: float) -> None:
+        ip["timings"].setdefault(target.name, {})[phase] = round(seconds, 3)
+
+    def _run_target(self, state: dict, ip: dict, target) -> str:
+        dest = transport.parse_destination(self.cfg, target.destination)
+        tstate = state["targets"].setdefault(target.name, {"active": None, "previous": None})
+        version, client = ip["version"], self.client(target)
+        while True:
+            stage = ip["stage"]
+            if stage == "copy":
+                t0 = time.perf_counter()
+                slow = int(os.environ.get("CADENCE_DEPLOY_BWLIMIT", "0")) or None
+                started = None
+                if os.environ.get(FAULT_ENV) == "mid_copy":
+                    started = lambda: threading.Timer(0.5, fault, args=("mid_copy",)).start()  # noqa: E731
+                try:
+                    transport.copy_version(self.cfg, dest, Path(ip["source"]), version, self.dc.rsync_timeout,
+                                           bwlimit_kb=slow, on_started=started)
+                except transport.TransportError as exc:
+                    return self._fail(state, ip, target, f"copy failed: {exc}")
+                self._timed(ip, target, "copy", time.perf_counter() - t0)
+                record(self.cfg, "copied", ip, target=target.name, seconds=ip["timings"][target.name]["copy"])
+                fault("after_copy")
+                self._set_stage(state, ip, "verify")
+            elif stage == "verify":
+                t0 = time.perf_counter()
+                fault("mid_verify")
+                if dest.kind == "local":
+                    root = Path(dest.location)
+                    folder = root / (transport.STAGING_PREFIX + version)
+                    if not folder.is_dir():
+                        folder = root / version
+                    if not folder.is_dir():
+                        self._set_stage(state, ip, "copy")
+                        continue
+                    if self.dc.verify_staging:
+                        try:
+                            verify_manifest(folder, model_only=True)
+                        except ManifestError as exc:
+                            transport.remove_remote(dest, folder.name)
+                            return self._fail(state, ip, target, f"staged copy does not match its manifest: {exc}")
+                try:
+                    transport.commit_version(dest, version, self.dc.rsync_timeout)
+                except transport.TransportError as exc:
+                    return self._fail(state, ip, target, f"rename into place failed: {exc}")
+                self._timed(ip, target, "verify", time.perf_counter() - t0)
+                record(self.cfg, "verified", ip, target=target.name, seconds=ip["timings"][target.name]["verify"])
+                served = client.served()
+                ip["baseline"] = {"version": (served or {}).get("version"), "content_id": (served or {}).get("content_id")}
+                self._set_stage(state, ip, "load")
+            elif stage == "load":
+                client.wait_idle(self.dc.request_timeout)  # a load sent before a crash may still be running
+                served = client.served()
+                if served and served.get("content_id") == ip["content_id"]:
+                    record(self.cfg, "loaded", ip, target=target.name, note="already served (load finished while we were down)")
+                    self._set_stage(state, ip, "health")
+                    continue
+                t0 = time.perf_counter()
+                path = transport.server_path(self.cfg, target, version)
+                if os.environ.get(FAULT_ENV) == "mid_flip":
+                    threading.Thread(target=client.load, args=(path, version), daemon=True).start()
+                    time.sleep(0.3)
+                    fault("mid_flip")
+                status, body = client.load(path, version)
+                self._timed(ip, target, "load", time.perf_counter() - t0)
+                if status == 0 or status >= 500 or (status == 409 and (body.get("error") or {}).get("code") == "busy"):
+                    # the server is down or busy: not a verdict on this version; the deployment stays in progress
+                    raise DeployError(f"target {target.name}: load not answered ({status} {body.get('error')}); will retry")
+                if status != 200:
+                    err = body.get("error") or {}
+                    record(self.cfg, "load_rejected", ip, target=target.name, status=status, code=err.get("code"),
+                           message=str(err.get("message"))[:500], still_serving=err.get("active_version"))
+                    if status == 422:  # the server refused this folder; what it served is untouched
+                        transport.remove_remote(dest, version)
+                    return self._fail(state, ip, target, f"server refused the load ({status} {err.get('code')})")
+                ip["timings"][target.name]["server_load"] = body.get("load_seconds")
+                record(self.cfg, "loaded", ip, target=target.name, seconds=ip["timings"][target.name]["load"],
+                       server_load_seconds=body.get("load_seconds"), previous_version=body.get("previous_version"))
+                fault("after_flip")
+                self._set_stage(state, ip, "health")
+            elif stage == "health":
+                t0 = time.perf_counter()
+                ok, why, stats = self._health(client, ip)
+                self._timed(ip, target, "health", time.perf_counter() - t0)
+                if ok:
+                    record(self.cfg, "health_ok", ip, target=target.name, **stats)
+                    self._set_stage(state, ip, "promote")
+                else:
+                    record(self.cfg, "health_failed", ip, target=target.name, reason=why, **stats)
+                    ip["failure"] = why
+                    self._set_stage(state, ip, "rollback")
+            elif stage == "rollback":
+                return self._rollback(state, ip, target, tstate, dest, client)
+            elif stage == "promote":
+                return self._promote(state, ip, target, tstate, dest)
+            else:
+                raise DeployError(f"unknown stage {stage}")
+
+    def _health(self, client, ip: dict) -> tuple[bool, str, dict]:
+        served = client.served()
+        if not served or served.get("content_id") != ip["content_id"]:
+            return False, f"/v1/models reports {(served or {}).get('version')!r}, not {ip['version']}", {}
+        deadline = time.monotonic() + self.dc.health_window_seconds
+        latencies, errors, n = [], [], 0
+        while True:
+            ok, seconds, version, why = client.probe()
+            n += 1
+            if ok and version != ip["version"]:
+                ok, why = False, f"answered by version {version}"
+            if ok:
+                latencies.append(seconds)
+            else:
+                errors.append(why)
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(self.dc.health_probe_interval)
+        stats = {"probes": n, "errors": len(errors), "median_latency_s": round(statistics.median(latencies), 4) if latencies else None}
+        if len(errors) / n > self.dc.max_error_rate:
+            return False, f"error rate {len(errors)}/{n} > {self.dc.max_error_rate} (first: {errors[0]})", stats
+        if self.dc.max_latency_seconds and latencies and statistics.median(latencies) > self.dc.max_latency_seconds:
+            return False, f"median latency {statistics.median(latencies):.3f}s > {self.dc.max_latency_seconds}s", stats
+        return True, "", stats
+
+    def _promote(self, state, ip, target, tstate, dest) -> str:
+        active = tstate.get("active")
+        if not active or active["content_id"] != ip["content_id"]:  # not yet swapped (a crash may have come after)
+            tstate["previous"] = active
+            tstate["active"] = {"version": ip["version"], "content_id": ip["content_id"], "checkpoint": ip.get("checkpoint"),
+                                "path": transport.server_path(self.cfg, target, ip["version"]), "deployed_at": time.time()}
+            save_state(self.cfg, state)
+            record(self.cfg, "promoted", ip, target=target.name, previous=(active or {}).get("version"),
+                   timings=ip["timings"].get(target.name))
+        fault("after_promote")
+        self.cleanup_target(target, tstate, dest)
+        return "promoted"
+
+    def _rollback(self, state, ip, target, tstate, dest, client) -> str:
+        baseline = ip.get("baseline") or {}
+        served = client.served()
+        if served is None:
+            raise DeployError(f"target {target.name}: server unreachable during rollback (will resume)")
+        client.wait_idle(self.dc.request_timeout)
+        served = client.served() or served
+        if served.get("content_id") != ip["content_id"]:
+            outcome = "the server no longer serves it"
+        else:
+            if os.environ.get(FAULT_ENV) == "mid_rollback":
+                threading.Thread(target=client.rollback, args=(baseline.get("version"),), daemon=True).start()
+                time.sleep(0.3)
+                fault("mid_rollback")
+            status, body = client.rollback(baseline.get("version"))
+            if status != 200 and tstate.get("active"):
+                status, body = client.load(tstate["active"]["path"], tstate["active"]["version"])
+            if status != 200:
+                raise DeployError(f"target {target.name}: rollback failed ({status} {body.get('error')}); will retry")
+            outcome = f"rolled back to {body.get('version')}"
+        record(self.cfg, "rolled_back", ip, target=target.name, reason=ip.get("failure"), outcome=outcome,
+               serving=(client.served() or {}).get("version"))
+        transport.remove_remote(dest, ip["version"])
+        return "rolled_back"
+
+    def _fail(self, state, ip, target, reason: str) -> str:
+        ip["failure"] = reason
+        save_state(self.cfg, state)
+        logger.error("deploy %s to %s failed: %s", ip["version"], target.name, reason)
+        dest = transport.parse_destination(self.cfg, target.destination)
+        try:
+            transport.remove_remote(dest, transport.STAGING_PREFIX + ip["version"])
+        except transport.TransportError as exc:
+            logger.warning("could not remove staging on %s: %s", target.name, exc)
+        return "failed"
+
+    def _abandon(self, state, ip, reason: str) -> None:
+        ip["failure"] = reason
+        record(self.cfg, "failed", ip, reason=reason, stage=ip["stage"], target=ip["target"])
+        state["in_progress"] = None
+        save_state(self.cfg, state)
+
+    def cleanup_target(self, target, tstate: dict | None = None, dest=None) -> list[str]:
+        """Keep the newest keep_remote_versions version folders on the target; never the active or previous one."""
+        from management.model_versioner import VERSION_RE
+
+        dest = dest or transport.parse_destination(self.cfg, target.destination)
+        tstate = tstate if tstate is not None else load_state(self.cfg)["targets"].get(target.name, {})
+        keep = {(tstate.get(k) or {}).get("version") for k in ("active", "previous")} - {None}
+        try:
+            names = transport.list_remote(dest)
+        except (transport.TransportError, OSError) as exc:
+            logger.warning("cleanup of %s skipped: %s", target.name, exc)
+            return []
+        staging = [n for n in names if n.startswith(transport.STAGING_PREFIX)
+                   and n[len(transport.STAGING_PREFIX):] not in keep]
+        versions = sorted((n for n in names if VERSION_RE.match(n)), key=lambda n: int(VERSION_RE.match(n).group(1)))
+        extra = [n for n in versions[:-self.dc.keep_remote_versions] if n not in keep] \
+            if len(versions) > self.dc.keep_remote_versions else []
+        removed = []
+        for name in staging + extra:
+            try:
+                transport.remove_remote(dest, name)
+                removed.append(name)
+            except transport.TransportError as exc:
+                logger.warning("cleanup of %s/%s failed: %s", target.name, name, exc)
+        if removed:
+            record(self.cfg, "cleanup", None, target=target.name, removed=removed, kept=sorted(keep))
+        return removed
+
+    def rollback(self, target_name: str | None = None) -> dict:
+        """Operator rollback: the target's previous version becomes active again."""
+        self.recover()
+        state = load_state(self.cfg)
+        name = target_name or self.dc.targets[0].name
+        target, tstate = self.targets[name], state["targets"].get(name) or {}
+        prev, active = tstate.get("previous"), tstate.get("active")
+        if not prev:
+            raise DeployError(f"target {name}: no previous version to roll back to")
+        status, body = self.client(target).load(prev["path"], prev["version"])
+        if status != 200:
+            raise DeployError(f"target {name}: loading {prev['version']} failed ({status} {body.get('error')})")
+        tstate["active"], tstate["previous"] = prev, active
+        save_state(self.cfg, state)
+        record(self.cfg, "rolled_back", None, target=name, version=active and active["version"],
+               content_id=active and active["content_id"], outcome=f"operator rollback to {prev['version']}")
+        return {"status": "rolled_back", "target": name, "active": prev["version"]}
+
+
+# ------------------------------------------------------------------ CLI
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from core.config import ConfigError, add_config_args, config_from_args
+    from core.procs import AlreadyRunning
+
+    parser = argparse.ArgumentParser(description="Deploy checkpoints to inference targets, recover, roll back.")
+    add_config_args(parser)
+    parser.add_argument("command", choices=["status", "deploy", "recover", "rollback", "history"], nargs="?", default="status")
+    parser.add_argument("--checkpoint", help="checkpoint to deploy (deploy; default: the newest)")
+    parser.add_argument("--target", help="target name (rollback; default: the primary)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.command in ("status", "history"):
+        out = load_state(cfg) if args.command == "status" else {"history": history(cfg)[-50:]}
+    else:
+        try:
+            with Orchestrator(cfg) as orch:
+                if args.command == "deploy":
+                    out = orch.deploy(args.checkpoint)
+                elif args.command == "recover":
+                    out = orch.recover() or {"status": "nothing to recover"}
+                else:
+                    out = orch.rollback(args.target)
+        except AlreadyRunning:
+            print("error: another deployment is running (status/deployment.lock)", file=sys.stderr)
+            return 1
+        except DeployError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+    elif args.command == "status":
+        for name, t in out["targets"].items():
+            print(f"{name}: active {(t.get('active') or {}).get('version')}  previous {(t.get('previous') or {}).get('version')}")
+        ip = out.get("in_progress")
+        print(f"in progress: {ip['version']} at {ip['stage']} on {ip['target']}" if ip else "in progress: none")
+    elif args.command == "history":
+        for h in out["history"]:
+            print(f"{time.strftime('%H:%M:%S', time.localtime(h['ts']))} {h['event']:<14} {h.get('target') or '':<10} {h.get('version') or ''}")
+    else:
+        print(json.dumps(out, indent=2, default=str))
+    return 0 if out.get("status") not in ("failed",) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

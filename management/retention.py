@@ -1,0 +1,173 @@
+"""Checkpoint retention: latest N + best K + deployed (+ champion), optimizer state only on the latest M.
+
+`protected_checkpoints(cfg)` is the one answer to "what must never be
+deleted"; `write_protected(cfg)` publishes it as
+`models/current_model/protected.json` ({"deployed": [names], "champion":
+name, "best": [names], "newest": name}), which the trainer's own rolling
+retention honours (trainer/checkpoint.py prune_checkpoints). `apply_retention`
+removes what the policy does not keep; checkpoints younger than
+retention.min_age_hours are kept too.
+
+Stripping optimizer state rewrites the checkpoint's manifest without those
+files *before* deleting them, so a crash in between leaves a checkpoint that
+still verifies (an extra file is harmless, a missing listed one is not). The
+trainer resumes from such a checkpoint with fresh AdamW moments.
+
+Run as:
+    python3 management/retention.py [--dry-run] [--json]
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.atomic_io import atomic_write_json, read_json
+from core.manifest import MANIFEST_NAME, TRAINING_STATE_DIR
+from trainer.checkpoint import PROTECTED_FILE, CheckpointInfo, list_checkpoints, protected_names
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZER_FILES = ("optimizer.pt", "scheduler.pt")
+
+
+def dir_size(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def protected_checkpoints(cfg) -> dict:
+    """{"deployed": [...], "champion": name|None, "best": [...], "newest": name|None} of checkpoint names."""
+    from management.deployment_orchestrator import deployed_checkpoints
+    from management.model_comparison_engine import best_checkpoints, load_ledger
+
+    ckpts = list_checkpoints(cfg.layout.current_model)
+    champion = (load_ledger(cfg).get("champion") or {}).get("checkpoint")
+    return {"deployed": sorted(set(deployed_checkpoints(cfg))), "champion": champion,
+            "best": best_checkpoints(cfg, cfg.retention.keep_best), "newest": ckpts[-1].path.name if ckpts else None}
+
+
+def write_protected(cfg) -> dict:
+    protected = protected_checkpoints(cfg)
+    data = {k: v for k, v in protected.items() if v}
+    path = cfg.layout.current_model / PROTECTED_FILE
+    if read_json(path) != data:
+        atomic_write_json(path, data)
+    return protected
+
+
+def all_protected_names(cfg) -> set[str]:
+    protected = write_protected(cfg)
+    names = set(protected_names(cfg.layout.current_model))
+    for value in protected.values():
+        names.update([value] if isinstance(value, str) else (value or []))
+    return names
+
+
+def strip_optimizer_state(ckpt: CheckpointInfo, dry_run: bool = False) -> int:
+    """Remove optimizer files from one checkpoint (manifest first); returns bytes freed."""
+    files = [ckpt.state_dir / n for n in OPTIMIZER_FILES if (ckpt.state_dir / n).is_file()]
+    if not files:
+        return 0
+    freed = sum(f.stat().st_size for f in files)
+    if dry_run:
+        return freed
+    manifest = read_json(ckpt.path / MANIFEST_NAME)
+    if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict):
+        for f in files:
+            manifest["files"].pop(f"{TRAINING_STATE_DIR}/{f.name}", None)
+        manifest["optimizer_state_removed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        atomic_write_json(ckpt.path / MANIFEST_NAME, manifest)
+    for f in files:
+        f.unlink(missing_ok=True)
+    logger.info("removed optimizer state of %s (%.1f MB)", ckpt.path.name, freed / 1e6)
+    return freed
+
+
+def delete_checkpoint(ckpt: CheckpointInfo, dry_run: bool = False) -> int:
+    size = dir_size(ckpt.path)
+    if not dry_run:
+        trash = ckpt.path.with_name(f".tmp-checkpoint-delete-{ckpt.step}")
+        os.rename(ckpt.path, trash)  # unpublished first: never a half checkpoint listed
+        shutil.rmtree(trash, ignore_errors=True)
+        logger.info("retention: removed %s (%.1f MB)", ckpt.path.name, size / 1e6)
+    return size
+
+
+def checkpoints_beyond_retention(cfg, now: float | None = None) -> list[CheckpointInfo]:
+    """Checkpoints the policy does not keep, oldest first."""
+    now = time.time() if now is None else now
+    rc = cfg.retention
+    ckpts = list_checkpoints(cfg.layout.current_model)
+    keep = {c.path.name for c in ckpts[-rc.keep_latest:]} | all_protected_names(cfg)
+    if ckpts:
+        keep.add(ckpts[-1].path.name)  # the newest complete checkpoint, always
+    out = []
+    for c in ckpts:
+        if c.path.name in keep:
+            continue
+        if now - c.path.stat().st_mtime < rc.min_age_hours * 3600:
+            continue
+        out.append(c)
+    return out
+
+
+def optimizer_candidates(cfg, keep_latest: int | None = None) -> list[CheckpointInfo]:
+    ckpts = list_checkpoints(cfg.layout.current_model)
+    m = cfg.retention.keep_optimizer_latest if keep_latest is None else keep_latest
+    return [c for c in ckpts[:-max(1, m)] if any((c.state_dir / n).is_file() for n in OPTIMIZER_FILES)]
+
+
+def apply_retention(cfg, dry_run: bool = False, now: float | None = None) -> dict:
+    """Run the policy once: strip optimizer state beyond the latest M, delete checkpoints beyond the policy."""
+    actions = []
+    for c in optimizer_candidates(cfg):
+        actions.append({"action": "strip_optimizer", "path": str(c.path), "bytes": strip_optimizer_state(c, dry_run)})
+    for c in checkpoints_beyond_retention(cfg, now):
+        actions.append({"action": "delete_checkpoint", "path": str(c.path), "bytes": delete_checkpoint(c, dry_run)})
+    return {"dry_run": dry_run, "actions": actions, "freed_bytes": sum(a["bytes"] for a in actions),
+            "protected": protected_checkpoints(cfg)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from core.config import ConfigError, add_config_args, config_from_args
+
+    parser = argparse.ArgumentParser(description="Apply checkpoint retention (latest N + best K + deployed; optimizer state on the latest M).")
+    add_config_args(parser)
+    parser.add_argument("--dry-run", action="store_true", help="list what would go, remove nothing")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = apply_retention(cfg, args.dry_run)
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        print(f"protected: {out['protected']}")
+        for a in out["actions"]:
+            print(f"{'would ' if args.dry_run else ''}{a['action']}: {a['path']} ({a['bytes'] / 1e6:.1f} MB)")
+        print(f"{'would free' if args.dry_run else 'freed'} {out['freed_bytes'] / 1e9:.2f} GB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
