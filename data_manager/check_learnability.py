@@ -79,14 +79,19 @@ def train_and_eval(model_dir: Path, skill_name: str, seconds: float, batch_size:
         return x, y, (x != pad).long() | (y != -100).long()
 
     @torch.no_grad()
-    def accuracy() -> float:
+    def accuracy(show_errors: int = 0) -> float:
         model.eval()
-        correct = 0
+        correct, wrong = 0, []
         for s in evals:
             prompt = torch.tensor([chat_ids(tok, s.user_prompt)])
             out = model.generate(prompt, max_new_tokens=max_answer + 3, do_sample=False)
             answer = tok.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
-            correct += skill.score(s.assistant_response, answer).correct
+            ok = skill.score(s.assistant_response, answer).correct
+            correct += ok
+            if not ok:
+                wrong.append((s.user_prompt, s.assistant_response, answer))
+        for prompt, expected, got in wrong[:show_errors]:
+            print(f"[{skill_name}]   wrong: {prompt!r} expected {expected!r} got {got!r}")
         model.train()
         return correct / len(evals)
 
@@ -105,7 +110,8 @@ def train_and_eval(model_dir: Path, skill_name: str, seconds: float, batch_size:
         step += 1
         if step % eval_every == 0:
             print(f"[{skill_name}] step {step:4d}  {time.time() - start:6.1f}s  loss {loss.item():.3f}  eval acc {accuracy():.2f}", flush=True)
-    print(f"[{skill_name}] final: step {step}, {time.time() - start:.0f}s, loss {loss.item():.3f}, eval acc {accuracy():.2f}")
+    elapsed = time.time() - start
+    print(f"[{skill_name}] final: step {step}, {elapsed:.0f}s, loss {loss.item():.3f}, eval acc {accuracy(show_errors=5):.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
