@@ -119,10 +119,24 @@ def copy_version(cfg, dest: Destination, src: Path, version: str, timeout: float
     elif dest.kind == "ssh":
         extra += ["-e", "ssh -o BatchMode=yes"]
         _run(["ssh", "-o", "BatchMode=yes", dest.location, "mkdir", "-p", shlex.quote(dest.path)], timeout)
+    elif dest.kind == "rsyncd":
+        _ensure_rsyncd_dir(dest, timeout)
     if on_started:
         on_started()
     _run(rsync_cmd(src_arg, staged.rstrip("/") + "/", timeout, extra), timeout + 30)
     return staged
+
+
+def _ensure_rsyncd_dir(dest: Destination, timeout: float) -> None:
+    """Create the destination's folders below the module (an rsync daemon creates only the last component)."""
+    m = re.match(r"^(rsync://[^/]+/[^/]+)(/.*)?$", dest.location)
+    if not m or not m.group(2):
+        return
+    with tempfile.TemporaryDirectory() as empty:
+        url = m.group(1)
+        for part in [p for p in m.group(2).split("/") if p]:
+            url = f"{url}/{part}"
+            _run(["rsync", "-r", "--exclude=*", f"--timeout={max(1, int(timeout))}", empty + "/", url + "/"], timeout)
 
 
 def commit_version(dest: Destination, version: str, timeout: float) -> None:
