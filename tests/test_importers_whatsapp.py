@@ -117,6 +117,7 @@ def test_android_24h_day_first_system_lines_and_colons(tmp_path):
              "13.01.24, 08:01 - Bob: Time: 10pm? Place: mine",
              "13.01.24, 08:02 - Alice: Works: see you",
              "13.01.24, 08:03 - Bob left",
+             '13.01.24, 08:03 - Alice changed the subject from "plans" to "plans: friday"',
              "13.01.24, 08:04 - Alice: Contact card omitted",
              "13.01.24, 08:05 - Bob: location: https://maps.google.com/?q=1,2",
              "13.01.24, 08:06 - Bob: www.example.org",
@@ -124,7 +125,7 @@ def test_android_24h_day_first_system_lines_and_colons(tmp_path):
     res = import_whatsapp(write(tmp_path, "a24.txt", lines), "Alice")
     assert turns(res.rows) == [[("user", "Time: 10pm? Place: mine"), ("assistant", "Works: see you")]]
     assert res.rows[0]["metadata"]["started_at"] == "2024-01-13T08:01:00"
-    assert res.stats["dropped"] == {"system": 2, "media_or_url_only": 3}
+    assert res.stats["dropped"] == {"system": 3, "media_or_url_only": 3}
 
 
 def test_iso_dates_dash_seconds_and_max_pairs(tmp_path):

@@ -84,6 +84,9 @@ _SYSTEM_MARKED = re.compile(
     r"|deleted this group's icon|changed their phone number|changed to \+|you're now an admin|is no longer an admin"
     r"|pinned a message|turned (?:on|off) disappearing messages|uses a default timer|security code)", re.I)
 
+# An Android notice holding a colon ('X changed the subject to "a: b"') parses as sender + text; no real name reads like this.
+_SYSTEM_SENDER = re.compile(r"\s(?:changed|added|removed|created|joined|left|deleted|pinned|turned|reset)\s", re.I)
+
 
 @dataclass
 class Message:
@@ -234,7 +237,8 @@ def import_whatsapp(path: str | Path, me: str, *, partner: str | None = None, si
     kept: list[Message] = []
     for msg in messages:
         plain = _EDITED.sub("", _clean(msg.text)).strip()
-        if msg.sender is None or _SYSTEM_ANY.match(plain) or (msg.marked and _SYSTEM_MARKED.search(plain)):
+        if (msg.sender is None or _SYSTEM_SENDER.search(msg.sender) or _SYSTEM_ANY.match(plain)
+                or (msg.marked and _SYSTEM_MARKED.search(plain))):
             dropped["system"] += 1
             continue
         if _DELETED.match(plain):
