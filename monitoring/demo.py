@@ -92,24 +92,36 @@ def write_run(cfg, steps: int = 3000, live_pid: int | None = None, now: float | 
         atomic_write_json(d / "training_state" / "trainer_state.json",
                           {"global_step": s, "files_done": [f"binary_L{i}.jsonl" for i in range(1, s // 1000 + 1)],
                            "reason": "save_steps"})
-    records = []
+    # ranking ledger and deployment history in management/'s formats (model_comparison_engine, deployment_orchestrator)
+    entries = {}
     for i, s in enumerate(ckpt_steps):
-        val = 0.35 + 2.2 * math.exp(-s / (steps * 0.18)) * 1.04 + 0.02
-        records.append({"checkpoint": f"checkpoint-{s}", "global_step": s, "val_loss": round(val + (0.05 if i == len(ckpt_steps) - 1 else 0), 4),
-                        "accuracy": {"binary": round(min(0.97, 0.4 + 0.15 * i), 3), "syllo": round(0.2 + 0.1 * i, 3)},
-                        "anchor_loss": round(1.2 - 0.01 * i, 4), "scored_at": now - (len(ckpt_steps) - i) * 600})
-    ranked = sorted(records, key=lambda r: r["val_loss"])
-    for rank, r in enumerate(ranked, 1):
-        r["rank"] = rank
-    champion = ranked[0]["checkpoint"] if ranked else None
-    deployed = ranked[1]["checkpoint"] if len(ranked) > 1 else champion
-    atomic_write_json(layout.comparisons, {"version": 1, "primary_metric": "val_loss", "checkpoints": records,
-                                           "champion": champion, "updated_at": now})
+        val = 0.35 + 2.2 * math.exp(-s / (steps * 0.18)) * 1.04 + 0.02 + (0.05 if i == len(ckpt_steps) - 1 else 0)
+        acc = {"binary": round(min(0.97, 0.4 + 0.15 * i), 3), "syllo": round(0.2 + 0.1 * i, 3)}
+        entries[f"checkpoint-{s}"] = {
+            "checkpoint": f"checkpoint-{s}", "step": s, "content_id": f"{s:064x}", "status": "scored",
+            "scored_at": now - (len(ckpt_steps) - i) * 600,
+            "metrics": {"val_loss": round(val, 4), "anchor_loss": round(1.2 - 0.01 * i, 4),
+                        "accuracy_mean": round(sum(acc.values()) / len(acc), 4),
+                        **{f"accuracy:{k}": v for k, v in acc.items()}},
+            "accuracy": {k: {"level": 2, "accuracy": v, "correct": int(v * 50), "total": 50} for k, v in acc.items()}}
+    ranking = sorted(entries, key=lambda n: entries[n]["metrics"]["val_loss"])
+    champion = ranking[0] if ranking else None
+    deployed = ranking[1] if len(ranking) > 1 else champion
+    atomic_write_json(layout.comparisons, {"format": 1, "primary_metric": "val_loss", "updated_at": now,
+                                           "checkpoints": entries, "ranking": ranking,
+                                           "champion": {"checkpoint": champion, "step": entries[champion]["step"],
+                                                        "reason": "best val_loss"} if champion else None})
     if deployed:
-        dstep = int(deployed.split("-")[1])
-        append_jsonl(layout.deployments, {"ts": start + dstep * 1.3 + 60, "version": f"v001_{deployed}",
-                                          "checkpoint": deployed, "global_step": dstep, "target": "local",
-                                          "outcome": "promoted", "duration_s": 11.2})
+        dstep = entries[deployed]["step"]
+        version = f"v001_{time.strftime('%Y%m%d', time.gmtime(now))}_step{dstep}"
+        t0 = start + dstep * 1.3 + 60
+        for k, event in enumerate(("started", "copied", "verified", "loaded", "health_ok", "promoted")):
+            append_jsonl(layout.deployments, {"ts": t0 + 2 * k, "deploy_id": "d1", "event": event, "target": "local",
+                                              "version": version, "content_id": entries[deployed]["content_id"],
+                                              "checkpoint": deployed})
+        atomic_write_json(layout.status / "deployment_state.json", {"targets": {"local": {"active": {
+            "version": version, "content_id": entries[deployed]["content_id"], "checkpoint": deployed,
+            "path": f"models/deployed/{version}", "deployed_at": t0 + 10}, "previous": None}}, "in_progress": None})
     # queue: genuine ingest (sidecars, reject reports)
     ingestor = Ingestor(cfg)
     src = layout.base_dir / "demo-src"
@@ -142,7 +154,7 @@ def write_run(cfg, steps: int = 3000, live_pid: int | None = None, now: float | 
         "file_total_steps": last["file_total_steps"], "loss": last["loss"], "val_loss": last_eval["val_loss"],
         "lr": last["lr"], "tokens_per_s": last["tokens_per_s"], "eta_s": 1.3 * (1000 - last["file_step"]),
         "gpu": [], "ram": None, "preview": last_eval["preview"], "last_checkpoint": f"checkpoint-{ckpt_steps[-1]}" if ckpt_steps else None,
-        "deployed_version": f"v001_{deployed}" if deployed else None, "updated_at": now, "pid": live_pid or 0})
+        "deployed_version": version if deployed else None, "updated_at": now, "pid": live_pid or 0})
     if live_pid:
         for name in ("daemon", "trainer"):
             layout.pid_file(name).write_text(f"{live_pid}\n")

@@ -90,6 +90,10 @@ class Series:
     def __post_init__(self):
         for f in self.fields:
             self.cols[f] = array("d")
+        if self.kind == "eval":
+            # evaluations come every eval_steps (50 by default): the same smoothing per point would lag by
+            # hundreds of steps, so validation points get the smoothing of ~10 train points
+            self.smoothing = self.smoothing ** 10
         for f in EMA_OF.get(self.kind, ()):
             self.cols[f + "_ema"] = array("d")
             self.emas[f] = _Ema(self.smoothing)

@@ -85,7 +85,7 @@ def status(cfg, index_summary: dict | None = None) -> dict:
     raw = read_json(cfg.layout.training_status, {}) or {}
     s["preview"] = raw.get("preview")
     s["fixed_val_loss"] = raw.get("fixed_val_loss")
-    s["deployed_version"] = raw.get("deployed_version")
+    s["deployed_version"] = raw.get("deployed_version") or deployed_checkpoint(cfg)
     s["gpu"] = raw.get("gpu") or []
     s["ram"] = raw.get("ram")
     s["status_file_present"] = bool(raw)
@@ -191,8 +191,22 @@ def _name_of(value: Any) -> str | None:
     return Path(value).name if isinstance(value, str) else None
 
 
+def _accuracy_map(value: Any) -> dict | None:
+    """{skill: 0.85} from either {skill: 0.85} or the ledger's {skill: {"accuracy": 0.85, ...}}."""
+    if not isinstance(value, dict):
+        return None
+    out = {}
+    for skill, v in value.items():
+        if isinstance(v, dict):
+            v = v.get("accuracy")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[skill] = float(v)
+    return out or None
+
+
 def rankings(cfg) -> dict:
-    """The ranking ledger, normalised: records sorted by rank (or primary metric), champion, deployed."""
+    """The ranking ledger (management/model_comparison_engine.py), normalised: records best first,
+    champion, and the version actually deployed (status/deployment_state.json, else the history)."""
     layout = cfg.layout
     ledger = read_json(layout.comparisons)
     records = []
@@ -200,34 +214,59 @@ def rankings(cfg) -> dict:
         name = _name_of(r)
         metrics = r.get("metrics") if isinstance(r.get("metrics"), dict) else {}
         flat = {k: v for k, v in {**r, **metrics}.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        acc = r.get("accuracy") if isinstance(r.get("accuracy"), dict) else metrics.get("accuracy")
         records.append({"name": name, "global_step": step_of(r) or (step_of({"name": name}) if name else None),
                         "rank": r.get("rank"), "score": flat.get("score"), "val_loss": flat.get("val_loss"),
-                        "anchor_loss": flat.get("anchor_loss"), "accuracy": acc if isinstance(acc, dict) else None,
-                        "status": r.get("status") or r.get("verdict"), "scored_at": r.get("scored_at") or r.get("ts"),
-                        "guard_ok": r.get("guard_ok"), "raw": r})
-    primary = cfg.comparison.primary_metric
-    if any(isinstance(r["rank"], int) for r in records):
-        records.sort(key=lambda r: (r["rank"] if isinstance(r["rank"], int) else 1 << 30))
-    elif primary == "val_loss":
-        records.sort(key=lambda r: (r["val_loss"] is None, r["val_loss"] if r["val_loss"] is not None else 0))
+                        "anchor_loss": flat.get("anchor_loss"), "accuracy_mean": flat.get("accuracy_mean"),
+                        "accuracy": _accuracy_map(r.get("accuracy")) or _accuracy_map(metrics.get("accuracy")),
+                        "status": r.get("status") or r.get("verdict"), "error": r.get("error"),
+                        "scored_at": r.get("scored_at") or r.get("ts"), "raw": r})
+    primary = (ledger.get("primary_metric") if isinstance(ledger, dict) else None) or cfg.comparison.primary_metric
+    order = ledger.get("ranking") if isinstance(ledger, dict) else None
+    if isinstance(order, list) and all(isinstance(n, str) for n in order):
+        pos = {n: i for i, n in enumerate(order)}
+        records.sort(key=lambda r: (pos.get(r["name"], 1 << 30), -(r["global_step"] or 0)))
+        ranked = set(order)
+    else:
+        if any(isinstance(r["rank"], int) for r in records):
+            records.sort(key=lambda r: (r["rank"] if isinstance(r["rank"], int) else 1 << 30))
+        elif primary.endswith("loss"):
+            records.sort(key=lambda r: (r["val_loss"] is None, r["val_loss"] if r["val_loss"] is not None else 0))
+        ranked = {r["name"] for r in records if r["status"] in (None, "scored")}
     champion = _name_of(ledger.get("champion")) if isinstance(ledger, dict) else None
-    deployed = _name_of(ledger.get("deployed")) if isinstance(ledger, dict) else None
-    if deployed is None:
-        deployed = deployed_from_history(cfg)
-    for i, r in enumerate(records, 1):
-        r["position"] = i
+    deployed = deployed_checkpoint(cfg)
+    n = 0
+    for r in records:
+        if r["name"] in ranked:
+            n += 1
+            r["position"] = n
+        else:
+            r["position"] = None  # failed or not scored yet: listed, not ranked
     return {"present": ledger is not None, "primary_metric": primary, "records": records,
             "champion": champion, "deployed": deployed,
             "updated_at": ledger.get("updated_at") if isinstance(ledger, dict) else None}
 
 
-def deployed_from_history(cfg) -> str | None:
-    """The checkpoint of the last promoted deployment in deployments.jsonl (None when there is none)."""
-    for rec in reversed(tail_jsonl(cfg.layout.deployments, 200)):
-        outcome = str(rec.get("outcome") or rec.get("status") or rec.get("event") or rec.get("state") or "").lower()
-        if outcome in ("promoted", "deployed", "active", "success", "ok"):
-            return _name_of(rec) or rec.get("version")
+PROMOTED = ("promoted", "deployed", "active", "success")
+
+
+def is_promotion(rec: dict) -> bool:
+    what = str(rec.get("event") or rec.get("outcome") or rec.get("status") or "").lower()
+    return what in PROMOTED
+
+
+def deployed_checkpoint(cfg) -> str | None:
+    """The checkpoint box B's primary target serves: deployment_state.json's active version, else the last
+    promotion in deployments.jsonl (None when nothing was deployed)."""
+    state = read_json(cfg.layout.status / "deployment_state.json")
+    targets = state.get("targets") if isinstance(state, dict) else None
+    if isinstance(targets, dict) and targets:
+        primary = cfg.deploy.targets[0].name if cfg.deploy.targets else next(iter(targets))
+        active = (targets.get(primary) or {}).get("active")
+        if isinstance(active, dict):
+            return _name_of(active)
+    for rec in reversed(tail_jsonl(cfg.layout.deployments, 500)):
+        if is_promotion(rec):
+            return _name_of(rec)
     return None
 
 
@@ -248,7 +287,7 @@ def checkpoints(cfg) -> dict:
         out.append({"name": ckpt.path.name, "global_step": ckpt.step, "created": mtime,
                     "reason": state.get("reason"), "files_done": len(state.get("files_done") or []),
                     "position": r.get("position"), "score": r.get("score"), "val_loss": r.get("val_loss"),
-                    "accuracy": r.get("accuracy"), "status": r.get("status"),
+                    "accuracy": r.get("accuracy"), "accuracy_mean": r.get("accuracy_mean"), "status": r.get("status"),
                     "champion": ckpt.path.name == ranks["champion"], "deployed": ckpt.path.name == ranks["deployed"]})
     on_disk = {c["name"] for c in out}
     ranked_gone = [dict({k: v for k, v in r.items() if k != "raw"}, on_disk=False,
@@ -260,10 +299,17 @@ def checkpoints(cfg) -> dict:
 
 
 def deployments(cfg, limit: int = 100) -> dict:
-    recs = tail_jsonl(cfg.layout.deployments, limit)
+    """deployments.jsonl newest first (one line per stage event), the promotions (the loss chart's markers)
+    and what each target serves now."""
+    recs = tail_jsonl(cfg.layout.deployments, max(limit, 1000))
     for r in recs:
         r.setdefault("global_step", step_of(r))
-    return {"present": cfg.layout.deployments.exists(), "deployments": recs[::-1]}
+    promotions = [r for r in recs if is_promotion(r)]
+    state = read_json(cfg.layout.status / "deployment_state.json")
+    return {"present": cfg.layout.deployments.exists(), "deployments": recs[::-1][:limit],
+            "promotions": promotions[-200:], "deployed": deployed_checkpoint(cfg),
+            "targets": state.get("targets") if isinstance(state, dict) else None,
+            "in_progress": state.get("in_progress") if isinstance(state, dict) else None}
 
 
 # ---------------------------------------------------------------- curriculum

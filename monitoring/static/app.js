@@ -296,7 +296,7 @@
     scheduleRedraw();
   }
   function scheduleHistoryReload(ms = 1500) { clearTimeout(S.reloadTimer); S.reloadTimer = setTimeout(() => loadHistory().catch(() => {}), ms); }
-  const emaNext = (prev, x) => (prev === null || prev === undefined) ? x : S.smoothing * prev + (1 - S.smoothing) * x;
+  const emaNext = (prev, x, s = S.smoothing) => (prev === null || prev === undefined) ? x : s * prev + (1 - s) * x;
   function onMetric(m) {
     const last = (a) => a.length ? a[a.length - 1] : null;
     if (m.type === "train") {
@@ -308,7 +308,8 @@
     } else if (m.type === "eval") {
       if (S.evals.step.length && m.global_step <= last(S.evals.step)) return;
       S.evals.step.push(m.global_step); S.evals.val_loss.push(m.val_loss ?? null);
-      S.evals.val_loss_ema.push(typeof m.val_loss === "number" ? emaNext(last(S.evals.val_loss_ema), m.val_loss) : last(S.evals.val_loss_ema));
+      const sv = Math.pow(S.smoothing, 10);  // as the server: validation points are sparse
+      S.evals.val_loss_ema.push(typeof m.val_loss === "number" ? emaNext(last(S.evals.val_loss_ema), m.val_loss, sv) : last(S.evals.val_loss_ema));
       if (m.preview) { S.previews.unshift(Object.assign({ global_step: m.global_step }, m.preview)); S.previews = S.previews.slice(0, 20); renderPreviews(); renderCurrentPreview(Object.assign({ global_step: m.global_step }, m.preview), m.global_step); }
     } else if (m.type === "checkpoint") {
       S.checkpoints.push({ global_step: m.global_step, path: m.path });
@@ -383,16 +384,17 @@
       el("td", {}, c.position ?? "–"), el("td", {}, c.name, c.on_disk === false ? el("span", { class: "muted" }, " (removed from disk)") : null),
       el("td", {}, c.global_step ?? "–"), el("td", {}, num(c.val_loss)),
       el("td", {}, c.accuracy ? Object.entries(c.accuracy).map(([k, v]) => `${k} ${(100 * v).toFixed(0)}%`).join(", ") : "–"),
-      el("td", {}, num(c.score)), el("td", {}, when(c.created)),
+      el("td", {}, c.accuracy_mean != null ? (100 * c.accuracy_mean).toFixed(0) + "%" : (c.status && c.status !== "scored" ? c.status : "–")), el("td", {}, when(c.created)),
       el("td", {}, c.champion ? tag("★ champion", "champion") : null, c.deployed ? tag("deployed", "deployed") : null)));
     fill($("checkpoints").tBodies[0], rows.length ? rows : [el("tr", {}, el("td", { colspan: 8, class: "muted" }, "no checkpoint yet"))]);
   }
   async function loadDeployments() {
     let d; try { d = await api("/api/deployments"); } catch (e) { return; }
-    S.deployments = d.deployments;
-    fill($("deployments").tBodies[0], d.deployments.length ? d.deployments.slice(0, 12).map((r) => el("tr", {},
+    S.deployments = d.promotions || [];
+    fill($("deployments").tBodies[0], d.deployments.length ? d.deployments.slice(0, 14).map((r) => el("tr", {},
       el("td", {}, when(r.ts || r.at || r.finished_at)), el("td", {}, r.version || r.checkpoint || "–"), el("td", {}, r.global_step ?? "–"),
-      el("td", { class: /roll|fail|error/i.test(String(r.outcome || r.status || r.event || "")) ? "match-no" : "" }, r.outcome || r.status || r.event || r.state || "–")))
+      el("td", { class: /roll|fail|error|reject/i.test(String(r.event || r.outcome || "")) ? "match-no" : (/promoted/.test(String(r.event || r.outcome)) ? "match-yes" : "") },
+        [r.event || r.outcome || r.status || "–", r.target ? ` (${r.target})` : "", r.reason ? `: ${r.reason}` : ""].join(""))))
       : [el("tr", {}, el("td", { colspan: 4, class: "muted" }, d.present ? "no deployment yet" : "no deployment history (status/deployments.jsonl)"))]);
     scheduleRedraw();
   }
