@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{time.strftime('%H:%M:%S', time.localtime(h['ts']))} {h['event']:<14} {h.get('target') or '':<10} {h.get('version') or ''}")
     else:
         print(json.dumps(out, indent=2, default=str))
-    return 0 if out.get("status") not in ("failed",) else 1
+    return 1 if args.command == "deploy" and out.get("status") == "failed" else 0
 
 
 if __name__ == "__main__":
