@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import threading
+import zlib
 from array import array
 from collections import deque
 from dataclasses import dataclass, field
@@ -192,7 +193,10 @@ class MetricsIndex:
         self.last: dict[str, dict] = {}
         self.pos = 0  # byte offset just past the last complete line indexed
         self.inode: int | None = None
-        self.last_line: tuple[int, bytes] | None = None  # (offset, bytes) of the last indexed line
+        self.mtime_ns = 0
+        # every indexed line's offset and crc32: tells which prefix of the file is still what was indexed
+        self.line_off = array("q")
+        self.line_crc = array("I")
         self.lines = 0
         self.bad_lines = 0
         self.generation = 0  # bumped whenever indexed rows are dropped (rewind or replaced file)
@@ -207,8 +211,9 @@ class MetricsIndex:
             with self.lock:
                 had = self.lines > 0
                 if had:
+                    gen = self.generation + 1
                     self._reset_state()
-                    self.generation += 1
+                    self.generation = gen
             return [], ({"reason": "replaced"} if had else None)
         reset = None
         with self.lock:
@@ -218,8 +223,9 @@ class MetricsIndex:
                 self.generation = gen
                 reset = {"reason": "replaced"}
             self.inode = st.st_ino
-            if st.st_size == self.pos and reset is None:
+            if st.st_size == self.pos and st.st_mtime_ns == self.mtime_ns and reset is None:
                 return [], None
+            self.mtime_ns = st.st_mtime_ns
         try:
             with open(self.path, "rb") as fh:
                 if reset is None:
@@ -228,29 +234,35 @@ class MetricsIndex:
         except FileNotFoundError:
             return [], reset
 
+    def _line_ok(self, fh, i: int, size: int) -> bool:
+        off = self.line_off[i]
+        end = self.line_off[i + 1] if i + 1 < len(self.line_off) else self.pos
+        if end > size:
+            return False
+        fh.seek(off)
+        return zlib.crc32(fh.read(end - off)) == self.line_crc[i]
+
     def _check_rewind(self, fh, size: int) -> dict | None:
-        """The file shrank, or the last indexed line is no longer where it was: drop the rows past the cut."""
+        """Lines already indexed that changed (the trainer's rewind cuts the tail, then appends again): drop
+        them. The file is always an intact prefix plus new bytes, so a binary search over the indexed lines
+        (one read each) finds where the prefix ends; when the last indexed line is intact nothing changed."""
         with self.lock:
-            last = self.last_line
-            if size >= self.pos and last is not None:
-                fh.seek(last[0])
-                if fh.read(len(last[1])) == last[1]:
-                    return None
-            elif size >= self.pos:
+            n = len(self.line_off)
+            if n == 0 or self._line_ok(fh, n - 1, size):
                 return None
-            cut = min(size, self.pos)
-            if size >= self.pos:  # rewritten in place past our position: start over, cheaper than guessing
-                gen = self.generation + 1
-                inode = self.inode
-                self._reset_state()
-                self.generation, self.inode = gen, inode
-                return {"reason": "replaced"}
-            # shrank: the rewind cuts whole lines at the end; find the first row at or past the cut
-            fh.seek(0)
+            lo, hi = 0, n - 1  # first bad line is in [lo, hi]
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if self._line_ok(fh, mid, size):
+                    lo = mid + 1
+                else:
+                    hi = mid
+            cut = self.line_off[lo]
             dropped = self.train.truncate_from_offset(cut) + self.eval.truncate_from_offset(cut)
             self.checkpoints = [c for c in self.checkpoints if c["offset"] < cut]
-            self.pos = self._line_start_at_or_before(fh, cut)
-            self.last_line = self._line_before(fh, self.pos)
+            del self.line_off[lo:]
+            del self.line_crc[lo:]
+            self.pos = cut
             self.generation += 1
             steps = [s.step[-1] for s in (self.train, self.eval) if len(s)]
             step = int(max(steps)) if steps else 0
@@ -259,30 +271,6 @@ class MetricsIndex:
                                   maxlen=PREVIEWS_KEPT)
             logger.info("metrics.jsonl was rewound to step %s (%d indexed rows dropped)", step, dropped)
             return {"reason": "rewind", "global_step": step}
-
-    @staticmethod
-    def _line_start_at_or_before(fh, cut: int) -> int:
-        if cut == 0:
-            return 0
-        fh.seek(max(0, cut - 1))
-        if fh.read(1) == b"\n":
-            return cut
-        start = max(0, cut - 65536)
-        fh.seek(start)
-        data = fh.read(cut - start)
-        nl = data.rfind(b"\n")
-        return start + nl + 1 if nl >= 0 else 0
-
-    @staticmethod
-    def _line_before(fh, pos: int) -> tuple[int, bytes] | None:
-        if pos == 0:
-            return None
-        start = max(0, pos - 65536)
-        fh.seek(start)
-        data = fh.read(pos - start)
-        nl = data.rfind(b"\n", 0, len(data) - 1)
-        begin = nl + 1 if nl >= 0 else 0
-        return start + begin, data[begin:]
 
     def _read_new(self, fh) -> list[dict]:
         new: list[dict] = []
@@ -308,11 +296,12 @@ class MetricsIndex:
     def _index_block(self, block: bytes, base: int, new: list[dict]) -> None:
         records = []
         start = 0
-        last = None
+        offs, crcs = [], []
         for line in block.split(b"\n")[:-1]:
             offset = base + start
             start += len(line) + 1
-            last = (offset, line + b"\n")
+            offs.append(offset)
+            crcs.append(zlib.crc32(line + b"\n"))
             if not line.strip():
                 continue
             try:
@@ -326,8 +315,8 @@ class MetricsIndex:
             for offset, rec in records:
                 self._add(rec, offset)
             self.pos = base + len(block)
-            if last is not None:
-                self.last_line = last
+            self.line_off.extend(offs)
+            self.line_crc.extend(crcs)
             self.lines += len(records)
         # the live feed only wants recent records; a first build of a huge file must not flood it
         new.extend(rec for _, rec in records[-5000:])
