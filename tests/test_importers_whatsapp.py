@@ -158,7 +158,7 @@ def test_errors_name_file_line_and_rule(tmp_path):
 
 
 def test_cli_out_and_inbox(tmp_path, make_config):
-    cfg = make_config()
+    cfg = make_config({"daemon.settle_seconds": 0, "daemon.inbox_observer": "polling"})
     cfg_path = tmp_path / "config.json"
     cfg_path.write_text(json.dumps({"paths": {"base_dir": str(cfg.layout.base_dir)}}))
     out = tmp_path / "alice.jsonl"
@@ -173,7 +173,8 @@ def test_cli_out_and_inbox(tmp_path, make_config):
     assert sorted(p.name for p in inbox.iterdir()) == ["whatsapp_android_12h_mdy.job.json", "whatsapp_android_12h_mdy.jsonl"]
     job = json.loads((inbox / "whatsapp_android_12h_mdy.job.json").read_text())
     assert job["schema_id"] == "chat_sft_v1" and job["priority"] == "high"
-    from core.validation.validator import DataValidator
-    assert DataValidator(cfg).quick(inbox / "whatsapp_android_12h_mdy.jsonl", "chat_sft_v1").ok
+    from core.watcher import Ingestor
+    results = Ingestor(cfg).scan_once()  # the daemon's own intake takes it, sidecar and all
+    assert [(r.outcome, r.state) for r in results] == [("queued", "high")], [r.to_dict() for r in results]
     r = subprocess.run(cmd[:-2] + ["--me", "Nobody", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "never writes in this chat" in r.stderr and "Traceback" not in r.stderr
