@@ -1,8 +1,10 @@
 """Take a model out of Cadence: a merged HF safetensors folder, or a GGUF for llama.cpp / Ollama.
 
 Sources (CHECKPOINT_OR_VERSION): a folder path; a version under
-models/versions/ (`v003`, `3` or the full folder name); `checkpoint-<step>`
-or `latest` under models/current_model/. A source is one of:
+models/versions/ (`v003`, `3`, the full folder name or its content id);
+`checkpoint-<step>` or `latest` under models/current_model/. A folder with a
+manifest.json is verified against it first (a damaged copy is never
+exported). A source is one of:
 
 * a full model folder (a full-FT checkpoint, a version, models/base): its
   model files are exported, never `training_state/`, `adapter/` or the
@@ -95,20 +97,22 @@ def resolve_source(spec: str, cfg=None, base: str | Path | None = None) -> Sourc
 
 
 def _find_named(spec: str, cfg) -> Path:
-    layout = cfg.layout
-    versions = sorted(p for p in layout.versions.glob("v*") if p.is_dir()) if layout.versions.is_dir() else []
+    """A version by name, content id or number (v003 / 3), or a published checkpoint by name or 'latest'."""
+    from management.model_versioner import list_versions
+    from trainer.checkpoint import list_checkpoints
+
+    versions = list_versions(cfg)
     m = re.fullmatch(r"v?(\d+)", spec)
     for v in versions:
-        if v.name == spec or (m and re.match(rf"v0*{int(m.group(1))}(_|$)", v.name)):
-            return v
-    ckpts = sorted((p for p in layout.current_model.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-                   key=lambda p: int(p.name.split("-")[-1])) if layout.current_model.is_dir() else []
+        if spec in (v["name"], v["content_id"]) or (m and v["number"] == int(m.group(1))):
+            return Path(v["path"])
+    ckpts = list_checkpoints(cfg.layout.current_model)
     if spec == "latest" and ckpts:
-        return ckpts[-1]
+        return ckpts[-1].path
     for c in ckpts:
-        if c.name == spec:
-            return c
-    known = [v.name for v in versions] + [c.name for c in ckpts]
+        if c.path.name == spec:
+            return c.path
+    known = [v["name"] for v in versions] + [c.path.name for c in ckpts]
     raise ExportError(f"{spec}: no such path, version or checkpoint (known: {', '.join(known) or 'none'})")
 
 
@@ -325,12 +329,17 @@ Then point the Modelfile's FROM line at the new file and run: ollama create NAME
 def export(source: Source, out: str | Path, fmt: str = "hf", quant: str = "f16", ollama: bool = False,
            force: bool = False, name: str | None = None) -> dict:
     """Export `source` to the folder `out` (written to a temp folder, then renamed); returns a summary."""
-    from core.manifest import write_manifest
+    from core.manifest import MANIFEST_NAME, ManifestError, verify_manifest, write_manifest
 
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if ollama and fmt != "gguf":
         raise ExportError("--ollama needs --format gguf (Ollama runs GGUF files)")
+    if (source.path / MANIFEST_NAME).is_file():  # checkpoints and versions: never export a damaged copy
+        try:
+            verify_manifest(source.path, model_only=True)
+        except ManifestError as exc:
+            raise ExportError(f"refusing to export: {exc}") from None
     out = Path(out).resolve()
     if out.exists() and not force:
         raise ExportError(f"{out} exists; choose another --out or pass --force")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.manifest import write_manifest
 from management.export import ExportError, export, modelfile_text, resolve_source
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,7 +34,7 @@ def _checkpoint(tmp_path: Path, model_dir: Path, name: str = "checkpoint-12") ->
     (ckpt / "training_state").mkdir()
     (ckpt / "training_state" / "optimizer.pt").write_bytes(b"x" * 100)
     (ckpt / "training_state" / "trainer_state.json").write_text("{}")
-    (ckpt / "manifest.json").write_text("{}")
+    write_manifest(ckpt)
     return ckpt
 
 
@@ -74,6 +75,14 @@ def test_full_checkpoint_exports_model_files_only(tmp_path, micro_model_dir):
     with pytest.raises(ExportError, match="exists"):
         export(resolve_source(str(ckpt)), out, "hf")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exported")]  # no temp folder left behind
+    with open(ckpt / "model.safetensors", "r+b") as fh:  # one flipped byte: the manifest no longer matches
+        fh.seek(-1, 2)
+        last = fh.read(1)
+        fh.seek(-1, 2)
+        fh.write(bytes([last[0] ^ 1]))
+    with pytest.raises(ExportError, match="refusing to export: .*model.safetensors: sha256 mismatch"):
+        export(resolve_source(str(ckpt)), tmp_path / "other", "hf")
+    assert not (tmp_path / "other").exists()
 
 
 def test_merged_lora_generates_like_base_plus_adapter(tmp_path, micro_model_dir, lora_adapter):
@@ -237,6 +246,7 @@ def test_version_names_and_cli(tmp_path, make_config, micro_model_dir):
     cfg = make_config()
     versions = cfg.layout.versions
     shutil.copytree(micro_model_dir, versions / "v002_20261123_skills")
+    write_manifest(versions / "v002_20261123_skills")
     cm = cfg.layout.current_model
     cm.mkdir(parents=True)
     for step in (5, 12):
