@@ -136,6 +136,10 @@ class DataManager:
             return LocalSkillClient(get_skill(skill))
         return http
 
+    def _release(self, client) -> None:
+        if client is not self._clients.get(getattr(client, "name", None)):  # injected clients stay open for reuse
+            client.close()
+
     def load_state(self) -> dict[str, Any]:
         state = read_json(self.state_path, None)
         return state if isinstance(state, dict) else {"rotation_index": 0, "last_attempt_at": None,
@@ -206,7 +210,7 @@ class DataManager:
             self._note_error(f"{skill} L{level}: {exc}")
             raise
         finally:
-            client.close()
+            self._release(client)
         # Keep held-out prompts out of training when the level has room for it. A small level (binary level 1
         # has 16 problems, syllo level 1 has 60) is trained on all of its problems: there the eval measures
         # mastery of the level, not generalisation, and excluding eval prompts would leave gaps it is tested on.
@@ -333,7 +337,7 @@ class DataManager:
             samples = client.generate(level, self.dm.eval_count, EVAL_SEED_BASE + level)
         finally:
             if own:
-                client.close()
+                self._release(client)
         wrong = [s for s in samples if s["metadata"].get("level") != level or s["metadata"].get("skill") != skill]
         if wrong or not samples:
             raise SkillAPIError(f"{skill}: eval set for level {level} came back with {len(wrong)} sample(s) of another "
@@ -369,7 +373,7 @@ class DataManager:
             try:
                 report = client.score(samples, answers)
             finally:
-                client.close()
+                self._release(client)
         return EvalResult(skill, level, report.accuracy, report.correct, report.total, report.results, report.scorer)
 
     def record_eval(self, skill: str, level: int, accuracy: float, step: int | None = None,

@@ -192,3 +192,20 @@ def test_cli_serves_on_loopback_and_writes_pid_file(tmp_path):
     assert not pid_file.exists()
     out = subprocess.run([sys.executable, "-m", "data_manager.skills", "--help"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0 and "8090" in out.stdout
+
+
+def test_data_manager_generates_and_scores_through_a_live_external_server(live_binary_server, make_config):
+    """The manager drives a real HTTP skill server end to end: two batches, eval set, server-side scoring."""
+    from data_manager.manager import DataManager
+
+    cfg = make_config({"data_manager.skills": [{"name": "binary", "url": live_binary_server, "builtin": False}],
+                       "data_manager.batch_size": 30, "data_manager.eval_count": 8, "data_manager.min_queue_depth": 5})
+    now = [1000.0]
+    dm = DataManager(cfg, count_tokens=len, clock=lambda: now[0])
+    first = dm.tick()
+    now[0] += cfg.data_manager.cooldown_seconds + 1
+    second = dm.tick()
+    assert first.action == second.action == "generated" and first.batch.seed != second.batch.seed
+    level, samples = dm.eval_set("binary")
+    result, decision = dm.score_and_record("binary", level, samples, [s["assistant_response"] for s in samples], step=1)
+    assert result.scorer == "server" and result.accuracy == 1.0 and decision.counted
