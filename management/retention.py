@@ -107,6 +107,12 @@ def delete_checkpoint(ckpt: CheckpointInfo, dry_run: bool = False) -> int:
     return size
 
 
+def checkpoint_time(ckpt: CheckpointInfo) -> float:
+    """When the checkpoint was saved (its trainer state says; the folder's mtime changes when optimizer state is stripped)."""
+    saved = ckpt.trainer_state().get("saved_at")
+    return float(saved) if isinstance(saved, (int, float)) else ckpt.path.stat().st_mtime
+
+
 def checkpoints_beyond_retention(cfg, now: float | None = None) -> list[CheckpointInfo]:
     """Checkpoints the policy does not keep, oldest first."""
     now = time.time() if now is None else now
@@ -119,7 +125,7 @@ def checkpoints_beyond_retention(cfg, now: float | None = None) -> list[Checkpoi
     for c in ckpts:
         if c.path.name in keep:
             continue
-        if now - c.path.stat().st_mtime < rc.min_age_hours * 3600:
+        if rc.min_age_hours > 0 and now - checkpoint_time(c) < rc.min_age_hours * 3600:
             continue
         out.append(c)
     return out
