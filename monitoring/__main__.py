@@ -48,12 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     pid_file = cfg.layout.pid_file("monitor")
     write_pid(pid_file)
     logger.info("monitor on http://%s:%d/ (admin token in %s)", host, port, admin_token_path(cfg))
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()  # SIGTERM/SIGINT are a clean stop (exit 0), not re-raised
+
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level=args.log_level, access_log=False,
+                                   timeout_graceful_shutdown=3))
     try:
-        uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False,
-                    timeout_graceful_shutdown=3)
+        server.run()
     finally:
         remove_pid(pid_file)
-    return 0
+    return 0 if server.started else 1
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def write_run(cfg, steps: int = 3000, live_pid: int | None = None, now: float | 
             "accuracy": {k: {"level": 2, "accuracy": v, "correct": int(v * 50), "total": 50} for k, v in acc.items()}}
     ranking = sorted(entries, key=lambda n: entries[n]["metrics"]["val_loss"])
     champion = ranking[0] if ranking else None
-    deployed = ranking[1] if len(ranking) > 1 else champion
+    deployed = champion  # the champion was deployed (and so is marked on the loss chart)
     atomic_write_json(layout.comparisons, {"format": 1, "primary_metric": "val_loss", "updated_at": now,
                                            "checkpoints": entries, "ranking": ranking,
                                            "champion": {"checkpoint": champion, "step": entries[champion]["step"],

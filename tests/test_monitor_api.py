@@ -124,8 +124,8 @@ def test_checkpoints_ranked_with_champion_and_deployed(client, demo):
 
 def test_deployments_curriculum_events_system_inference(client):
     d = client.get("/api/deployments").json()
-    assert d["deployments"][0]["event"] == "promoted" and d["deployments"][0]["global_step"] == 500
-    assert [x["checkpoint"] for x in d["promotions"]] == ["checkpoint-500"] and d["deployed"] == "checkpoint-500"
+    assert d["deployments"][0]["event"] == "promoted" and d["deployments"][0]["global_step"] == 1000
+    assert [x["checkpoint"] for x in d["promotions"]] == ["checkpoint-1000"] and d["deployed"] == "checkpoint-1000"
     cur = client.get("/api/curriculum").json()
     assert cur["skills"]["binary"]["level"] == 2 and len(cur["skills"]["binary"]["history"]) == 7
     ev = client.get("/api/events", params={"limit": 3}).json()["events"]

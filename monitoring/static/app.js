@@ -129,6 +129,8 @@
     badge.textContent = live.label;
     badge.className = "badge level-" + (live.level || "unknown");
     $("liveness-detail").textContent = live.detail || "";
+    $("cards").classList.toggle("stale", !live.running);  // last known figures, greyed: nothing is producing them
+    $("cards").title = live.running ? "" : "last known values: the daemon is not running";
     $("c-step").textContent = s.global_step ?? "–";
     const fs = s.file_step, ft = s.file_total_steps;
     $("c-file").textContent = s.file ? `${s.file}  ${fs ?? "?"}/${ft ?? "?"}` : "–";
