@@ -127,6 +127,8 @@ class _InboxEvents:
     def dispatch(self, event) -> None:
         kind = event.event_type
         rel = self._rel(event.src_path)
+        if rel is None:
+            return
         with self.lock:
             if kind == "opened" and not event.is_directory:
                 self.open_count[rel] = self.open_count.get(rel, 0) + 1
@@ -155,6 +157,14 @@ class _InboxEvents:
     def take_closed(self, rel: str) -> bool:
         with self.lock:
             return rel in self.closed
+
+    def prune(self, exists) -> None:
+        """Drop what is remembered about paths that no longer exist."""
+        with self.lock:
+            for rel in [r for r in self.closed if not exists(r)]:
+                self.closed.discard(rel)
+            for rel in [r for r in self.open_count if not exists(r)]:
+                self.open_count.pop(rel, None)
 
     def forget(self, rel: str) -> None:
         with self.lock:
@@ -263,6 +273,7 @@ class Ingestor:
         for rel in list(self._sidecar_since):
             if rel not in sidecars:
                 del self._sidecar_since[rel]
+        self.events.prune(lambda rel: os.path.lexists(self.inbox / rel))
         return results
 
     def _walk(self, folder: Path, parts: list[str], data: list, sidecars: dict, strays: list) -> None:
@@ -306,7 +317,10 @@ class Ingestor:
         prev = self._seen.get(rel)
         if prev is None or (prev.size, prev.mtime_ns) != (st.st_size, st.st_mtime_ns):
             self._seen[rel] = prev = _Seen(st.st_size, st.st_mtime_ns, now)
-        settled = now - prev.since >= self.cfg.daemon.settle_seconds and not self.events.is_open(rel)
+        stable = now - prev.since
+        # an open writer vetoes the settle rule, but not forever: a lost inotify event must not strand a file
+        settled = stable >= self.cfg.daemon.settle_seconds and (
+            not self.events.is_open(rel) or stable >= max(30.0, 10 * self.cfg.daemon.settle_seconds))
         if not settled:
             due = prev.since + self.cfg.daemon.settle_seconds
             self._next_due = due if self._next_due is None else min(self._next_due, due)
@@ -363,13 +377,14 @@ class Ingestor:
         if staged is None:
             return IngestResult(rel, "vanished", message=f"inbox/{rel} disappeared before it was taken")
         if kind == "orphan_sidecar":
+            rep = self._report(rel, "orphan_sidecar", f"{parts[-1]} arrived but {data_name} did not within "
+                                                      f"{self.cfg.daemon.orphan_sidecar_seconds:.0f}s")
+            result = self._finish_reject(None, staged, qname, rep, {"state": "rejected"})
             try:
                 os.unlink(self.staging / (staged.name[: -len(".data")] + ".ingest.json"))
             except FileNotFoundError:
                 pass
-            rep = self._report(rel, "orphan_sidecar", f"{parts[-1]} arrived but {data_name} did not within "
-                                                      f"{self.cfg.daemon.orphan_sidecar_seconds:.0f}s")
-            return self._finish_reject(None, staged, qname, rep, {"state": "rejected"})
+            return result
         what = {"symlink": "a symlink (never followed)", "directory": "a directory, not a file",
                 "special file": "a FIFO, socket or device (never read)"}[kind]
         return self._reject_new(staged, rel, qname, "not_regular_file", f"inbox/{rel} is {what}",
@@ -446,11 +461,12 @@ class Ingestor:
     def _reject_new(self, staged: Path, original: str, qname: str, rule: str, message: str,
                     validator: str) -> IngestResult:
         token = staged.name.rsplit(".", 1)[0]
+        result = self._finish_reject(staged, None, qname, self._report(original, rule, message, validator), {})
         try:
             os.unlink(self.staging / f"{token}.ingest.json")
         except FileNotFoundError:
             pass
-        return self._finish_reject(staged, None, qname, self._report(original, rule, message, validator), {})
+        return result
 
     def _validate_and_queue(self, staged: Path, original: str, qname: str, overrides: dict,
                             job_path: Path | None) -> IngestResult:
@@ -513,10 +529,7 @@ class Ingestor:
             n += 1
             name = self.queue.unique_name(f"{stem_of(qname)}-{n}{DATA_SUFFIX}")
         present = staged is not None and os.path.lexists(staged)
-        if present:
-            os.rename(staged, rejected / name)
-        if job_path is not None and job_path.exists():
-            os.replace(job_path, rejected / f"{stem_of(name)}.job.json")
+        # the reason first, then the file: a crash in between leaves the file in staging, finished on restart
         rep.write(rejected / f"{stem_of(name)}.reason.json")
         meta = {"id": extra.get("id"), "name": name, "original_name": rep.file, "schema_id": extra.get("schema_id"),
                 "priority": extra.get("priority"), "state": extra.get("state") or ("rejected" if present else "vanished"),
@@ -524,6 +537,10 @@ class Ingestor:
                 "errors": [{"at": now_iso(), "error": rep.summary()}], "validation": validation_summary(rep),
                 "global_step_start": None, "global_step_end": None}
         atomic_write_json(rejected / f"{stem_of(name)}.meta.json", meta)
+        if job_path is not None and job_path.exists():
+            os.replace(job_path, rejected / f"{stem_of(name)}.job.json")
+        if present:
+            os.rename(staged, rejected / name)
         logger.warning("rejected %s", rep.summary())
         try:
             append_jsonl(self.layout.events, {"ts": time.time(), "at": now_iso(), "source": "ingest", "event": "rejected",

@@ -76,6 +76,7 @@ def test_bad_corpus_all_rejected_with_line_and_rule_none_lost(watching):
     good = {name: make(inbox) for name, make, _ in GOOD}
     good["subfolder"] = make_subfolder_good(inbox)
     assert wait_for(lambda: not inbox_files(inbox) and not list(ing.staging.iterdir()), 60), inbox_files(inbox)
+    assert wait_for(lambda: len(waiting(queue)) == len(GOOD) + 2, 10)
 
     got = reasons(queue)
     problems = []

@@ -48,6 +48,57 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+# one decoder for every line (json.loads with arguments builds a new one per call)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+# JSON escapes that can decode to a control character or an unpaired surrogate, and a raw DEL:
+# only lines holding one of these get the per-string character check
+_SUSPECT_ESCAPE = re.compile(r"\\u00[01][0-9a-fA-F]|\\u007[fF]|\\[bf]|\x7f|\\u[dD][89a-fA-F]")
+_ROLES = frozenset(("system", "user", "assistant"))
+
+
+def _fast_messages(msgs) -> bool:
+    """True only when a messages list is certainly valid: {role, content} dicts, non-blank strings, roles in order."""
+    if type(msgs) is not list or not msgs:
+        return False
+    expected, turns = "user", 0
+    for i, m in enumerate(msgs):
+        if type(m) is not dict or len(m) != 2:
+            return False
+        content = m.get("content")
+        if type(content) is not str or not content.strip():
+            return False
+        role = m.get("role")
+        if i == 0 and role == "system":
+            continue
+        if role != expected:
+            return False
+        expected = "assistant" if expected == "user" else "user"
+        turns += 1
+    return turns > 0 and expected == "user"
+
+
+def _fast_chat(row: dict) -> bool:
+    return len(row) == 1 and _fast_messages(row.get("messages"))
+
+
+def _fast_syllo(row: dict) -> bool:
+    md = row.get("metadata")
+    return (len(row) == 2 and type(md) is dict and type(md.get("skill")) is str and type(md.get("level")) is int
+            and _fast_messages(row.get("messages")))
+
+
+def _fast_completion(row: dict) -> bool:
+    if len(row) == 1:
+        text = row.get("text")
+        return type(text) is str and bool(text.strip())
+    p, c = row.get("prompt"), row.get("completion")
+    return len(row) == 2 and type(p) is str and type(c) is str and bool(p.strip()) and bool(c.strip())
+
+
+# Rows of the common shape skip pydantic; anything else (or anything wrong) takes the full path for its messages.
+FAST_PATHS = {"chat_sft_v1": _fast_chat, "syllo_v1": _fast_syllo, "completion_v1": _fast_completion}
+
+
 def json_depth(text: str) -> int:
     """Deepest [ / { nesting of a JSON text, ignoring brackets inside strings."""
     depth = best = 0
@@ -136,6 +187,9 @@ class DataValidator:
         lineno = examples = blank = 0
         check_row = spec.check_row
         row_checks = self._chat_checks if spec.kind == "chat" else self._completion_checks
+        fast = FAST_PATHS.get(spec.id, lambda row: False)
+        decode = _DECODER.decode
+        suspect = _SUSPECT_ESCAPE.search
         while True:
             raw = fh.readline(limit + 1)
             if not raw:
@@ -173,7 +227,7 @@ class DataValidator:
                 rep.add("json_too_deep", f"nesting depth {d} > validation.max_json_depth {max_depth}", lineno)
                 continue
             try:
-                row = json.loads(text, parse_constant=_reject_constant)
+                row = decode(text)
             except RecursionError:
                 rep.add("json_too_deep", "nesting too deep to parse", lineno)
                 continue
@@ -187,12 +241,15 @@ class DataValidator:
             if not isinstance(row, dict):
                 rep.add("not_object", f"a row must be a JSON object, got {type(row).__name__}", lineno)
                 continue
-            problems = check_row(row)
-            if problems:
-                for loc, msg in problems:
-                    rep.add("schema", f"{loc or '(row)'}: {msg}" if loc else msg, lineno)
-                continue
-            row_checks(rep, spec, row, lineno)
+            if not fast(row):
+                problems = check_row(row)
+                if problems:
+                    for loc, msg in problems:
+                        rep.add("schema", f"{loc or '(row)'}: {msg}" if loc else msg, lineno)
+                    continue
+                row_checks(rep, spec, row, lineno)
+            if suspect(text):
+                self._char_checks(rep, spec, row, lineno)
             examples += 1
         rep.stats.update(lines=lineno, examples=examples, blank_lines=blank, sha256=sha.hexdigest())
         if examples == 0 and rep.error_count == 0:
@@ -202,6 +259,9 @@ class DataValidator:
         for where, s in spec.strings(row):
             if not s.strip():
                 rep.add("empty_content", f"{where} is empty", lineno)
+
+    def _char_checks(self, rep: ValidationReport, spec: DatasetSpec, row: dict, lineno: int) -> None:
+        for where, s in spec.strings(row):
             m = _BAD_CHARS.search(s)
             if m:
                 ch = m.group()
