@@ -130,6 +130,7 @@ class SafetyConfig(Section):
     stuck_timeout: float = Field(900.0, gt=0, description="No heartbeat progress for this long in a training step: the child is stuck.")
     stuck_timeout_eval: float = Field(1800.0, gt=0, description="Stuck limit during evaluation.")
     stuck_timeout_checkpoint: float = Field(1800.0, gt=0, description="Stuck limit while writing a checkpoint.")
+    stuck_timeout_load: float = Field(1800.0, gt=0, description="Stuck limit while the child starts (imports, model load, STANDARD validation).")
     min_free_disk_gb: float = Field(10.0, ge=0, description="Refuse to start a file or write a checkpoint below this much free disk.")
     warn_free_disk_gb: float = Field(50.0, ge=0, description="Warn (and let the disk manager free space) below this.")
 
@@ -189,7 +190,7 @@ class DeployConfig(Section):
 class InferenceConfig(Section):
     host: str = Field("127.0.0.1", description="Bind address.")
     port: int = Field(8765, ge=1, le=65535, description="Port of the OpenAI-compatible server.")
-    model_path: str | None = Field(None, description="Model served at start (relative to base_dir); default: the newest deployed version, else model.base_model.")
+    model_path: str | None = Field(None, description="Model served at start (relative to base_dir); default: model.base_model, served as version \"base\". Later versions arrive via POST /admin/models/load.")
     max_batch_size: int = Field(32, ge=1, description="Requests decoded together in one forward pass.")
     max_queue: int = Field(256, ge=1, description="Waiting requests beyond which the server answers 429.")
     max_tokens_cap: int = Field(2048, ge=1, description="Largest max_tokens a request may ask for.")

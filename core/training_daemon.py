@@ -44,7 +44,7 @@ from trainer.status import StatusWriter  # noqa: E402
 logger = logging.getLogger("core.training_daemon")
 
 EXIT_CODES = {0: "completed", 3: "interrupted", 10: "data_error", 11: "nan_loss", 12: "disk_full", 13: "config_error",
-              14: "oom", 1: "unknown"}
+              14: "oom", 15: "rejected", 1: "unknown"}
 
 
 def log_event(cfg: CadenceConfig, event: str, **fields) -> None:
@@ -319,6 +319,9 @@ class TrainingDaemon:
                       status=res.get("status"))
             if consume_stop_after_file(layout):
                 log_event(self.cfg, "stop_after_file")
+            return
+        if kind == "rejected" and not child.entry.path.exists():
+            log_event(self.cfg, "rejected_before_training", file=name, message=(result or {}).get("message"))
             return
         if kind == "interrupted":
             skip = consume_skip(layout)

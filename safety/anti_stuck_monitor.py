@@ -46,7 +46,7 @@ class Verdict:
 def limit_for(cfg, phase: str) -> float:
     s = cfg.safety
     return {"eval": s.stuck_timeout_eval, "checkpoint": s.stuck_timeout_checkpoint,
-            "load": max(s.stuck_timeout, s.stuck_timeout_checkpoint)}.get(phase, s.stuck_timeout)
+            "load": s.stuck_timeout_load}.get(phase, s.stuck_timeout)
 
 
 def check(cfg, pid: int, started_at: float, now: float | None = None) -> Verdict | None:

@@ -44,7 +44,8 @@ class Cadence:
                          "eval_steps": 0, "eval_split_fraction": 0.0},
             "daemon": {"poll_interval": 1, "settle_seconds": 0.2, "loop_interval": 0.2, "shutdown_timeout": 30},
             "safety": {"min_free_disk_gb": 0, "warn_free_disk_gb": 0, "watchdog_interval": 0.5,
-                       "stuck_timeout": 8, "stuck_timeout_eval": 8, "stuck_timeout_checkpoint": 8},
+                       "stuck_timeout": 8, "stuck_timeout_eval": 8, "stuck_timeout_checkpoint": 8,
+                       "stuck_timeout_load": 300},
             "queue": {"retry_backoff_seconds": 0},
         }
         for dotted, value in (extra or {}).items():
@@ -319,3 +320,17 @@ def test_second_daemon_refused_by_lock(cadence):
     second = c.start()
     assert second.wait(30) == 3
     assert first.poll() is None
+
+
+def test_standard_validation_rejects_before_training_and_daemon_goes_on(cadence):
+    c = cadence()
+    long_rows = [{"messages": [{"role": "user", "content": "cat " * 300}, {"role": "assistant", "content": "dog"}]}] * 30
+    c.drop("long.jsonl", long_rows)
+    c.start()
+    c.wait(lambda: c.files("rejected") == ["long.jsonl"], 90, "STANDARD rejection")
+    reason = read_json(c.layout.queue_dir("rejected") / "long.reason.json")
+    assert reason["level"] == "standard"
+    c.wait(lambda: c.events("rejected_before_training"), 30, "the daemon saw the rejection")
+    c.drop("good.jsonl", demo_rows(30, 9))
+    c.wait(lambda: c.files("recently_completed") == ["good.jsonl"], 90, "the next good file trains")
+    assert not (c.layout.current_model / "checkpoint-0").exists()

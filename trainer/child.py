@@ -33,9 +33,10 @@ from core.procs import remove_pid, set_parent_death_signal, write_pid  # noqa: E
 logger = logging.getLogger("trainer.child")
 
 EXIT_OK, EXIT_INTERRUPTED = 0, 3
-EXIT_DATA, EXIT_NAN, EXIT_DISK, EXIT_CONFIG, EXIT_OOM, EXIT_UNKNOWN = 10, 11, 12, 13, 14, 1
+EXIT_DATA, EXIT_NAN, EXIT_DISK, EXIT_CONFIG, EXIT_OOM, EXIT_REJECTED, EXIT_UNKNOWN = 10, 11, 12, 13, 14, 15, 1
 EXIT_NAMES = {EXIT_OK: "completed", EXIT_INTERRUPTED: "interrupted", EXIT_DATA: "data_error", EXIT_NAN: "nan_loss",
-              EXIT_DISK: "disk_full", EXIT_CONFIG: "config_error", EXIT_OOM: "oom", EXIT_UNKNOWN: "unknown"}
+              EXIT_DISK: "disk_full", EXIT_CONFIG: "config_error", EXIT_OOM: "oom", EXIT_REJECTED: "rejected",
+              EXIT_UNKNOWN: "unknown"}
 
 
 def heartbeat_path(layout) -> Path:
@@ -179,6 +180,9 @@ def _run(cfg, args, hooks: DaemonHooks) -> int:
 
     try:
         hooks.heartbeat("load", 0)
+        if not _standard_gate(cfg, Path(args.file)):
+            return _finish(cfg, EXIT_REJECTED, f"{Path(args.file).name}: rejected by STANDARD validation (see its .reason.json)")
+        hooks.heartbeat("load", 0)
         engine = TrainerEngine(cfg, hooks).setup()
         result = engine.train_file(args.file, file_id=args.file_id, schema_id=args.schema, epochs=args.epochs)
     except DataError as exc:
@@ -203,6 +207,25 @@ def _run(cfg, args, hooks: DaemonHooks) -> int:
     if result.status == "interrupted":
         return _finish(cfg, EXIT_INTERRUPTED, hooks.stop_reason or "interrupted", result=payload)
     return _finish(cfg, EXIT_OK, result.status, result=payload)
+
+
+def _standard_gate(cfg, path: Path) -> bool:
+    """STANDARD validation (the model's own tokenizer and template) of a queued file, here because it needs the
+    tokenizer and the daemon never imports torch. A file outside queue/processing/ (a manual run) is not gated."""
+    from core.training_queue import QueueError, TrainingQueue
+    from core.validation.validator import DataValidator
+    from core.watcher import standard_gate
+
+    if path.parent.resolve() != cfg.layout.queue_dir("processing").resolve():
+        return True
+    queue = TrainingQueue(cfg)
+    try:
+        entry = queue.find(path.name, ("processing",))
+    except QueueError:
+        return True
+    if (entry.meta.get("validation") or {}).get("level") == "standard":
+        return True  # already passed on an earlier attempt
+    return standard_gate(cfg, queue, entry, DataValidator(cfg))
 
 
 def _finish(cfg, code: int, message: str, tb: str | None = None, result: dict | None = None) -> int:
