@@ -203,11 +203,15 @@ class ServerClient:
         self.admin_headers = {"Authorization": f"Bearer {admin_token}"}
         self.api_headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.timeout = timeout
+        self.http = httpx.Client(timeout=timeout)  # one connection pool: no TLS context or handshake per request
+
+    def close(self) -> None:
+        self.http.close()
 
     def served(self) -> dict | None:
         """The active model entry of /v1/models (version, content_id, global_step), or None when unreachable."""
         try:
-            r = httpx.get(self.url + "/v1/models", headers=self.api_headers, timeout=10)
+            r = self.http.get(self.url + "/v1/models", headers=self.api_headers, timeout=10)
             r.raise_for_status()
             data = r.json().get("data") or []
             return data[0] if data else {}
@@ -217,7 +221,7 @@ class ServerClient:
     def loading(self) -> dict | None:
         """What the server is loading right now (GET /admin/models), or None."""
         try:
-            r = httpx.get(self.url + "/admin/models", headers=self.admin_headers, timeout=10)
+            r = self.http.get(self.url + "/admin/models", headers=self.admin_headers, timeout=10)
             return r.json().get("loading") if r.status_code == 200 else None
         except (httpx.HTTPError, ValueError):
             return None
@@ -238,7 +242,7 @@ class ServerClient:
         deadline = time.monotonic() + self.timeout
         while True:
             try:
-                r = httpx.post(self.url + route, json=body, headers=self.admin_headers, timeout=self.timeout)
+                r = self.http.post(self.url + route, json=body, headers=self.admin_headers, timeout=self.timeout)
             except httpx.HTTPError as exc:
                 return 0, {"error": {"code": "unreachable", "message": f"{type(exc).__name__}: {exc}"}}
             try:
@@ -257,7 +261,7 @@ class ServerClient:
                 "temperature": 0}
         t0 = time.perf_counter()
         try:
-            r = httpx.post(self.url + "/v1/chat/completions", json=body, headers=self.api_headers, timeout=60)
+            r = self.http.post(self.url + "/v1/chat/completions", json=body, headers=self.api_headers, timeout=60)
         except httpx.HTTPError as exc:
             return False, time.perf_counter() - t0, None, f"{type(exc).__name__}: {exc}"
         dt = time.perf_counter() - t0

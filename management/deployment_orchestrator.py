@@ -169,19 +169,25 @@ class Orchestrator:
         self.targets = {t.name: t for t in self.dc.targets}
         self.lock = InstanceLock(cfg.layout.status / "deployment.lock")
         self._token = None
+        self._clients: dict[str, transport.ServerClient] = {}
 
     def client(self, target) -> transport.ServerClient:
-        if self._token is None:
-            self._token = admin_token(self.cfg)
-        keys = self.cfg.inference.api_keys
-        return transport.ServerClient(target.server_url, self._token, self.cfg.model.model_name,
-                                      keys[0] if keys else None, self.dc.request_timeout)
+        if target.server_url not in self._clients:
+            if self._token is None:
+                self._token = admin_token(self.cfg)
+            keys = self.cfg.inference.api_keys
+            self._clients[target.server_url] = transport.ServerClient(
+                target.server_url, self._token, self.cfg.model.model_name, keys[0] if keys else None, self.dc.request_timeout)
+        return self._clients[target.server_url]
 
     def __enter__(self):
         self.lock.acquire()
         return self
 
     def __exit__(self, *exc):
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
         self.lock.release()
 
     # -- entry points -------------------------------------------------------
