@@ -239,9 +239,8 @@ class Ingestor:
     def scan_once(self, now: float | None = None) -> list[IngestResult]:
         """Take every complete file in inbox/ now; returns what happened to each."""
         results: list[IngestResult] = []
-        if not self._recovered:
-            results += self.recover_staging()
-            self._recovered = True
+        results += self.recover_staging(include_own=not self._recovered)
+        self._recovered = True
         now = time.time() if now is None else now
         self._next_due = None
         data, sidecars, strays = [], {}, []
@@ -332,7 +331,7 @@ class Ingestor:
         token = f"{time.time_ns()}-{os.getpid()}"
         info = self.staging / f"{token}.ingest.json"
         atomic_write_json(info, {"original_name": original, "queue_name": qname, "overrides": overrides,
-                                 "taken_at": now_iso()})
+                                 "taken_at": now_iso(), "pid": os.getpid()})
         staged = self.staging / f"{token}.data"
         try:
             os.rename(src, staged)
@@ -404,7 +403,7 @@ class Ingestor:
             return IngestResult(str(src), "rejected", message=f"{src}: not a regular file")
         job = src.with_name(stem_of(src.name) + JOB_SUFFIX)
         atomic_write_json(self.staging / f"{token}.ingest.json", {
-            "original_name": str(src), "queue_name": qname, "overrides": overrides, "taken_at": now_iso()})
+            "original_name": str(src), "queue_name": qname, "overrides": overrides, "taken_at": now_iso(), "pid": os.getpid()})
         if job.is_file():
             shutil.copyfile(job, self.staging / f"{token}.job.json")
         if copy:
@@ -414,10 +413,15 @@ class Ingestor:
             shutil.move(str(src), staged)
         return self.process_staged(staged)
 
-    def recover_staging(self) -> list[IngestResult]:
-        """Files taken but not finished before a crash are finished now (nothing is left in queue/.ingest/)."""
+    def recover_staging(self, include_own: bool = True) -> list[IngestResult]:
+        """Files taken but not finished by a process that died are finished now (nothing stays in queue/.ingest/)."""
         out = []
         for info in sorted(self.staging.glob("*.ingest.json")):
+            owner = (read_json(info) or {}).get("pid")
+            if owner == os.getpid() and not include_own:
+                continue
+            if owner and owner != os.getpid() and _alive(owner):
+                continue  # another live process (the queue CLI's `add`) is ingesting it right now
             staged = info.with_name(info.name[: -len(".ingest.json")] + ".data")
             if os.path.lexists(staged):
                 out.append(self.process_staged(staged))
@@ -550,6 +554,16 @@ class Ingestor:
             logger.warning("cannot append to %s", self.layout.events)
         outcome = "rejected" if present or extra.get("state") == "rejected" else "vanished"
         return IngestResult(rep.file, outcome, name, "rejected", rep.summary(), rep.to_dict())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, OverflowError):
+        return True
+    return True
 
 
 def validation_summary(rep: ValidationReport) -> dict:

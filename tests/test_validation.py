@@ -223,3 +223,50 @@ def test_quick_throughput_smoke(make_config, tmp_path):
     rep = DataValidator(make_config()).quick(write(tmp_path / "big.jsonl", rows), "chat_sft_v1")
     assert rep.ok and rep.stats["examples"] == 20_000
     assert np.isfinite(rep.stats["bytes"])
+
+
+def test_fast_path_never_accepts_what_the_full_check_rejects():
+    import copy
+    import random
+
+    from core.validation.validator import FAST_PATHS
+
+    rng = random.Random(0)
+    base = {
+        "chat_sft_v1": {"messages": [{"role": "system", "content": "s"}, U, A, U, A]},
+        "syllo_v1": {"messages": [U, A], "metadata": {"skill": "syllo", "level": 3}},
+        "completion_v1": {"prompt": "p", "completion": "c"},
+    }
+    junk = [None, True, 1, 1.5, "", "  ", "x", [], {}, ["x"], {"role": "user"}]
+    checked = 0
+    for schema, row in base.items():
+        spec = get_spec(schema)
+        assert FAST_PATHS[schema](row)
+        for _ in range(3000):
+            r = copy.deepcopy(row)
+            # mutate a random node: replace a value, drop a key, add a key, or shuffle messages
+            target, key = r, None
+            path = []
+            while isinstance(target, (dict, list)) and target and rng.random() < 0.7:
+                key = rng.choice(list(target)) if isinstance(target, dict) else rng.randrange(len(target))
+                path.append((target, key))
+                target = target[key]
+            op = rng.random()
+            if path:
+                parent, key = path[-1]
+                if op < 0.6:
+                    parent[key] = rng.choice(junk)
+                elif op < 0.8 and isinstance(parent, dict):
+                    del parent[key]
+                elif isinstance(parent, list):
+                    rng.shuffle(parent)
+            else:
+                r[rng.choice(["extra", "id", "tags", "text"])] = rng.choice(junk)
+            if not isinstance(r, dict) or not FAST_PATHS[schema](r):
+                continue
+            checked += 1
+            assert spec.check_row(r) == [], r
+            if spec.kind == "chat":
+                assert role_order_problem([m["role"] for m in r["messages"]]) is None, r
+            assert all(s.strip() for _, s in spec.strings(r)), r
+    assert checked > 100

@@ -277,3 +277,20 @@ def test_standard_gate_before_training(make_config):
     rep = json.loads((ing.queue.dir("rejected") / "cut.reason.json").read_text())
     zero = next(p for p in rep["problems"] if p["rule"] == "zero_supervised")
     assert zero["lines"][0]["line"] == 2 and rep["level"] == "standard"
+
+
+def test_staging_of_a_live_process_is_left_alone(make_config):
+    import subprocess
+    import sys
+
+    cfg = make_config({"daemon.settle_seconds": 0})
+    ing = Ingestor(cfg)
+    (cfg.layout.inbox / "cli.jsonl").write_text(good_lines(2, "cli"))
+    staged = ing._stage(cfg.layout.inbox / "cli.jsonl", "cli.jsonl", "cli.jsonl", None, {})
+    info = staged.with_name(staged.name[: -len(".data")] + ".ingest.json")
+    data = json.loads(info.read_text())
+    info.write_text(json.dumps({**data, "pid": os.getppid()}))  # a live process owns it (the CLI's add)
+    assert Ingestor(cfg).scan_once() == [] and staged.exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    info.write_text(json.dumps({**data, "pid": int(dead.stdout)}))  # its owner died mid-ingest
+    assert [r.outcome for r in ing.scan_once()] == ["queued"]
