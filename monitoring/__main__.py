@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         def handle_exit(self, sig, frame) -> None:
             super().handle_exit(sig, frame)
             self._captured_signals.clear()  # SIGTERM/SIGINT are a clean stop (exit 0), not re-raised
+            feed = getattr(app.state, "feed", None)
+            if feed is not None:
+                feed.close_streams()  # open SSE streams end now; browsers reconnect to the next monitor
 
     server = Server(uvicorn.Config(app, host=host, port=port, log_level=args.log_level, access_log=False,
                                    timeout_graceful_shutdown=3))

@@ -52,7 +52,7 @@ from core.procs import live_pid
 from core.training_queue import PRIORITIES, QueueError
 from core.watcher import JOB_SUFFIX, queue_name
 from monitoring import sources
-from monitoring.feed import LiveFeed
+from monitoring.feed import LiveFeed, finite
 
 logger = logging.getLogger(__name__)
 
@@ -185,11 +185,12 @@ def build_router() -> APIRouter:
 
     @r.get("/api/status")
     async def status(request: Request):
-        return await asyncio.to_thread(sources.status, request.app.state.cfg, _feed(request).index.summary())
+        return JSONResponse(finite(await asyncio.to_thread(sources.status, request.app.state.cfg,
+                                                           _feed(request).index.summary())))
 
     @r.get("/api/summary")
     async def summary(request: Request):
-        return _feed(request).index.summary()
+        return JSONResponse(finite(_feed(request).index.summary()))
 
     @r.get("/api/metrics")
     async def metrics(request: Request, kind: str = "train", fields: str = "loss,loss_ema",
@@ -201,7 +202,8 @@ def build_router() -> APIRouter:
         if not names:
             raise ApiError(400, "`fields` must name at least one field", "invalid_value")
         try:
-            return _feed(request).index.query(kind, names, budget, step_min, step_max)
+            # a JSONResponse skips FastAPI's per-element encoder (20+ ms on a few thousand points)
+            return JSONResponse(_feed(request).index.query(kind, names, budget, step_min, step_max))
         except ValueError as exc:
             raise ApiError(400, str(exc), "invalid_value") from None
 
@@ -254,9 +256,9 @@ def build_router() -> APIRouter:
                 # a fresh client, another monitor boot, or older than the buffer: start from a snapshot
                 hello = {"boot": feed.boot, "seq": seq, "status": feed.current_status(),
                          "reset": bool(request.headers.get("last-event-id") or last_event_id)}
-                yield ServerSentEvent(json.dumps(hello, default=str), event="hello", id=feed.event_id(seq),
+                yield ServerSentEvent(json.dumps(finite(hello), default=str), event="hello", id=feed.event_id(seq),
                                       retry=SSE_RETRY_MS)
-            while True:
+            while not feed.closing:
                 for m in feed.after(seq):
                     seq = m.seq
                     yield ServerSentEvent(m.data, event=m.event, id=feed.event_id(m.seq))

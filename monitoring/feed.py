@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import secrets
 import threading
@@ -45,6 +46,18 @@ STATUS_EVERY = 0.5
 STATUS_KEEPALIVE = 5.0
 EVENTS_KEPT = 2000
 VOLATILE = ("status_age_s", "heartbeat_age_s")
+
+
+def finite(obj):
+    """The same structure with NaN/inf floats as None: records read back from metrics.jsonl may hold them
+    (Python writes NaN), JSON for a browser may not."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
 
 
 @dataclass(frozen=True)
@@ -131,10 +144,17 @@ class LiveFeed:
         self._stamps: dict[str, tuple] = {}
         self.ticks = 0
         self.last_tick_s = 0.0
+        self.closing = False  # the server is stopping: SSE streams end cleanly instead of being cut
+
+    def close_streams(self) -> None:
+        self.closing = True
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._notify)
 
     # ------------------------------------------------------------ messages
     def publish(self, event: str, payload) -> int:
-        data = json.dumps(payload, default=str, allow_nan=False) if not isinstance(payload, str) else payload
+        data = json.dumps(finite(payload), default=str, allow_nan=False) if not isinstance(payload, str) else payload
         with self.lock:
             self.seq += 1
             self.buffer.append(Message(self.seq, event, data))

@@ -41,7 +41,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-TRAIN_FIELDS = ("loss", "lr", "tokens_per_s", "grad_norm", "step_time_s", "tokens")
+TRAIN_FIELDS = ("loss", "lr", "tokens_per_s", "grad_norm")
 EVAL_FIELDS = ("val_loss", "fixed_val_loss")
 EMA_OF = {"train": ("loss",), "eval": ("val_loss",)}
 READ_CHUNK = 8 << 20
@@ -52,6 +52,40 @@ def _num(value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return math.nan
     return float(value)
+
+
+NAN = math.nan
+INF = math.inf
+NL = b"\n"
+
+
+def column(recs: list[dict], key: str) -> list[float]:
+    """One numeric field of many records as floats (NaN where missing or not a number)."""
+    vals = [r.get(key) for r in recs]
+    return [v if type(v) is float else (float(v) if type(v) is int else NAN) for v in vals]
+
+
+def _parse_lines(lines: list[bytes], offs: list[int]) -> list[tuple[int, dict]]:
+    """(offset, record) for every line holding a JSON object. One json.loads for the whole block (the
+    per-call overhead dominates on short lines); line by line when the block has a bad line."""
+    idx = [i for i, line in enumerate(lines) if line.strip()]
+    if not idx:
+        return []
+    try:
+        parsed = json.loads(b"[" + b",".join(lines[i] for i in idx) + b"]")
+        if len(parsed) == len(idx) and all(type(r) is dict for r in parsed):
+            return [(offs[i], r) for i, r in zip(idx, parsed)]
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    out = []
+    for i in idx:
+        try:
+            rec = json.loads(lines[i])
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(rec, dict):
+            out.append((offs[i], rec))
+    return out
 
 
 class _Ema:
@@ -68,6 +102,21 @@ class _Ema:
         self.acc = self.s * self.acc + (1 - self.s) * x
         self.n += 1
         return self.value()
+
+    def run(self, xs: list[float]) -> list[float]:
+        """push() over many values, inlined (this is the index build's inner loop)."""
+        s, acc, n = self.s, self.acc, self.n
+        decay = s ** n
+        out = []
+        append = out.append
+        for x in xs:
+            if x == x and x != INF and x != -INF:
+                acc = s * acc + (1 - s) * x
+                n += 1
+                decay *= s
+            append((acc / (1 - decay) if s > 0 else acc) if n else NAN)
+        self.acc, self.n = acc, n
+        return out
 
     def value(self) -> float:
         if self.n == 0:
@@ -102,15 +151,15 @@ class Series:
     def __len__(self) -> int:
         return len(self.step)
 
-    def append(self, rec: dict, offset: int, extra: dict | None = None) -> None:
-        self.step.append(_num(rec.get("global_step")))
-        self.ts.append(_num(rec.get("ts")))
-        self.offset.append(offset)
+    def extend(self, recs: list[dict], offsets: list[int], extra: dict | None = None) -> None:
+        """Append records (one column at a time: list comprehensions, not a call per value)."""
+        self.step.extend(column(recs, "global_step"))
+        self.ts.extend(column(recs, "ts"))
+        self.offset.extend(offsets)
         for f in self.fields:
-            value = extra[f] if extra and f in extra else rec.get(f)
-            self.cols[f].append(_num(value))
+            self.cols[f].extend(extra[f] if extra and f in extra else column(recs, f))
         for f, ema in self.emas.items():
-            self.cols[f + "_ema"].append(ema.push(_num(rec.get(f))))
+            self.cols[f + "_ema"].extend(ema.run(column(recs, f)))
 
     def truncate_from_offset(self, cut: int) -> int:
         """Drop rows whose line starts at or after byte `cut`; returns how many were dropped."""
@@ -294,26 +343,17 @@ class MetricsIndex:
         return new
 
     def _index_block(self, block: bytes, base: int, new: list[dict]) -> None:
-        records = []
-        start = 0
-        offs, crcs = [], []
-        for line in block.split(b"\n")[:-1]:
-            offset = base + start
-            start += len(line) + 1
-            offs.append(offset)
-            crcs.append(zlib.crc32(line + b"\n"))
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                self.bad_lines += 1
-                continue
-            if isinstance(rec, dict):
-                records.append((offset, rec))
+        lines = block.split(b"\n")[:-1]
+        offs = []
+        pos = base
+        for line in lines:
+            offs.append(pos)
+            pos += len(line) + 1
+        crcs = [zlib.crc32(NL, zlib.crc32(line)) for line in lines]
+        records = _parse_lines(lines, offs)
         with self.lock:
-            for offset, rec in records:
-                self._add(rec, offset)
+            self.bad_lines += sum(1 for line in lines if line.strip()) - len(records)
+            self._add_all(records)
             self.pos = base + len(block)
             self.line_off.extend(offs)
             self.line_crc.extend(crcs)
@@ -323,22 +363,33 @@ class MetricsIndex:
         if len(new) > 5000:
             del new[:-5000]
 
-    def _add(self, rec: dict, offset: int) -> None:
-        kind = rec.get("type")
-        if kind == "train":
-            self.train.append(rec, offset)
-        elif kind == "eval":
-            train_ema = self.train.cols["loss_ema"][-1] if len(self.train) else math.nan
-            gap = _num(rec.get("val_loss")) - train_ema
-            self.eval.append(rec, offset, {"gap": gap})
-            if isinstance(rec.get("preview"), dict):
-                self.previews.append({"global_step": rec.get("global_step"), "ts": rec.get("ts"), **rec["preview"]})
-        elif kind == "checkpoint":
-            self.checkpoints.append({"global_step": rec.get("global_step"), "path": rec.get("path"),
-                                     "reason": rec.get("reason"), "ts": rec.get("ts"), "offset": offset})
-        else:
-            return
-        self.last[kind] = rec
+    def _add_all(self, records: list[tuple[int, dict]]) -> None:
+        """Index records in file order, a run of same-type records at a time (evals need the train EMA so far)."""
+        i, n = 0, len(records)
+        while i < n:
+            kind = records[i][1].get("type")
+            j = i + 1
+            while j < n and records[j][1].get("type") == kind:
+                j += 1
+            run = records[i:j]
+            recs = [r for _, r in run]
+            offsets = [o for o, _ in run]
+            if kind == "train":
+                self.train.extend(recs, offsets)
+            elif kind == "eval":
+                train_ema = self.train.cols["loss_ema"][-1] if len(self.train) else math.nan
+                gaps = [v - train_ema for v in column(recs, "val_loss")]
+                self.eval.extend(recs, offsets, {"gap": gaps})
+                for r in recs[-PREVIEWS_KEPT:]:
+                    if isinstance(r.get("preview"), dict):
+                        self.previews.append({"global_step": r.get("global_step"), "ts": r.get("ts"), **r["preview"]})
+            elif kind == "checkpoint":
+                for o, r in run:
+                    self.checkpoints.append({"global_step": r.get("global_step"), "path": r.get("path"),
+                                             "reason": r.get("reason"), "ts": r.get("ts"), "offset": o})
+            if kind in ("train", "eval", "checkpoint"):
+                self.last[kind] = recs[-1]
+            i = j
 
     # ------------------------------------------------------------- queries
     def series(self, kind: str) -> Series:

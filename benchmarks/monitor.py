@@ -1,0 +1,237 @@
+"""Monitor benchmark: push latency over SSE, history latency on a 1M-point run, server CPU with 20 clients.
+
+Starts `python -m monitoring` (a separate process, as in production) on loopback over a scratch base_dir
+holding a synthetic run of --points train steps (plus an eval every 50 and a checkpoint every 500 steps),
+then measures:
+
+  1. write -> SSE: a metrics.jsonl line appended here, until the same line arrives over /api/stream
+     (goal <= 1 s; the poll interval is monitor.poll_interval = 0.2 s)
+  2. history: GET /api/metrics (train loss + EMA, 2,000-point budget; 4 fields; a zoomed range) on the
+     1M-point file (goal <= 200 ms), against a baseline measured in the same run: reading and parsing
+     the whole file per request, as a naive endpoint would
+  3. server CPU (psutil, user+system of the monitor process) with 0 and with 20 SSE clients connected,
+     idle and while the trainer logs 10 lines/s
+
+Run as:
+    python benchmarks/monitor.py [--points 1000000] [--clients 20] [--seconds 15] [--keep DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+import psutil  # noqa: E402
+
+from core.atomic_io import append_jsonl  # noqa: E402
+from monitoring.demo import write_metrics  # noqa: E402
+
+
+def pct(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sse_lines(response):
+    event, data = None, []
+    for line in response.iter_lines():
+        if line == "":
+            if data:
+                yield event, "\n".join(data)
+            event, data = None, []
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip())
+
+
+class Client(threading.Thread):
+    """One SSE client: records when each metric step arrives."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url = url
+        self.arrivals: dict[int, float] = {}
+        self.connected = threading.Event()
+        self.stop = threading.Event()
+
+    def run(self):
+        try:
+            with httpx.Client(timeout=None) as c, c.stream("GET", f"{self.url}/api/stream") as r:
+                for event, data in sse_lines(r):
+                    if event == "hello":
+                        self.connected.set()
+                    elif event == "metric":
+                        self.arrivals[json.loads(data).get("global_step")] = time.perf_counter()
+                    if self.stop.is_set():
+                        return
+        except httpx.HTTPError:
+            pass  # the server went away at the end of the run
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+def measure_cpu(proc, seconds: float, write=None) -> float:
+    c0, t0 = cpu_seconds(proc), time.perf_counter()
+    end = t0 + seconds
+    while time.perf_counter() < end:
+        if write:
+            write()
+        time.sleep(0.1)
+    return 100.0 * (cpu_seconds(proc) - c0) / (time.perf_counter() - t0)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--points", type=int, default=1_000_000, help="train steps in the synthetic metrics.jsonl")
+    ap.add_argument("--clients", type=int, default=20)
+    ap.add_argument("--seconds", type=float, default=15.0, help="length of each CPU measurement")
+    ap.add_argument("--requests", type=int, default=30, help="history requests per kind")
+    ap.add_argument("--keep", default=None, help="use/keep this base_dir (the metrics file is reused if present)")
+    args = ap.parse_args(argv)
+
+    base = Path(args.keep or tempfile.mkdtemp(prefix="cadence-monbench-"))
+    metrics = base / "status" / "metrics.jsonl"
+    if not metrics.exists():
+        t0 = time.perf_counter()
+        n = write_metrics(metrics, args.points, time.time() - args.points * 1.3)
+        print(f"wrote {n:,} metric lines ({metrics.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f}s")
+    size_mb = metrics.stat().st_size / 1e6
+    cfg_file = base / "config.json"
+    cfg_file.write_text(json.dumps({"paths": {"base_dir": str(base)}}))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.perf_counter()
+    server = subprocess.Popen([sys.executable, "-m", "monitoring", "--config", str(cfg_file), "--port", str(port),
+                               "--log-level", "warning"], cwd=REPO)
+    proc = psutil.Process(server.pid)
+    results: dict = {"points": args.points, "metrics_file_mb": round(size_mb, 1)}
+    try:
+        while True:
+            try:
+                if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None:
+                raise SystemExit("monitor exited")
+            time.sleep(0.1)
+        results["startup_index_build_s"] = round(time.perf_counter() - t0, 2)
+        results["server_rss_mb"] = round(proc.memory_info().rss / 2**20)
+        print(f"monitor up, {args.points:,} points indexed, in {results['startup_index_build_s']}s "
+              f"(RSS {results['server_rss_mb']} MB)")
+
+        # ---------------------------------------------------------------- history latency
+        with httpx.Client(base_url=url, timeout=30) as c:
+            kinds = {
+                "loss+ema (2000 pts)": {"fields": "loss,loss_ema"},
+                "4 fields (2000 pts)": {"fields": "loss,loss_ema,lr,tokens_per_s"},
+                "zoom 10% (2000 pts)": {"fields": "loss,loss_ema", "step_min": args.points * 0.45,
+                                        "step_max": args.points * 0.55},
+                "eval val_loss": {"kind": "eval", "fields": "val_loss,val_loss_ema"},
+            }
+            hist = {}
+            for name, params in kinds.items():
+                c.get("/api/metrics", params=params)
+                times = []
+                for _ in range(args.requests):
+                    t = time.perf_counter()
+                    r = c.get("/api/metrics", params=params)
+                    times.append(time.perf_counter() - t)
+                    assert r.status_code == 200, r.text
+                hist[name] = {"p50_ms": round(1000 * statistics.median(times), 1),
+                              "p95_ms": round(1000 * pct(times, 95), 1), "returned": r.json()["returned"]}
+                print(f"history {name:22s} p50 {hist[name]['p50_ms']:7.1f} ms  p95 {hist[name]['p95_ms']:7.1f} ms  "
+                      f"({r.json()['returned']} of {r.json()['in_range']:,} points)")
+        t = time.perf_counter()
+        losses = []
+        with open(metrics, "rb") as fh:
+            for line in fh:
+                rec = json.loads(line)
+                if rec.get("type") == "train":
+                    losses.append(rec["loss"])
+        naive = time.perf_counter() - t
+        results["history"] = hist
+        results["baseline_full_read_ms"] = round(1000 * naive)
+        ratio = naive / (hist["loss+ema (2000 pts)"]["p50_ms"] / 1000)
+        results["history_speedup_vs_full_read"] = round(ratio, 1)
+        print(f"baseline: read + parse the whole file once: {1000 * naive:.0f} ms  -> index is {ratio:.0f}x faster")
+
+        # ---------------------------------------------------------------- CPU, no clients
+        step = [args.points]
+
+        def write_one():
+            step[0] += 1
+            append_jsonl(metrics, {"ts": time.time(), "type": "train", "global_step": step[0], "loss": 0.3,
+                                   "lr": 2e-4, "tokens_per_s": 12000.0})
+
+        results["cpu_pct_idle_0_clients"] = round(measure_cpu(proc, args.seconds), 1)
+        print(f"server CPU, 0 clients, idle:            {results['cpu_pct_idle_0_clients']:5.1f} % of one core")
+
+        # ---------------------------------------------------------------- SSE clients
+        clients = [Client(url) for _ in range(args.clients)]
+        for cl in clients:
+            cl.start()
+        for cl in clients:
+            assert cl.connected.wait(20), "an SSE client did not connect"
+        results["cpu_pct_idle_clients"] = round(measure_cpu(proc, args.seconds), 1)
+        print(f"server CPU, {args.clients} clients, idle:           {results['cpu_pct_idle_clients']:5.1f} % of one core")
+        written: dict[int, float] = {}
+
+        def write_timed():
+            write_one()
+            written[step[0]] = time.perf_counter()
+
+        results["cpu_pct_clients_10_lines_s"] = round(measure_cpu(proc, args.seconds, write_timed), 1)
+        print(f"server CPU, {args.clients} clients, 10 lines/s:     {results['cpu_pct_clients_10_lines_s']:5.1f} % of one core")
+        time.sleep(1.5)
+        lat = [cl.arrivals[s] - t for cl in clients for s, t in written.items() if s in cl.arrivals]
+        missing = sum(1 for cl in clients for s in written if s not in cl.arrivals)
+        results["sse_latency_ms"] = {"p50": round(1000 * statistics.median(lat)), "p95": round(1000 * pct(lat, 95)),
+                                     "max": round(1000 * max(lat)), "deliveries": len(lat), "missing": missing}
+        print(f"write -> SSE ({len(lat)} deliveries to {args.clients} clients): p50 {results['sse_latency_ms']['p50']} ms  "
+              f"p95 {results['sse_latency_ms']['p95']} ms  max {results['sse_latency_ms']['max']} ms  missing {missing}")
+        for cl in clients:
+            cl.stop.set()
+        goals = {"sse_p95_le_1s": results["sse_latency_ms"]["p95"] <= 1000 and missing == 0,
+                 "history_p95_le_200ms": hist["loss+ema (2000 pts)"]["p95_ms"] <= 200}
+        results["goals_met"] = goals
+        print("goals:", ", ".join(f"{k} {'OK' if v else 'MISSED'}" for k, v in goals.items()))
+        print(json.dumps(results))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
