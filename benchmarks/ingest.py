@@ -70,7 +70,7 @@ def make_cfg(base: Path, model_dir: Path, **daemon) -> object:
 
 
 def bench_latency(work: Path, model_dir: Path, runs: int) -> dict:
-    from core.watcher import Ingestor
+    from core.ingest import Ingestor
 
     cfg = make_cfg(work / "latency", model_dir)
     ing = Ingestor(cfg)
@@ -162,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="use this model folder's tokenizer instead of building one")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("watchdog").setLevel(logging.ERROR)
     work = Path(tempfile.mkdtemp(prefix="cadence-ingest-bench-"))
     try:
         if args.model:

@@ -497,6 +497,15 @@ def _row(e: QueueEntry) -> dict:
             "last_error": (m.get("errors") or [{}])[-1].get("error", "")[:80] if m.get("errors") else None}
 
 
+def _positive_int(text: str) -> int:
+    import argparse
+
+    value = int(text)
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError("must be between 1 and 1000")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -509,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("file")
     p.add_argument("--priority", choices=PRIORITIES, default=None)
     p.add_argument("--schema", default=None, help="dataset spec id (default: daemon.default_schema)")
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=_positive_int, default=None, help="passes over this file (overrides training.epochs)")
     p.add_argument("--force", action="store_true", help="queue even if the same content is already known")
     p = sub.add_parser("status", help="counts per state, what is training, what is next")
     p = sub.add_parser("list", help="every file with its state")
@@ -537,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     out = lambda obj, text: print(json.dumps(obj, indent=2, default=str) if args.json else text)  # noqa: E731
     try:
         if args.cmd == "add":
-            from core.watcher import Ingestor
+            from core.ingest import Ingestor
 
             result = Ingestor(cfg, queue).ingest_path(args.file, priority=args.priority, schema_id=args.schema,
                                                       epochs=args.epochs, force=args.force, copy=True)

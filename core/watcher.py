@@ -1,27 +1,21 @@
-"""Inbox ingest: take complete files from inbox/, validate them (spec + QUICK), queue or reject them.
+"""Inbox watcher: which files in inbox/ are complete and ready to be taken.
 
-A file is taken only when complete: an inotify close-after-write (or a rename
-into place) for it, or its size and mtime unchanged for `daemon.settle_seconds`
-while nobody has it open. Hidden files and `*.tmp` / `*.part` are ignored until
-renamed. Files in subfolders are taken too, named `sub__dir__file.jsonl`. An
-optional `NAME.job.json` beside `NAME.jsonl` travels with it (unknown keys are
-an error). Symlinks, directories named `*.jsonl`, FIFOs, sockets and devices
-are never followed or read: they are moved to queue/rejected/ as they are.
+A file is ready when complete: an inotify close-after-write (or a rename into
+place) for it, or its size and mtime unchanged for `daemon.settle_seconds`
+while nobody has it open (an open writer vetoes the settle rule for at most
+max(30 s, 10 x settle_seconds), so a lost event never strands a file). Hidden
+files and `*.tmp` / `*.part` are ignored until renamed; files in subfolders
+are found too. A `NAME.job.json` is ready with its `NAME.jsonl`, or alone as
+an orphan after `daemon.orphan_sidecar_seconds`. Symlinks, directories named
+`*.jsonl`, FIFOs, sockets and devices are reported at once, never followed.
 
-Taking a file is a rename into `queue/.ingest/` (so nothing can change it
-while it is validated, and a crash leaves it there to be finished on the next
-start). From there it ends in exactly one place: queue/<priority>/ with
-`NAME.meta.json`, or queue/rejected/ with `NAME.reason.json` naming file, line
-and rule. No exception from a bad file leaves this module.
-
-The daemon calls:
-    ingestor = Ingestor(cfg)              # or Ingestor(cfg, queue, validator)
-    ingestor.run_forever(stop_event)      # in a thread; returns when stop_event is set
-    ingestor.scan_once() -> list[IngestResult]
-    standard_gate(cfg, queue, entry, validator) -> bool   # after claim, before training
+watchdog's inotify observer wakes the loop; without inotify (or with
+`daemon.inbox_observer = "polling"`) the inbox is scanned every
+`daemon.poll_interval` and whenever a pending file is due to settle.
+`core.ingest.Ingestor` takes what this module reports as ready.
 
 Run as:
-    python3 core/watcher.py [--once] [--config config.json]     # watch inbox/ (Ctrl-C stops)
+    python3 core/watcher.py [--once] [--config config.json]     # same as python3 core/ingest.py
 """
 from __future__ import annotations
 
@@ -31,22 +25,15 @@ from pathlib import Path
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import json
 import logging
 import os
 import re
-import shutil
 import stat
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from core.atomic_io import append_jsonl, atomic_write_json, read_json
-from core.training_queue import (DATA_SUFFIX, PRIORITIES, DuplicateError, QueueEntry, TrainingQueue, now_iso,
-                                 stem_of)
-from core.validation.report import ValidationReport
-from core.validation.spec import parse_job_sidecar
-from core.validation.validator import DataValidator
+from core.training_queue import DATA_SUFFIX, stem_of
 
 logger = logging.getLogger(__name__)
 
@@ -82,22 +69,16 @@ def queue_name(rel_parts: list[str]) -> str:
 
 
 @dataclass
-class IngestResult:
-    original_name: str
-    outcome: str  # queued | rejected | vanished
-    name: str | None = None
-    state: str | None = None
-    message: str = ""
-    report: dict | None = None
-    entry: QueueEntry | None = field(default=None, repr=False)
+class Ready:
+    """Something in inbox/ to take now: a data file (with its sidecar, if any) or a stray to set aside."""
+
+    kind: str  # data | symlink | directory | special file | orphan_sidecar
+    parts: list[str]
+    job_parts: list[str] | None = None
 
     @property
-    def accepted(self) -> bool:
-        return self.outcome == "queued"
-
-    def to_dict(self) -> dict:
-        return {"original_name": self.original_name, "outcome": self.outcome, "name": self.name,
-                "state": self.state, "message": self.message, "report": self.report}
+    def rel(self) -> str:
+        return os.path.join(*self.parts)
 
 
 @dataclass
@@ -172,27 +153,19 @@ class _InboxEvents:
             self.open_count.pop(rel, None)
 
 
-class Ingestor:
-    """Turns complete inbox files into queued or rejected ones; one per daemon."""
+class InboxWatcher:
+    """Watches inbox/ and says what is ready; keeps no state on disk."""
 
-    def __init__(self, cfg, queue: TrainingQueue | None = None, validator: DataValidator | None = None):
+    def __init__(self, cfg):
         self.cfg = cfg
-        self.layout = cfg.layout
-        self.queue = queue or TrainingQueue(cfg)
-        self.validator = validator or DataValidator(cfg)
-        self.inbox = self.layout.inbox
-        self.staging = self.layout.queue / ".ingest"
-        self.inbox.mkdir(parents=True, exist_ok=True)
-        self.staging.mkdir(parents=True, exist_ok=True)
+        self.inbox = cfg.layout.inbox
         self.wake = threading.Event()
         self.events = _InboxEvents(self.inbox, self.wake)
         self.observer = None
+        self.next_due: float | None = None
         self._seen: dict[str, _Seen] = {}
         self._sidecar_since: dict[str, float] = {}  # when each NAME.job.json without its NAME.jsonl was first seen
-        self._next_due: float | None = None
-        self._recovered = False
 
-    # ------------------------------------------------------------ watching
     def start_observer(self) -> bool:
         """inotify observer on inbox/ (recursive); False when unavailable (polling only)."""
         if self.cfg.daemon.inbox_observer == "polling" or self.observer is not None:
@@ -216,38 +189,24 @@ class Ingestor:
             self.observer.join(timeout=5)
             self.observer = None
 
-    def run_forever(self, stop_event: threading.Event) -> None:
-        """Scan on every inotify event, when a pending file is due to settle, and every poll_interval."""
-        self.start_observer()
-        try:
-            while not stop_event.is_set():
-                self.wake.clear()
-                try:
-                    self.scan_once()
-                except Exception:  # noqa: BLE001 - the watcher never dies of one bad scan
-                    logger.exception("inbox scan failed; continuing")
-                timeout = self.cfg.daemon.poll_interval
-                if self._next_due is not None:
-                    timeout = min(timeout, max(0.05, self._next_due - time.time()))
-                deadline = time.time() + timeout
-                while not stop_event.is_set() and not self.wake.is_set() and time.time() < deadline:
-                    self.wake.wait(min(0.25, max(0.0, deadline - time.time())))
-        finally:
-            self.stop_observer()
+    def wait(self, stop_event: threading.Event) -> None:
+        """Sleep until an inotify event, a pending file's settle time, poll_interval, or stop_event."""
+        timeout = self.cfg.daemon.poll_interval
+        if self.next_due is not None:
+            timeout = min(timeout, max(0.05, self.next_due - time.time()))
+        deadline = time.time() + timeout
+        while not stop_event.is_set() and not self.wake.is_set() and time.time() < deadline:
+            self.wake.wait(min(0.25, max(0.0, deadline - time.time())))
 
-    # ------------------------------------------------------------ scanning
-    def scan_once(self, now: float | None = None) -> list[IngestResult]:
-        """Take every complete file in inbox/ now; returns what happened to each."""
-        results: list[IngestResult] = []
-        results += self.recover_staging(include_own=not self._recovered)
-        self._recovered = True
+    def ready(self, now: float | None = None) -> list[Ready]:
+        """Everything to take now: strays first, then complete data files, then orphan sidecars."""
         now = time.time() if now is None else now
-        self._next_due = None
+        self.wake.clear()
+        self.next_due = None
         data, sidecars, strays = [], {}, []
         self._walk(self.inbox, [], data, sidecars, strays)
+        out = [Ready(kind, parts) for parts, kind in strays]
         seen_now = set()
-        for parts, kind in strays:
-            results.append(self._take_stray(parts, kind))
         for parts in data:
             rel = os.path.join(*parts)
             seen_now.add(rel)
@@ -257,15 +216,18 @@ class Ingestor:
             if not self._complete(rel, now) or (has_job and not self._complete(job_rel, now)):
                 continue
             sidecars.pop(job_rel, None)
-            results.append(self._take(parts, job_parts if has_job else None))
+            out.append(Ready("data", parts, job_parts if has_job else None))
         for job_rel, parts in sidecars.items():
             seen_now.add(job_rel)
             since = self._sidecar_since.setdefault(job_rel, now)
             due = since + self.cfg.daemon.orphan_sidecar_seconds
             if now >= due and self._complete(job_rel, now):
-                results.append(self._take_stray(parts, "orphan_sidecar"))
+                out.append(Ready("orphan_sidecar", parts))
             else:
-                self._next_due = due if self._next_due is None else min(self._next_due, due)
+                self.next_due = due if self.next_due is None else min(self.next_due, due)
+        for item in out:
+            self.events.forget(item.rel)
+            self._seen.pop(item.rel, None)
         for rel in list(self._seen):
             if rel not in seen_now:
                 del self._seen[rel]
@@ -273,7 +235,7 @@ class Ingestor:
             if rel not in sidecars:
                 del self._sidecar_since[rel]
         self.events.prune(lambda rel: os.path.lexists(self.inbox / rel))
-        return results
+        return out
 
     def _walk(self, folder: Path, parts: list[str], data: list, sidecars: dict, strays: list) -> None:
         try:
@@ -317,310 +279,27 @@ class Ingestor:
         if prev is None or (prev.size, prev.mtime_ns) != (st.st_size, st.st_mtime_ns):
             self._seen[rel] = prev = _Seen(st.st_size, st.st_mtime_ns, now)
         stable = now - prev.since
+        settle = self.cfg.daemon.settle_seconds
         # an open writer vetoes the settle rule, but not forever: a lost inotify event must not strand a file
-        settled = stable >= self.cfg.daemon.settle_seconds and (
-            not self.events.is_open(rel) or stable >= max(30.0, 10 * self.cfg.daemon.settle_seconds))
-        if not settled:
-            due = prev.since + self.cfg.daemon.settle_seconds
-            self._next_due = due if self._next_due is None else min(self._next_due, due)
-        return settled
-
-    # -------------------------------------------------------------- taking
-    def _stage(self, src: Path, original: str, qname: str, job_src: Path | None, overrides: dict) -> Path | None:
-        """Rename src (and its sidecar) into queue/.ingest/; None when it vanished first."""
-        token = f"{time.time_ns()}-{os.getpid()}"
-        info = self.staging / f"{token}.ingest.json"
-        atomic_write_json(info, {"original_name": original, "queue_name": qname, "overrides": overrides,
-                                 "taken_at": now_iso(), "pid": os.getpid()})
-        staged = self.staging / f"{token}.data"
-        try:
-            os.rename(src, staged)
-        except FileNotFoundError:
-            os.unlink(info)
-            return None
-        if job_src is not None:
-            try:
-                os.rename(job_src, self.staging / f"{token}.job.json")
-            except FileNotFoundError:
-                pass
-        return staged
-
-    def _take(self, parts: list[str], job_parts: list[str] | None) -> IngestResult:
-        rel = os.path.join(*parts)
-        self.events.forget(rel)
-        self._seen.pop(rel, None)
-        qname = queue_name(parts)
-        job_src = self.inbox.joinpath(*job_parts) if job_parts else None
-        staged = self._stage(self.inbox / rel, rel, qname, job_src, {})
-        if staged is None:
-            logger.info("inbox/%s disappeared before it was taken", rel)
-            return IngestResult(rel, "vanished", message=f"inbox/{rel} disappeared before it was taken")
-        problem = name_problem(parts)
-        if problem is None and not parts[-1].endswith(DATA_SUFFIX):
-            return self._reject_new(staged, rel, qname, "unsupported_extension",
-                                    f"{parts[-1]!r}: only .jsonl files are ingested", validator="InboxWatcher")
-        if problem:
-            return self._reject_new(staged, rel, qname, "unsafe_name", problem, validator="InboxWatcher")
-        return self.process_staged(staged)
-
-    def _take_stray(self, parts: list[str], kind: str) -> IngestResult:
-        rel = os.path.join(*parts)
-        self.events.forget(rel)
-        self._seen.pop(rel, None)
-        if kind == "orphan_sidecar":
-            data_name = parts[-1][: -len(JOB_SUFFIX)] + DATA_SUFFIX
-            qname = queue_name(parts[:-1] + [data_name])
-        else:
-            qname = queue_name(parts)
-        staged = self._stage(self.inbox / rel, rel, qname, None, {})
-        if staged is None:
-            return IngestResult(rel, "vanished", message=f"inbox/{rel} disappeared before it was taken")
-        if kind == "orphan_sidecar":
-            rep = self._report(rel, "orphan_sidecar", f"{parts[-1]} arrived but {data_name} did not within "
-                                                      f"{self.cfg.daemon.orphan_sidecar_seconds:.0f}s")
-            result = self._finish_reject(None, staged, qname, rep, {"state": "rejected"})
-            try:
-                os.unlink(self.staging / (staged.name[: -len(".data")] + ".ingest.json"))
-            except FileNotFoundError:
-                pass
-            return result
-        what = {"symlink": "a symlink (never followed)", "directory": "a directory, not a file",
-                "special file": "a FIFO, socket or device (never read)"}[kind]
-        return self._reject_new(staged, rel, qname, "not_regular_file", f"inbox/{rel} is {what}",
-                                validator="InboxWatcher")
-
-    def ingest_path(self, path: str | os.PathLike, *, priority: str | None = None, schema_id: str | None = None,
-                    epochs: int | None = None, force: bool = False, copy: bool = True) -> IngestResult:
-        """Queue a file from anywhere (the CLI's `add`): a copy (or the file itself) goes through the same checks.
-        A `NAME.job.json` beside it is used too; arguments given here win over it."""
-        src = Path(path)
-        overrides = {k: v for k, v in {"priority": priority, "schema_id": schema_id, "epochs": epochs,
-                                       "force": force}.items() if v not in (None, False)}
-        token = f"{time.time_ns()}-{os.getpid()}"
-        staged = self.staging / f"{token}.data"
-        qname = queue_name([src.name])
-        if not src.is_file():
-            return IngestResult(str(src), "rejected", message=f"{src}: not a regular file")
-        job = src.with_name(stem_of(src.name) + JOB_SUFFIX)
-        atomic_write_json(self.staging / f"{token}.ingest.json", {
-            "original_name": str(src), "queue_name": qname, "overrides": overrides, "taken_at": now_iso(), "pid": os.getpid()})
-        if job.is_file():
-            shutil.copyfile(job, self.staging / f"{token}.job.json")
-        if copy:
-            shutil.copyfile(src, self.staging / f"{token}.part")
-            os.rename(self.staging / f"{token}.part", staged)
-        else:
-            shutil.move(str(src), staged)
-        return self.process_staged(staged)
-
-    def recover_staging(self, include_own: bool = True) -> list[IngestResult]:
-        """Files taken but not finished by a process that died are finished now (nothing stays in queue/.ingest/)."""
-        out = []
-        for info in sorted(self.staging.glob("*.ingest.json")):
-            owner = (read_json(info) or {}).get("pid")
-            if owner == os.getpid() and not include_own:
-                continue
-            if owner and owner != os.getpid() and _alive(owner):
-                continue  # another live process (the queue CLI's `add`) is ingesting it right now
-            staged = info.with_name(info.name[: -len(".ingest.json")] + ".data")
-            if os.path.lexists(staged):
-                out.append(self.process_staged(staged))
-            else:
-                job = info.with_name(info.name[: -len(".ingest.json")] + ".job.json")
-                if job.exists():
-                    qname = (read_json(info) or {}).get("queue_name", "recovered.jsonl")
-                    self._finish_reject(None, job, qname, self._report(
-                        qname, "orphan_sidecar", "its data file was lost in a crash while ingesting"), {})
-                os.unlink(info)
-        return out
-
-    # ---------------------------------------------------------- validating
-    def process_staged(self, staged: Path) -> IngestResult:
-        """Spec + QUICK (+ configured levels), then enqueue or reject. Never raises."""
-        token = staged.name[: -len(".data")]
-        info_path = self.staging / f"{token}.ingest.json"
-        info = read_json(info_path) or {}
-        original = info.get("original_name") or staged.name
-        qname = info.get("queue_name") or queue_name([Path(original).name])
-        overrides = info.get("overrides") or {}
-        job_path = self.staging / f"{token}.job.json"
-        try:
-            return self._validate_and_queue(staged, original, qname, overrides, job_path if job_path.exists() else None)
-        except Exception as exc:  # noqa: BLE001 - a bad file must never take the daemon down
-            logger.exception("unexpected error ingesting %s", original)
-            rep = self._report(original, "ingest_error", f"{type(exc).__name__}: {exc}")
-            return self._finish_reject(staged, job_path if job_path.exists() else None, qname, rep, {})
-        finally:
-            try:
-                os.unlink(info_path)
-            except FileNotFoundError:
-                pass
-
-    def _report(self, name: str, rule: str, message: str, validator: str = "InboxWatcher",
-                line: int | None = None) -> ValidationReport:
-        rep = self.validator.new_report(name, "arrival", validator=validator)
-        rep.add(rule, message, line)
-        return rep
-
-    def _reject_new(self, staged: Path, original: str, qname: str, rule: str, message: str,
-                    validator: str) -> IngestResult:
-        token = staged.name.rsplit(".", 1)[0]
-        result = self._finish_reject(staged, None, qname, self._report(original, rule, message, validator), {})
-        try:
-            os.unlink(self.staging / f"{token}.ingest.json")
-        except FileNotFoundError:
-            pass
-        return result
-
-    def _validate_and_queue(self, staged: Path, original: str, qname: str, overrides: dict,
-                            job_path: Path | None) -> IngestResult:
-        st = os.lstat(staged)
-        if not stat.S_ISREG(st.st_mode):
-            return self._finish_reject(staged, job_path, qname, self._report(
-                original, "not_regular_file", f"{original} is not a regular file"), {})
-        job: dict = {}
-        if job_path is not None:
-            try:
-                raw = json.loads(job_path.read_text(encoding="utf-8"))
-            except (ValueError, UnicodeDecodeError) as exc:
-                where = f" at line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else ""
-                return self._finish_reject(staged, job_path, qname, self._report(
-                    original, "job_sidecar", f"{stem_of(Path(original).name)}.job.json is not valid JSON{where}: "
-                    f"{getattr(exc, 'msg', exc)}", line=getattr(exc, "lineno", None)), {})
-            sidecar, problems = parse_job_sidecar(raw)
-            if problems:
-                rep = self.validator.new_report(original, "arrival", validator="InboxWatcher")
-                for p in problems:
-                    rep.add("job_sidecar", f"{stem_of(Path(original).name)}.job.json: {p}")
-                return self._finish_reject(staged, job_path, qname, rep, {})
-            job = sidecar.model_dump(exclude_none=True)
-        job.update({k: v for k, v in overrides.items() if k in ("priority", "schema_id", "epochs")})
-        schema_id = job.get("schema_id") or self.cfg.daemon.default_schema
-        priority = job.get("priority") or self.cfg.daemon.default_priority
-        rep = self.validator.quick(staged, schema_id, name=original)
-        if rep.ok and self.cfg.validation.standard_on_arrival:
-            rep.merge(self.validator.standard(staged, schema_id, name=original))
-            rep.level = "standard"
-        if rep.ok and self.cfg.validation.deep_on_arrival:
-            rep.merge(self.validator.deep(staged, schema_id, name=original))
-        extra = {"schema_id": schema_id, "priority": priority, "id": rep.stats.get("sha256")}
-        if not os.path.lexists(staged):
-            rep.add("file_vanished", "the file disappeared while it was being validated")
-        if not rep.ok:
-            return self._finish_reject(staged, job_path, qname, rep, extra)
-        try:
-            entry = self.queue.enqueue(staged, file_id=rep.stats["sha256"], original_name=original,
-                                       schema_id=schema_id, priority=priority, validation=validation_summary(rep),
-                                       job=job, job_path=job_path, name=qname, force=bool(overrides.get("force")))
-        except DuplicateError as exc:
-            dup = self._report(original, "duplicate", str(exc), validator="TrainingQueue")
-            dup.stats.update(rep.stats, duplicate_of=f"{exc.original.state}/{exc.original.name}")
-            return self._finish_reject(staged, job_path, qname, dup, extra)
-        except FileNotFoundError:
-            return self._finish_reject(staged, job_path, qname, self._report(
-                original, "file_vanished", "the file disappeared before it could be queued"), extra)
-        logger.info("queued %s as %s/%s (%s examples, %d warning(s))", original, entry.state, entry.name,
-                    rep.stats.get("examples"), rep.warning_count)
-        return IngestResult(original, "queued", entry.name, entry.state, rep.summary(), rep.to_dict(), entry)
-
-    def _finish_reject(self, staged: Path | None, job_path: Path | None, qname: str, rep: ValidationReport,
-                       extra: dict) -> IngestResult:
-        """Move the file (whatever it is) and its sidecar to queue/rejected/ and write the reason beside it."""
-        rejected = self.queue.dir("rejected")
-        name = self.queue.unique_name(qname)
-        n = 1
-        while any((rejected / f"{stem_of(name)}.{k}.json").exists() for k in ("job", "reason", "meta")):
-            n += 1
-            name = self.queue.unique_name(f"{stem_of(qname)}-{n}{DATA_SUFFIX}")
-        present = staged is not None and os.path.lexists(staged)
-        # the reason first, then the file: a crash in between leaves the file in staging, finished on restart
-        rep.write(rejected / f"{stem_of(name)}.reason.json")
-        meta = {"id": extra.get("id"), "name": name, "original_name": rep.file, "schema_id": extra.get("schema_id"),
-                "priority": extra.get("priority"), "state": extra.get("state") or ("rejected" if present else "vanished"),
-                "attempts": 0, "enqueued_at": None, "started_at": None, "finished_at": now_iso(),
-                "errors": [{"at": now_iso(), "error": rep.summary()}], "validation": validation_summary(rep),
-                "global_step_start": None, "global_step_end": None}
-        atomic_write_json(rejected / f"{stem_of(name)}.meta.json", meta)
-        if job_path is not None and job_path.exists():
-            os.replace(job_path, rejected / f"{stem_of(name)}.job.json")
-        if present:
-            os.rename(staged, rejected / name)
-        logger.warning("rejected %s", rep.summary())
-        try:
-            append_jsonl(self.layout.events, {"ts": time.time(), "at": now_iso(), "source": "ingest", "event": "rejected",
-                                               "file": name, "original_name": rep.file, "rules": rep.rules("error"),
-                                               "summary": rep.summary()})
-        except OSError:
-            logger.warning("cannot append to %s", self.layout.events)
-        outcome = "rejected" if present or extra.get("state") == "rejected" else "vanished"
-        return IngestResult(rep.file, outcome, name, "rejected", rep.summary(), rep.to_dict())
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+        is_open = self.events.is_open(rel)
+        wait = max(30.0, 10 * settle) if is_open else settle
+        if stable >= wait:
+            return True
+        due = prev.since + wait  # its close event wakes the loop earlier
+        self.next_due = due if self.next_due is None else min(self.next_due, due)
         return False
-    except (PermissionError, ValueError, OverflowError):
-        return True
-    return True
 
 
-def validation_summary(rep: ValidationReport) -> dict:
-    s = rep.stats
-    return {"level": rep.level, "examples": s.get("examples"), "lines": s.get("lines"), "bytes": s.get("bytes"),
-            "tokens": s.get("tokens"), "errors": rep.error_count, "warnings": rep.warning_count,
-            "warning_rules": rep.rules("warning"), "error_rules": rep.rules("error"),
-            "suggested_max_length": s.get("suggested_max_length")}
+def __getattr__(name: str):
+    # the ingest entry points used to live here; keep `from core.watcher import Ingestor` working
+    if name in ("Ingestor", "IngestResult", "standard_gate"):
+        from core import ingest
 
-
-def standard_gate(cfg, queue: TrainingQueue, entry: QueueEntry, validator: DataValidator) -> bool:
-    """STANDARD before training: True to train the claimed file; False when it was moved to rejected/."""
-    schema = entry.meta.get("schema_id") or cfg.daemon.default_schema
-    rep = validator.standard(entry.path, schema, name=entry.meta.get("original_name") or entry.name)
-    summary = dict(entry.meta.get("validation") or {})
-    summary.update({k: v for k, v in validation_summary(rep).items() if v is not None and k != "level"})
-    summary["standard"] = {"length": rep.stats.get("length"), "reply_length": rep.stats.get("reply_length"),
-                           "over_max_length": rep.stats.get("over_max_length"),
-                           "warnings": rep.rules("warning"), "errors": rep.rules("error")}
-    summary["level"] = "standard"
-    if rep.ok:
-        queue.update_meta(entry.name, validation=summary)
-        if rep.warning_count:
-            logger.warning("%s", rep.summary())
-        return True
-    logger.warning("rejected before training: %s", rep.summary())
-    queue.update_meta(entry.name, validation=summary)
-    queue.reject(entry.name, rep)
-    return False
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from core.config import add_config_args, config_from_args
-
-    parser = argparse.ArgumentParser(description="Watch inbox/ and queue or reject every file dropped there.")
-    add_config_args(parser)
-    parser.add_argument("--once", action="store_true", help="take what is complete now and exit")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = config_from_args(args)
-    ingestor = Ingestor(cfg)
-    if args.once:
-        for r in ingestor.scan_once():
-            print(f"{r.outcome:9} {r.original_name} -> {r.state or '-'}/{r.name or '-'}  {r.message}")
-        return 0
-    stop = threading.Event()
-    try:
-        ingestor.run_forever(stop)
-    except KeyboardInterrupt:
-        stop.set()
-    return 0
+        return getattr(ingest, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":
-    # run the importable module's main, so its classes are the ones every other module sees
-    from core.watcher import main as _main
+    from core.ingest import main as _main
 
     sys.exit(_main())

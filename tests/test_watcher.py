@@ -11,7 +11,8 @@ import pytest
 from ingest_corpus import BAD, GOOD, ORIGINAL, good_lines, make_subfolder_good
 
 from core.training_queue import PRIORITIES, TrainingQueue
-from core.watcher import Ingestor, name_problem, queue_name, standard_gate
+from core.ingest import Ingestor, standard_gate
+from core.watcher import name_problem, queue_name
 
 
 def inbox_files(inbox: Path) -> list[str]:
