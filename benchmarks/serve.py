@@ -9,7 +9,9 @@ ratio of Cadence's output tok/s and TTFT p99 to the best peer at each
 concurrency. Every request generates exactly --max-tokens tokens (Cadence:
 `ignore_eos`; transformers: a generation_config without an end token), so
 throughput compares like with like. Output token counts come from each
-server's `usage`.
+server's `usage`. Every server gets the same OMP/MKL thread count (--threads,
+default 1: with the default on a busy 2-core box, `transformers serve`
+spent ~0.5 s per token of a 4M-parameter model, 50x slower than with 1).
 
 Finally it measures Cadence's TTFT p99 while new model versions are being
 deployed back to back (POST /admin/models/load) against the steady state.
@@ -66,8 +68,8 @@ def pct(values: list[float], p: float) -> float:
 class Backend:
     name = "?"
 
-    def __init__(self, model: Path, workdir: Path, max_batch: int):
-        self.model, self.workdir, self.max_batch = model, workdir, max_batch
+    def __init__(self, model: Path, workdir: Path, max_batch: int, threads: int | None = None):
+        self.model, self.workdir, self.max_batch, self.threads = model, workdir, max_batch, threads
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -81,6 +83,8 @@ class Backend:
 
     def start(self, timeout: float = 180) -> None:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+        if self.threads:  # the same intra-op thread count for every backend
+            env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
         self.proc = subprocess.Popen(self.command(), stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
                                      cwd=REPO, env=env, start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -231,7 +235,7 @@ def bench_backend(backend: Backend, levels: list[int], per_level, max_tokens: in
 
 
 def bench_swap(model: Path, workdir: Path, concurrency: int, max_tokens: int, n_versions: int, seconds: float,
-               interval: float = 1.0) -> dict:
+               interval: float = 1.0, threads: int | None = None) -> dict:
     """Cadence TTFT during back-to-back deploys vs steady state, same load."""
     import torch
     from safetensors.torch import load_file, save_file
@@ -253,7 +257,7 @@ def bench_swap(model: Path, workdir: Path, concurrency: int, max_tokens: int, n_
         perturb_weights(dst, seed=i)
         write_manifest(dst, model_only=True, version=f"swap-v{i:02d}", global_step=i)
         versions.append(dst)
-    backend = Cadence(model, workdir, 32)
+    backend = Cadence(model, workdir, 32, threads)
     backend.start()
     try:
         asyncio.run(run_level(backend, 2, 4, max_tokens))
@@ -329,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--swap-concurrency", type=int, default=8)
     parser.add_argument("--steady-seconds", type=float, default=8.0)
     parser.add_argument("--swap-interval", type=float, default=1.0, help="seconds of serving between two deploys")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="OMP/MKL threads for every server (default 1: on a small shared CPU box, intra-op threads on "
+                             "tiny matrices mostly add contention; 0 = library default)")
     parser.add_argument("--json", default=None, help="also write all numbers to this file")
     args = parser.parse_args(argv)
 
@@ -338,11 +345,12 @@ def main(argv: list[str] | None = None) -> int:
         from scripts.make_tiny_model import build_model
         model = build_model(workdir / f"model-{args.preset}", preset=args.preset)
     per_level = (lambda c: args.requests) if args.requests else (lambda c: max(8, 2 * c))
-    print(f"model {model}; {os.cpu_count()} CPUs; max_tokens {args.max_tokens}; concurrency {args.concurrency}", flush=True)
+    print(f"model {model}; {os.cpu_count()} CPUs; max_tokens {args.max_tokens}; concurrency {args.concurrency}; "
+          f"threads per server {args.threads or 'default'}; load average {os.getloadavg()[0]:.1f}", flush=True)
     classes = {"cadence": Cadence, "transformers": TransformersServe, "transformers-cb": TransformersServeCB}
     results: dict = {}
     for key in args.backends:
-        backend = classes[key](model, workdir, max(args.concurrency))
+        backend = classes[key](model, workdir, max(args.concurrency), args.threads)
         try:
             results[backend.name] = bench_backend(backend, args.concurrency, per_level, args.max_tokens)
         except Exception as exc:  # a peer that cannot run here is reported with the reason, not fatal
@@ -353,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     swap = None
     if args.swap_versions and "cadence" in args.backends:
         swap = bench_swap(model, workdir, args.swap_concurrency, args.max_tokens, args.swap_versions, args.steady_seconds,
-                          args.swap_interval)
+                          args.swap_interval, args.threads)
         s, w = swap["steady"], swap["during_swap"]
         print(f"\nSwap under load (Cadence, c={swap['concurrency']}, {len(swap['loads'])} versions deployed back to back, "
               f"load calls {[round(x['seconds'], 2) for x in swap['loads']]} s, statuses {[x['status'] for x in swap['loads']]}):")

@@ -15,6 +15,7 @@ Library only; see inference/scheduler.py for the loop that drives it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -147,6 +148,8 @@ class ModelEngine:
         self.pending = 0          # sequences bound to this engine and not finished (waiting or running)
         self.forward_passes = 0   # prefill + decode forwards run (tests use it to prove batching)
         self.eos_token_ids = self._eos_ids()
+        # Fast tokenizers raise "Already borrowed" when one thread encodes while another decodes.
+        self.tokenizer_lock = threading.RLock()
         layer_types = getattr(model.config, "layer_types", None) or ["full_attention"]
         self._mask_keys = sorted(set(layer_types))
         # Batch state (scheduler thread only).
@@ -169,14 +172,16 @@ class ModelEngine:
 
     # ---- prompts -------------------------------------------------------------------------------
     def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
-        enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        with self.tokenizer_lock:
+            enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         ids = enc["input_ids"] if not isinstance(enc, list) else enc
         if ids and isinstance(ids[0], list):
             ids = ids[0]
         return [int(i) for i in ids]
 
     def text_prompt_ids(self, prompt: str) -> list[int]:
-        return [int(i) for i in self.tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+        with self.tokenizer_lock:
+            return [int(i) for i in self.tokenizer(prompt, add_special_tokens=False)["input_ids"]]
 
     @property
     def vocab_limit(self) -> int:
@@ -297,8 +302,9 @@ class ModelEngine:
             if s.processors:
                 ids = torch.tensor([s.prompt_ids + s.output_ids], dtype=torch.long)
                 row = logits[i:i + 1]
-                for proc in s.processors:
-                    row = proc(ids, row)
+                with self.tokenizer_lock:  # PostStopPenalty decodes
+                    for proc in s.processors:
+                        row = proc(ids, row)
                 logits[i] = row[0]
         temps = torch.tensor([s.params.temperature for s in seqs], dtype=torch.float32)
         greedy = temps <= 1e-5
@@ -357,7 +363,8 @@ class ModelEngine:
             s.sink(Event(text=delta))
 
     def _decode(self, s: Sequence) -> str:
-        return self.tokenizer.decode(s.output_ids, skip_special_tokens=True)
+        with self.tokenizer_lock:
+            return self.tokenizer.decode(s.output_ids, skip_special_tokens=True)
 
     def _finish(self, s: Sequence, reason: str, final_text: str) -> None:
         delta = final_text[len(s.sent):] if final_text.startswith(s.sent) else ""
