@@ -9,9 +9,11 @@ ratio of Cadence's output tok/s and TTFT p99 to the best peer at each
 concurrency. Every request generates exactly --max-tokens tokens (Cadence:
 `ignore_eos`; transformers: a generation_config without an end token), so
 throughput compares like with like. Output token counts come from each
-server's `usage`. Every server gets the same OMP/MKL thread count (--threads,
-default 1: with the default on a busy 2-core box, `transformers serve`
-spent ~0.5 s per token of a 4M-parameter model, 50x slower than with 1).
+server's `usage`. Every server gets the same OMP/MKL thread count; the whole
+comparison runs once per --threads value (default: 1, then the library
+default), because on a small shared CPU box the peers react very differently
+to intra-op threading. A level stops starting new requests after
+--max-level-seconds (slow peers); the requests that ran are what is reported.
 
 Finally it measures Cadence's TTFT p99 while new model versions are being
 deployed back to back (POST /admin/models/load) against the steady state.
@@ -182,12 +184,16 @@ async def one_request(client: httpx.AsyncClient, backend: Backend, max_tokens: i
 
 
 async def run_level(backend: Backend, concurrency: int, n_requests: int, max_tokens: int,
-                    stop_when: threading.Event | None = None) -> tuple[list[dict], float]:
+                    stop_when: threading.Event | None = None, max_seconds: float | None = None) -> tuple[list[dict], float]:
+    """Closed loop: `concurrency` clients send back-to-back requests until n_requests were sent, `stop_when` is set,
+    or `max_seconds` passed (no new request starts after it; running ones finish and count)."""
     results: list[dict] = []
     remaining = [n_requests]
+    deadline = time.perf_counter() + max_seconds if max_seconds else None
 
     async def worker(client):
-        while (stop_when is None and remaining[0] > 0) or (stop_when is not None and not stop_when.is_set()):
+        while ((stop_when is None and remaining[0] > 0) or (stop_when is not None and not stop_when.is_set())) \
+                and (deadline is None or time.perf_counter() < deadline):
             remaining[0] -= 1
             results.append(await one_request(client, backend, max_tokens))
 
@@ -219,13 +225,13 @@ def summarize(results: list[dict], duration: float) -> dict:
     return out
 
 
-def bench_backend(backend: Backend, levels: list[int], per_level, max_tokens: int) -> dict:
+def bench_backend(backend: Backend, levels: list[int], per_level, max_tokens: int, max_seconds: float | None) -> dict:
     backend.start()
     try:
         asyncio.run(run_level(backend, 2, 4, max_tokens))  # warm-up
         rows = {}
         for c in levels:
-            results, duration = asyncio.run(run_level(backend, c, per_level(c), max_tokens))
+            results, duration = asyncio.run(run_level(backend, c, per_level(c), max_tokens, max_seconds=max_seconds))
             rows[c] = summarize(results, duration)
             print(f"  {backend.name:42s} c={c:<3d} {rows[c]['output_tok_per_s']:8.1f} tok/s  "
                   f"ttft p99 {rows[c]['ttft_p99_ms']:8.1f} ms  failed {rows[c]['failed']}", flush=True)
@@ -333,9 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--swap-concurrency", type=int, default=8)
     parser.add_argument("--steady-seconds", type=float, default=8.0)
     parser.add_argument("--swap-interval", type=float, default=1.0, help="seconds of serving between two deploys")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="OMP/MKL threads for every server (default 1: on a small shared CPU box, intra-op threads on "
-                             "tiny matrices mostly add contention; 0 = library default)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 0],
+                        help="OMP/MKL threads for every server; one full comparison per value (default: 1, then 0 = the "
+                             "library default)")
+    parser.add_argument("--max-level-seconds", type=float, default=90.0,
+                        help="stop starting new requests at a level after this long (slow peers); 0 = no cap")
     parser.add_argument("--json", default=None, help="also write all numbers to this file")
     args = parser.parse_args(argv)
 
@@ -345,34 +353,41 @@ def main(argv: list[str] | None = None) -> int:
         from scripts.make_tiny_model import build_model
         model = build_model(workdir / f"model-{args.preset}", preset=args.preset)
     per_level = (lambda c: args.requests) if args.requests else (lambda c: max(8, 2 * c))
-    print(f"model {model}; {os.cpu_count()} CPUs; max_tokens {args.max_tokens}; concurrency {args.concurrency}; "
-          f"threads per server {args.threads or 'default'}; load average {os.getloadavg()[0]:.1f}", flush=True)
     classes = {"cadence": Cadence, "transformers": TransformersServe, "transformers-cb": TransformersServeCB}
-    results: dict = {}
-    for key in args.backends:
-        backend = classes[key](model, workdir, max(args.concurrency), args.threads)
-        try:
-            results[backend.name] = bench_backend(backend, args.concurrency, per_level, args.max_tokens)
-        except Exception as exc:  # a peer that cannot run here is reported with the reason, not fatal
-            tail = backend.log.read_text(errors="replace")[-600:] if backend.log.exists() else ""
-            results[backend.name] = f"{type(exc).__name__}: {exc}\n{tail}"
-            print(f"  {backend.name}: failed: {exc}", flush=True)
-    print_table(results, args.concurrency)
-    swap = None
-    if args.swap_versions and "cadence" in args.backends:
-        swap = bench_swap(model, workdir, args.swap_concurrency, args.max_tokens, args.swap_versions, args.steady_seconds,
-                          args.swap_interval, args.threads)
-        s, w = swap["steady"], swap["during_swap"]
-        print(f"\nSwap under load (Cadence, c={swap['concurrency']}, {len(swap['loads'])} versions deployed back to back, "
-              f"load calls {[round(x['seconds'], 2) for x in swap['loads']]} s, statuses {[x['status'] for x in swap['loads']]}):")
-        print("| phase | requests | failed | TTFT p50 | TTFT p99 | out tok/s |")
-        print("|---|---|---|---|---|---|")
-        for name, r in (("steady", s), ("during swaps", w)):
-            print(f"| {name} | {r['requests']} | {r['failed']} | {r['ttft_p50_ms']:.1f} | {r['ttft_p99_ms']:.1f} | "
-                  f"{r['output_tok_per_s']:.1f} |")
-        print(f"TTFT p99 during swap / steady: {swap['ttft_p99_ratio']:.2f}x; versions that served: {swap['versions_seen']}")
+    everything: dict = {}
+    for threads in args.threads:
+        print(f"\n## model {model.name}; {os.cpu_count()} CPUs; max_tokens {args.max_tokens}; concurrency "
+              f"{args.concurrency}; threads per server: {threads or 'library default'}; load average before: "
+              f"{os.getloadavg()[0]:.1f}", flush=True)
+        results: dict = {}
+        for key in args.backends:
+            backend = classes[key](model, workdir, max(args.concurrency), threads)
+            try:
+                results[backend.name] = bench_backend(backend, args.concurrency, per_level, args.max_tokens,
+                                                      args.max_level_seconds or None)
+            except Exception as exc:  # a peer that cannot run here is reported with the reason, not fatal
+                tail = backend.log.read_text(errors="replace")[-600:] if backend.log.exists() else ""
+                results[backend.name] = f"{type(exc).__name__}: {exc}\n{tail}"
+                print(f"  {backend.name}: failed: {exc}", flush=True)
+        print_table(results, args.concurrency)
+        swap = None
+        if args.swap_versions and "cadence" in args.backends:
+            swap = bench_swap(model, workdir / f"swap-t{threads}", args.swap_concurrency, args.max_tokens,
+                              args.swap_versions, args.steady_seconds, args.swap_interval, threads)
+            s, w = swap["steady"], swap["during_swap"]
+            print(f"\nSwap under load (Cadence, c={swap['concurrency']}, {len(swap['loads'])} versions deployed, one "
+                  f"every {args.swap_interval:g} s; load calls {[round(x['seconds'], 2) for x in swap['loads']]} s, "
+                  f"statuses {[x['status'] for x in swap['loads']]}):")
+            print("| phase | requests | failed | TTFT p50 | TTFT p99 | out tok/s |")
+            print("|---|---|---|---|---|---|")
+            for name, r in (("steady", s), ("during swaps", w)):
+                print(f"| {name} | {r['requests']} | {r['failed']} | {r['ttft_p50_ms']:.1f} | {r['ttft_p99_ms']:.1f} | "
+                      f"{r['output_tok_per_s']:.1f} |")
+            print(f"TTFT p99 during swap / steady: {swap['ttft_p99_ratio']:.2f}x; versions that served: "
+                  f"{swap['versions_seen']}", flush=True)
+        everything[f"threads={threads or 'default'}"] = {"results": results, "swap": swap}
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "swap": swap}, indent=2, default=str))
+        Path(args.json).write_text(json.dumps(everything, indent=2, default=str))
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
