@@ -46,6 +46,8 @@ STATUS_EVERY = 0.5
 STATUS_KEEPALIVE = 5.0
 EVENTS_KEPT = 2000
 VOLATILE = ("status_age_s", "heartbeat_age_s")
+CACHE_AFTER_S = 2.0  # save the index right after a first build longer than this
+CACHE_MIN_LINES = 50_000  # and on shutdown when it holds more lines than this
 
 
 def finite(obj):
@@ -127,6 +129,7 @@ class LiveFeed:
         self.layout = cfg.layout
         self.boot = secrets.token_hex(4)
         self.index = MetricsIndex(self.layout.metrics, smoothing=cfg.monitor.ema_smoothing)
+        self.cache_dir = self.layout.status / ".monitor-index"
         self.events = EventLog(self.layout.events)
         self.system = sources.SystemSampler(cfg)
         self.queue = TrainingQueue(cfg)
@@ -220,14 +223,18 @@ class LiveFeed:
         if loop is not None:
             self._wake = asyncio.Event()
         t0 = time.perf_counter()
+        cached = self.index.load(self.cache_dir)
         self.index.refresh()  # the first build is history, not news: nothing published
+        build_s = time.perf_counter() - t0
+        if not cached and build_s > CACHE_AFTER_S:
+            self.save_index()  # a long build: keep it, so the next start (even after a crash) is quick
         self.events.refresh()
         self._poll_changes(publish=False)
         self._status = self._compute_status()
         self._status_key = self._key(self._status)
         self._status_at = time.monotonic()
         self.system.sample()
-        logger.info("indexed %d metric lines in %.2fs", self.index.lines, time.perf_counter() - t0)
+        logger.info("indexed %d metric lines in %.2fs%s", self.index.lines, build_s, " (from the saved index)" if cached else "")
         self._thread = threading.Thread(target=self._run, name="monitor-feed", daemon=True)
         self._thread.start()
 
@@ -235,7 +242,15 @@ class LiveFeed:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+            if self.index.lines > CACHE_MIN_LINES:
+                self.save_index()
         self.loop = None
+
+    def save_index(self) -> None:
+        try:
+            self.index.save(self.cache_dir)
+        except OSError as exc:  # a full disk must not stop the monitor; the next start just rebuilds
+            logger.warning("could not save the metrics index to %s: %s", self.cache_dir, exc)
 
     def _run(self) -> None:
         interval = self.cfg.monitor.poll_interval

@@ -46,6 +46,7 @@ EVAL_FIELDS = ("val_loss", "fixed_val_loss")
 EMA_OF = {"train": ("loss",), "eval": ("val_loss",)}
 READ_CHUNK = 8 << 20
 PREVIEWS_KEPT = 20
+CACHE_VERSION = 1
 
 
 def _num(value) -> float:
@@ -190,29 +191,32 @@ def minmax_indices(values: list[np.ndarray], max_points: int) -> np.ndarray:
     """Row indices to keep so every series in `values` keeps its min and max per bucket (plus both ends).
 
     With n rows and a budget of `max_points`, rows are cut into max_points // (2 * len(values)) equal
-    buckets; each series contributes its argmin and argmax per bucket (NaNs ignored)."""
+    buckets (the remainder joins the last one); each series contributes its argmin and argmax per bucket,
+    NaNs ignored. Without NaNs it is three passes over a view of the data, no copy."""
     n = len(values[0]) if values else 0
     if n <= max_points:
         return np.arange(n)
     buckets = max(1, max_points // (2 * max(1, len(values))))
-    size = math.ceil(n / buckets)
-    pad = buckets * size - n
+    size = n // buckets
+    body = buckets * size
     keep = [np.array([0, n - 1])]
     rows = np.arange(buckets) * size
     for y in values:
-        lo = np.where(np.isnan(y), np.inf, y)
-        hi = np.where(np.isnan(y), -np.inf, y)
-        if pad:
-            lo = np.concatenate([lo, np.full(pad, np.inf)])
-            hi = np.concatenate([hi, np.full(pad, -np.inf)])
-        lo, hi = lo.reshape(buckets, size), hi.reshape(buckets, size)
-        amin, amax = lo.argmin(axis=1), hi.argmax(axis=1)
-        ok_min = np.isfinite(lo[np.arange(buckets), amin])
-        ok_max = np.isfinite(hi[np.arange(buckets), amax])
-        keep.append((rows + amin)[ok_min])
-        keep.append((rows + amax)[ok_max])
-    idx = np.unique(np.concatenate(keep))
-    return idx[idx < n]
+        if np.isnan(y).any():
+            lo, hi = np.where(np.isnan(y), np.inf, y), np.where(np.isnan(y), -np.inf, y)
+        else:
+            lo = hi = y
+        for data, pick in ((lo, np.argmin), (hi, np.argmax)):
+            grid = data[:body].reshape(buckets, size)
+            arg = pick(grid, axis=1)
+            ok = np.isfinite(grid[np.arange(buckets), arg])
+            keep.append((rows + arg)[ok])
+            if body < n:  # the remainder
+                tail = data[body:]
+                j = int(pick(tail))
+                if math.isfinite(tail[j]):
+                    keep.append(np.array([body + j]))
+    return np.unique(np.concatenate(keep))
 
 
 def _jsonable(arr: np.ndarray, digits: int | None = None) -> list:
@@ -249,6 +253,75 @@ class MetricsIndex:
         self.lines = 0
         self.bad_lines = 0
         self.generation = 0  # bumped whenever indexed rows are dropped (rewind or replaced file)
+
+    # --------------------------------------------------------------- cache
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write the index to `folder` (columns as raw arrays + a JSON header; temp + rename), so a restart
+        loads it in a fraction of a second and only tails what was appended since."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with self.lock:
+            arrays = {"line_off": self.line_off.tobytes(), "line_crc": self.line_crc.tobytes()}
+            series = {}
+            for s in (self.train, self.eval):
+                names = ["step", "ts", "offset", *s.cols]
+                for name in names:
+                    arr = s.cols[name] if name in s.cols else getattr(s, name)
+                    arrays[f"{s.kind}.{name}"] = arr.tobytes()
+                series[s.kind] = {"emas": {f: [e.acc, e.n] for f, e in s.emas.items()}, "rows": len(s)}
+            header = {"version": CACHE_VERSION, "inode": self.inode, "pos": self.pos, "smoothing": self.smoothing,
+                      "lines": self.lines, "bad_lines": self.bad_lines, "series": series,
+                      "checkpoints": self.checkpoints, "previews": list(self.previews), "last": self.last,
+                      "arrays": {k: len(v) for k, v in arrays.items()}}
+        data = folder / "metrics-index.bin"
+        tmp = folder / ".metrics-index.bin.tmp"
+        with open(tmp, "wb") as fh:
+            for k in header["arrays"]:
+                fh.write(arrays[k])
+        os.replace(tmp, data)
+        hdr = folder / "metrics-index.json"
+        tmp = folder / ".metrics-index.json.tmp"
+        tmp.write_text(json.dumps(header, default=str))
+        os.replace(tmp, hdr)  # the header last: it names the data it describes
+        return data
+
+    def load(self, folder: str | os.PathLike) -> bool:
+        """Restore a saved index if it belongs to this metrics file (same inode; the next refresh() checks
+        the last indexed line and handles a rewind made while the monitor was down). False: build anew."""
+        folder = Path(folder)
+        try:
+            header = json.loads((folder / "metrics-index.json").read_text())
+            st = os.stat(self.path)
+            if (header.get("version") != CACHE_VERSION or header.get("inode") != st.st_ino
+                    or header.get("smoothing") != self.smoothing):
+                return False
+            blob = (folder / "metrics-index.bin").read_bytes()
+            if len(blob) != sum(header["arrays"].values()):
+                return False
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        with self.lock:
+            self._reset_state()
+            pos = 0
+            chunks = {}
+            for k, n in header["arrays"].items():
+                chunks[k] = blob[pos:pos + n]
+                pos += n
+            self.line_off.frombytes(chunks["line_off"])
+            self.line_crc.frombytes(chunks["line_crc"])
+            for s in (self.train, self.eval):
+                for name in ["step", "ts", "offset", *s.cols]:
+                    arr = s.cols[name] if name in s.cols else getattr(s, name)
+                    arr.frombytes(chunks[f"{s.kind}.{name}"])
+                for f, (acc, n) in header["series"][s.kind]["emas"].items():
+                    s.emas[f].acc, s.emas[f].n = acc, n
+            self.checkpoints = header["checkpoints"]
+            self.previews.extend(header["previews"])
+            self.last = header["last"]
+            self.pos, self.inode = header["pos"], header["inode"]
+            self.lines, self.bad_lines = header["lines"], header["bad_lines"]
+        logger.info("loaded the metrics index from %s (%d lines)", folder, self.lines)
+        return True
 
     # ------------------------------------------------------------- reading
     def refresh(self) -> tuple[list[dict], dict | None]:
@@ -408,22 +481,28 @@ class MetricsIndex:
             n = len(series)
             lo, hi = 0, n
             if step_min is not None or step_max is not None:
-                steps = np.frombuffer(series.step[:n], dtype=np.float64)
+                steps = np.frombuffer(series.step[:n], dtype=np.float64)  # a copy: searched outside numpy's view rules
                 if step_min is not None:
                     lo = int(np.searchsorted(steps, step_min, side="left"))
                 if step_max is not None:
                     hi = int(np.searchsorted(steps, step_max, side="right"))
                 hi = max(hi, lo)
-            cols = series.columns(fields, lo, hi)
+            # views, not copies, under the lock (the arrays cannot grow while a view of them exists);
+            # the poller waits a few ms for its next append
+            views = {name: np.frombuffer(arr, dtype=np.float64, count=n)[lo:hi]
+                     for name, arr in [("step", series.step), ("ts", series.ts)] + [(f, series.cols[f]) for f in fields]}
+            try:
+                idx = minmax_indices([views[f] for f in fields], max_points)
+                picked = {name: v[idx] for name, v in views.items()}
+            finally:
+                del views
             generation = self.generation
-        idx = minmax_indices([cols[f] for f in fields], max_points)
-        downsampled = len(idx) < (hi - lo)
-        out = {"kind": kind, "total": n, "in_range": hi - lo, "returned": int(len(idx)), "downsampled": downsampled,
-               "generation": generation,
-               "step": [int(s) if math.isfinite(s) else None for s in cols["step"][idx].tolist()],
-               "ts": _jsonable(cols["ts"][idx])}
+        out = {"kind": kind, "total": n, "in_range": hi - lo, "returned": int(len(idx)),
+               "downsampled": len(idx) < (hi - lo), "generation": generation,
+               "step": [int(s) if math.isfinite(s) else None for s in picked["step"].tolist()],
+               "ts": _jsonable(picked["ts"])}
         for f in fields:
-            out[f] = _jsonable(cols[f][idx])
+            out[f] = _jsonable(picked[f])
         return out
 
     def summary(self) -> dict:

@@ -201,3 +201,43 @@ def test_overfitting_check():
     assert w["warning"] and "overfitting" in w["message"]
     assert not overfitting_check([0.05, 0.08, 0.12, 0.2], [1.1, 1.0, 0.95, 0.9])["warning"]  # val still improving
     assert not overfitting_check([math.nan, 0.2], [1, 1])["warning"]
+
+
+def test_saved_index_restores_and_catches_up_with_appends_and_rewinds(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    writer = StatusWriter(tmp_path / "status.json", path)
+    for s in range(1, 201):
+        writer.metric(_train(s))
+        if s % 20 == 0:
+            writer.metric({"type": "eval", "global_step": s, "val_loss": 1.0 + s / 1000,
+                           "preview": {"prompt": "p", "golden": "g", "answer": "a", "match": False}})
+        if s % 100 == 0:
+            writer.metric({"type": "checkpoint", "global_step": s, "path": f"checkpoint-{s}"})
+    first = MetricsIndex(path, smoothing=0.9)
+    first.refresh()
+    first.save(tmp_path / "cache")
+    # while "the monitor is down": a rewind to 150, then more steps
+    writer.rewind_metrics(150)
+    for s in range(151, 231):
+        writer.metric(dict(_train(s), loss=5.0))
+
+    def snapshot(idx):
+        return (idx.query("train", ["loss", "loss_ema", "lr"], 100000), idx.query("eval", ["val_loss", "gap"], 1000),
+                [c["global_step"] for c in idx.checkpoints], idx.summary()["previews"][:3])
+
+    restored = MetricsIndex(path, smoothing=0.9)
+    assert restored.load(tmp_path / "cache") and restored.lines == first.lines
+    restored.refresh()
+    fresh = MetricsIndex(path, smoothing=0.9)
+    fresh.refresh()
+    a, b = snapshot(restored), snapshot(fresh)
+    assert a[0]["step"] == list(range(1, 231)) and a[0]["step"] == b[0]["step"]
+    assert np.allclose(a[0]["loss_ema"], b[0]["loss_ema"]) and a[0]["loss"] == b[0]["loss"]
+    assert a[1]["step"] == b[1]["step"] == list(range(20, 151, 20)) and np.allclose(a[1]["gap"], b[1]["gap"])
+    assert a[2] == b[2] == [100]
+    # a cache of another file (replaced: new inode) or another smoothing is not used
+    assert not MetricsIndex(path, smoothing=0.5).load(tmp_path / "cache")
+    tmp = tmp_path / "other.jsonl"
+    tmp.write_bytes(path.read_bytes())
+    os.replace(tmp, path)
+    assert not MetricsIndex(path, smoothing=0.9).load(tmp_path / "cache")
