@@ -236,7 +236,7 @@ class DataManagerConfig(Section):
     threshold: float = Field(0.8, ge=0, le=1, description="Mean accuracy that masters a level.")
     window: int = Field(3, ge=1, description="Evals at the current level averaged for the threshold.")
     priority: Literal["high", "normal", "low"] = Field("low", description="Queue priority of generated files (files people drop at normal go first).")
-    min_distinct_ratio: float = Field(0.5, ge=0, le=1, description="Quality gate: distinct prompts / batch size must reach this (capped by 80% of a level's declared problem space).")
+    min_distinct_ratio: float = Field(0.5, ge=0, le=1, description="Quality gate: a batch needs at least this share of the distinct prompts expected from uniform sampling (the batch size, or fewer when a level declares a small problem space).")
     request_timeout: float = Field(10.0, gt=0, description="Seconds per skill-server request.")
     request_retries: int = Field(2, ge=0, description="Retries of a skill-server request on connection errors, timeouts and 5xx.")
     local_fallback: bool = Field(True, description="Generate a built-in skill in process when its server does not answer.")
