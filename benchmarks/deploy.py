@@ -100,6 +100,37 @@ class Load:
             t.join(600)
 
 
+def servable_copy(model_dir: Path, out: Path) -> Path:
+    """The model with a tokenizer the inference server accepts.
+
+    The qwen3-0.6b preset keeps Qwen3's vocab_size (151,936) but its locally
+    trained tokenizer has ~1k tokens, and the server's loader refuses a
+    tokenizer under half the vocabulary (inference/loader.py). Real Qwen3's
+    tokenizer has 151k tokens; here the BPE vocabulary is padded with reserved
+    tokens (no merges reach them, so tokenisation is unchanged) up to half the
+    vocab size. Weights are hard-linked, not copied.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    vocab_size = AutoConfig.from_pretrained(model_dir).vocab_size
+    if len(AutoTokenizer.from_pretrained(model_dir)) >= vocab_size // 2:
+        return model_dir
+    out.mkdir(parents=True)
+    for p in Path(model_dir).iterdir():
+        if p.is_file() and p.name != "tokenizer.json":
+            os.link(p, out / p.name)
+    data = json.loads((Path(model_dir) / "tokenizer.json").read_text())
+    vocab = data["model"]["vocab"]
+    for token in data["added_tokens"]:
+        vocab.setdefault(token["content"], token["id"])
+    next_id, i = max(vocab.values()) + 1, 0
+    while next_id < vocab_size // 2 + 64:
+        vocab[f"<|reserved_{i}|>"] = next_id
+        next_id, i = next_id + 1, i + 1
+    (out / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False))
+    return out
+
+
 def run_one(preset: str, model_dir: Path | None, args) -> dict:
     from core.config import DeployTarget, from_dict
     from trainer.checkpoint import publish_checkpoint, write_trainer_state
@@ -110,6 +141,7 @@ def run_one(preset: str, model_dir: Path | None, args) -> dict:
         from scripts.make_tiny_model import build_model
 
         model_dir = build_model(work / "base", preset=preset)
+    model_dir = servable_copy(Path(model_dir), work / "servable")
     build_s = time.perf_counter() - t_build
     base = work / "cadence"
     (base / "control").mkdir(parents=True)
@@ -148,6 +180,8 @@ def run_one(preset: str, model_dir: Path | None, args) -> dict:
                 pass
             if server.poll() is not None:
                 raise RuntimeError(f"server exited; see {work / 'inference.log'}")
+            if "start-up model failed" in (work / "inference.log").read_text(errors="replace"):
+                raise RuntimeError(f"the server refused the model; see {work / 'inference.log'}")
             time.sleep(0.2)
         size = sum(p.stat().st_size for p in Path(model_dir).rglob("*") if p.is_file())
         result["model_bytes"] = size

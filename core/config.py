@@ -182,6 +182,7 @@ class DeployConfig(Section):
     max_error_rate: float = Field(0.05, ge=0, le=1, description="Error share in the health window that triggers rollback.")
     keep_remote_versions: int = Field(3, ge=2, description="Versions kept on each target (never the active or previous one).")
     verify_staging: bool = Field(True, description="Check the sha256 manifest of a local target's staged copy before it is renamed into place (the server checks again when it loads).")
+    link_local: bool = Field(True, description="A local target on the same filesystem as models/versions gets hard links (rsync --link-dest) instead of byte copies; versions are immutable, so the staged check is left to the server's.")
     health_probe_interval: float = Field(0.5, gt=0, description="Seconds between probe requests during the health window.")
     max_latency_seconds: float | None = Field(None, gt=0, description="Median probe latency in the health window above this triggers rollback (None = latency not judged).")
     request_timeout: float = Field(600.0, gt=0, description="Seconds to wait for the target server's load or rollback answer.")

@@ -99,10 +99,23 @@ def rsync_cmd(src: str, dst: str, timeout: float, extra: list[str] | None = None
             *(extra or []), src, dst]
 
 
+def same_filesystem(a: Path, b: Path) -> bool:
+    try:
+        b.mkdir(parents=True, exist_ok=True)
+        return a.stat().st_dev == b.stat().st_dev
+    except OSError:
+        return False
+
+
 def copy_version(cfg, dest: Destination, src: Path, version: str, timeout: float, bwlimit_kb: int | None = None,
-                 on_started=None) -> str:
-    """Copy model files of `src` to the target's staging area; returns the staged location (as rsync sees it)."""
+                 on_started=None, link: bool = False) -> str:
+    """Copy model files of `src` to the target's staging area; returns the staged location (as rsync sees it).
+
+    link: a local destination gets hard links to `src`'s files (rsync --link-dest) instead of byte copies.
+    """
     extra = [f"--bwlimit={bwlimit_kb}"] if bwlimit_kb else []
+    if link and dest.kind == "local":
+        extra.append(f"--link-dest={Path(src).resolve()}")
     src_arg = str(src).rstrip("/") + "/"
     if dest.kind == "rsyncd":
         staged = dest.url(version)

@@ -286,9 +286,12 @@ class Orchestrator:
                 started = None
                 if os.environ.get(FAULT_ENV) == "mid_copy":
                     started = lambda: threading.Timer(0.5, fault, args=("mid_copy",)).start()  # noqa: E731
+                linked = (self.dc.link_local and dest.kind == "local" and not slow
+                          and transport.same_filesystem(Path(ip["source"]), Path(dest.location)))
+                ip.setdefault("linked", {})[target.name] = linked
                 try:
                     transport.copy_version(self.cfg, dest, Path(ip["source"]), version, self.dc.rsync_timeout,
-                                           bwlimit_kb=slow, on_started=started)
+                                           bwlimit_kb=slow, on_started=started, link=linked)
                 except transport.TransportError as exc:
                     return self._fail(state, ip, target, f"copy failed: {exc}")
                 self._timed(ip, target, "copy", time.perf_counter() - t0)
@@ -306,7 +309,7 @@ class Orchestrator:
                     if not folder.is_dir():
                         self._set_stage(state, ip, "copy")
                         continue
-                    if self.dc.verify_staging:
+                    if self.dc.verify_staging and not (ip.get("linked") or {}).get(target.name):
                         try:
                             verify_manifest(folder, model_only=True)
                         except ManifestError as exc:
