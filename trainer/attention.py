@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 NAME = "cadence_varlen"
@@ -22,15 +22,16 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
     cu = kwargs.get("cu_seq_lens_q")
     if cu is None or query.shape[0] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    groups = getattr(module, "num_key_value_groups", 1)
-    if groups > 1:
-        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    bounds = cu.tolist()
+    # GQA is expanded inside SDPA (enable_gqa) instead of materialising repeated K/V. The row is cut with split(),
+    # not per-segment slicing: the backward of N slices allocates and sums N full-size zero gradients (O(N*T)),
+    # while split's backward is one concatenation.
+    sizes = cu.diff().tolist()
+    gqa = getattr(module, "num_key_value_groups", 1) > 1
     dropout = dropout if module.training else 0.0
     outs = [
-        torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout, scale=scaling, is_causal=True)
-        for s, e in zip(bounds[:-1], bounds[1:])
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True,
+                                                         enable_gqa=gqa)
+        for q, k, v in zip(query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2))
     ]
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
     return out.transpose(1, 2).contiguous(), None
