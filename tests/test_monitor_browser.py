@@ -114,20 +114,29 @@ def js(driver, code: str):
     return driver.execute_script(code)
 
 
+def report(capsys, line: str) -> None:
+    """A line in pytest's own output even with output capture on (the screenshot paths, the latency)."""
+    with capsys.disabled():
+        print(line)
+
+
 def full_page_screenshot(driver, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     height = js(driver, "return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)")
     driver.set_window_size(1400, min(int(height) + 40, 6000))
     time.sleep(0.4)  # charts resize on the window's resize event
     driver.save_screenshot(str(path))
-    print(f"\nscreenshot: {path}")
     return path
 
 
-def test_page_charts_live_update_pause_and_honest_liveness(stack, browser):
+def test_page_charts_live_update_pause_and_honest_liveness(stack, browser, capsys):
     from selenium.webdriver.common.by import By
 
     cfg, url, standin, monitor = stack
+    from monitoring.app import node_modules_dir
+
+    assert (node_modules_dir() / "uplot/dist/uPlot.iife.min.js").is_file(), \
+        "the chart library is not installed: run scripts/setup.sh (it runs `npm ci`)"
     browser.get(url + "/")
     # the charts hold the run: 1500 train steps (downsampled to <= 2000 points) and 30 evals
     n_loss = wait_for(lambda: js(browser, "const c = window.cadenceMonitor.charts.loss; return c && c.data[0].length > 100 && c.data[0].length"),
@@ -149,7 +158,7 @@ def test_page_charts_live_update_pause_and_honest_liveness(stack, browser):
     writer.metric({"type": "train", "global_step": 1501, "loss": 0.321, "lr": 2e-4, "tokens_per_s": 12000.0})
     wait_for(lambda: js(browser, "const s = window.cadenceMonitor.train.step; return s[s.length - 1] === 1501"), 3,
              "step 1501 in the page")
-    print(f"\nmetric written -> in the browser's chart data: {time.perf_counter() - t0:.3f}s")
+    report(capsys, f"\nmonitor browser test: metric written -> in the page's chart data in {time.perf_counter() - t0:.3f}s")
 
     # controls are locked until the token is pasted; pausing asks for confirmation and reaches control/state.json
     pause = browser.find_element(By.CSS_SELECTOR, 'button[data-action="pause"]')
@@ -180,6 +189,7 @@ def test_page_charts_live_update_pause_and_honest_liveness(stack, browser):
     wait_for(lambda: "paused" in browser.find_element(By.ID, "c-desired").text, 3, "requested: paused (status pushed)")
 
     shot = full_page_screenshot(browser, ARTIFACTS / "monitor.png")
+    report(capsys, f"monitor browser test: screenshot {shot}")
     assert shot.stat().st_size > 50_000
 
     # the daemon dies: the page says so within a couple of seconds, never "training"
@@ -191,7 +201,7 @@ def test_page_charts_live_update_pause_and_honest_liveness(stack, browser):
     browser.set_window_size(1400, 900)
     browser.execute_script("window.scrollTo(0, 0)")
     browser.save_screenshot(str(ARTIFACTS / "monitor-daemon-dead.png"))
-    print(f"screenshot: {ARTIFACTS / 'monitor-daemon-dead.png'}")
+    report(capsys, f"monitor browser test: screenshot {ARTIFACTS / 'monitor-daemon-dead.png'}")
 
     # no script errors; the only failed request is the wrong token's 403 on purpose
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
