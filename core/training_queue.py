@@ -494,7 +494,8 @@ def _row(e: QueueEntry) -> dict:
             "examples": v.get("examples"), "warnings": v.get("warnings"), "enqueued": m.get("enqueued_at"),
             "id": (m.get("id") or "")[:12], "original": m.get("original_name"),
             "retry_at": m.get("retry_at") if m.get("not_before") else None,
-            "last_error": (m.get("errors") or [{}])[-1].get("error", "")[:80] if m.get("errors") else None}
+            "last_error": (", ".join(v["error_rules"]) if v.get("error_rules")
+                           else (m.get("errors") or [{}])[-1].get("error", "")[:80] if m.get("errors") else None)}
 
 
 def _positive_int(text: str) -> int:

@@ -270,3 +270,22 @@ def test_fast_path_never_accepts_what_the_full_check_rejects():
                 assert role_order_problem([m["role"] for m in r["messages"]]) is None, r
             assert all(s.strip() for _, s in spec.strings(r)), r
     assert checked > 100
+
+
+def test_validator_cli_from_repo_root(make_config, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = make_config()
+    conf = tmp_path / "config.json"
+    conf.write_text(cfg.to_json())
+    p = write(tmp_path / "d.jsonl", [{"messages": [U, A]}, {"messages": [U, A]}, "{bad"])
+    repo = Path(__file__).resolve().parent.parent
+    run = lambda *a: subprocess.run([sys.executable, "core/validation/validator.py", "--config", str(conf), *a],  # noqa: E731
+                                    cwd=repo, capture_output=True, text=True, timeout=60)
+    r = run(str(p), "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["problems"][0]["lines"][0]["line"] == 3
+    p.write_text(p.read_text().replace("{bad\n", ""))
+    r = run(str(p), "--level", "deep")
+    assert r.returncode == 0 and "exact_duplicate x1" in r.stdout
