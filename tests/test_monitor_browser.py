@@ -152,6 +152,16 @@ def test_page_charts_live_update_pause_and_honest_liveness(stack, browser, capsy
     assert "overfitting" in browser.find_element(By.ID, "overfit").text
     assert wait_for(lambda: js(browser, "return window.cadenceMonitor.connected"), 5, "the live feed")
 
+    # zooming the loss chart fetches the range again at full detail; a double-click returns to the whole run
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    js(browser, "window.cadenceMonitor.charts.loss.setScale('x', {min: 200, max: 400})")
+    wait_for(lambda: js(browser, "const z = window.cadenceMonitor.zoom; return z && z.train.step.length === 201 && window.cadenceMonitor.charts.loss.data[0][0] === 200"),
+             5, "the zoomed range fetched")
+    ActionChains(browser).double_click(browser.find_element(By.CSS_SELECTOR, "#chart-loss .u-over")).perform()
+    wait_for(lambda: js(browser, "return !window.cadenceMonitor.zoom && window.cadenceMonitor.charts.loss.data[0].length >= 1500"),
+             3, "the whole run again")
+
     # a metric written now appears in the page's chart (pushed over SSE)
     writer = StatusWriter(cfg.layout.training_status, cfg.layout.metrics)
     t0 = time.perf_counter()

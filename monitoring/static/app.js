@@ -144,6 +144,9 @@
     $("c-deployed").textContent = s.deployed_version || "–";
     $("c-desired").textContent = s.desired + (s.stop_after_file ? " (stop after file)" : "") + (s.pending_skip ? " (skip pending)" : "");
     const of = s.overfitting;
+    const gaps = (of && of.gaps) || [];
+    $("c-gap").textContent = gaps.length ? num(gaps[gaps.length - 1], 3) : "–";
+    $("c-gap").title = gaps.length ? "validation loss minus the train loss EMA at the last evals: " + gaps.map((g) => num(g, 3)).join(", ") : "";
     $("overfit").classList.toggle("hidden", !(of && of.warning));
     if (of && of.warning) $("overfit").textContent = "⚠ " + of.message;
     if (s.preview) renderCurrentPreview(s.preview, s.global_step);
@@ -214,21 +217,21 @@
       scales: Object.assign({ x: { time: !!opts.time } }, opts.scales || {}),
       axes: [Object.assign(axisStyle(), opts.time ? {} : { values: (u, v) => v.map((x) => x >= 1e6 ? (x / 1e6) + "M" : x >= 1e4 ? (x / 1e3) + "k" : x) }),
              Object.assign(axisStyle(), { size: 60, values: opts.yValues })],
-      plugins: opts.plugins || [], cursor: { drag: { x: true, y: false } },
+      plugins: opts.plugins || [], cursor: { drag: { x: true, y: false } }, hooks: opts.hooks || {},
     };
     const data = [[], ...series.map(() => [])];
     const u = new uPlot(o, data, box);
     u._cadence = { id, series, opts };
     return u;
   }
-  function alignedLossData() {
-    const steps = new Set(S.train.step);
-    for (const s of S.evals.step) steps.add(s);
+  function alignedLossData(train = S.train, evals = S.evals) {
+    const steps = new Set(train.step);
+    for (const s of evals.step) steps.add(s);
     const xs = Array.from(steps).sort((a, b) => a - b);
     const pos = new Map(xs.map((x, i) => [x, i]));
     const cols = [new Array(xs.length).fill(null), new Array(xs.length).fill(null), new Array(xs.length).fill(null), new Array(xs.length).fill(null)];
-    S.train.step.forEach((s, i) => { const j = pos.get(s); cols[0][j] = S.train.loss[i]; cols[1][j] = S.train.loss_ema[i]; });
-    S.evals.step.forEach((s, i) => { const j = pos.get(s); cols[2][j] = S.evals.val_loss[i]; cols[3][j] = S.evals.val_loss_ema[i]; });
+    train.step.forEach((s, i) => { const j = pos.get(s); cols[0][j] = train.loss[i]; cols[1][j] = train.loss_ema[i]; });
+    evals.step.forEach((s, i) => { const j = pos.get(s); cols[2][j] = evals.val_loss[i]; cols[3][j] = evals.val_loss_ema[i]; });
     if (S.logScale) for (const c of cols) for (let i = 0; i < c.length; i++) if (c[i] !== null && c[i] <= 0) c[i] = null;
     return [xs, ...cols];
   }
@@ -240,7 +243,9 @@
       { label: "train EMA", stroke: "#4c9dff", width: 2, spanGaps: true, value: (u, v) => num(v) },
       { label: "val", stroke: "rgba(255,159,67,.6)", width: 1, spanGaps: true, points: { show: true, size: 4 }, value: (u, v) => num(v) },
       { label: "val EMA", stroke: "#ff9f43", width: 2, spanGaps: true, value: (u, v) => num(v) },
-    ], { height: 300, plugins: [markersPlugin()], scales: { y: S.logScale ? { distr: 3 } : { auto: true } } });
+    ], { height: 300, plugins: [markersPlugin()], scales: { y: S.logScale ? { distr: 3 } : { auto: true } },
+         hooks: { setScale: [(u, key) => { if (key === "x") onLossZoom(u); }] } });
+    if (S.charts.loss) S.charts.loss.over.addEventListener("dblclick", resetZoom);
     S.charts.lr = makeChart("chart-lr", [{ label: "lr", stroke: "#b084f5", width: 1.5, value: (u, v) => sci(v) }],
       { yValues: (u, v) => v.map((x) => x.toExponential(1)) });
     S.charts.tps = makeChart("chart-tps", [{ label: "tokens/s", stroke: "#2fb864", width: 1, value: (u, v) => num(v, 5) }]);
@@ -255,9 +260,46 @@
     else { S.charts.gpu = null; $("chart-gpu").replaceChildren(el("div", { class: "nolib" }, "no GPU on this host (pynvml found none)")); }
     redraw();
   }
+  // Zoom (drag on the loss chart): the history is downsampled, so the zoomed range is fetched again at
+  // full detail (up to the point budget); a double-click returns to the whole run.
+  function onLossZoom(u) {
+    if (S.applyingZoom) return;
+    const min = u.scales.x.min, max = u.scales.x.max;
+    const shown = S.zoom ? S.zoom.train.step : S.train.step;
+    if (!shown.length || min == null || max == null) return;
+    clearTimeout(S.zoomTimer);
+    if (min <= shown[0] && max >= shown[shown.length - 1]) {  // reset to the data's extent
+      if (S.zoom) resetZoom();
+      return;
+    }
+    S.zoomTimer = setTimeout(async () => {
+      const qs = `step_min=${Math.floor(min)}&step_max=${Math.ceil(max)}`;
+      try {
+        const [tr, ev] = await Promise.all([api(`/api/metrics?kind=train&fields=loss,loss_ema&${qs}`),
+                                            api(`/api/metrics?kind=eval&fields=val_loss,val_loss_ema&${qs}`)]);
+        S.zoom = { min, max, train: tr, evals: ev };
+        applyZoom();
+      } catch (e) { /* keep the coarse view */ }
+    }, 250);
+  }
+  function resetZoom() {
+    clearTimeout(S.zoomTimer);
+    S.zoom = null;
+    $("zoom-reset").classList.add("hidden");
+    if (S.charts.loss) S.charts.loss.setData(alignedLossData(), true);
+  }
+  $("zoom-reset").addEventListener("click", resetZoom);
+  function applyZoom() {
+    $("zoom-reset").classList.remove("hidden");
+    const c = S.charts.loss;
+    if (!c || !S.zoom) return;
+    S.applyingZoom = true;
+    try { c.setData(alignedLossData(S.zoom.train, S.zoom.evals), false); c.setScale("x", { min: S.zoom.min, max: S.zoom.max }); }
+    finally { S.applyingZoom = false; }
+  }
   function redraw() {
     const c = S.charts;
-    if (c.loss) c.loss.setData(alignedLossData());
+    if (c.loss) { if (S.zoom) applyZoom(); else c.loss.setData(alignedLossData()); }
     if (c.lr) c.lr.setData([S.train.step, S.train.lr]);
     if (c.tps) c.tps.setData([S.train.step, S.train.tokens_per_s]);
     const sys = S.system;
@@ -443,9 +485,16 @@
   async function loadSystem() {
     const d = await api("/api/system");
     S.system = d.history || [];
+    renderSystemNote(d.latest);
     if ((d.latest.gpu || []).length !== (S.gpuCount || 0)) buildCharts(); else scheduleRedraw();
   }
+  function renderSystemNote(s) {
+    if (!s) return;
+    const disk = s.disk ? ` · disk ${num(s.disk.free_gb, 3)} GB free of ${num(s.disk.total_gb, 3)} GB` : "";
+    $("ram-note").textContent = `RAM ${num(s.ram_used_mb / 1024, 3)} of ${num(s.ram_total_mb / 1024, 3)} GiB · CPU ${num(s.cpu_pct, 3)} %${disk}`;
+  }
   function onSystem(s) {
+    renderSystemNote(s);
     S.system.push(s); if (S.system.length > 900) S.system.shift();
     if ((s.gpu || []).length !== (S.gpuCount || 0)) buildCharts(); else scheduleRedraw();
   }
