@@ -364,8 +364,11 @@ def standard_gate(cfg, queue: TrainingQueue, entry: QueueEntry, validator: DataV
     """STANDARD before training: True to train the claimed file; False when it was moved to rejected/."""
     schema = entry.meta.get("schema_id") or cfg.daemon.default_schema
     rep = validator.standard(entry.path, schema, name=entry.meta.get("original_name") or entry.name)
-    summary = dict(entry.meta.get("validation") or {})
+    before = dict(entry.meta.get("validation") or {})
+    summary = dict(before)
     summary.update({k: v for k, v in validation_summary(rep).items() if v is not None and k != "level"})
+    summary["warnings"] = int(before.get("warnings") or 0) + rep.warning_count
+    summary["warning_rules"] = sorted(set(before.get("warning_rules") or []) | set(rep.rules("warning")))
     summary["standard"] = {"length": rep.stats.get("length"), "reply_length": rep.stats.get("reply_length"),
                            "over_max_length": rep.stats.get("over_max_length"),
                            "warnings": rep.rules("warning"), "errors": rep.rules("error")}

@@ -37,6 +37,16 @@ from core.training_queue import DATA_SUFFIX, stem_of
 
 logger = logging.getLogger(__name__)
 
+
+class _BenignStopRace(logging.Filter):
+    """watchdog logs an ERROR when its emitter is stopped while blocked in a read; nothing is lost."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()
+
+
+logging.getLogger("watchdog.observers.inotify").addFilter(_BenignStopRace())
+
 JOB_SUFFIX = ".job.json"
 IGNORED_SUFFIXES = (".tmp", ".part")
 MAX_DEPTH = 8
