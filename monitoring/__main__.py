@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from core.config import ConfigError, add_config_args, config_from_args
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from core.auth import admin_token_path
-    from core.procs import remove_pid, write_pid
+    from core.procs import live_pid, remove_pid, write_pid
     from monitoring.app import create_app
 
     host = args.host or cfg.monitor.host
@@ -44,8 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     if host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("binding %s: the read API and page are open to the network; controls still need the token",
                        host)
-    app = create_app(cfg)
     pid_file = cfg.layout.pid_file("monitor")
+    other = live_pid(pid_file)
+    if other is not None and other != os.getpid():
+        print(f"error: a monitor is already running for {cfg.layout.base_dir} (pid {other}, {pid_file})",
+              file=sys.stderr)
+        return 1
+    app = create_app(cfg)
     write_pid(pid_file)
     logger.info("monitor on http://%s:%d/ (admin token in %s)", host, port, admin_token_path(cfg))
     class Server(uvicorn.Server):
