@@ -1,0 +1,6 @@
+"""Cadence monitor: one FastAPI server with the JSON API, a live SSE feed, token-protected controls and the
+operator's web page (see monitoring/app.py for the endpoints).
+
+Run as:
+    python -m monitoring [--config config.json] [--set monitor.port=8080]
+"""
