@@ -108,9 +108,16 @@ def liveness(s: dict, stale_after: float) -> dict:
             detail += f"; an orphaned trainer (pid {s['trainer_pid']}) is still alive"
         return {"label": "daemon not running", "level": "down", "detail": detail, "running": False}
     fresh = [a for a in (age, hb) if a is not None]
-    if state == "training" and fresh and min(fresh) > stale_after:
-        return {"label": "training stalled?", "level": "warn", "running": True,
-                "detail": f"daemon alive but no status or heartbeat for {_age(min(fresh))} (limit {stale_after:.0f}s)"}
+    if fresh and min(fresh) > stale_after:
+        if state == "training":  # a very long step or eval can do this: a warning, not a verdict
+            return {"label": "training stalled?", "level": "warn", "running": True,
+                    "detail": f"daemon alive but no status or heartbeat for {_age(min(fresh))} (limit {stale_after:.0f}s)"}
+        # an idle or paused daemon rewrites its status every few seconds: silence means it is hung, or the
+        # pid in .pids/daemon.pid now belongs to another process
+        return {"label": "daemon not responding", "level": "down", "running": False,
+                "detail": f"pid {s.get('daemon_pid')} is alive but the daemon has written no status for "
+                          f"{_age(min(fresh))} (limit {stale_after:.0f}s): hung, or the pid was reused; "
+                          f"the status file says {s.get('reported_state')!r}"}
     level = {"training": "ok", "paused": "warn", "idle": "ok", "starting": "ok", "stopping": "warn",
              "crashed": "down", "stopped": "down"}.get(state, "warn")
     detail = f"daemon pid {s.get('daemon_pid')}" + (f", trainer pid {s['trainer_pid']}" if s.get("trainer_pid") else "")

@@ -78,6 +78,15 @@ def test_status_warns_when_a_live_daemon_stops_reporting(demo, client):
     assert s["liveness"]["label"] == "training stalled?" and s["liveness"]["level"] == "warn"
 
 
+def test_status_says_not_responding_when_an_idle_daemon_goes_silent(demo, client):
+    cfg, _ = demo
+    raw = read_json(cfg.layout.training_status)
+    atomic_write_json(cfg.layout.training_status, dict(raw, state="idle", updated_at=time.time() - 3600))
+    s = client.get("/api/status").json()
+    assert s["liveness"]["label"] == "daemon not responding" and s["liveness"]["level"] == "down"
+    assert not s["liveness"]["running"]
+
+
 def test_metrics_history_downsampled_with_ends_kept(client):
     full = client.get("/api/metrics", params={"fields": "loss", "max_points": 100000}).json()
     assert full["total"] == 1200 and full["returned"] == 1200 and not full["downsampled"]
