@@ -170,6 +170,13 @@ def test_page_charts_live_update_pause_and_honest_liveness(stack, browser, capsy
              "step 1501 in the page")
     report(capsys, f"\nmonitor browser test: metric written -> in the page's chart data in {time.perf_counter() - t0:.3f}s")
 
+    # a crash-resume rewinds metrics.jsonl: the page drops what was cut (and does not keep it as "newer")
+    writer.rewind_metrics(1400)
+    wait_for(lambda: js(browser, "const s = window.cadenceMonitor.train.step; return s[s.length - 1] === 1400"), 3,
+             "the page rewound to step 1400")
+    time.sleep(0.5)  # the history reload after the reset must not bring the cut points back
+    assert js(browser, "const s = window.cadenceMonitor.train.step; return s[s.length - 1]") == 1400
+
     # controls are locked until the token is pasted; pausing asks for confirmation and reaches control/state.json
     pause = browser.find_element(By.CSS_SELECTOR, 'button[data-action="pause"]')
     assert not pause.is_enabled()

@@ -318,14 +318,16 @@
   $("logscale").addEventListener("change", (e) => { S.logScale = e.target.checked; buildCharts(); });
   window.addEventListener("resize", () => { for (const c of Object.values(S.charts)) if (c) c.setSize({ width: Math.max(200, c.root.parentElement.clientWidth), height: c.height }); });
 
-  async function loadHistory() {
+  async function loadHistory(replace = false) {
     const [tr, ev, sum] = await Promise.all([
       api("/api/metrics?kind=train&fields=loss,loss_ema,lr,tokens_per_s"),
       api("/api/metrics?kind=eval&fields=val_loss,val_loss_ema"),
       api("/api/summary"),
     ]);
     // points pushed over the feed while the request was on its way are kept
+    // (not after a rewind: then the points past the rewound step are exactly what must go)
     const keepNewer = (old, fresh, keys) => {
+      if (replace) return fresh;
       const lastStep = fresh.step.length ? fresh.step[fresh.step.length - 1] : -Infinity;
       old.step.forEach((s, i) => { if (s > lastStep) for (const k of keys) fresh[k].push(old[k][i]); });
       return fresh;
@@ -339,7 +341,10 @@
     renderPreviews();
     scheduleRedraw();
   }
-  function scheduleHistoryReload(ms = 1500) { clearTimeout(S.reloadTimer); S.reloadTimer = setTimeout(() => loadHistory().catch(() => {}), ms); }
+  function scheduleHistoryReload(ms = 1500, replace = false) {
+    clearTimeout(S.reloadTimer);
+    S.reloadTimer = setTimeout(() => loadHistory(replace).catch(() => {}), ms);
+  }
   const emaNext = (prev, x, s = S.smoothing) => (prev === null || prev === undefined) ? x : s * prev + (1 - s) * x;
   function onMetric(m) {
     const last = (a) => a.length ? a[a.length - 1] : null;
@@ -512,10 +517,16 @@
     es.onopen = () => { S.connected = true; conn.textContent = "● live"; conn.className = "conn conn-up"; };
     es.onerror = () => { S.connected = false; conn.textContent = "● feed lost: reconnecting"; conn.className = "conn conn-down"; checkStale(); };
     on("hello", (h) => { S.connected = true; renderStatus(h.status); loadAll(); });  // fresh start or unrecoverable gap: reload all
-    on("replay", () => { S.connected = true; });                                   // reconnected: missed messages follow
+    on("replay", () => { S.connected = true; if (S.status) renderStatus(S.status); });  // reconnected: missed messages follow
     on("status", renderStatus);
     on("metric", onMetric);
-    on("metrics_reset", () => scheduleHistoryReload(100));
+    on("metrics_reset", (r) => {  // the trainer rewound metrics.jsonl after a crash-resume: drop what it cut
+      const keep = (o, keys) => { const n = o.step.findIndex((x) => x > (r.global_step ?? -1)); if (n >= 0) for (const k of keys) o[k].length = n; };
+      if (r.reason === "rewind") { keep(S.train, ["step", "loss", "loss_ema", "lr", "tokens_per_s"]); keep(S.evals, ["step", "val_loss", "val_loss_ema"]); }
+      if (S.zoom) resetZoom();
+      scheduleRedraw();
+      scheduleHistoryReload(100, true);
+    });
     on("event", onEvent);
     on("system", onSystem);
     on("changed", (c) => { const f = LOADERS[c.what]; if (f) f(); });
