@@ -157,14 +157,14 @@ def run_one(preset: str, model_dir: Path | None, args) -> dict:
             "deploy": {"health_window_seconds": args.health_window, "health_probe_interval": 0.5,
                        "targets": [DeployTarget(name="local", destination=str(work / "box_b"),
                                                 server_url=f"http://127.0.0.1:{port}").model_dump()]},
-            "inference": {"port": port, "max_model_len": 1024, "torch_threads": 1, "smoke_tokens": 4}}
+            "inference": {"port": port, "max_model_len": 1024, "smoke_tokens": 4}}
     cfg = from_dict(data, base)
     cfg.layout.ensure()
     config_path = base / "config.json"
     config_path.write_text(cfg.to_json())
 
     env = dict(os.environ, PYTHONPATH=str(REPO), CADENCE_ADMIN_TOKEN=ADMIN_TOKEN, HF_HUB_OFFLINE="1",
-               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+               TOKENIZERS_PARALLELISM="false")
     log = open(work / "inference.log", "wb")
     server = subprocess.Popen([sys.executable, "-m", "inference", "--config", str(config_path), "--log-level", "warning"],
                               cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -1,4 +1,4 @@
-"""Checkpoint retention: latest N + best K + deployed (+ champion), optimizer state only on the latest M.
+"""Checkpoint retention: latest N + best K + deployed (+ champion), optimizer state only on the latest M; versions and backups by count.
 
 `protected_checkpoints(cfg)` is the one answer to "what must never be
 deleted"; `write_protected(cfg)` publishes it as
@@ -144,6 +144,13 @@ def apply_retention(cfg, dry_run: bool = False, now: float | None = None) -> dic
         actions.append({"action": "strip_optimizer", "path": str(c.path), "bytes": strip_optimizer_state(c, dry_run)})
     for c in checkpoints_beyond_retention(cfg, now):
         actions.append({"action": "delete_checkpoint", "path": str(c.path), "bytes": delete_checkpoint(c, dry_run)})
+    from management.backup_manager import prune_backups
+    from management.model_versioner import prune_versions
+
+    for name in prune_versions(cfg, dry_run):  # keep_versions, never a deployed, previous or the newest one
+        actions.append({"action": "delete_version", "path": str(cfg.layout.versions / name), "bytes": 0})
+    for path in prune_backups(cfg, dry_run, now):
+        actions.append({"action": "delete_backup", "path": path, "bytes": 0})
     return {"dry_run": dry_run, "actions": actions, "freed_bytes": sum(a["bytes"] for a in actions),
             "protected": protected_checkpoints(cfg)}
 
