@@ -117,6 +117,17 @@ class _InboxEvents:
 
     def dispatch(self, event) -> None:
         kind = event.event_type
+        if kind == "moved":
+            # full events: a rename from outside the inbox has no source, one out of it has no destination
+            src = self._rel(event.src_path) if event.src_path else None
+            dest = self._rel(event.dest_path) if event.dest_path else None
+            with self.lock:
+                if src is not None:
+                    self.closed.discard(src)
+                if dest is not None and not dest.startswith(".."):
+                    self.closed.add(dest)  # a rename into place is a finished file
+            self.wake.set()
+            return
         rel = self._rel(event.src_path)
         if rel is None:
             return
@@ -131,11 +142,6 @@ class _InboxEvents:
             elif kind == "modified":
                 self.closed.discard(rel)
                 return
-            elif kind == "moved":
-                dest = self._rel(event.dest_path)
-                if dest and not dest.startswith(".."):
-                    self.closed.add(dest)
-                self.closed.discard(rel)
             elif kind == "deleted":
                 self.closed.discard(rel)
                 self.open_count.pop(rel, None)
@@ -183,7 +189,7 @@ class InboxWatcher:
         try:
             from watchdog.observers.inotify import InotifyObserver
 
-            observer = InotifyObserver()
+            observer = InotifyObserver(generate_full_events=True)  # moves into the inbox arrive as moves
             observer.schedule(self.events, str(self.inbox), recursive=True)
             observer.start()
         except Exception as exc:  # noqa: BLE001 - any failure means: poll instead

@@ -295,3 +295,15 @@ def test_staging_of_a_live_process_is_left_alone(make_config):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     info.write_text(json.dumps({**data, "pid": int(dead.stdout)}))  # its owner died mid-ingest
     assert [r.outcome for r in ing.scan_once()] == ["queued"]
+
+
+def test_close_and_rename_into_place_are_taken_without_settling(watching, tmp_path):
+    cfg, ing, _ = watching({"daemon.settle_seconds": 60})  # the settle rule would wait a minute
+    inbox, queue = cfg.layout.inbox, ing.queue
+    outside = cfg.layout.base_dir / "elsewhere.jsonl"
+    outside.write_text(good_lines(3, "moved"))
+    os.rename(outside, inbox / "moved.jsonl")  # mv from outside the inbox (same filesystem)
+    (inbox / "copied.jsonl").write_text(good_lines(3, "copied"))  # write + close
+    (inbox / "renamed.jsonl.part").write_text(good_lines(3, "renamed"))
+    os.rename(inbox / "renamed.jsonl.part", inbox / "renamed.jsonl")  # atomic writer's rename inside the inbox
+    assert wait_for(lambda: set(waiting(queue)) == {"moved.jsonl", "copied.jsonl", "renamed.jsonl"}, 10), waiting(queue)
