@@ -152,7 +152,8 @@ def run_one(preset: str, model_dir: Path | None, args) -> dict:
             "model": {"base_model": str(model_dir), "max_length": 512},
             "training": {"micro_batch_tokens": 512},
             "comparison": {"validation_file": "val.jsonl", "validation_samples": args.val_rows,
-                           "eval_samples": args.eval_samples, "max_new_tokens": 8, "margin": 0.0, "torch_threads": 1},
+                           "eval_samples": args.eval_samples, "max_new_tokens": 8, "margin": 0.0,
+                           "torch_threads": args.score_threads},
             "data_manager": {"enabled": args.eval_samples > 0, "eval_count": max(1, args.eval_samples)},
             "deploy": {"health_window_seconds": args.health_window, "health_probe_interval": 0.5,
                        "targets": [DeployTarget(name="local", destination=str(work / "box_b"),
@@ -287,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", help="an already built model folder for the last preset (skips the build)")
     parser.add_argument("--val-rows", type=int, default=4, help="validation rows scored per checkpoint")
     parser.add_argument("--eval-samples", type=int, default=0, help="eval rows per skill generated per checkpoint")
+    parser.add_argument("--score-threads", type=int, default=1,
+                        help="comparison.torch_threads (default 1, the production default that leaves training a core)")
     parser.add_argument("--poll", type=float, default=1.0, help="lifecycle worker poll interval (detect = half of it on average)")
     parser.add_argument("--health-window", type=float, default=2.0, help="deploy.health_window_seconds")
     parser.add_argument("--clients", type=int, default=1, help="concurrent request loops during the deployment")
