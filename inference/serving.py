@@ -165,6 +165,8 @@ class OpenAIServing:
         try:
             self._check_model(req.model, engine)
             prompt_ids = self._prompt_ids(req, engine)
+            if not prompt_ids:
+                raise RequestError(400, "the prompt is empty after tokenization", param="prompt", code="invalid_value")
             params = self._params(req, len(prompt_ids), engine)
             seq = Sequence(new_id("chatcmpl" if kind == "chat" else "cmpl"), prompt_ids, params, engine,
                            lambda ev: bridge.post(queue, ev))
