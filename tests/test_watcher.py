@@ -307,3 +307,10 @@ def test_close_and_rename_into_place_are_taken_without_settling(watching, tmp_pa
     (inbox / "renamed.jsonl.part").write_text(good_lines(3, "renamed"))
     os.rename(inbox / "renamed.jsonl.part", inbox / "renamed.jsonl")  # atomic writer's rename inside the inbox
     assert wait_for(lambda: set(waiting(queue)) == {"moved.jsonl", "copied.jsonl", "renamed.jsonl"}, 10), waiting(queue)
+
+
+def test_core_watcher_still_exports_the_ingest_entry_points():
+    import core.ingest
+    from core.watcher import Ingestor as I2, standard_gate as g2  # the daemon and the training child import these
+
+    assert I2 is core.ingest.Ingestor and g2 is core.ingest.standard_gate
