@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -43,6 +44,7 @@ class EncodedExample:
     index: int = -1
     error: str | None = None
     meta: dict = field(default_factory=dict)
+    _n_supervised: int | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_tokens(self) -> int:
@@ -50,7 +52,9 @@ class EncodedExample:
 
     @property
     def n_supervised(self) -> int:
-        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+        if self._n_supervised is None:
+            self._n_supervised = sum(1 for x in self.labels if x != IGNORE_INDEX)
+        return self._n_supervised
 
 
 def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False):
@@ -91,6 +95,10 @@ def _chat_messages(row: dict) -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise DataError("'messages' must be a non-empty list")
     out = []
+    system_prompt = row.get("system_prompt")
+    if isinstance(system_prompt, str) and system_prompt and not (
+            isinstance(messages[0], dict) and messages[0].get("role") == "system"):
+        out.append({"role": "system", "content": system_prompt})  # the row-level field of chat_sft_v1
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ("system", "user", "assistant"):
             raise DataError(f"messages[{i}]: needs role system|user|assistant and string content")
@@ -117,15 +125,28 @@ def _spans_by_prefix(tokenizer, messages: list[dict], text: str) -> list[tuple[i
     return spans
 
 
-def _mask_from_spans(offsets, spans, input_ids) -> list[int]:
+def _mask_from_spans(offsets, spans, input_ids) -> tuple[list[int], list[tuple[int, int]]]:
+    """Labels with the tokens that start inside a span supervised, and those token ranges.
+    Token start offsets are non-decreasing, so each span maps to one contiguous token range."""
+    starts = [o[0] for o in offsets]
     labels = [IGNORE_INDEX] * len(input_ids)
-    j = 0
-    for t, (start, _end) in enumerate(offsets):
-        while j < len(spans) and spans[j][1] <= start:
-            j += 1
-        if j < len(spans) and spans[j][0] <= start < spans[j][1]:
-            labels[t] = input_ids[t]
-    return labels
+    ranges = []
+    for a, b in spans:
+        lo, hi = bisect_left(starts, a), bisect_left(starts, b)
+        if hi > lo:
+            labels[lo:hi] = input_ids[lo:hi]
+            ranges.append((lo, hi))
+    return labels, ranges
+
+
+def _tokenize_with_offsets(tokenizer, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """(ids, char offsets) per text. Uses the Rust backend directly when it carries no truncation/padding
+    state (several times faster than the Python wrapper's offset conversion); the wrapper otherwise."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is not None and getattr(backend, "truncation", None) is None and getattr(backend, "padding", None) is None:
+        return [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False)]
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    return list(zip(enc["input_ids"], enc["offset_mapping"]))
 
 
 def render_rows(rows: list[dict], tokenizer, schema_id: str) -> list[tuple[str, list[tuple[int, int]]] | DataError]:
@@ -175,11 +196,12 @@ def encode_examples(rows: list[dict], tokenizer, schema_id: str, max_length: int
         if isinstance(r, DataError):
             results[i] = EncodedExample([], [], 0, index=i, error=str(r))
     if ok:
-        enc = tokenizer([r[0] for _, r in ok], add_special_tokens=False, return_offsets_mapping=True)
-        for (i, (_text, spans)), ids, offsets in zip(ok, enc["input_ids"], enc["offset_mapping"]):
-            labels = _mask_from_spans(offsets, spans, ids)
+        encoded = _tokenize_with_offsets(tokenizer, [r[0] for _, r in ok])
+        for (i, (_text, spans)), (ids, offsets) in zip(ok, encoded):
+            labels, ranges = _mask_from_spans(offsets, spans, ids)
             n = len(ids)
-            ex = EncodedExample(ids[:max_length], labels[:max_length], n, truncated=n > max_length, index=i)
+            ex = EncodedExample(list(ids[:max_length]), labels[:max_length], n, truncated=n > max_length, index=i,
+                                _n_supervised=sum(max(0, min(hi, max_length) - lo) for lo, hi in ranges))
             if ex.n_supervised == 0:
                 ex.error = ("no supervised tokens left after truncation to max_length "
                             f"{max_length} (example has {n} tokens)") if ex.truncated else "no supervised tokens"
