@@ -317,12 +317,14 @@ def record_champion(cfg, entry: dict, decision: Decision, baseline_content_id: s
 
 
 def best_checkpoints(cfg, k: int) -> list[str]:
-    """Names of the k best-ranked scored checkpoints (the retention policy keeps them)."""
+    """Names of the k best-ranked scored checkpoints still on disk (the retention policy keeps them)."""
     if k <= 0:
         return []
     ledger = load_ledger(cfg)
     metric = cfg.comparison.primary_metric
-    ranked = [e for e in rank(ledger["checkpoints"].values(), metric) if metric_value(e, metric) is not None]
+    on_disk = {c.path.name for c in list_checkpoints(cfg.layout.current_model)}
+    ranked = [e for e in rank(ledger["checkpoints"].values(), metric)
+              if metric_value(e, metric) is not None and e["checkpoint"] in on_disk]
     return [e["checkpoint"] for e in ranked[:k]]
 
 

@@ -175,3 +175,28 @@ def test_rsync_daemon_target_and_cleanup_across_two_targets(make_config, micro_m
             orch.rollback("local")
         assert served(local_server)["version"] == versions[-2]
         assert load_state(cfg)["targets"]["local"]["active"]["version"] == versions[-2]
+
+
+@pytest.mark.parametrize("link_local", [False, True])
+def test_corrupted_checkpoint_never_reaches_serving(deployed, micro_model_dir, tmp_path, link_local):
+    """A checkpoint whose weights changed after its manifest was written: a byte copy fails the staged manifest
+    check before the server is asked; a hard-linked copy is refused by the server's own check. Either way the old
+    version keeps serving and nothing corrupt stays on the target."""
+    cfg, server, worker = deployed
+    before = served(server)
+    cfg.deploy.link_local = link_local
+    ckpt = make_checkpoint(cfg, micro_model_dir, 40, seed=4)
+    with open(ckpt.path / "model.safetensors", "r+b") as fh:   # bit rot after publish
+        fh.seek(-16, 2)
+        fh.write(b"\xff" * 16)
+    with Orchestrator(cfg) as orch:
+        result = orch.deploy("checkpoint-40")
+    assert result["status"] == "failed"
+    events = [h for h in history(cfg) if h.get("version") == result["version"]]
+    if link_local:
+        assert [h["code"] for h in events if h["event"] == "load_rejected"] == ["manifest_mismatch"]
+    else:
+        assert "loaded" not in [h["event"] for h in events] and "load_rejected" not in [h["event"] for h in events]
+        assert "manifest" in events[-1]["reason"]
+    assert served(server)["content_id"] == before["content_id"]
+    assert sorted(p.name for p in (tmp_path / "target").iterdir()) == [before["version"]]
