@@ -151,6 +151,7 @@ class RetentionConfig(Section):
 class ComparisonConfig(Section):
     enabled: bool = Field(True, description="Score every new checkpoint.")
     interval: float = Field(60.0, gt=0, description="Seconds between looks for unscored checkpoints.")
+    watch_interval: float = Field(2.0, gt=0, description="Seconds between cheap looks at the checkpoint folder; a newly published checkpoint starts a lifecycle pass at once instead of waiting for the next interval.")
     validation_samples: int = Field(100, ge=1, description="Rows of the fixed validation set scored per checkpoint.")
     primary_metric: str = Field("val_loss", description="Metric the champion rule ranks by (val_loss, or accuracy:<skill>).")
     margin: float = Field(0.01, ge=0, description="Relative improvement over the deployed version needed to become champion.")

@@ -1,7 +1,9 @@
 """Lifecycle worker: score new checkpoints, decide the champion, deploy it, apply retention, watch the disk, feed the curriculum.
 
-One loop every comparison.interval seconds, at low priority (os.nice
-comparison.nice) so training is not starved. Each step's exceptions are
+One pass every comparison.interval seconds, and at once when a new
+checkpoint is published (a directory listing every
+comparison.watch_interval), at low priority (os.nice comparison.nice) so
+training is not starved. Each step's exceptions are
 caught at the loop boundary and logged; the next pass tries again. On start
 it first finishes any deployment a crash interrupted. Writes
 .pids/lifecycle.pid (removed on exit) and holds .pids/lifecycle.lock.
@@ -101,12 +103,26 @@ class LifecycleWorker:
             except Exception:  # loop boundary: one failing step must not stop the worker
                 logger.exception("lifecycle step %s failed", name)
 
+    def _published(self) -> tuple[str, ...]:
+        from trainer.checkpoint import list_checkpoints
+
+        return tuple(c.path.name for c in list_checkpoints(self.cfg.layout.current_model))
+
     def run(self, once: bool = False) -> None:
+        """A full pass every comparison.interval, and at once when a new checkpoint is published
+        (looked for every comparison.watch_interval: one directory listing)."""
+        seen, next_pass = None, 0.0
         while not self.stop.is_set():
-            self.run_once()
-            if once:
-                return
-            self.stop.wait(self.cfg.comparison.interval)
+            try:
+                published = self._published()
+            except OSError:
+                published = seen
+            if published != seen or time.monotonic() >= next_pass:
+                self.run_once()
+                if once:
+                    return
+                seen, next_pass = published, time.monotonic() + self.cfg.comparison.interval
+            self.stop.wait(min(self.cfg.comparison.watch_interval, self.cfg.comparison.interval))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,8 @@ def test_cli_help(script):
 @pytest.mark.slow
 def test_worker_process_scores_deploys_and_stops_cleanly(make_config, micro_model_dir, tmp_path):
     cfg = make_config({"comparison.validation_file": "val.jsonl", "comparison.validation_samples": 4,
-                       "comparison.eval_samples": 2, "comparison.max_new_tokens": 4, "comparison.interval": 0.5,
+                       "comparison.eval_samples": 2, "comparison.max_new_tokens": 4, "comparison.interval": 600,
+                       "comparison.watch_interval": 0.2,
                        "data_manager.eval_count": 2, "data_manager.min_queue_depth": 0,
                        "deploy.health_window_seconds": 0.3, "deploy.health_probe_interval": 0.1,
                        "retention.min_age_hours": 0})
@@ -42,10 +43,14 @@ def test_worker_process_scores_deploys_and_stops_cleanly(make_config, micro_mode
     with LiveServer(cfg) as server:
         cfg.deploy.targets = [DeployTarget(name="local", destination=str(tmp_path / "target"), server_url=server.url)]
         config_path = write_config_file(cfg)
-        make_checkpoint(cfg, micro_model_dir, 10, seed=1)
         proc = subprocess.Popen([sys.executable, "-m", "management", "--config", str(config_path)], cwd=REPO, env=_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
+            deadline = time.monotonic() + 30
+            while not cfg.layout.pid_file("lifecycle").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(1.0)                                      # its first pass found nothing to do
+            make_checkpoint(cfg, micro_model_dir, 10, seed=1)   # published long before the next 600 s pass
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline and not any(h["event"] == "promoted" for h in history(cfg)):
                 assert proc.poll() is None, proc.stdout.read()
