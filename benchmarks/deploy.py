@@ -5,7 +5,7 @@ loopback (serving the base model as version "base"), keeps client threads
 sending small chat requests the whole time, publishes a checkpoint the way the
 trainer does (temp folder, manifest, rename), then runs the lifecycle path:
 
-  detect   the lifecycle worker's poll notices the new checkpoint (poll every --poll seconds)
+  detect   the lifecycle worker notices the new checkpoint (a listing every --poll s = comparison.watch_interval)
   score    the comparison engine loads it and scores --val-rows validation rows (+ --eval-samples per skill)
   version  consolidation into models/versions/ (hard links)
   copy     rsync of the model files into the target's staging folder
@@ -290,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-samples", type=int, default=0, help="eval rows per skill generated per checkpoint")
     parser.add_argument("--score-threads", type=int, default=1,
                         help="comparison.torch_threads (default 1, the production default that leaves training a core)")
-    parser.add_argument("--poll", type=float, default=1.0, help="lifecycle worker poll interval (detect = half of it on average)")
+    parser.add_argument("--poll", type=float, default=2.0,
+                        help="the lifecycle worker's comparison.watch_interval (default 2 s; detect = half of it on average)")
     parser.add_argument("--health-window", type=float, default=2.0, help="deploy.health_window_seconds")
     parser.add_argument("--clients", type=int, default=1, help="concurrent request loops during the deployment")
     parser.add_argument("--max-tokens", type=int, default=4)
