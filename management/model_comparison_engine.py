@@ -2,7 +2,9 @@
 
 Each published checkpoint (trainer/checkpoint.py layout) is measured once by
 management/scoring.py: val_loss on the fixed validation set (supervised tokens
-only), anchor_loss on the fixed anchor set (the forgetting guard), exact-match
+only; comparison.validation_file, else training.fixed_validation_file, else
+`status/comparison_validation.jsonl` frozen once from the held-out eval
+sets, so it exists without configuration and never moves), anchor_loss on the fixed anchor set (the forgetting guard), exact-match
 accuracy by generation on each skill's held-out eval set at the skill's
 current level (the data manager's sets and scorers; accuracy is fed back to
 the curriculum) and on any extra JSONL eval set. Results go to the persistent
@@ -45,13 +47,14 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.atomic_io import atomic_write_json, read_json
+from core.atomic_io import atomic_write_json, atomic_write_text, read_json
 from core.manifest import MANIFEST_NAME, content_id
 from trainer.checkpoint import CheckpointInfo, list_checkpoints
 
 logger = logging.getLogger(__name__)
 
 LOWER_IS_BETTER = ("val_loss", "anchor_loss", "seconds_per_token")
+FROZEN_VALIDATION = "comparison_validation.jsonl"
 
 
 def _now() -> str:
@@ -184,7 +187,7 @@ class EvalSource:
     def __init__(self, cfg):
         self.cfg = cfg
         self.dm = None
-        if cfg.data_manager.enabled and cfg.data_manager.skills and cfg.comparison.eval_samples > 0:
+        if cfg.data_manager.enabled and cfg.data_manager.skills:
             from data_manager.manager import DataManager
 
             self.dm = DataManager(cfg)
@@ -201,6 +204,26 @@ class EvalSource:
             if samples:
                 sets[f"file:{path.stem}"] = (0, samples)
         return sets
+
+    def validation_path(self) -> Path | None:
+        """The validation set: comparison.validation_file, else training.fixed_validation_file, else a frozen set
+        made once from the held-out eval sets (so val_loss exists, and stays comparable, without configuration)."""
+        cfg = self.cfg
+        configured = cfg.comparison.validation_file or cfg.training.fixed_validation_file
+        if configured:
+            return cfg.resolve(configured)
+        frozen = cfg.layout.status / FROZEN_VALIDATION
+        if frozen.is_file() or self.dm is None:
+            return frozen if frozen.is_file() else None
+        columns = [samples for _level, samples in self.dm.eval_sets().values() if samples]
+        rows = [{"messages": [{"role": "user", "content": s["user_prompt"]},
+                              {"role": "assistant", "content": s["assistant_response"]}]}
+                for group in zip(*columns) for s in group][:max(cfg.comparison.validation_samples, 1)]
+        if not rows:
+            return None
+        atomic_write_text(frozen, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        logger.info("no validation file configured: froze %d held-out eval rows into %s", len(rows), frozen)
+        return frozen
 
     def score(self, name: str, level: int, samples: list[dict], answers: list[str]):
         if name.startswith("file:") or self.dm is None:
@@ -247,7 +270,7 @@ def score_checkpoint(cfg, ckpt: CheckpointInfo, source: EvalSource | None = None
     t0 = time.perf_counter()
     try:
         sets = source.eval_sets()
-        measured = score_model(cfg, ckpt.path, sets, source.score)
+        measured = score_model(cfg, ckpt.path, sets, source.score, source.validation_path())
     except Exception as exc:  # a checkpoint that cannot be scored must not stop the worker; it is recorded as failed
         logger.exception("scoring %s failed", ckpt.path.name)
         entry.update(status="failed", error=f"{type(exc).__name__}: {exc}", score_seconds=round(time.perf_counter() - t0, 3))

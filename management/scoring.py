@@ -129,7 +129,7 @@ class CheckpointScorer:
 
 
 def score_model(cfg, path: str | Path, eval_sets: dict[str, tuple[int, list[dict]]] | None = None,
-                scorer_fn=None) -> ScoredModel:
+                scorer_fn=None, validation_path: Path | None = None) -> ScoredModel:
     """Measure the model at `path`.
 
     eval_sets: {name: (level, samples)} with Skill API samples (user_prompt,
@@ -145,9 +145,8 @@ def score_model(cfg, path: str | Path, eval_sets: dict[str, tuple[int, list[dict
     result.timings["load_s"] = round(time.perf_counter() - t0, 3)
     try:
         t1 = time.perf_counter()
-        val_file = cc.validation_file or cfg.training.fixed_validation_file
-        if val_file and cfg.resolve(val_file).is_file():
-            result.val_loss, result.val_rows = scorer.supervised_loss(sample_rows(cfg.resolve(val_file), cc.validation_samples))
+        if validation_path is not None and validation_path.is_file():
+            result.val_loss, result.val_rows = scorer.supervised_loss(sample_rows(validation_path, cc.validation_samples))
         if cc.anchor_file and cfg.resolve(cc.anchor_file).is_file():
             result.anchor_loss, _ = scorer.supervised_loss(sample_rows(cfg.resolve(cc.anchor_file), cc.validation_samples))
         result.timings["loss_s"] = round(time.perf_counter() - t1, 3)

@@ -145,3 +145,19 @@ def test_failed_scoring_is_recorded_and_never_champion(make_config, micro_model_
     assert pick_champion(cfg, ledger, None)[0] is None
     save_ledger(cfg, ledger)
     assert score_new_checkpoints(cfg) == []  # failed is an answer too: not retried in a loop
+
+
+def test_without_a_validation_file_a_frozen_set_is_made_once_from_held_out_evals(make_config, micro_model_dir):
+    cfg = make_config({"comparison.validation_samples": 6, "comparison.eval_samples": 2, "comparison.max_new_tokens": 4,
+                       "data_manager.eval_count": 4})
+    make_checkpoint(cfg, micro_model_dir, 10)
+    [scored] = score_new_checkpoints(cfg)
+    frozen = cfg.layout.status / "comparison_validation.jsonl"
+    rows = [json.loads(line) for line in frozen.read_text().splitlines()]
+    assert len(rows) == 6 and scored["metrics"]["val_rows"] == 6 and math.isfinite(scored["metrics"]["val_loss"])
+    from data_manager.curriculum_manager import Curriculum
+
+    Curriculum.from_config(cfg).set_level("binary", 3)            # levels move on; the validation set does not
+    make_checkpoint(cfg, micro_model_dir, 20, seed=1)
+    score_new_checkpoints(cfg)
+    assert [json.loads(line) for line in frozen.read_text().splitlines()] == rows
