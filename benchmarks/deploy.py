@@ -156,6 +156,7 @@ def run_one(preset: str, model_dir: Path | None, args) -> dict:
                            "torch_threads": args.score_threads},
             "data_manager": {"enabled": args.eval_samples > 0, "eval_count": max(1, args.eval_samples)},
             "deploy": {"health_window_seconds": args.health_window, "health_probe_interval": 0.5,
+                       "link_local": not args.copy,
                        "targets": [DeployTarget(name="local", destination=str(work / "box_b"),
                                                 server_url=f"http://127.0.0.1:{port}").model_dump()]},
             "inference": {"port": port, "max_model_len": 1024, "smoke_tokens": 4}}
@@ -295,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--health-window", type=float, default=2.0, help="deploy.health_window_seconds")
     parser.add_argument("--clients", type=int, default=1, help="concurrent request loops during the deployment")
     parser.add_argument("--max-tokens", type=int, default=4)
+    parser.add_argument("--copy", action="store_true",
+                        help="deploy.link_local=false: byte-copy to the target and check the staged manifest (as for a remote box B)")
     parser.add_argument("--link", action="store_true", help="hard-link the checkpoint's files instead of copying (faster set-up)")
     parser.add_argument("--workdir", default=None, help="where the temporary base dirs go (default: the system temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work folders")
