@@ -235,6 +235,11 @@ def bench_backend(backend: Backend, levels: list[int], per_level, max_tokens: in
             rows[c] = summarize(results, duration)
             print(f"  {backend.name:42s} c={c:<3d} {rows[c]['output_tok_per_s']:8.1f} tok/s  "
                   f"ttft p99 {rows[c]['ttft_p99_ms']:8.1f} ms  failed {rows[c]['failed']}", flush=True)
+            if rows[c]["failed"] and backend.proc.poll() is not None:
+                rows[c]["server_exit"] = backend.proc.returncode
+                rows[c]["server_log_tail"] = backend.log.read_text(errors="replace")[-1500:]
+                print(f"  {backend.name} exited with {backend.proc.returncode}; log tail:\n"
+                      f"{rows[c]['server_log_tail']}", flush=True)
         return rows
     finally:
         backend.stop()
