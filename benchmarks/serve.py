@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="HF model folder (default: build the tiny preset in a temp dir)")
     parser.add_argument("--preset", default="tiny", help="make_tiny_model preset when --model is not given")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--requests", type=int, default=None, help="requests per level (default: max(8, 2*c))")
+    parser.add_argument("--requests", type=int, default=None, help="requests per level (default: max(32, 4*c))")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--backends", nargs="+", default=["cadence", "transformers", "transformers-cb"],
                         choices=["cadence", "transformers", "transformers-cb"])
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     if model is None:
         from scripts.make_tiny_model import build_model
         model = build_model(workdir / f"model-{args.preset}", preset=args.preset)
-    per_level = (lambda c: args.requests) if args.requests else (lambda c: max(8, 2 * c))
+    per_level = (lambda c: args.requests) if args.requests else (lambda c: max(32, 4 * c))
     classes = {"cadence": Cadence, "transformers": TransformersServe, "transformers-cb": TransformersServeCB}
     everything: dict = {}
     for threads in args.threads:
