@@ -37,7 +37,7 @@ from_pretrained + AdamW.load_state_dict. Cadence: its checkpoint
 TrainerEngine.setup() from it (manifest verified).
 
 Run as:
-    .venv/bin/python benchmarks/train_throughput.py                       # tiny model, ~4 min on 2 cores
+    .venv/bin/python benchmarks/train_throughput.py                       # tiny model, ~4 min on 2 idle cores
     .venv/bin/python benchmarks/train_throughput.py --examples 300 --contenders cadence,trl
     .venv/bin/python benchmarks/train_throughput.py --preset qwen3-0.6b   # step time + checkpoint save/load
 """
@@ -65,6 +65,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 CONTENDERS = ("hf", "trl", "cadence")
+BEST_WINDOW = 3  # steps
 TRL_PACKING = ("bfd", "bfd_split", "wrapped", "padding_free")
 WORDS = (
     "the a an is are was to of and in that have it for not on with he as you do at this but his by from they we "
@@ -129,8 +130,15 @@ class StepClock:
             raise SystemExit(f"only {steps} steps ran; need more than --warmup-steps {warmup} (raise --examples)")
         seconds = self.step_ends[-1] - self.step_ends[warmup - 1] if warmup else self.step_ends[-1] - self.started
         tokens = sum(self.batch_tokens[warmup * accumulation:])
+        # Best rate over any BEST_WINDOW consecutive timed steps: on a machine shared with other jobs, the closest
+        # this run gets to each contender's speed on idle cores (the overall rate mixes in other jobs' bursts).
+        per_step = [sum(self.batch_tokens[i * accumulation:(i + 1) * accumulation]) for i in range(steps)]
+        starts = [self.started if warmup == 0 else None] + self.step_ends[:-1]
+        best = 0.0
+        for i in range(max(1, warmup), steps - BEST_WINDOW + 1):
+            best = max(best, sum(per_step[i:i + BEST_WINDOW]) / (self.step_ends[i + BEST_WINDOW - 1] - starts[i]))
         return {"steps": steps, "timed_steps": steps - warmup, "timed_tokens": tokens, "timed_seconds": seconds,
-                "tokens_per_s": tokens / seconds, "total_tokens": total_tokens,
+                "tokens_per_s": tokens / seconds, "best_window_tokens_per_s": best, "total_tokens": total_tokens,
                 "padded_positions": padded_positions, "step_times": _diffs(self.step_ends)}
 
 
@@ -462,26 +470,35 @@ def throughput_mode(args, workdir: Path) -> int:
         print(f"running {name} ...", flush=True)
         results[name] = spawn(name, spec, workdir, args.verbose)
     print()
-    labels = {"hf": "(a) HF Trainer, padding collator", "trl": f"(b) TRL SFTTrainer, {args.trl_packing}",
+    labels = {"hf": "(a) HF Trainer, padding collator",
+              "trl": f"(b) TRL SFTTrainer, {args.trl_packing} {spec['trl_pack_tokens']}",
               "cadence": "(c) Cadence TrainerEngine"}
-    header = f"{'contender':36} {'steps':>5} {'real tok':>9} {'padding':>8} {'tok/s':>9} {'peak RSS MB':>11} {'MFU':>6}"
+    header = (f"{'contender':36} {'steps':>5} {'real tok':>9} {'padding':>8} {'tok/s':>7} {'best3 tok/s':>11} "
+              f"{'peak RSS MB':>11} {'MFU':>6} {'best3 MFU':>9}")
     print(header)
     print("-" * len(header))
     for name, r in results.items():
         pad = 1 - r["total_tokens"] / r["padded_positions"] if r["padded_positions"] else 0.0
         mfu = r["tokens_per_s"] * flops["flops_per_token"] / (peak * 1e9)
-        print(f"{labels[name]:36} {r['steps']:>5} {r['total_tokens']:>9} {pad:>8.1%} {r['tokens_per_s']:>9.0f} "
-              f"{r['peak_rss_mb']:>11.0f} {mfu:>6.1%}")
+        best_mfu = r["best_window_tokens_per_s"] * flops["flops_per_token"] / (peak * 1e9)
+        print(f"{labels[name]:36} {r['steps']:>5} {r['total_tokens']:>9} {pad:>8.1%} {r['tokens_per_s']:>7.0f} "
+              f"{r['best_window_tokens_per_s']:>11.0f} {r['peak_rss_mb']:>11.0f} {mfu:>6.1%} {best_mfu:>9.1%}")
+    print(f"(tok/s: all timed steps; best3: fastest {BEST_WINDOW} consecutive steps, the least disturbed by other jobs)")
     print()
     if "cadence" in results:
         c = results["cadence"]["tokens_per_s"]
+        cb = results["cadence"]["best_window_tokens_per_s"]
         for name, goal in (("hf", 2.0), ("trl", 2.0)):
             if name in results:
                 ratio = c / results[name]["tokens_per_s"]
-                print(f"Cadence / {name.upper():3}: {ratio:.2f}x  (goal >= {goal:.0f}x: {'met' if ratio >= goal else 'NOT met'})")
+                best = cb / results[name]["best_window_tokens_per_s"]
+                print(f"Cadence / {name.upper():3}: {ratio:.2f}x all steps, {best:.2f}x best3  (goal >= {goal:.0f}x: "
+                      f"{'met' if ratio >= goal else 'NOT met'} / {'met' if best >= goal else 'NOT met'})")
         mfu = c * flops["flops_per_token"] / (peak * 1e9)
+        best_mfu = cb * flops["flops_per_token"] / (peak * 1e9)
         hfu = c * flops["cadence_flops_per_token"] / (peak * 1e9)
-        print(f"Cadence MFU: {mfu:.1%} (goal >= 50%: {'met' if mfu >= 0.5 else 'NOT met'}); "
+        print(f"Cadence MFU: {mfu:.1%} all steps, {best_mfu:.1%} best3 (goal >= 50%: "
+              f"{'met' if mfu >= 0.5 else 'NOT met'} / {'met' if best_mfu >= 0.5 else 'NOT met'}); "
               f"{c * flops['flops_per_token'] / 1e9:.1f} of {peak:.1f} GFLOP/s")
         print(f"  formula: (6 * N * tokens + attention) / matmul peak, N = {flops['params']:,} parameters "
               f"(tied embedding counted once = LM head), attention = 6 * layers * heads * head_dim * sum(L^2)/sum(L) "
@@ -543,10 +560,11 @@ def checkpoint_mode(args, workdir: Path) -> int:
     print()
     if len(results) == 2:
         hf, ca = results["hf"], results["cadence"]
-        for what, key, part in (("step time", "timed_seconds", "train"), ("save", "save_seconds", "train"),
-                                ("load", "load_seconds", "load")):
-            a = ca[part][key] / (ca[part].get("timed_steps", 1))
-            b = hf[part][key] / (hf[part].get("timed_steps", 1))
+        # step time per real token: the two frameworks' steps do not hold exactly the same number of tokens
+        for what, key, part, per in (("step time per token", "timed_seconds", "train", "timed_tokens"),
+                                     ("save", "save_seconds", "train", None), ("load", "load_seconds", "load", None)):
+            a = ca[part][key] / (ca[part][per] if per else 1)
+            b = hf[part][key] / (hf[part][per] if per else 1)
             print(f"Cadence / HF {what}: {a / b:.2f}  (goal <= 1: {'met' if a / b <= 1 else 'NOT met'})")
     if args.json:
         Path(args.json).write_text(json.dumps({"flops": flops, "results": results}, indent=2))
@@ -559,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("--preset", default="tiny", choices=("tiny", "micro", "qwen3-0.6b"),
                         help="model architecture (default tiny, ~4M parameters); qwen3-0.6b runs the checkpoint mode")
-    parser.add_argument("--examples", type=int, default=None, help="chat examples (default 1200; 64 for qwen3-0.6b)")
+    parser.add_argument("--examples", type=int, default=None, help="chat examples (default 600; 64 for qwen3-0.6b)")
     parser.add_argument("--min-tokens", type=int, default=None, help="shortest example target (default 30; 24 for qwen3-0.6b)")
     parser.add_argument("--max-tokens", type=int, default=None, help="longest example target (default 300; 96 for qwen3-0.6b)")
     parser.add_argument("--step-tokens", type=int, default=None, help="real tokens per optimizer step (default 4096; 256 for qwen3-0.6b)")
@@ -583,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return worker(Path(args.worker))
     big = args.preset == "qwen3-0.6b" or args.checkpoint
-    args.examples = args.examples or (64 if big else 1200)
+    args.examples = args.examples or (64 if big else 600)
     args.min_tokens = args.min_tokens or (24 if big else 30)
     args.max_tokens = args.max_tokens or (96 if big else 300)
     args.step_tokens = args.step_tokens or (256 if big else 4096)
