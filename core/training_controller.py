@@ -49,6 +49,9 @@ def live_status(cfg: CadenceConfig) -> dict:
     else:
         state = reported
     control = read_control(layout)
+    deploy_state = read_json(layout.status / "deployment_state.json", {}) or {}
+    actives = [t.get("active") for t in (deploy_state.get("targets") or {}).values() if isinstance(t, dict) and t.get("active")]
+    deployed_version = actives[0].get("version") if actives else None
     queue = {p: sum(1 for f in layout.queue_dir(p).glob("*.jsonl")) for p in ("high", "normal", "low", "processing")}
     return {
         "state": state, "reported_state": reported, "status_age_s": round(age, 1),
@@ -61,6 +64,7 @@ def live_status(cfg: CadenceConfig) -> dict:
         "last_checkpoint": status.get("last_checkpoint"), "heartbeat_age_s":
             round(time.time() - heartbeat["ts"], 1) if heartbeat.get("ts") else None,
         "heartbeat_phase": heartbeat.get("phase"), "queue": queue, "blocked_reason": status.get("reason"),
+        "deployed_version": deployed_version,
     }
 
 
@@ -78,7 +82,7 @@ def format_status(s: dict) -> str:
     lines.append(f"global step:  {s['global_step'] if s['global_step'] is not None else '-'}   loss {fmt(s['loss'], '%.4f')}   "
                  f"val {fmt(s['val_loss'], '%.4f')}   lr {fmt(s['lr'], '%.2e')}   {fmt(s['tokens_per_s'], '%.0f')} tok/s   "
                  f"eta {fmt(s['eta_s'], '%.0fs')}")
-    lines.append(f"checkpoint:   {s['last_checkpoint'] or '-'}")
+    lines.append(f"checkpoint:   {s['last_checkpoint'] or '-'}   deployed: {s.get('deployed_version') or '-'}")
     q = s["queue"]
     lines.append(f"queue:        high {q['high']}  normal {q['normal']}  low {q['low']}  processing {q['processing']}")
     return "\n".join(lines)

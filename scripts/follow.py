@@ -22,8 +22,7 @@ def line(cfg) -> str:
     cur = read_json(cfg.layout.status / "curriculum.json", {}) or {}
     skills = cur.get("skills") or {}
     levels = " ".join(f"{k}:L{v.get('level')}" for k, v in skills.items() if isinstance(v, dict))
-    dep = read_json(cfg.layout.status / "deployment_state.json", {}) or {}
-    deployed = dep.get("active_version") or dep.get("active") or "-"
+    deployed = s.get("deployed_version") or "-"
     f = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else "-"
     q = s["queue"]
     step = f"{s['file_step']}/{s['file_total_steps']}" if s.get("file") else "-"
