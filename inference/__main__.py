@@ -17,7 +17,7 @@ import sys
 
 from core.config import ConfigError, add_config_args, config_from_args
 
-logger = logging.getLogger("inference")
+logger = logging.getLogger(__name__)
 
 
 def _server_class():
