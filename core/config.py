@@ -237,6 +237,7 @@ class DataManagerConfig(Section):
     eval_count: int = Field(50, ge=1, description="Held-out eval examples per skill and level.")
     threshold: float = Field(0.8, ge=0, le=1, description="Mean accuracy that masters a level.")
     window: int = Field(3, ge=1, description="Evals at the current level averaged for the threshold.")
+    replay_fraction: float = Field(0.5, ge=0, lt=1, description="Share of each generated batch drawn from the other skills at their current levels (rehearsal against forgetting); 0 = one skill per file.")
     priority: Literal["high", "normal", "low"] = Field("low", description="Queue priority of generated files (files people drop at normal go first).")
     min_distinct_ratio: float = Field(0.5, ge=0, le=1, description="Quality gate: a batch needs at least this share of the distinct prompts expected from uniform sampling (the batch size, or fewer when a level declares a small problem space).")
     request_timeout: float = Field(10.0, gt=0, description="Seconds per skill-server request.")

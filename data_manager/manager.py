@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import secrets
 import sys
 import time
@@ -201,6 +202,26 @@ class DataManager:
         if rotate:
             state["rotation_index"] = int(state.get("rotation_index", 0)) + 1
         self._save_state(state)
+        samples, dropped, space = self._generate(skill, level, count, seed)
+        quality = check_quality(samples, skill, level, count_tokens=self.count_tokens, max_tokens=self.cfg.model.max_length,
+                                min_distinct_ratio=self.dm.min_distinct_ratio, problem_space=space)
+        if not quality.ok:
+            self._note_error(f"{skill} L{level}: quality: {'; '.join(quality.problems)}")
+            raise QualityError(skill, level, quality.problems)
+        samples, replayed = self._with_replay(skill, samples, seed)
+        path, job_path = self._write_inbox(skill, level, seed, samples, dropped)
+        state = self.load_state()
+        state["last_generation_at"] = now
+        state["batches_generated"] = int(state.get("batches_generated", 0)) + 1
+        state["last_batch"] = {"skill": skill, "level": level, "seed": seed, "count": len(samples), "replayed": replayed,
+                               "file": path.name, "at": _utcnow()}
+        state["last_error"] = None
+        self._save_state(state)
+        logger.info("generated %s: %s level %d, %d samples (seed %d)", path.name, skill, level, len(samples), seed)
+        return BatchResult(skill, level, seed, len(samples), str(path), str(job_path), asdict(quality), dropped)
+
+    def _generate(self, skill: str, level: int, count: int, seed: int) -> tuple[list[dict[str, Any]], int, int | None]:
+        """`count` samples of `skill` at `level`, minus held-out eval prompts where the level has room for that."""
         client = self.client(skill)
         try:
             space = client.levels().problem_space.get(level)
@@ -219,21 +240,29 @@ class DataManager:
             kept = [s for s in samples if s["user_prompt"] not in eval_prompts]
             if len(kept) >= 0.9 * len(samples):
                 dropped, samples = len(samples) - len(kept), kept
-        quality = check_quality(samples, skill, level, count_tokens=self.count_tokens, max_tokens=self.cfg.model.max_length,
-                                min_distinct_ratio=self.dm.min_distinct_ratio, problem_space=space)
-        if not quality.ok:
-            self._note_error(f"{skill} L{level}: quality: {'; '.join(quality.problems)}")
-            raise QualityError(skill, level, quality.problems)
-        path, job_path = self._write_inbox(skill, level, seed, samples, dropped)
-        state = self.load_state()
-        state["last_generation_at"] = now
-        state["batches_generated"] = int(state.get("batches_generated", 0)) + 1
-        state["last_batch"] = {"skill": skill, "level": level, "seed": seed, "count": len(samples),
-                               "file": path.name, "at": _utcnow()}
-        state["last_error"] = None
-        self._save_state(state)
-        logger.info("generated %s: %s level %d, %d samples (seed %d)", path.name, skill, level, len(samples), seed)
-        return BatchResult(skill, level, seed, len(samples), str(path), str(job_path), asdict(quality), dropped)
+        return samples, dropped, space
+
+    def _with_replay(self, skill: str, samples: list[dict[str, Any]], seed: int) -> tuple[list[dict[str, Any]], dict]:
+        """Mix in rehearsal samples of the other skills at their current levels (replay_fraction of the batch),
+        so training one skill's file does not erase the others (catastrophic forgetting)."""
+        others = [s for s in self.skills if s != skill]
+        share = self.dm.replay_fraction
+        if not others or share <= 0:
+            return samples, {}
+        per_skill = int(len(samples) * share / (1 - share) / len(others)) if share < 1 else len(samples)
+        mixed, replayed = list(samples), {}
+        for i, other in enumerate(others, 1):
+            if per_skill <= 0:
+                break
+            try:
+                extra, _, _ = self._generate(other, self.curriculum.level(other), per_skill, (seed + 7919 * i) % TRAIN_SEED_MAX)
+            except SkillAPIError as exc:
+                logger.warning("replay of %s skipped: %s", other, exc)
+                continue
+            mixed.extend(extra)
+            replayed[other] = len(extra)
+        random.Random(seed).shuffle(mixed)
+        return mixed, replayed
 
     def _note_error(self, message: str) -> None:
         state = self.load_state()

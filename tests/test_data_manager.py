@@ -43,7 +43,8 @@ class DeadClient(LocalSkillClient):
 def dm_factory(make_config):
     def make(overrides=None, clients=None, clock=None):
         cfg = make_config({"data_manager.batch_size": 40, "data_manager.eval_count": 10,
-                           "data_manager.cooldown_seconds": 60, **(overrides or {})})
+                           "data_manager.cooldown_seconds": 60, "data_manager.replay_fraction": 0.0,
+                           **(overrides or {})})
         clients = clients or {name: LocalSkillClient(get_skill(name)) for name in ("binary", "syllo")}
         return DataManager(cfg, clients=clients, count_tokens=lambda t: len(t.split()) + 1, clock=clock or Clock())
     return make
@@ -158,6 +159,21 @@ def test_batch_uses_the_curriculum_level(dm_factory):
     rows = [json.loads(line) for line in Path(batch.path).read_text().splitlines()]
     assert batch.level == 2 and {r["metadata"]["level"] for r in rows} == {2}
     assert "level:2" in json.loads(Path(batch.job_path).read_text())["tags"]
+
+
+def test_replay_mixes_other_skills_at_their_own_levels(dm_factory):
+    dm = dm_factory({"data_manager.replay_fraction": 0.5})
+    for _ in range(3):
+        dm.record_eval("syllo", 1, 1.0)
+    batch = dm.generate_batch(skill="binary", count=40)
+    rows = [json.loads(line) for line in Path(batch.path).read_text().splitlines()]
+    by_skill = {}
+    for r in rows:
+        by_skill.setdefault(r["metadata"]["skill"], set()).add(r["metadata"]["level"])
+    assert by_skill == {"binary": {1}, "syllo": {2}}
+    assert sum(r["metadata"]["skill"] == "syllo" for r in rows) == 40 == sum(r["metadata"]["skill"] == "binary" for r in rows)
+    assert [r["metadata"]["skill"] for r in rows[:10]] != ["binary"] * 10  # shuffled, not appended
+    assert "skill:binary" in json.loads(Path(batch.job_path).read_text())["tags"]
 
 
 def test_quality_gate_rejects_wrong_level_and_writes_nothing(dm_factory):
