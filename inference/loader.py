@@ -126,7 +126,8 @@ def load_engine(path: str | Path, version: str | None, cfg, require_manifest: bo
     if len(tokenizer) > vocab:
         problems.append(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab}")
     elif len(tokenizer) < vocab // 2:
-        problems.append(f"tokenizer has only {len(tokenizer)} tokens for a model with vocab_size {vocab}")
+        # Legal (ids stay in range) but unusual: Qwen3's own tokenizer fills ~99.8% of its vocab.
+        logger.warning("%s: tokenizer has only %d tokens for a model with vocab_size %d", folder, len(tokenizer), vocab)
     probe = icfg.smoke_prompt
     if tokenizer.decode(tokenizer(probe, add_special_tokens=False)["input_ids"]) != probe:
         problems.append(f"tokenizer does not round-trip {probe!r}")
@@ -140,7 +141,10 @@ def load_engine(path: str | Path, version: str | None, cfg, require_manifest: bo
 
     with torch.no_grad():
         for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            # One fp32-accumulated sum per tensor (~20x faster than an elementwise pass on a 0.6B model); a non-finite
+            # sum is confirmed elementwise, so a huge-but-finite tensor whose sum overflows is not refused.
+            if tensor.is_floating_point() and not torch.isfinite(tensor.sum(dtype=torch.float32)) \
+                    and not torch.isfinite(tensor).all():
                 raise ModelLoadError("nonfinite_weights", f"{folder}: tensor {name} holds NaN/Inf")
     report["checks"].append("finite_weights")
 
