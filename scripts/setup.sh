@@ -5,9 +5,9 @@
 # Run as:  scripts/setup.sh [--test]     (--test also installs the test extras)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras=""
-if [[ "${1:-}" == "--test" ]]; then extras="[test]"; fi
-if [[ "${1:-}" == "--bench" ]]; then extras="[test,bench]"; fi
+extras="[lora,export]"
+if [[ "${1:-}" == "--test" ]]; then extras="[lora,export,test]"; fi
+if [[ "${1:-}" == "--bench" ]]; then extras="[lora,export,test,bench]"; fi
 
 PY=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then

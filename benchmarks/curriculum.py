@@ -1,0 +1,203 @@
+"""Curriculum benchmark: minutes to each level in the closed loop, and accuracy at equal wall-clock vs TRL.
+
+Part A runs the whole embedded default (scripts/services.py start on a fresh base
+dir with the repo's config.json, ports shifted) for --minutes and reports, per
+skill, the minutes from start to each level the curriculum promoted it to, plus
+how many versions were deployed.
+
+Part B takes one fixed generated data set (binary levels 1-2 from the built-in
+skill, seeded) and trains the same tiny model for the same wall-clock budget
+with (a) Cadence's TrainerEngine and (b) TRL's SFTTrainer (bfd packing, same
+learning rate, warmup, tokens per step and assistant-only labels), then scores
+both on the same held-out binary level-2 problems by greedy generation and the
+skill's exact-match scorer.
+
+Run as:
+    python3 benchmarks/curriculum.py [--minutes 5] [--budget 90] [--skip-loop] [--skip-equal]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# ------------------------------------------------------------------------------------------- part A
+def closed_loop(minutes: float, model_dir: Path) -> None:
+    base = Path(tempfile.mkdtemp(prefix="cadence-curriculum-"))
+    shutil.copytree(model_dir, base / "models" / "base")
+    cfg = json.loads((REPO / "config.json").read_text())
+    off = 11000
+    cfg.setdefault("inference", {})["port"] = 8765 + off
+    cfg.setdefault("monitor", {})["port"] = 8080 + off
+    cfg.setdefault("deploy", {})["targets"] = [{"name": "local", "destination": "models/deployed",
+                                               "server_url": f"http://127.0.0.1:{8765 + off}"}]
+    dm = cfg.setdefault("data_manager", {})
+    dm["skills"] = [{"name": "binary", "url": f"http://127.0.0.1:{8090 + off}"},
+                    {"name": "syllo", "url": f"http://127.0.0.1:{8091 + off}"}]
+    cfg.setdefault("safety", {}).update({"min_free_disk_gb": 0.5, "warn_free_disk_gb": 1})
+    (base / "config.json").write_text(json.dumps(cfg, indent=2))
+    services = [sys.executable, str(REPO / "scripts" / "services.py")]
+    started = time.time()
+    subprocess.run(services + ["start", "--config", str(base / "config.json")], check=True, cwd=REPO,
+                   stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(minutes * 60)
+    finally:
+        subprocess.run(services + ["stop", "--config", str(base / "config.json")], cwd=REPO, stdout=subprocess.DEVNULL)
+    cur = json.loads((base / "status" / "curriculum.json").read_text())
+    deployments = [json.loads(l) for l in (base / "status" / "deployments.jsonl").read_text().splitlines()
+                   if '"promoted"' in l] if (base / "status" / "deployments.jsonl").exists() else []
+    steps = [json.loads(l).get("global_step", 0) for l in (base / "status" / "metrics.jsonl").read_text().splitlines()[-50:]]
+    print(f"\nA. closed loop, {minutes:g} min on the embedded default (base dir {base})")
+    print(f"{'skill':<8} {'level':>5}  minutes to each level")
+    for skill, state in cur["skills"].items():
+        marks = []
+        for p in state.get("promotions", []):
+            at = datetime.fromisoformat(p["at"]).timestamp()
+            marks.append(f"L{p['to']} @ {(at - started) / 60:.1f} min (step {p['step']})")
+        print(f"{skill:<8} {state['level']:>5}  {', '.join(marks) or '-'}")
+    print(f"versions deployed and promoted: {len(deployments)}; global step reached: {max(steps or [0])}")
+
+
+# ------------------------------------------------------------------------------------------- part B
+def make_data(n_per_level: int, n_eval: int):
+    from data_manager.manager import to_training_row
+    from data_manager.skills import get_skill
+
+    skill = get_skill("binary")
+    rows = []
+    for level in (1, 2):
+        rows += [to_training_row(s.to_dict() if hasattr(s, "to_dict") else s) for s in skill.generate(level, n_per_level, 1000 + level)]
+    import random
+
+    random.Random(0).shuffle(rows)
+    evals = [s.to_dict() if hasattr(s, "to_dict") else s for s in skill.generate(2, n_eval, 987654)]
+    return skill, rows, evals
+
+
+def score(skill, evals, generate) -> float:
+    correct = 0
+    for s in evals:
+        answer = generate([{"role": "user", "content": s["user_prompt"]}])
+        correct += bool(skill.score_sample(s, answer).correct)
+    return correct / len(evals)
+
+
+def run_cadence(model_dir: Path, rows, budget: float, workdir: Path, lr: float):
+    from core.config import from_dict
+    from trainer import TrainerEngine, TrainingHooks
+
+    data = workdir / "equal.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = from_dict({"paths": {"base_dir": str(workdir / "cadence")}, "model": {"base_model": str(model_dir), "max_length": 512},
+                     "training": {"learning_rate": lr, "warmup_steps": 20, "micro_batch_tokens": 1024, "epochs": 50,
+                                  "eval_steps": 0, "save_steps": 100000, "eval_split_fraction": 0.0},
+                     "safety": {"min_free_disk_gb": 0}}, workdir)
+    cfg.layout.ensure()
+
+    class Budget(TrainingHooks):
+        deadline = None
+
+        def control(self):
+            if self.deadline is None:
+                self.deadline = time.perf_counter() + budget
+            return "stop" if time.perf_counter() >= self.deadline else None
+
+    engine = TrainerEngine(cfg, Budget()).setup()
+    result = engine.train_file(data, schema_id="chat_sft_v1")
+    gen = lambda messages: engine.generate(messages, 12)
+    return result.steps, result.tokens, gen
+
+
+def run_trl(model_dir: Path, rows, budget: float, workdir: Path, lr: float):
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from trainer.data import encode_examples, load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    examples = encode_examples(rows, tokenizer, "chat_sft_v1", 512)
+    ds = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    seen = {"tokens": 0, "steps": 0}
+
+    class Budget(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            self.deadline = time.perf_counter() + budget
+
+        def on_step_end(self, args, state, control, **kw):
+            seen["steps"] = state.global_step
+            if time.perf_counter() >= self.deadline:
+                control.should_training_stop = True
+
+    args = SFTConfig(output_dir=str(workdir / "trl"), per_device_train_batch_size=1, gradient_accumulation_steps=1,
+                     learning_rate=lr, lr_scheduler_type="constant_with_warmup", warmup_steps=20, num_train_epochs=50,
+                     optim="adamw_torch", adam_beta2=0.95, weight_decay=0.0, max_grad_norm=1.0, logging_steps=50,
+                     save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=42,
+                     packing=True, packing_strategy="bfd", max_length=1024, dataset_num_proc=None)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer, callbacks=[Budget()])
+    trainer.train()
+    model.eval()
+
+    @torch.no_grad()
+    def gen(messages):
+        enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        out = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    return seen["steps"], None, gen
+
+
+def equal_compute(budget: float, model_dir: Path, lr: float) -> None:
+    skill, rows, evals = make_data(1500, 100)
+    workdir = Path(tempfile.mkdtemp(prefix="cadence-equal-"))
+    print(f"\nB. equal wall-clock: {budget:g} s of training each on the same {len(rows)} generated binary L1+L2 rows, "
+          f"scored on {len(evals)} held-out binary L2 problems (exact match, greedy)")
+    res = {}
+    for name, fn in (("Cadence TrainerEngine", run_cadence), ("TRL SFTTrainer (bfd 1024)", run_trl)):
+        steps, _tokens, gen = fn(model_dir, rows, budget, workdir, lr)
+        res[name] = (steps, score(skill, evals, gen))
+        print(f"{name:<28} optimizer steps {steps:>5}   held-out accuracy {res[name][1]:.0%}", flush=True)
+    (c_steps, c_acc), (t_steps, t_acc) = res.values()
+    print(f"Cadence / TRL: {c_steps / max(1, t_steps):.2f}x optimizer steps in the same time; "
+          f"accuracy {c_acc:.0%} vs {t_acc:.0%}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Minutes to each curriculum level, and accuracy at equal wall-clock vs TRL.")
+    parser.add_argument("--minutes", type=float, default=5.0, help="part A: how long the closed loop runs")
+    parser.add_argument("--budget", type=float, default=90.0, help="part B: training seconds per contender")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--skip-loop", action="store_true")
+    parser.add_argument("--skip-equal", action="store_true")
+    args = parser.parse_args(argv)
+    from scripts.make_tiny_model import build_model
+
+    model_dir = Path(tempfile.mkdtemp(prefix="cadence-model-")) / "tiny"
+    build_model(model_dir, preset="tiny")
+    print(f"machine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
+    if not args.skip_loop:
+        closed_loop(args.minutes, model_dir)
+    if not args.skip_equal:
+        equal_compute(args.budget, model_dir, args.lr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
