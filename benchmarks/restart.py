@@ -67,7 +67,6 @@ def main(argv=None) -> int:
         wait(lambda: (hb().get("global_step") or 0) >= 3, 180)
         for _ in range(args.rounds):
             old = live_pid(pids / "daemon.pid")
-            step = hb().get("global_step") or 0
             t0 = time.time()
             os.kill(old, signal.SIGKILL)
             wait(lambda: (p := live_pid(pids / "daemon.pid")) and p != old)

@@ -445,6 +445,15 @@ def config_from_args(args) -> CadenceConfig:
     return load_config(args.config, list(getattr(args, "overrides", []) or []))
 
 
+def config_or_exit(args) -> CadenceConfig:
+    """config_from_args for CLIs: every problem printed to stderr and exit status 2 instead of a traceback."""
+    try:
+        return config_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def schema_reference() -> str:
     lines = []
 

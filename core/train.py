@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.config import ConfigError, add_config_args, config_from_args  # noqa: E402
+from core.config import add_config_args, config_or_exit  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,11 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_or_exit(args)
     cfg.layout.ensure()
     path = Path(args.file) if args.file else None
     if args.demo:

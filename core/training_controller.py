@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.atomic_io import read_json  # noqa: E402
-from core.config import CadenceConfig, ConfigError, add_config_args, config_from_args  # noqa: E402
+from core.config import CadenceConfig, add_config_args, config_or_exit  # noqa: E402
 from core.control import read_control, request  # noqa: E402
 from core.procs import live_pid  # noqa: E402
 
@@ -97,11 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="status: machine-readable output")
     add_config_args(parser)
     args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_or_exit(args)
     cfg.layout.control.mkdir(parents=True, exist_ok=True)
     if args.action == "status":
         s = live_status(cfg)

@@ -510,7 +510,7 @@ def _positive_int(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from core.config import ConfigError, add_config_args, config_from_args
+    from core.config import add_config_args, config_or_exit
 
     parser = argparse.ArgumentParser(description="Inspect and change the Cadence training queue.")
     add_config_args(parser)
@@ -538,11 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_or_exit(args)
     queue = TrainingQueue(cfg)
     out = lambda obj, text: print(json.dumps(obj, indent=2, default=str) if args.json else text)  # noqa: E731
     try:

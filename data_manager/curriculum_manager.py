@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
-    from core.config import ConfigError, add_config_args, config_from_args
+    from core.config import add_config_args, config_or_exit
 
     parser = argparse.ArgumentParser(description="Show or override the curriculum levels (status/curriculum.json).")
     add_config_args(parser)
@@ -226,11 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     p_set.add_argument("level", type=int)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_or_exit(args)
     curriculum = Curriculum.from_config(cfg)
     skills = [s.name for s in cfg.data_manager.skills]
     if args.command == "set":

@@ -428,7 +428,7 @@ class DataManager:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from core.config import ConfigError, add_config_args, config_from_args
+    from core.config import add_config_args, config_or_exit
 
     parser = argparse.ArgumentParser(description="Cadence data manager: curriculum data generation, pruning, eval sets.")
     add_config_args(parser)
@@ -444,11 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("evalsets", help="write the held-out eval set of every skill at its current level")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_or_exit(args)
     manager = DataManager(cfg)
     try:
         if args.command == "status":

@@ -26,7 +26,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.config import ConfigError, add_config_args, config_from_args
+from core.config import add_config_args, config_or_exit
 from core.procs import AlreadyRunning, InstanceLock, remove_pid, write_pid
 
 logger = logging.getLogger("management")
@@ -131,11 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_or_exit(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     layout = cfg.layout.ensure()
     lock = InstanceLock(layout.pids / "lifecycle.lock")

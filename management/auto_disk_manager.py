@@ -149,7 +149,7 @@ def check(cfg, free_bytes: Callable[[], int] | None = None) -> dict | None:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from core.config import ConfigError, add_config_args, config_from_args
+    from core.config import add_config_args, config_or_exit
 
     parser = argparse.ArgumentParser(description="Free disk space in a safe order (never the newest, deployed or best checkpoint).")
     add_config_args(parser)
@@ -159,11 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_or_exit(args)
     if args.command == "status":
         free = disk_free(cfg)
         out = {"free_gb": round(free / GB, 2), "warn_gb": cfg.safety.warn_free_disk_gb, "min_gb": cfg.safety.min_free_disk_gb,

@@ -420,7 +420,7 @@ class Orchestrator:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from core.config import ConfigError, add_config_args, config_from_args
+    from core.config import add_config_args, config_or_exit
     from core.procs import AlreadyRunning
 
     parser = argparse.ArgumentParser(description="Deploy checkpoints to inference targets, recover, roll back.")
@@ -431,11 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_or_exit(args)
     if args.command in ("status", "history"):
         out = load_state(cfg) if args.command == "status" else {"history": history(cfg)[-50:]}
     else:

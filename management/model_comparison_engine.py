@@ -371,7 +371,7 @@ def _print_table(ledger: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from core.config import ConfigError, add_config_args, config_from_args
+    from core.config import add_config_args, config_or_exit
 
     parser = argparse.ArgumentParser(description="Score checkpoints, rank them and show the champion (status/comparisons.json).")
     add_config_args(parser)
@@ -380,11 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_or_exit(args)
     if args.command == "score":
         os.nice(cfg.comparison.nice) if cfg.comparison.nice else None
         entries = score_new_checkpoints(cfg, only=args.checkpoint)

@@ -39,7 +39,7 @@ if __package__ in (None, ""):
 
 from core.atomic_io import atomic_write_json, fsync_dir, read_json
 from core.manifest import MANIFEST_NAME, TRAINING_STATE_DIR, content_id
-from trainer.checkpoint import CheckpointInfo, latest_checkpoint, list_checkpoints, publish_checkpoint
+from trainer.checkpoint import CheckpointInfo, latest_checkpoint, publish_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def prune_versions(cfg, dry_run: bool = False) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from core.config import ConfigError, add_config_args, config_from_args
+    from core.config import add_config_args, config_or_exit
 
     parser = argparse.ArgumentParser(description="Model versions under models/versions/: list, create, restore, rollback, delete.")
     add_config_args(parser)
@@ -238,11 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_or_exit(args)
     try:
         if args.command == "list":
             out = {"versions": list_versions(cfg)}

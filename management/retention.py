@@ -158,7 +158,7 @@ def apply_retention(cfg, dry_run: bool = False, now: float | None = None) -> dic
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from core.config import ConfigError, add_config_args, config_from_args
+    from core.config import add_config_args, config_or_exit
 
     parser = argparse.ArgumentParser(description="Apply checkpoint retention (latest N + best K + deployed; optimizer state on the latest M).")
     add_config_args(parser)
@@ -166,11 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_or_exit(args)
     out = apply_retention(cfg, args.dry_run)
     if args.json:
         print(json.dumps(out, indent=2, default=str))

@@ -90,7 +90,7 @@ def dump_stacks(pid: int, log_path: Path | None = None, timeout: float = 20.0) -
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from core.config import ConfigError, add_config_args, config_from_args
+    from core.config import add_config_args, config_or_exit
     from core.procs import live_pid, terminate
 
     parser = argparse.ArgumentParser(description="Check the training child's heartbeat once; optionally kill it when stuck.")
@@ -98,11 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_or_exit(args)
     pid = live_pid(cfg.layout.pid_file("trainer"))
     if pid is None:
         print("no training child running")

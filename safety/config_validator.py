@@ -100,18 +100,14 @@ def start_new_run(cfg: CadenceConfig, reason: str = "new run") -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from core.config import ConfigError, add_config_args, config_from_args
+    from core.config import add_config_args, config_or_exit
 
     parser = argparse.ArgumentParser(description="Check config.json against the run on disk (critical keys, paths, disk).")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--start-new-run", action="store_true", help="archive current checkpoints so critical settings may change")
     add_config_args(parser)
     args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_or_exit(args)
     if args.start_new_run:
         dest = start_new_run(cfg, "operator started a new run")
         print(f"archived previous run to {dest}" if dest else "no checkpoints: nothing to archive")

@@ -118,7 +118,7 @@ def history(history_path: Path, n: int = 20) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from core.config import ConfigError, add_config_args, config_from_args
+    from core.config import add_config_args, config_or_exit
 
     parser = argparse.ArgumentParser(description="Show classified training-child crashes.")
     parser.add_argument("command", choices=["history"])
@@ -126,11 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     add_config_args(parser)
     args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_or_exit(args)
     rows = history(cfg.layout.status / "crash_history.jsonl", args.n)
     if args.json:
         print(json.dumps(rows, indent=2))

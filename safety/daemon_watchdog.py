@@ -28,8 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from core.atomic_io import append_jsonl, read_json  # noqa: E402
-from core.config import ConfigError, add_config_args, config_from_args  # noqa: E402
+from core.atomic_io import append_jsonl  # noqa: E402
+from core.config import add_config_args, config_or_exit  # noqa: E402
 from core.control import read_control  # noqa: E402
 from core.procs import AlreadyRunning, InstanceLock, live_pid, remove_pid, terminate, write_pid  # noqa: E402
 from trainer.status import StatusWriter  # noqa: E402
@@ -135,11 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_or_exit(args)
     return Watchdog(cfg, args.config, args.overrides).run()
 
 

@@ -27,7 +27,7 @@ import argparse
 import json
 import logging
 
-from core.config import ConfigError, add_config_args, config_from_args
+from core.config import add_config_args, config_or_exit
 from core.validation.spec import UnknownSchemaError
 from data_manager.dataset_tools import dedupe_file, file_stats, fix_file, validate_file
 
@@ -156,11 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.model:
         args.overrides = [*args.overrides, f"model.base_model={Path(args.model).resolve()}"]
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_or_exit(args)
     handler = {"validate": cmd_validate, "fix": cmd_fix, "dedupe": cmd_dedupe, "stats": cmd_stats}[args.command]
     try:
         return handler(args, cfg)

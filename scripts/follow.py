@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.atomic_io import read_json  # noqa: E402
-from core.config import ConfigError, add_config_args, config_from_args  # noqa: E402
+from core.config import add_config_args, config_or_exit  # noqa: E402
 from core.training_controller import live_status  # noqa: E402
 
 
@@ -37,11 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-inference", action="store_true", help=argparse.SUPPRESS)
     add_config_args(parser)
     args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_or_exit(args)
     try:
         while True:
             print(line(cfg), flush=True)

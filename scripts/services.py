@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from core.config import CadenceConfig, ConfigError, add_config_args, config_from_args  # noqa: E402
+from core.config import CadenceConfig, add_config_args, config_or_exit  # noqa: E402
 from core.procs import live_pid, remove_pid, terminate, write_pid  # noqa: E402
 
 
@@ -127,11 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     add_config_args(parser)
     args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_or_exit(args)
     config_args = (["--config", str(Path(args.config).resolve())] if args.config else []) + \
         [x for item in args.overrides for x in ("--set", item)]
     if args.command == "start":
