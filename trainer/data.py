@@ -139,14 +139,43 @@ def _mask_from_spans(offsets, spans, input_ids) -> tuple[list[int], list[tuple[i
     return labels, ranges
 
 
-def _tokenize_with_offsets(tokenizer, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
-    """(ids, char offsets) per text. Uses the Rust backend directly when it carries no truncation/padding
-    state (several times faster than the Python wrapper's offset conversion); the wrapper otherwise."""
+def _first_token_at_or_after(encoding, char: int) -> int | None:
+    """Index of the first token starting at or after `char` (None when the encoding cannot say)."""
+    t = encoding.char_to_token(char)
+    if t is None:
+        return None
+    return t + 1 if encoding.token_to_chars(t)[0] < char else t
+
+
+def _encode_and_mask(tokenizer, rendered: list[tuple[str, list[tuple[int, int]]]]):
+    """(ids, labels, supervised token ranges) per rendered text.
+
+    Uses the Rust backend directly when it carries no truncation/padding state, locating each span's token range
+    with two char->token lookups instead of materialising every token's offsets (the bulk of the cost otherwise);
+    the Python wrapper with full offsets elsewhere."""
+    texts = [text for text, _ in rendered]
     backend = getattr(tokenizer, "_tokenizer", None)
-    if backend is not None and getattr(backend, "truncation", None) is None and getattr(backend, "padding", None) is None:
-        return [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False)]
-    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-    return list(zip(enc["input_ids"], enc["offset_mapping"]))
+    if backend is None or getattr(backend, "truncation", None) is not None or getattr(backend, "padding", None) is not None:
+        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return [(ids,) + _mask_from_spans(offsets, spans, ids)
+                for ids, offsets, (_, spans) in zip(enc["input_ids"], enc["offset_mapping"], rendered)]
+    out = []
+    for e, (text, spans) in zip(backend.encode_batch(texts, add_special_tokens=False), rendered):
+        ids = e.ids
+        n = len(ids)
+        labels = [IGNORE_INDEX] * n
+        ranges = []
+        for a, b in spans:
+            lo = _first_token_at_or_after(e, a) if a < len(text) else n
+            hi = _first_token_at_or_after(e, b) if b < len(text) else n
+            if lo is None or hi is None:  # an uncovered character: fall back to full offsets for this text
+                labels, ranges = _mask_from_spans(e.offsets, spans, ids)
+                break
+            if hi > lo:
+                labels[lo:hi] = ids[lo:hi]
+                ranges.append((lo, hi))
+        out.append((ids, labels, ranges))
+    return out
 
 
 def render_rows(rows: list[dict], tokenizer, schema_id: str) -> list[tuple[str, list[tuple[int, int]]] | DataError]:
@@ -196,9 +225,8 @@ def encode_examples(rows: list[dict], tokenizer, schema_id: str, max_length: int
         if isinstance(r, DataError):
             results[i] = EncodedExample([], [], 0, index=i, error=str(r))
     if ok:
-        encoded = _tokenize_with_offsets(tokenizer, [r[0] for _, r in ok])
-        for (i, (_text, spans)), (ids, offsets) in zip(ok, encoded):
-            labels, ranges = _mask_from_spans(offsets, spans, ids)
+        encoded = _encode_and_mask(tokenizer, [r for _, r in ok])
+        for (i, _), (ids, labels, ranges) in zip(ok, encoded):
             n = len(ids)
             ex = EncodedExample(list(ids[:max_length]), labels[:max_length], n, truncated=n > max_length, index=i,
                                 _n_supervised=sum(max(0, min(hi, max_length) - lo) for lo, hi in ranges))
