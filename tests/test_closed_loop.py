@@ -1,0 +1,65 @@
+"""The closed loop, end to end, with the repository's own config.json: generate -> train -> evaluate -> level up -> deploy.
+
+Every process is real (scripts/services.py start, as scripts/start_all.sh does), on a fresh base dir with the
+ports moved out of the way. Passes when the tiny model has mastered binary level 1 (the curriculum moved it to
+level 2), the deployed version changed at least twice, and the monitor's API reports both.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def test_closed_loop_reaches_binary_level_2_and_deploys(tmp_path, tiny_model_dir):
+    base = tmp_path / "cadence"
+    shutil.copytree(tiny_model_dir, base / "models" / "base")
+    cfg = json.loads((REPO / "config.json").read_text())
+    off = 13000
+    cfg.setdefault("inference", {})["port"] = 8765 + off
+    cfg.setdefault("monitor", {})["port"] = 8080 + off
+    cfg.setdefault("deploy", {})["targets"] = [{"name": "local", "destination": "models/deployed",
+                                               "server_url": f"http://127.0.0.1:{8765 + off}"}]
+    cfg.setdefault("data_manager", {})["skills"] = [{"name": "binary", "url": f"http://127.0.0.1:{8090 + off}"},
+                                                    {"name": "syllo", "url": f"http://127.0.0.1:{8091 + off}"}]
+    cfg.setdefault("safety", {}).update({"min_free_disk_gb": 0, "warn_free_disk_gb": 0})
+    config = base / "config.json"
+    config.write_text(json.dumps(cfg))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    services = [sys.executable, str(REPO / "scripts" / "services.py")]
+    subprocess.run(services + ["start", "--config", str(config)], cwd=REPO, env=env, check=True, capture_output=True)
+    monitor = f"http://127.0.0.1:{8080 + off}"
+    curriculum = base / "status" / "curriculum.json"
+    try:
+        deadline = time.time() + 480
+        level, promoted = 1, []
+        while time.time() < deadline:
+            if curriculum.exists():
+                level = json.loads(curriculum.read_text())["skills"].get("binary", {}).get("level", 1)
+            deployments = base / "status" / "deployments.jsonl"
+            if deployments.exists():
+                promoted = [json.loads(l) for l in deployments.read_text().splitlines() if '"promoted"' in l]
+            if level >= 2 and len({p["version"] for p in promoted}) >= 2:
+                break
+            time.sleep(2)
+        logs = {p.name: p.read_text()[-2000:] for p in (base / "logs").glob("*.log")}
+        assert level >= 2, f"binary still at level {level}\n{logs}"
+        assert len({p["version"] for p in promoted}) >= 2, logs
+        with httpx.Client(timeout=10) as client:
+            cur = client.get(f"{monitor}/api/curriculum").json()  # what the page's curriculum panel shows
+            assert cur["skills"]["binary"]["level"] >= 2
+            served = client.get(f"http://127.0.0.1:{8765 + off}/v1/models").json()["data"][0]["version"]
+        deployed = [json.loads(l) for l in (base / "status" / "deployments.jsonl").read_text().splitlines()]
+        assert served in {d.get("version") for d in deployed if d.get("event") in ("loaded", "promoted")}
+    finally:
+        subprocess.run(services + ["stop", "--config", str(config)], cwd=REPO, env=env, capture_output=True)
