@@ -28,6 +28,7 @@ from core.atomic_io import read_json  # noqa: E402
 from core.config import CadenceConfig, add_config_args, config_or_exit  # noqa: E402
 from core.control import read_control, request  # noqa: E402
 from core.procs import live_pid  # noqa: E402
+from core.training_queue import TrainingQueue  # noqa: E402
 
 
 def live_status(cfg: CadenceConfig) -> dict:
@@ -52,7 +53,8 @@ def live_status(cfg: CadenceConfig) -> dict:
     deploy_state = read_json(layout.status / "deployment_state.json", {}) or {}
     actives = [t.get("active") for t in (deploy_state.get("targets") or {}).values() if isinstance(t, dict) and t.get("active")]
     deployed_version = actives[0].get("version") if actives else None
-    queue = {p: sum(1 for f in layout.queue_dir(p).glob("*.jsonl")) for p in ("high", "normal", "low", "processing")}
+    tq = TrainingQueue(cfg)
+    queue = {p: tq.count(p) for p in ("high", "normal", "low", "processing")}
     return {
         "state": state, "reported_state": reported, "status_age_s": round(age, 1),
         "daemon_pid": daemon_pid, "trainer_pid": trainer_pid, "watchdog_pid": watchdog_pid,

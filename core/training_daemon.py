@@ -257,7 +257,7 @@ class TrainingDaemon:
             logger.exception("disk manager failed")
 
     def _idle_status(self, state: str, **extra) -> None:
-        counts = {p: len(self.queue.entries((p,))) for p in ("high", "normal", "low")}
+        counts = {p: self.queue.count(p) for p in ("high", "normal", "low")}
         current = read_json(self.layout.training_status, {}) or {}
         if current.get("state") == state and current.get("queue") == counts and current.get("pid") == os.getpid() \
                 and time.time() - current.get("updated_at", 0) < 5:
@@ -311,9 +311,9 @@ class TrainingDaemon:
         ckpt = latest_checkpoint(layout.current_model)
         step = ckpt.step if ckpt else 0
         kind = EXIT_CODES.get(code, "unknown") if code >= 0 else "signal"
-        progress = {"global_step": step, "steps_done": (result or {}).get("result", {}) and result["result"].get("steps")}
+        res = (result or {}).get("result") or {}
+        progress = {"global_step": step, "steps_done": res.get("steps")}
         if kind == "completed":
-            res = (result or {}).get("result") or {}
             self.queue.complete(name, global_step_end=res.get("global_step_end", step), stats=res)
             log_event(self.cfg, "training_completed", file=name, global_step=res.get("global_step_end", step),
                       status=res.get("status"))

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from core.config import add_config_args, config_or_exit
+from core.procs import remove_pid, write_pid
 
 logger = logging.getLogger(__name__)
 
@@ -54,19 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     host = args.host or cfg.inference.host
     port = args.port or cfg.inference.port
     pid_file = cfg.layout.pid_file("inference")
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
-    pid_file.write_text(f"{os.getpid()}\n")
+    write_pid(pid_file)
     try:
         config = uvicorn.Config(create_app(cfg), host=host, port=port, log_level=args.log_level,
                                 timeout_graceful_shutdown=max(1, int(cfg.inference.drain_timeout)),
                                 access_log=False)
         _server_class()(config).run()
     finally:
-        try:
-            if pid_file.read_text().strip() == str(os.getpid()):
-                pid_file.unlink()
-        except FileNotFoundError:
-            pass
+        remove_pid(pid_file)
     return 0
 
 
