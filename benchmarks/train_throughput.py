@@ -23,7 +23,11 @@ same run.
                 short packs. `wrapped` needs no mask but lets attention cross
                 examples and cuts them, so it is not a correct SFT baseline.
   (c) cadence - trainer.engine.TrainerEngine.train_file with
-                micro_batch_tokens = --step-tokens.
+                micro_batch_tokens = --step-tokens and training.compile =
+                --cadence-compile (default on: this file has ~20 steps, fewer
+                than the compile_min_steps at which `auto` compiles; the
+                compile happens during the untimed warm-up steps, like the
+                other contenders' first-step costs).
 
 All use torch.optim.AdamW (lr, betas (0.9, 0.95), eps 1e-8, no weight decay),
 clipping at 1.0, constant LR without warmup, fp32, ~--step-tokens real tokens
@@ -274,6 +278,7 @@ def _cadence_config(spec: dict):
                      "micro_batch_tokens": spec["step_tokens"], "gradient_accumulation_steps": 1,
                      "eval_steps": 0, "save_steps": 10 ** 9, "log_steps": 10, "eval_split_fraction": 0.0,
                      "seed": spec["seed"], "max_steps_per_file": spec.get("max_steps"),
+                     "compile": spec.get("cadence_compile", "on"),
                      "weight_decay": OPTIM["weight_decay"], "adam_beta1": OPTIM["adam_beta1"],
                      "adam_beta2": OPTIM["adam_beta2"], "adam_epsilon": OPTIM["adam_epsilon"],
                      "max_grad_norm": OPTIM["max_grad_norm"]},
@@ -464,7 +469,7 @@ def throughput_mode(args, workdir: Path) -> int:
     spec = {"model_dir": str(model_dir), "examples_path": str(examples_path), "data_path": str(data_path),
             "max_length": min(args.max_length, args.step_tokens), "step_tokens": args.step_tokens, "batch_size": batch_size, "lr": args.lr,
             "seed": args.seed, "warmup_steps": args.warmup_steps, "trl_packing": args.trl_packing,
-            "trl_pack_tokens": min(args.trl_pack_tokens, args.step_tokens)}
+            "cadence_compile": args.cadence_compile, "trl_pack_tokens": min(args.trl_pack_tokens, args.step_tokens)}
     results = {}
     for name in args.contenders:
         print(f"running {name} ...", flush=True)
@@ -472,7 +477,7 @@ def throughput_mode(args, workdir: Path) -> int:
     print()
     labels = {"hf": "(a) HF Trainer, padding collator",
               "trl": f"(b) TRL SFTTrainer, {args.trl_packing} {spec['trl_pack_tokens']}",
-              "cadence": "(c) Cadence TrainerEngine"}
+              "cadence": f"(c) Cadence, compile {args.cadence_compile}"}
     header = (f"{'contender':36} {'steps':>5} {'real tok':>9} {'padding':>8} {'tok/s':>7} {'best3 tok/s':>11} "
               f"{'peak RSS MB':>11} {'MFU':>6} {'best3 MFU':>9}")
     print(header)
@@ -536,7 +541,7 @@ def checkpoint_mode(args, workdir: Path) -> int:
     spec = {"model_dir": str(model_dir), "examples_path": str(examples_path), "data_path": str(data_path),
             "max_length": min(args.max_length, args.step_tokens), "step_tokens": args.step_tokens, "batch_size": batch_size, "lr": args.lr,
             "seed": args.seed, "warmup_steps": args.warmup_steps, "trl_packing": args.trl_packing,
-            "max_steps": steps, "checkpoint": True}
+            "cadence_compile": args.cadence_compile, "max_steps": steps, "checkpoint": True}
     results = {}
     for name in ("hf", "cadence"):
         print(f"running {name} ...", flush=True)
@@ -591,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trl-packing", default="bfd", choices=TRL_PACKING, help="TRL setting (default bfd)")
     parser.add_argument("--trl-pack-tokens", type=int, default=1024,
                         help="TRL pack length; packs are accumulated to ~--step-tokens per optimizer step (default 1024)")
+    parser.add_argument("--cadence-compile", default="on", choices=("on", "auto", "off"),
+                        help="Cadence's training.compile (default on; off = eager layers)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model-dir", default=None, help="qwen3-0.6b mode: reuse a model built earlier")
     parser.add_argument("--workdir", default=None, help="keep models, data and logs here (default: a temp dir, removed)")

@@ -89,6 +89,8 @@ class TrainingConfig(Section):
     truncation: Literal["truncate", "drop", "error"] = Field("truncate", description="Examples over max_length: truncate on the right, drop the example, or fail the file.")
     profile: Literal["none", "emoji_think", "regime3"] = Field("none", description="Data profile applied to every example before tokenisation.")
     cpu_bf16_autocast: bool = Field(False, description="On CPU, run forward/backward under bf16 autocast (weights stay fp32).")
+    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the decoder layers for training steps (fuses norms, RoPE and SwiGLU; attention stays the varlen kernel): ~15% faster steps on CPU, for a one-off cost of seconds per trainer process (kernels cached on disk under .cache/). on = every file; auto = files of at least compile_min_steps optimizer steps, where the cost pays off; off = eager. Needs a compiler backend (a C++ compiler on CPU, Triton on CUDA), else eager with a warning; auto is off with gradient checkpointing.")
+    compile_min_steps: int = Field(200, ge=1, description="compile = auto: compile a file's training steps when its plan has at least this many optimizer steps.")
     max_steps_per_file: int | None = Field(None, ge=1, description="Cap on optimizer steps per file (for smoke runs).")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings, used when mode = lora.")
 
@@ -321,6 +323,7 @@ class Layout:
     control = property(lambda s: s.base_dir / "control")
     logs = property(lambda s: s.base_dir / "logs")
     pids = property(lambda s: s.base_dir / ".pids")
+    cache = property(lambda s: s.base_dir / ".cache")  # rebuildable caches (torch.compile's kernels)
     emergency_stop = property(lambda s: s.base_dir / ".stop")
     training_status = property(lambda s: s.base_dir / "status" / "training_status.json")
     metrics = property(lambda s: s.base_dir / "status" / "metrics.jsonl")

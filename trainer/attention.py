@@ -17,6 +17,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 NAME = "cadence_varlen"
 
 
+@torch.compiler.disable  # a Python loop over data-dependent segments: eager even inside compiled layers
 def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
                              scaling: float | None = None, **kwargs):
     cu = kwargs.get("cu_seq_lens_q")
@@ -33,8 +34,8 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
                                                          enable_gqa=gqa)
         for q, k, v in zip(query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2))
     ]
-    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
-    return out.transpose(1, 2).contiguous(), None
+    # One copy straight into the [1, T, H, D] layout the output projection wants (a fresh tensor, not a view).
+    return torch.cat([o.transpose(1, 2) for o in outs], dim=1), None
 
 
 def _mask(*args, **kwargs):

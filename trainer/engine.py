@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from core.config import CadenceConfig
 from core.system_metrics import gpu_stats, ram_stats
 from trainer import attention
+from trainer.compile import decide as decide_compile
+from trainer.fast_path import PackedForward, supported as fast_path_supported
 from trainer.checkpoint import (CheckpointError, CheckpointInfo, DiskFullError, clean_temp_dirs, prune_checkpoints,
                                 publish_checkpoint, verified_checkpoints, write_trainer_state)
 from trainer.data import IGNORE_INDEX, DataError, EncodedExample, chat_prompt_and_answer, encode_examples, load_tokenizer, read_jsonl
@@ -117,6 +119,8 @@ class TrainerEngine:
         self.state: dict = {}
         self._fixed_val: list[EncodedExample] | None = None
         self._step_time_ema: float | None = None
+        self._compiled: PackedForward | None = None   # compiled training forward, when this process may compile
+        self._compile_steps = False                    # this file's training steps use them
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> "TrainerEngine":
@@ -144,6 +148,16 @@ class TrainerEngine:
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
         model.train()
+        use_compile, why = decide_compile(cfg.training.compile, device, cfg.model.gradient_checkpointing)
+        if use_compile and self.accelerator.num_processes > 1:
+            use_compile, why = False, "off under distributed training (the compiled forward bypasses the DDP/FSDP wrapper)"
+        if use_compile:
+            use_compile, why = fast_path_supported(model)
+            if use_compile:
+                self._compiled = PackedForward(model, compile=True, cache_dir=cfg.layout.cache / "torchinductor")
+            else:
+                logger.info("training.compile: %s; training steps run the transformers forward eagerly", why)
+        logger.info("torch.compile for training steps: %s (%s)", "available" if use_compile else "off", why)
         self.optimizer = self._make_optimizer(model)
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
         self.state = {"global_step": 0, "tokens_seen": 0, "examples_seen": 0, "files_done": [], "current_file": None,
@@ -275,6 +289,11 @@ class TrainerEngine:
         plan = plan_steps(lengths, t.micro_batch_tokens, t.gradient_accumulation_steps, t.seed, file_id, epochs)
         if t.max_steps_per_file:
             plan = plan[: t.max_steps_per_file]
+        # Decided from the whole plan, so a resumed file runs the same code path as its first attempt.
+        self._compile_steps = self._compiled is not None and (t.compile == "on" or len(plan) >= t.compile_min_steps)
+        if self._compiled is not None:
+            logger.info("%s: %d steps, %s", path.name, len(plan),
+                        "compiled layers" if self._compile_steps else f"eager (compile = auto needs >= {t.compile_min_steps} steps)")
         cur = self.state.get("current_file")
         if cur and cur.get("id") == file_id:
             done = int(cur.get("steps_done", 0))
@@ -340,8 +359,10 @@ class TrainerEngine:
     def _loss_sum(self, batch: PackedBatch) -> torch.Tensor:
         """Summed CE over supervised targets, running the LM head on supervised positions only."""
         model = self.accelerator.unwrap_model(self.model)
-        hidden = model.get_decoder()(**batch.model_kwargs()).last_hidden_state[0]
         mask = batch.targets[0] != IGNORE_INDEX
+        if self._compile_steps and torch.is_grad_enabled():
+            return self._compiled.loss_sum(batch, mask, LOGITS_CHUNK_ELEMENTS)
+        hidden = model.get_decoder()(**batch.model_kwargs()).last_hidden_state[0]
         h, y = hidden[mask], batch.targets[0][mask]
         head = model.get_output_embeddings()
         if h.shape[0] * head.weight.shape[0] <= LOGITS_CHUNK_ELEMENTS:
@@ -518,6 +539,7 @@ class TrainerEngine:
         return self._checkpoint(reason)
 
     def close(self) -> None:
+        self._compiled = None
         self.model = self.optimizer = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

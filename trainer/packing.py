@@ -80,7 +80,7 @@ class PackedBatch:
                            self.cu_seq_lens.to(device), self.max_seq_len, self.n_tokens, self.n_targets)
 
     def model_kwargs(self) -> dict:
-        return dict(input_ids=self.input_ids, position_ids=self.position_ids,
+        return dict(input_ids=self.input_ids, position_ids=self.position_ids, use_cache=False,
                     cu_seq_lens_q=self.cu_seq_lens, cu_seq_lens_k=self.cu_seq_lens,
                     max_length_q=self.max_seq_len, max_length_k=self.max_seq_len)
 
