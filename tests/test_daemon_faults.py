@@ -243,7 +243,10 @@ def test_stuck_child_is_killed_with_stacks_and_retried(cadence):
     assert "thread 0x" in log.lower() and "most recent call first" in log  # every thread's stack was dumped
     crashes = [json.loads(l) for l in (c.layout.status / "crash_history.jsonl").read_text().splitlines()]
     assert crashes[0]["category"] == "stuck"
-    assert c.meta("recently_completed", "x.jsonl")["attempts"] >= 1
+    # Retried: a second child trained it (whether the killed attempt counts toward max_attempts depends on whether
+    # it checkpointed progress before the hang, which is timing; the retry itself is not).
+    starts = [e for e in c.events("training_started") if e.get("file") == "x.jsonl"]
+    assert len(starts) >= 2, starts
 
 
 def test_injected_oom_halves_micro_batch_and_file_completes(cadence):
