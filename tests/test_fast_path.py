@@ -1,12 +1,11 @@
 """The compiled training forward (training.compile): same loss and gradients as transformers' forward, one compile
 for every packed-row length, resume equivalence with it on, and the cases that must keep the transformers forward."""
-import json
 
 import pytest
 import torch
 
 from test_trainer_engine import CrashAt, train_losses, weights, write_chat
-from trainer import TrainerEngine, list_checkpoints
+from trainer import TrainerEngine
 from trainer.compile import backend_available
 from trainer.data import IGNORE_INDEX, encode_examples
 from trainer.fast_path import PackedForward, supported

@@ -32,8 +32,9 @@ def backend_available(device: torch.device) -> tuple[bool, str]:
     return True, compiler
 
 
-def decide(setting: str, device: torch.device, gradient_checkpointing: bool) -> tuple[bool, str]:
-    """(compile may be used in this process?, why) for the `training.compile` setting; `auto` then decides per file."""
+def decide(setting: str, device: torch.device) -> tuple[bool, str]:
+    """(compile may be used in this process?, why) for the `training.compile` setting; `auto` then decides per file.
+    Whether the model itself qualifies (architecture, LoRA, gradient checkpointing) is `fast_path.supported`."""
     if setting == "off":
         return False, "training.compile = off"
     ok, why = backend_available(device)
@@ -41,6 +42,4 @@ def decide(setting: str, device: torch.device, gradient_checkpointing: bool) -> 
         if not ok:
             logger.warning("training.compile = on but %s; training runs eagerly", why)
         return ok, why
-    if gradient_checkpointing:
-        return False, "auto: off with gradient checkpointing"
     return ok, f"auto: {why}"

@@ -27,7 +27,7 @@ from core.config import CadenceConfig
 from core.system_metrics import gpu_stats, ram_stats
 from trainer import attention
 from trainer.compile import decide as decide_compile
-from trainer.fast_path import PackedForward, supported as fast_path_supported
+from trainer.fast_path import PackedForward, summed_loss, supported as fast_path_supported
 from trainer.checkpoint import (CheckpointError, CheckpointInfo, DiskFullError, clean_temp_dirs, prune_checkpoints,
                                 publish_checkpoint, verified_checkpoints, write_trainer_state)
 from trainer.data import IGNORE_INDEX, DataError, EncodedExample, chat_prompt_and_answer, encode_examples, load_tokenizer, read_jsonl
@@ -148,15 +148,13 @@ class TrainerEngine:
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
         model.train()
-        use_compile, why = decide_compile(cfg.training.compile, device, cfg.model.gradient_checkpointing)
+        use_compile, why = decide_compile(cfg.training.compile, device)
         if use_compile and self.accelerator.num_processes > 1:
-            use_compile, why = False, "off under distributed training (the compiled forward bypasses the DDP/FSDP wrapper)"
+            use_compile, why = False, "distributed training (the compiled forward bypasses the DDP/FSDP wrapper)"
         if use_compile:
             use_compile, why = fast_path_supported(model)
-            if use_compile:
-                self._compiled = PackedForward(model, compile=True, cache_dir=cfg.layout.cache / "torchinductor")
-            else:
-                logger.info("training.compile: %s; training steps run the transformers forward eagerly", why)
+        if use_compile:
+            self._compiled = PackedForward(model, compile=True, cache_dir=cfg.layout.cache / "torchinductor")
         logger.info("torch.compile for training steps: %s (%s)", "available" if use_compile else "off", why)
         self.optimizer = self._make_optimizer(model)
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
@@ -363,17 +361,9 @@ class TrainerEngine:
         if self._compile_steps and torch.is_grad_enabled():
             return self._compiled.loss_sum(batch, mask, LOGITS_CHUNK_ELEMENTS)
         hidden = model.get_decoder()(**batch.model_kwargs()).last_hidden_state[0]
-        h, y = hidden[mask], batch.targets[0][mask]
         head = model.get_output_embeddings()
-        if h.shape[0] * head.weight.shape[0] <= LOGITS_CHUNK_ELEMENTS:
-            return F.cross_entropy(head(h).float(), y, reduction="sum")
-        chunk = max(1, LOGITS_CHUNK_ELEMENTS // head.weight.shape[0])
-        total = h.new_zeros((), dtype=torch.float32)
-        for s in range(0, h.shape[0], chunk):
-            total = total + torch.utils.checkpoint.checkpoint(
-                lambda hh, yy: F.cross_entropy(head(hh).float(), yy, reduction="sum"), h[s:s + chunk], y[s:s + chunk],
-                use_reentrant=False)
-        return total
+        return summed_loss(lambda hh, yy: F.cross_entropy(head(hh).float(), yy, reduction="sum"), hidden[mask],
+                           batch.targets[0][mask], head.weight.shape[0], LOGITS_CHUNK_ELEMENTS)
 
     def _train_step(self, micro_batches: list[list[EncodedExample]], file_step: int, file_total: int):
         t = self.cfg.training

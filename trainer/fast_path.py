@@ -26,14 +26,13 @@ architecture, gradient checkpointing) keeps the transformers forward.
 """
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-logger = logging.getLogger(__name__)
+from trainer.attention import varlen_attention_forward
 
 SUPPORTED_MODEL_TYPES = ("qwen3",)
 
@@ -109,13 +108,24 @@ def head_loss(h, targets, w_norm, w_head, *, eps: float):
     return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 
+def summed_loss(loss_fn, h: torch.Tensor, targets: torch.Tensor, vocab: int, max_logits: int, prepare=None):
+    """loss_fn(h, targets) summed over rows; when rows x vocab logits exceed max_logits (150k vocabularies), in
+    row chunks whose logits are recomputed in backward instead of kept. `prepare(h, targets)` may adapt each piece."""
+    prepare = prepare or (lambda hh, yy: (hh, yy))
+    if h.shape[0] * vocab <= max_logits:
+        return loss_fn(*prepare(h, targets))
+    chunk = max(1, max_logits // vocab)
+    total = h.new_zeros((), dtype=torch.float32)
+    for s in range(0, h.shape[0], chunk):
+        total = total + torch.utils.checkpoint.checkpoint(loss_fn, *prepare(h[s:s + chunk], targets[s:s + chunk]),
+                                                          use_reentrant=False)
+    return total
+
+
 class PackedForward:
     """Summed supervised CE of a packed batch, through compiled per-layer functions (or the same functions eagerly)."""
 
     def __init__(self, model, compile: bool, cache_dir: Path | None = None):
-        from trainer.attention import varlen_attention_forward
-
-        self.model = model
         cfg = model.config
         self.decoder = model.get_decoder()
         self.head = model.get_output_embeddings()
@@ -123,7 +133,6 @@ class PackedForward:
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.scaling = self.head_dim ** -0.5
-        self._attention = varlen_attention_forward
         self.compiled = compile
         fns = (attention_in, attention_out_mlp, head_loss)
         if compile:
@@ -148,29 +157,24 @@ class PackedForward:
         ids, pos = batch.input_ids, batch.position_ids
         h = d.embed_tokens(ids)
         cos, sin = d.rotary_emb(h, pos)
-        attn_kwargs = dict(cu_seq_lens_q=batch.cu_seq_lens, cu_seq_lens_k=batch.cu_seq_lens,
-                           max_length_q=batch.max_seq_len, max_length_k=batch.max_seq_len)
         shapes = dict(eps=self.eps, heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim)
         for layer in d.layers:
             a, m = layer.self_attn, layer.mlp
             self._mark(h, cos, sin, shape_id="tokens")
             q, k, v = self._in(h, cos, sin, layer.input_layernorm.weight, a.q_proj.weight, a.k_proj.weight,
                                a.v_proj.weight, a.q_norm.weight, a.k_norm.weight, **shapes)
-            o, _ = self._attention(a, q, k, v, None, scaling=self.scaling, **attn_kwargs)  # [1, T, H, D]
+            o, _ = varlen_attention_forward(a, q, k, v, None, scaling=self.scaling,
+                                            cu_seq_lens_q=batch.cu_seq_lens)  # [1, T, H, D]
             self._mark(o, h, shape_id="tokens")
             h = self._out(o, h, a.o_proj.weight, layer.post_attention_layernorm.weight, m.gate_proj.weight,
                           m.up_proj.weight, m.down_proj.weight, eps=self.eps)
         hs, ys = h[0][targets_mask], batch.targets[0][targets_mask]
         w_norm, w_head = d.norm.weight, self.head.weight
-        if hs.shape[0] * w_head.shape[0] <= max_logits:
-            self._mark(hs, ys, shape_id="targets", dim=0)
-            return self._head(hs, ys, w_norm, w_head, eps=self.eps)
-        # Large vocabularies: the logits of all rows would not fit; chunks are recomputed in backward.
-        chunk = max(1, max_logits // w_head.shape[0])
-        total = hs.new_zeros((), dtype=torch.float32)
-        for s in range(0, hs.shape[0], chunk):
-            hc, yc = hs[s:s + chunk].clone(), ys[s:s + chunk].clone()
-            self._mark(hc, yc, shape_id="targets", dim=0)
-            total = total + torch.utils.checkpoint.checkpoint(self._head, hc, yc, w_norm, w_head, eps=self.eps,
-                                                              use_reentrant=False)
-        return total
+
+        def prepare(hh, yy):  # whole tensors (a chunk is a view), token dim unbacked
+            hh, yy = (hh, yy) if hh.shape[0] == hs.shape[0] else (hh.clone(), yy.clone())
+            self._mark(hh, yy, shape_id="targets", dim=0)
+            return hh, yy
+
+        return summed_loss(lambda hh, yy: self._head(hh, yy, w_norm, w_head, eps=self.eps), hs, ys, w_head.shape[0],
+                           max_logits, prepare)
