@@ -196,7 +196,7 @@ def run_one(preset: str, model_dir: Path | None, args) -> dict:
                     os.link(p, tmp / p.name) if args.link else shutil.copy2(p, tmp / p.name)
             sd = tmp / "training_state"
             sd.mkdir()
-            (sd / "optimizer.pt").write_bytes(b"\0" * 1024)
+            (sd / "optimizer.safetensors").write_bytes(b"\0" * 1024)
             write_trainer_state(sd, {"global_step": 100, "files_done": ["bench.jsonl"], "examples_seen": 1000})
 
         publish_checkpoint(cfg.layout.current_model, 100, write)

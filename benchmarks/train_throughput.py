@@ -29,16 +29,19 @@ same run.
                 compile happens during the untimed warm-up steps, like the
                 other contenders' first-step costs).
 
-All use torch.optim.AdamW (lr, betas (0.9, 0.95), eps 1e-8, no weight decay),
-clipping at 1.0, constant LR without warmup, fp32, ~--step-tokens real tokens
+All use torch.optim.AdamW with its fused kernel (transformers' default
+`adamw_torch_fused`; Cadence's engine uses the same) (lr, betas (0.9, 0.95),
+eps 1e-8, no weight decay), clipping at 1.0, constant LR without warmup, fp32, ~--step-tokens real tokens
 per optimizer step.
 
 `--preset qwen3-0.6b`: a random model with Qwen3-0.6B's architecture; HF
 Trainer and Cadence each train a few short steps, then save a checkpoint and
 load it in a fresh process. HF: trainer.save_model + torch.save(optimizer) /
 from_pretrained + AdamW.load_state_dict. Cadence: its checkpoint
-(save_pretrained + optimizer + RNG + manifest with sha256, fsynced, renamed) /
-TrainerEngine.setup() from it (manifest verified).
+(save_pretrained + optimizer state in safetensors + RNG + manifest with a digest
+per file, everything fsynced, renamed) / TrainerEngine.setup() from it (every
+digest verified). Step time is compared per real token; only the batches the
+timed steps consumed are counted.
 
 Run as:
     .venv/bin/python benchmarks/train_throughput.py                       # tiny model, ~4 min on 2 idle cores
@@ -133,7 +136,9 @@ class StepClock:
         if steps <= warmup:
             raise SystemExit(f"only {steps} steps ran; need more than --warmup-steps {warmup} (raise --examples)")
         seconds = self.step_ends[-1] - self.step_ends[warmup - 1] if warmup else self.step_ends[-1] - self.started
-        tokens = sum(self.batch_tokens[warmup * accumulation:])
+        # only the batches the timed steps consumed: accelerate's dataloader collates one batch ahead (to spot
+        # the last one), so a run stopped by max_steps has collated a batch it never trained on
+        tokens = sum(self.batch_tokens[warmup * accumulation:steps * accumulation])
         # Best rate over any BEST_WINDOW consecutive timed steps: on a machine shared with other jobs, the closest
         # this run gets to each contender's speed on idle cores (the overall rate mixes in other jobs' bursts).
         per_step = [sum(self.batch_tokens[i * accumulation:(i + 1) * accumulation]) for i in range(steps)]
@@ -153,7 +158,7 @@ def _diffs(xs: list[float]) -> list[float]:
 def _hf_training_args(spec: dict, **extra):
     return dict(output_dir=spec["out_dir"], per_device_train_batch_size=spec["batch_size"],
                 gradient_accumulation_steps=1, learning_rate=spec["lr"], lr_scheduler_type="constant",
-                warmup_steps=0, optim="adamw_torch", num_train_epochs=1, max_steps=spec.get("max_steps") or -1,
+                warmup_steps=0, optim="adamw_torch_fused", num_train_epochs=1, max_steps=spec.get("max_steps") or -1,
                 logging_steps=10, save_strategy="no", report_to="none", use_cpu=True, bf16=False, fp16=False,
                 dataloader_num_workers=0, seed=spec["seed"], data_seed=spec["seed"], disable_tqdm=True, **OPTIM,
                 **extra)
@@ -322,6 +327,9 @@ def run_cadence(spec: dict, examples) -> dict:
 
 
 def load_cadence(spec: dict) -> dict:
+    import accelerate  # noqa: F401  (imported before the clock starts, as load_hf imports transformers)
+    from transformers import AutoModelForCausalLM  # noqa: F401
+
     from trainer.engine import TrainerEngine
 
     started = time.perf_counter()
@@ -359,6 +367,7 @@ def spawn(job: str, spec: dict, workdir: Path, verbose: bool) -> dict:
     spec_path = workdir / f"spec-{job}.json"
     spec_path.write_text(json.dumps(spec))
     log = open(workdir / f"{job}.log", "w")
+    os.sync()  # no contender pays for the writeback of an earlier one's files
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path)], cwd=REPO,
                             stdout=None if verbose else log, stderr=subprocess.STDOUT if not verbose else None)
@@ -542,16 +551,24 @@ def checkpoint_mode(args, workdir: Path) -> int:
             "max_length": min(args.max_length, args.step_tokens), "step_tokens": args.step_tokens, "batch_size": batch_size, "lr": args.lr,
             "seed": args.seed, "warmup_steps": args.warmup_steps, "trl_packing": args.trl_packing,
             "cadence_compile": args.cadence_compile, "max_steps": steps, "checkpoint": True}
-    results = {}
-    for name in ("hf", "cadence"):
-        print(f"running {name} ...", flush=True)
-        train = spawn(name, spec, workdir, args.verbose)
-        load_spec = dict(spec, checkpoint_dir=train.get("checkpoint_dir"), out_dir=str(workdir / f"run-{name}"))
-        load = spawn(f"load-{name}", load_spec, workdir, args.verbose)
-        results[name] = {"train": train, "load": load}
-        shutil.rmtree(workdir / f"run-{name}", ignore_errors=True)  # ~7 GB each
+    runs: dict[str, list] = {"hf": [], "cadence": []}
+    for round_ in range(args.repeats):
+        order = ("hf", "cadence") if round_ % 2 == 0 else ("cadence", "hf")  # alternate: neither always goes first
+        for name in order:
+            print(f"round {round_ + 1}/{args.repeats}: running {name} ...", flush=True)
+            train = spawn(name, spec, workdir, args.verbose)
+            load_spec = dict(spec, checkpoint_dir=train.get("checkpoint_dir"), out_dir=str(workdir / f"run-{name}"))
+            load = spawn(f"load-{name}", load_spec, workdir, args.verbose)
+            runs[name].append({"train": train, "load": load})
+            shutil.rmtree(workdir / f"run-{name}", ignore_errors=True)  # ~7 GB each
+    results = {name: _median_run(r) for name, r in runs.items()}
+    if args.repeats > 1:
+        print(f"\nmedians over {args.repeats} rounds; every round's save / load seconds:")
+        for name, r in runs.items():
+            print(f"  {name:8} save {[round(x['train']['save_seconds'], 2) for x in r]}  "
+                  f"load {[round(x['load']['load_seconds'], 2) for x in r]}")
     print()
-    header = (f"{'contender':28} {'step s':>7} {'tok/s':>7} {'save s':>7} {'load s':>7} {'ckpt GB':>8} "
+    header = (f"{'contender':28} {'step s':>7} {'tok/step':>8} {'tok/s':>7} {'save s':>7} {'load s':>7} {'ckpt GB':>8} "
               f"{'train RSS GB':>12} {'load RSS GB':>11}")
     print(header)
     print("-" * len(header))
@@ -559,21 +576,34 @@ def checkpoint_mode(args, workdir: Path) -> int:
     for name, r in results.items():
         t, ld = r["train"], r["load"]
         step = t["timed_seconds"] / t["timed_steps"]
-        print(f"{labels[name]:28} {step:>7.2f} {t['tokens_per_s']:>7.0f} {t['save_seconds']:>7.2f} "
+        print(f"{labels[name]:28} {step:>7.2f} {t['timed_tokens'] / t['timed_steps']:>8.0f} {t['tokens_per_s']:>7.0f} {t['save_seconds']:>7.2f} "
               f"{ld['load_seconds']:>7.2f} {t['checkpoint_bytes'] / 1e9:>8.2f} {t['peak_rss_mb'] / 1024:>12.1f} "
               f"{ld['peak_rss_mb'] / 1024:>11.1f}")
     print()
     if len(results) == 2:
         hf, ca = results["hf"], results["cadence"]
         # step time per real token: the two frameworks' steps do not hold exactly the same number of tokens
-        for what, key, part, per in (("step time per token", "timed_seconds", "train", "timed_tokens"),
-                                     ("save", "save_seconds", "train", None), ("load", "load_seconds", "load", None)):
-            a = ca[part][key] / (ca[part][per] if per else 1)
-            b = hf[part][key] / (hf[part][per] if per else 1)
+        for what, key, part in (("step time per token", "seconds_per_token", "train"),
+                                ("save", "save_seconds", "train"), ("load", "load_seconds", "load")):
+            a, b = ca[part][key], hf[part][key]
             print(f"Cadence / HF {what}: {a / b:.2f}  (goal <= 1: {'met' if a / b <= 1 else 'NOT met'})")
     if args.json:
         Path(args.json).write_text(json.dumps({"flops": flops, "results": results}, indent=2))
     return 0
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """One run's record whose numbers are each the median over the rounds."""
+    import statistics
+
+    out = {part: dict(runs[0][part]) for part in ("train", "load")}
+    for part, keys in (("train", ("timed_seconds", "timed_tokens", "tokens_per_s", "save_seconds", "peak_rss_mb")),
+                       ("load", ("load_seconds", "peak_rss_mb"))):
+        for key in keys:
+            out[part][key] = statistics.median(r[part][key] for r in runs)
+    out["train"]["seconds_per_token"] = statistics.median(r["train"]["timed_seconds"] / r["train"]["timed_tokens"]
+                                                          for r in runs)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -591,6 +621,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", action="store_true",
                         help="run the step time + checkpoint save/load comparison (implied by --preset qwen3-0.6b)")
     parser.add_argument("--steps", type=int, default=None, help="qwen3-0.6b mode: optimizer steps per contender (default 3)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="qwen3-0.6b mode: rounds (contender order alternating), medians reported (default 1)")
     parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate for every contender")
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma list of hf,trl,cadence")
     parser.add_argument("--trl-packing", default="bfd", choices=TRL_PACKING, help="TRL setting (default bfd)")

@@ -184,7 +184,7 @@ class DeployConfig(Section):
     health_window_seconds: float = Field(10.0, ge=0, description="Watch error rate and latency this long before promoting.")
     max_error_rate: float = Field(0.05, ge=0, le=1, description="Error share in the health window that triggers rollback.")
     keep_remote_versions: int = Field(3, ge=2, description="Versions kept on each target (never the active or previous one).")
-    verify_staging: bool = Field(True, description="Check the sha256 manifest of a local target's staged copy before it is renamed into place (the server checks again when it loads).")
+    verify_staging: bool = Field(True, description="Check the manifest (blake3 per file) of a local target's staged copy before it is renamed into place (the server checks again when it loads).")
     link_local: bool = Field(True, description="A local target on the same filesystem as models/versions gets hard links (rsync --link-dest) instead of byte copies; versions are immutable, so the staged check is left to the server's.")
     health_probe_interval: float = Field(0.5, gt=0, description="Seconds between probe requests during the health window.")
     max_latency_seconds: float | None = Field(None, gt=0, description="Median probe latency in the health window above this triggers rollback (None = latency not judged).")

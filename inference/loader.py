@@ -1,7 +1,7 @@
 """Load a model folder into a standby `ModelEngine`, refusing anything that is not safe to serve.
 
 Checks, in order, each failing with a `ModelLoadError` whose `code` names the
-problem: the folder exists; `manifest.json` matches every file (sha256 and
+problem: the folder exists; `manifest.json` matches every file (digest and
 size, via core.manifest); the config parses and names a causal-LM
 architecture; the weights load with no missing, unexpected or mis-shaped
 tensor; the tokenizer loads and agrees with the config (vocabulary fits,
@@ -87,7 +87,7 @@ def load_engine(path: str | Path, version: str | None, cfg, require_manifest: bo
             raise ModelLoadError("manifest_mismatch", str(exc)) from None
         report["checks"].append("manifest")
     elif require_manifest:
-        raise ModelLoadError("manifest_missing", f"{folder}: no {MANIFEST_NAME} (sha256 per file is required to deploy)")
+        raise ModelLoadError("manifest_missing", f"{folder}: no {MANIFEST_NAME} (a digest per file is required to deploy)")
     version = version or (manifest or {}).get("version") or folder.name
     report["version"] = version
 

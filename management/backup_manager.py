@@ -2,7 +2,7 @@
 
 A backup is `models/backups/<UTC time>_<label>/`: the folder's files copied
 (hard-linked when the source is immutable and on the same filesystem: a
-checkpoint's files are never rewritten in place), a fresh sha256 manifest
+checkpoint's files are never rewritten in place), a fresh manifest (blake3 per file)
 written over the copy, and the copy verified against the source's manifest
 when it has one. Only a verified backup counts; a failed one is removed and
 the caller's destructive step must not run (BackupError).

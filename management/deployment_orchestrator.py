@@ -5,7 +5,7 @@ Per target, a deployment walks these stages, each recorded in the state file
 (`status/deployments.jsonl`, one JSON line per event) when it ends:
 
     copy      rsync the version's model files into `<dest>/.staging-<version>/`
-    verify    sha256 manifest of the staged copy (local targets), rename to `<dest>/<version>/`
+    verify    manifest (blake3 per file) of the staged copy (local targets), rename to `<dest>/<version>/`
     load      POST /admin/models/load {path, version}: the server verifies, smoke-tests and flips
     health    /v1/models must report the new content; probes for deploy.health_window_seconds
               (error rate <= max_error_rate, median latency <= max_latency_seconds)

@@ -50,7 +50,8 @@ logger = logging.getLogger(__name__)
 FORMATS = ("hf", "gguf")
 QUANTS = ("f16", "q8_0")
 SKIP_DIRS = {"training_state", "adapter"}
-SKIP_FILES = {"manifest.json", "training_args.bin", "trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth"}
+SKIP_FILES = {"manifest.json", "training_args.bin", "trainer_state.json", "optimizer.safetensors", "optimizer.pt",
+              "scheduler.pt", "rng_state.pth"}
 GGUF_NAME = "model.gguf"
 # The pre-tokenizer regex of Qwen2/Qwen3 (llama.cpp's "qwen2" pre-tokenizer).
 QWEN2_PRETOKENIZE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"

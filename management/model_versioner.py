@@ -3,11 +3,11 @@
 A version holds the checkpoint's model files only (hard-linked: checkpoints
 are immutable, so a version costs no extra disk until the checkpoint is
 pruned, and survives that pruning), a `manifest.json` listing exactly those
-files with the checkpoint's sha256s (so its content id equals the
+files with the checkpoint's digests (so its content id equals the
 checkpoint's and the inference server verifies it as is), and
 `training_metadata.json`: base model, step, files and examples trained, final
 loss, val loss, hyperparameters, training time, config hash, trained_at,
-sha256s. Consolidating the same content twice returns the existing version.
+file digests. Consolidating the same content twice returns the existing version.
 
 Restore puts a version's weights back in training: it backs up the newest
 checkpoint first (hash-verified, management/backup_manager.py), then
@@ -38,7 +38,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.atomic_io import atomic_write_json, fsync_dir, read_json
-from core.manifest import MANIFEST_NAME, TRAINING_STATE_DIR, content_id
+from core.manifest import MANIFEST_NAME, TRAINING_STATE_DIR, content_id, entry_digest
 from trainer.checkpoint import CheckpointInfo, latest_checkpoint, publish_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def training_metadata(cfg, ckpt: CheckpointInfo, manifest: dict, cid: str) -> di
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state["saved_at"])) if isinstance(state.get("saved_at"), (int, float)) else None,
         "consolidated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "content_id": cid,
-        "sha256": {rel: meta["sha256"] for rel, meta in manifest["files"].items()},
+        "file_digests": {rel: entry_digest(meta) for rel, meta in manifest["files"].items()},
     }
 
 

@@ -35,7 +35,7 @@ from trainer.checkpoint import PROTECTED_FILE, CheckpointInfo, list_checkpoints,
 
 logger = logging.getLogger(__name__)
 
-OPTIMIZER_FILES = ("optimizer.pt", "scheduler.pt")
+OPTIMIZER_FILES = ("optimizer.safetensors", "optimizer.pt", "scheduler.pt")  # .pt: checkpoints of older versions
 
 
 def dir_size(path: Path) -> int:

@@ -36,7 +36,7 @@ def make_checkpoint(cfg, model_dir: Path, step: int, seed: int | None = None, na
             save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
         sd = tmp / "training_state"
         sd.mkdir()
-        (sd / "optimizer.pt").write_bytes(b"\0" * 4096)
+        (sd / "optimizer.safetensors").write_bytes(b"\0" * 4096)
         (sd / "rng.pt").write_bytes(b"\0" * 64)
         write_trainer_state(sd, {"global_step": step, "files_done": ["a.jsonl"], "examples_seen": 10 * step,
                                  "last_file": {"final_loss": 1.0, "val_loss": 1.1}, "run_started_at": time.time() - 60,

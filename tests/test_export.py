@@ -32,7 +32,7 @@ def _checkpoint(tmp_path: Path, model_dir: Path, name: str = "checkpoint-12") ->
     ckpt = tmp_path / name
     shutil.copytree(model_dir, ckpt)
     (ckpt / "training_state").mkdir()
-    (ckpt / "training_state" / "optimizer.pt").write_bytes(b"x" * 100)
+    (ckpt / "training_state" / "optimizer.safetensors").write_bytes(b"x" * 100)
     (ckpt / "training_state" / "trainer_state.json").write_text("{}")
     write_manifest(ckpt)
     return ckpt
@@ -80,7 +80,7 @@ def test_full_checkpoint_exports_model_files_only(tmp_path, micro_model_dir):
         last = fh.read(1)
         fh.seek(-1, 2)
         fh.write(bytes([last[0] ^ 1]))
-    with pytest.raises(ExportError, match="refusing to export: .*model.safetensors: sha256 mismatch"):
+    with pytest.raises(ExportError, match="refusing to export: .*model.safetensors: blake3 mismatch"):
         export(resolve_source(str(ckpt)), tmp_path / "other", "hf")
     assert not (tmp_path / "other").exists()
 

@@ -94,7 +94,7 @@ def test_new_checkpoint_is_scored_deployed_verified_and_promoted(deployed, tmp_p
     # the version snapshot has its training metadata; protected.json pins the deployed checkpoint
     meta = (cfg.layout.versions / active["version"] / "training_metadata.json").read_text()
     for key in ("base_model", "step", "files_trained", "examples_trained", "final_loss", "val_loss", "hyperparameters",
-                "training_time_s", "config_hash", "trained_at", "sha256"):
+                "training_time_s", "config_hash", "trained_at", "file_digests"):
         assert f'"{key}"' in meta
     protected = (cfg.layout.current_model / "protected.json").read_text()
     assert '"checkpoint-10"' in protected

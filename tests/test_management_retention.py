@@ -64,7 +64,7 @@ def test_retention_keeps_latest_best_deployed_and_strips_optimizer_state_safely(
     result = retention.apply_retention(estate)
     assert _names(estate) == PROTECTED | {"checkpoint-70"}           # latest 2 = 70, 80
     ckpts = list_checkpoints(estate.layout.current_model)
-    with_opt = [c.path.name for c in ckpts if (c.state_dir / "optimizer.pt").exists()]
+    with_opt = [c.path.name for c in ckpts if (c.state_dir / "optimizer.safetensors").exists()]
     assert with_opt == ["checkpoint-80"]                                 # optimizer state only on the latest M=1
     for c in ckpts:
         verify_manifest(c.path)                                          # every stripped checkpoint still verifies
@@ -95,7 +95,7 @@ def test_disk_manager_frees_in_safe_order_and_never_touches_protected(estate):
     assert steps == sorted(steps, key=order.index)                      # the safe order
     assert [a["step"] for a in dry["actions"]] == steps
     assert _names(estate) == PROTECTED | {"checkpoint-70"}
-    assert (layout.current_model / "checkpoint-80" / "training_state" / "optimizer.pt").exists()  # newest keeps it
+    assert (layout.current_model / "checkpoint-80" / "training_state" / "optimizer.safetensors").exists()  # newest keeps it
     assert {v["name"] for v in list_versions(estate)} == before_versions   # both versions are deployed ones
     assert not (done / "old.jsonl").exists() and not (done / "old.meta.json").exists() and (done / "new.jsonl").exists()
     assert not (layout.logs / "trainer.log.1").exists() and (layout.logs / "daemon.log").exists()
@@ -140,7 +140,7 @@ def test_versions_are_idempotent_restorable_and_guarded(estate, micro_model_dir)
     assert (new / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
     state = json.loads((new / "training_state" / "trainer_state.json").read_text())
     assert state["global_step"] == 81 and state["restored_from"] == v["name"]
-    assert not (new / "training_state" / "optimizer.pt").exists()
+    assert not (new / "training_state" / "optimizer.safetensors").exists()
     verify_manifest(new)
 
 

@@ -2,6 +2,7 @@
 import json
 import logging
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,18 +91,49 @@ def test_two_files_continue_step_optimizer_and_lr(make_config, tmp_path):
     assert again.status == "already_done" and engine.global_step == r2.global_step_end
 
 
-def test_corrupt_latest_checkpoint_falls_back(make_config, tmp_path, caplog):
+def _flip_byte(path: Path, offset: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        b = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([b[0] ^ 0x40]))
+
+
+CORRUPTIONS = {
+    # (file under the checkpoint, how): each must be caught and the previous checkpoint loaded in full
+    "model truncated": ("model.safetensors", lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])),
+    "model bit flip": ("model.safetensors", lambda p: _flip_byte(p, p.stat().st_size - 5)),     # loads, hash fails
+    "model header garbage": ("model.safetensors", lambda p: _flip_byte(p, 10)),                 # load itself fails
+    "optimizer bit flip": ("training_state/optimizer.safetensors", lambda p: _flip_byte(p, p.stat().st_size - 5)),
+    "trainer state edited": ("training_state/trainer_state.json",
+                             lambda p: p.write_text(p.read_text().replace('"global_step": ', '"global_step": 1'))),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
+def test_corrupt_latest_checkpoint_falls_back(make_config, tmp_path, caplog, kind):
     cfg = make_config({"training.save_steps": 2, "training.save_total_limit": 10, "training.micro_batch_tokens": 256})
     data = write_chat(tmp_path / "d.jsonl", 40)
     TrainerEngine(cfg).setup().train_file(data)
     ckpts = list_checkpoints(cfg.layout.current_model)
     latest, previous = ckpts[-1], ckpts[-2]
-    shard = latest.path / "model.safetensors"
-    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    rel, corrupt = CORRUPTIONS[kind]
+    corrupt(latest.path / rel)
     with caplog.at_level(logging.WARNING):
         engine = TrainerEngine(cfg).setup()
     assert engine.global_step == previous.step
-    assert any("corrupt" in r.message and latest.path.name in r.message for r in caplog.records)
+    assert any("corrupt" in r.message and latest.path.name in r.message and rel in r.message for r in caplog.records)
+    # what was loaded is the previous checkpoint's content, weights and optimizer moments alike
+    saved = load_file(previous.path / "model.safetensors")
+    model = engine.accelerator.unwrap_model(engine.model)
+    for name, tensor in model.state_dict().items():
+        if name in saved:
+            assert torch.equal(tensor, saved[name]), name
+    moments = load_file(previous.state_dir / "optimizer.safetensors")
+    state = engine.optimizer.state_dict()["state"]
+    for key, tensor in moments.items():
+        _, index, name = key.split(".", 2)
+        assert torch.equal(state[int(index)][name], tensor), key
 
 
 def test_nan_loss_stops_with_clear_error_and_never_saves(make_config, tmp_path):

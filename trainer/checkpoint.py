@@ -1,25 +1,32 @@
-"""Checkpoints on disk: atomic publish, sha256 manifest, verified load with fallback, rolling retention.
+"""Checkpoints on disk: atomic publish, blake3 manifest, verified load with fallback, rolling retention.
 
 Layout (DESIGN.md): `<current_model>/checkpoint-<global_step>/` holds the
 `save_pretrained` model and tokenizer (loadable by AutoModelForCausalLM as is),
-`training_state/` (optimizer.pt, rng.pt, trainer_state.json) and
-`manifest.json`. A checkpoint is written into a hidden temp folder beside it,
+`training_state/` (optimizer.safetensors, rng.pt, trainer_state.json) and
+`manifest.json` (blake3 + size per file). A checkpoint is written into a hidden temp folder beside it,
 every file fsynced, then renamed: a checkpoint on disk is complete or absent.
+
+Each file is hashed and fsynced on a background thread as soon as the writer
+seals it (`write_fn(tmp, seal)`), so the model's hash and flush overlap with
+writing the optimizer state instead of following the whole write.
 """
 from __future__ import annotations
 
 import errno
+import inspect
 import json
 import logging
 import os
 import re
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.atomic_io import fsync_dir, read_json
-from core.manifest import MANIFEST_NAME, ManifestError, TRAINING_STATE_DIR, verify_manifest, write_manifest
+from core.manifest import (MANIFEST_NAME, ManifestCheck, ManifestError, TRAINING_STATE_DIR, file_entry, fsync_file,
+                           write_manifest)
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +73,35 @@ def latest_checkpoint(root: str | Path) -> CheckpointInfo | None:
     return ckpts[-1] if ckpts else None
 
 
-def verified_checkpoints(root: str | Path):
-    """Newest first, each verified against its manifest; a corrupt one is skipped with a warning."""
+def warn_corrupt(ckpt: CheckpointInfo, exc: Exception) -> None:
+    logger.warning("checkpoint %s is corrupt, falling back to the previous one: %s", ckpt.path.name, exc)
+
+
+def checked_checkpoints(root: str | Path, skip: set[str] = frozenset()):
+    """Newest first: (checkpoint, its ManifestCheck). The small files (configs, trainer state) are verified
+    already, so the caller may read them; the large ones are being hashed in the background and the caller
+    must call `check.result()` before trusting what it loaded. A checkpoint whose small files fail is skipped
+    with a warning here."""
     for ckpt in reversed(list_checkpoints(root)):
+        if ckpt.path.name in skip:
+            continue
         try:
-            verify_manifest(ckpt.path)
+            check = ManifestCheck(ckpt.path)
+            if not check.small_files_ok:
+                check.result()
         except ManifestError as exc:
-            logger.warning("checkpoint %s is corrupt, falling back to the previous one: %s", ckpt.path.name, exc)
+            warn_corrupt(ckpt, exc)
+            continue
+        yield ckpt, check
+
+
+def verified_checkpoints(root: str | Path):
+    """Newest first, each fully verified against its manifest; a corrupt one is skipped with a warning."""
+    for ckpt, check in checked_checkpoints(root):
+        try:
+            check.result()
+        except ManifestError as exc:
+            warn_corrupt(ckpt, exc)
             continue
         yield ckpt
 
@@ -94,20 +123,47 @@ def free_bytes(path: str | Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def _fsync_tree(folder: Path) -> None:
-    for dirpath, _dirs, files in os.walk(folder):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+def _fsync_dirs(folder: Path) -> None:
+    for dirpath, _dirs, _files in os.walk(folder):
         fsync_dir(dirpath)
+
+
+class _Sealer:
+    """Hash + fsync finished files of a checkpoint being written, on one background thread."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="seal")
+        self._futures: dict[str, Future] = {}
+
+    def seal(self, *paths: str | Path) -> None:
+        """Mark files (default: every file written so far) complete: no more writes may follow."""
+        targets = [Path(p) for p in paths] or [p for p in sorted(self.folder.rglob("*")) if p.is_file()]
+        for p in targets:
+            rel = p.relative_to(self.folder).as_posix()
+            if rel != MANIFEST_NAME and rel not in self._futures:
+                self._futures[rel] = self._pool.submit(self._finish, p)
+
+    @staticmethod
+    def _finish(p: Path) -> dict:
+        entry = file_entry(p)
+        fsync_file(p)
+        return entry
+
+    def entries(self) -> dict:
+        return {rel: f.result() for rel, f in self._futures.items()}
+
+    def close(self) -> None:
+        for f in self._futures.values():
+            f.cancel()
+        self._pool.shutdown(wait=True)
 
 
 def publish_checkpoint(root: str | Path, step: int, write_fn, min_free_bytes: int = 0,
                        expected_bytes: int = 0) -> CheckpointInfo:
-    """Write a checkpoint via `write_fn(tmp_dir)` into a temp dir, manifest it, fsync, rename into place.
+    """Write a checkpoint via `write_fn(tmp_dir)` or `write_fn(tmp_dir, seal)` into a temp dir, manifest it,
+    fsync, rename into place. `seal(*paths)` (no paths: everything written so far) tells that files are complete,
+    so their hashing and fsync start while the writer goes on.
 
     Raises DiskFullError before writing anything when free space is below
     `min_free_bytes + expected_bytes`, and after cleaning up on ENOSPC.
@@ -124,23 +180,32 @@ def publish_checkpoint(root: str | Path, step: int, write_fn, min_free_bytes: in
                             f"{(min_free_bytes + expected_bytes) / 1e9:.2f} GB for checkpoint-{step}")
     tmp = root / f".tmp-checkpoint-{step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    sealer = _Sealer(tmp)
     try:
         tmp.mkdir()
-        write_fn(tmp)
-        write_manifest(tmp, global_step=step)
-        _fsync_tree(tmp)
+        if len(inspect.signature(write_fn).parameters) >= 2:
+            write_fn(tmp, sealer.seal)
+        else:
+            write_fn(tmp)
+        sealer.seal()
+        write_manifest(tmp, known=sealer.entries(), global_step=step)  # every file was fsynced by the sealer
+        _fsync_dirs(tmp)
         if final.exists():  # an unmanifested leftover: never complete, safe to replace
             shutil.rmtree(final)
         os.rename(tmp, final)
         fsync_dir(root)
     except OSError as exc:
+        sealer.close()
         shutil.rmtree(tmp, ignore_errors=True)
         if exc.errno == errno.ENOSPC:
             raise DiskFullError(errno.ENOSPC, f"disk full while writing checkpoint-{step}: {exc}") from exc
         raise
     except BaseException:
+        sealer.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        sealer.close()
     return CheckpointInfo(final, step)
 
 

@@ -24,12 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from core.config import CadenceConfig
+from core.manifest import ManifestCheck, ManifestError
 from core.system_metrics import gpu_stats, ram_stats
-from trainer import attention
+from trainer import attention, optim_state
 from trainer.compile import decide as decide_compile
 from trainer.fast_path import PackedForward, summed_loss, supported as fast_path_supported
-from trainer.checkpoint import (CheckpointError, CheckpointInfo, DiskFullError, clean_temp_dirs, prune_checkpoints,
-                                publish_checkpoint, verified_checkpoints, write_trainer_state)
+from trainer.checkpoint import (CheckpointError, CheckpointInfo, DiskFullError, checked_checkpoints, clean_temp_dirs,
+                                prune_checkpoints, publish_checkpoint, warn_corrupt, write_trainer_state)
 from trainer.data import IGNORE_INDEX, DataError, EncodedExample, chat_prompt_and_answer, encode_examples, load_tokenizer, read_jsonl
 from trainer.packing import PackedBatch, file_seed, pack, plan_steps
 from trainer.profiles import apply_profile
@@ -125,7 +126,6 @@ class TrainerEngine:
     # ------------------------------------------------------------------ setup
     def setup(self) -> "TrainerEngine":
         from accelerate import Accelerator
-        from transformers import AutoModelForCausalLM
 
         cfg = self.cfg
         self.hooks.heartbeat("load", 0)
@@ -135,13 +135,8 @@ class TrainerEngine:
         attn = cfg.model.attn_implementation
         if attn == "auto":
             attn = attention.register()
-        source, ckpt = self._pick_source()
         lora = cfg.training.mode == "lora"
-        weights = self.cfg.resolve(cfg.model.base_model) if lora else source
-        logger.info("loading model from %s%s", weights, f" + LoRA adapter from {source}" if lora and ckpt else "")
-        model = AutoModelForCausalLM.from_pretrained(str(weights), dtype=torch.float32, attn_implementation=attn,
-                                                     trust_remote_code=cfg.model.trust_remote_code)
-        self.tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
+        model, ckpt, optimizer_state = self._load(attn, lora)
         if lora:
             model = self._wrap_lora(model, ckpt)
         if cfg.model.gradient_checkpointing:
@@ -161,16 +156,55 @@ class TrainerEngine:
         self.state = {"global_step": 0, "tokens_seen": 0, "examples_seen": 0, "files_done": [], "current_file": None,
                       "critical": cfg.critical_values(), "critical_hash": cfg.critical_hash(), "run_started_at": time.time()}
         if ckpt is not None:
-            self._restore(ckpt)
+            self._restore(ckpt, optimizer_state)
         self.status.rewind_metrics(self.state["global_step"])
         self.status.update(state="idle", global_step=self.state["global_step"],
                            last_checkpoint=ckpt.path.name if ckpt else None)
         return self
 
-    def _pick_source(self) -> tuple[Path, CheckpointInfo | None]:
-        for ckpt in verified_checkpoints(self.checkpoint_root):
+    def _load(self, attn: str, lora: bool):
+        """The model (and optimizer state) of the newest checkpoint that verifies, else the base model.
+
+        The checkpoint's large files are hashed on background threads while the weights and the optimizer
+        state load; a checkpoint whose hashes then fail is dropped and the previous one loaded instead."""
+        from transformers import AutoModelForCausalLM
+
+        skip: set[str] = set()
+        while True:
+            source, ckpt, check = self._pick_source(skip)
+            weights = self.cfg.resolve(self.cfg.model.base_model) if lora else source
+            logger.info("loading model from %s%s", weights, f" + LoRA adapter from {source}" if lora and ckpt else "")
+            try:
+                model = AutoModelForCausalLM.from_pretrained(str(weights), dtype=torch.float32, attn_implementation=attn,
+                                                             trust_remote_code=self.cfg.model.trust_remote_code)
+                self.tokenizer = load_tokenizer(source, self.cfg.model.trust_remote_code)
+                opt_file = optim_state.state_file(ckpt.state_dir) if ckpt else None
+                optimizer_state = optim_state.load(opt_file) if opt_file else None
+            except Exception as exc:
+                if check is None:
+                    raise
+                try:
+                    check.result()
+                except ManifestError as bad:  # the load failed because the files are corrupt
+                    warn_corrupt(ckpt, bad)
+                    skip.add(ckpt.path.name)
+                    continue
+                raise exc
+            if check is not None:
+                try:
+                    check.result()
+                except ManifestError as bad:
+                    warn_corrupt(ckpt, bad)
+                    skip.add(ckpt.path.name)
+                    del model, optimizer_state
+                    continue
+            return model, ckpt, optimizer_state
+
+    def _pick_source(self, skip: set[str]) -> tuple[Path, CheckpointInfo | None, ManifestCheck | None]:
+        for ckpt, check in checked_checkpoints(self.checkpoint_root, skip):
             state = ckpt.trainer_state()
             if state.get("critical_hash") and state["critical_hash"] != self.cfg.critical_hash() and not self.new_run:
+                check.cancel()
                 old = state.get("critical", {})
                 diff = {k: (old.get(k), v) for k, v in self.cfg.critical_values().items() if old.get(k) != v}
                 raise ConfigMismatchError(
@@ -178,12 +212,13 @@ class TrainerEngine:
                     + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
                     + ". Restore the old values, or start a new run explicitly.")
             if self.new_run:
+                check.cancel()
                 break
-            return ckpt.path, ckpt
+            return ckpt.path, ckpt, check
         base = self.cfg.resolve(self.cfg.model.base_model)
         if not (base / "config.json").is_file():
             raise CheckpointError(f"no usable checkpoint under {self.checkpoint_root} and no model at {base}")
-        return base, None
+        return base, None, None
 
     def _wrap_lora(self, model, ckpt: CheckpointInfo | None):
         """LoRA mode: a fresh adapter on the base model, or the checkpoint's adapter (trainable) to continue."""
@@ -205,13 +240,19 @@ class TrainerEngine:
                 continue
             (no_decay if p.ndim < 2 or "norm" in name or name.endswith(".bias") else decay).append(p)
         groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon)
+        kwargs = dict(lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon)
+        try:
+            # One fused kernel per parameter (CPU and CUDA): the default for-loop AdamW makes ~10 passes over
+            # parameters, gradients and both moments, which at 0.6B parameters costs seconds per step on a CPU.
+            return torch.optim.AdamW(groups, **kwargs, fused=True)
+        except (RuntimeError, ValueError) as exc:
+            logger.info("fused AdamW unavailable here (%s); using the for-loop implementation", exc)
+            return torch.optim.AdamW(groups, **kwargs)
 
-    def _restore(self, ckpt: CheckpointInfo) -> None:
+    def _restore(self, ckpt: CheckpointInfo, optimizer_state: dict | None) -> None:
         state_dir = ckpt.state_dir
-        opt_path = state_dir / "optimizer.pt"
-        if opt_path.is_file():
-            self.optimizer.load_state_dict(torch.load(opt_path, map_location="cpu", weights_only=True))
+        if optimizer_state is not None:
+            self.optimizer.load_state_dict(optimizer_state)
         else:
             logger.warning("%s has no optimizer state (pruned); continuing with fresh AdamW moments", ckpt.path.name)
         rng_path = state_dir / "rng.pt"
@@ -494,7 +535,7 @@ class TrainerEngine:
         model = self.accelerator.unwrap_model(self.model)
         state = dict(self.state, reason=reason, config_hash=self.cfg.critical_hash())
 
-        def write(tmp: Path) -> None:
+        def write(tmp: Path, seal) -> None:
             if self.cfg.training.mode == "lora":
                 # The adapter (to continue training) plus the merged model at the top level, so the
                 # checkpoint loads with AutoModelForCausalLM as is and deploys like a full one.
@@ -508,9 +549,10 @@ class TrainerEngine:
             else:
                 model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
+            seal()  # the model is hashed and flushed while the optimizer state is written
             sd = tmp / "training_state"
             sd.mkdir()
-            torch.save(self.optimizer.state_dict(), sd / "optimizer.pt")
+            optim_state.save(self.optimizer.state_dict(), sd / optim_state.FILE_NAME)
             torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, sd / "rng.pt")
             write_trainer_state(sd, state)
