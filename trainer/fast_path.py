@@ -134,15 +134,20 @@ class PackedForward:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.scaling = self.head_dim ** -0.5
         self.compiled = compile
-        fns = (attention_in, attention_out_mlp, head_loss)
-        if compile:
-            if cache_dir is not None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-                cache_dir.mkdir(parents=True, exist_ok=True)
-                os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
-            # If the backend cannot build a graph here, Dynamo runs it eagerly instead of failing the step.
-            torch._dynamo.config.suppress_errors = True
-            fns = tuple(torch.compile(f, dynamic=True) for f in fns)
-        self._in, self._out, self._head = fns
+        self._cache_dir = cache_dir
+        self._in, self._out, self._head = attention_in, attention_out_mlp, head_loss
+        self._wrapped = not compile
+
+    def _wrap(self) -> None:
+        """Wrap the functions with torch.compile at the first step, not at set-up: importing Dynamo costs ~0.8 s,
+        which a process that only loads, evaluates or generates should not pay."""
+        self._wrapped = True
+        if self._cache_dir is not None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+            self._cache_dir.mkdir(parents=True, exist_ok=True)
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self._cache_dir)
+        # If the backend cannot build a graph here, Dynamo runs it eagerly instead of failing the step.
+        torch._dynamo.config.suppress_errors = True
+        self._in, self._out, self._head = (torch.compile(f, dynamic=True) for f in (self._in, self._out, self._head))
 
     def _mark(self, *tensors, shape_id: str, dim: int = 1):
         # Inputs are whole tensors, never views: Dynamo guards on a view's base, which differs between calls.
@@ -153,6 +158,8 @@ class PackedForward:
                 mark_unbacked(t, dim, shape_id=shape_id)
 
     def loss_sum(self, batch, targets_mask: torch.Tensor, max_logits: int) -> torch.Tensor:
+        if not self._wrapped:
+            self._wrap()
         d = self.decoder
         ids, pos = batch.input_ids, batch.position_ids
         h = d.embed_tokens(ids)
