@@ -131,7 +131,8 @@ class ManifestCheck:
     constructor returns, so a caller may read them at once; the large ones are hashed on worker threads.
     """
 
-    def __init__(self, folder: str | Path, model_only: bool = False, sync_below: int = 64 << 10):
+    def __init__(self, folder: str | Path, model_only: bool = False, sync_below: int = 64 << 10,
+                 workers: int = HASH_WORKERS):
         self.folder = Path(folder)
         self.manifest = _read_manifest(self.folder)
         entries = [(rel, meta) for rel, meta in self.manifest["files"].items()
@@ -139,7 +140,7 @@ class ManifestCheck:
         small = [(rel, meta) for rel, meta in entries if not isinstance(meta.get("size"), int) or meta["size"] < sync_below]
         large = sorted((e for e in entries if e not in small), key=lambda e: -e[1]["size"])
         self._problems = [p for p in (_check_file(self.folder, rel, meta) for rel, meta in small) if p]
-        self._pool = ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="verify") if large else None
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="verify") if large else None
         self._futures: list[Future] = [self._pool.submit(_check_file, self.folder, rel, meta) for rel, meta in large]
         if self._pool:
             self._pool.shutdown(wait=False)

@@ -197,3 +197,58 @@ def test_tiny_model_learns_and_reproduces_answers(make_config, tiny_model_dir, t
     assert losses[-1] < 0.2 * losses[0], (losses[0], losses[-1])
     for a, b in pairs:
         assert engine.generate([{"role": "user", "content": f"What does the {a} say?"}], 8).strip() == b
+
+
+def _checkpoint_tensors(ckpt):
+    out = dict(load_file(ckpt.path / "model.safetensors"))
+    out.update({f"opt/{k}": v for k, v in load_file(ckpt.state_dir / "optimizer.safetensors").items()})
+    return out
+
+
+def test_async_periodic_checkpoints_equal_synchronous_ones(make_config, tmp_path):
+    """Training goes on while a periodic checkpoint is hashed, fsynced and published: what lands on disk is
+    still exactly the state at its step, and every checkpoint is published and reported."""
+    data = write_chat(tmp_path / "data.jsonl", 80)
+    over = {"training.micro_batch_tokens": 256, "training.save_steps": 2, "training.save_total_limit": 100,
+            "training.eval_split_fraction": 0.0}
+    runs = {}
+    for mode in (True, False):
+        cfg = make_config({**over, "training.async_checkpoint": mode}, base_dir=tmp_path / str(mode))
+        result = TrainerEngine(cfg).setup().train_file(data)
+        ckpts = list_checkpoints(cfg.layout.current_model)
+        reported = [m["global_step"] for m in (json.loads(x) for x in cfg.layout.metrics.read_text().splitlines())
+                    if m.get("type") == "checkpoint"]
+        assert [c.step for c in ckpts] == sorted(reported) == list(range(2, result.steps, 2)) + [result.steps]
+        assert not [p for p in cfg.layout.current_model.iterdir() if p.name.startswith(".tmp")]
+        runs[mode] = {c.step: _checkpoint_tensors(c) for c in ckpts}
+    assert runs[True].keys() == runs[False].keys()
+    for step, tensors in runs[True].items():
+        for name, tensor in tensors.items():
+            assert torch.equal(tensor, runs[False][step][name]), (step, name)
+
+
+def test_background_checkpoint_failure_surfaces_and_publishes_nothing(make_config, tmp_path, monkeypatch):
+    import errno
+
+    import trainer.checkpoint as checkpoint
+
+    cfg = make_config({"training.micro_batch_tokens": 256, "training.save_steps": 2, "training.save_total_limit": 100,
+                       "training.eval_split_fraction": 0.0})
+    data = write_chat(tmp_path / "data.jsonl", 60)
+    real = checkpoint._fsync_dirs
+
+    def flaky(folder):
+        if folder.name.startswith(".tmp-checkpoint-4-"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(folder)
+
+    monkeypatch.setattr(checkpoint, "_fsync_dirs", flaky)
+    with pytest.raises(DiskFullError, match="checkpoint-4"):
+        TrainerEngine(cfg).setup().train_file(data)
+    root = cfg.layout.current_model
+    assert [c.step for c in list_checkpoints(root)] == [2]
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp")]
+    monkeypatch.setattr(checkpoint, "_fsync_dirs", real)
+    resumed = TrainerEngine(cfg).setup()
+    assert resumed.global_step == 2 and resumed.state["current_file"]["steps_done"] == 2
+    assert resumed.train_file(data).status == "completed"

@@ -86,7 +86,7 @@ def checked_checkpoints(root: str | Path, skip: set[str] = frozenset()):
         if ckpt.path.name in skip:
             continue
         try:
-            check = ManifestCheck(ckpt.path)
+            check = ManifestCheck(ckpt.path, workers=1)  # one hashing thread: the load runs on the other core
             if not check.small_files_ok:
                 check.result()
         except ManifestError as exc:
@@ -159,11 +159,47 @@ class _Sealer:
         self._pool.shutdown(wait=True)
 
 
-def publish_checkpoint(root: str | Path, step: int, write_fn, min_free_bytes: int = 0,
-                       expected_bytes: int = 0) -> CheckpointInfo:
-    """Write a checkpoint via `write_fn(tmp_dir)` or `write_fn(tmp_dir, seal)` into a temp dir, manifest it,
-    fsync, rename into place. `seal(*paths)` (no paths: everything written so far) tells that files are complete,
-    so their hashing and fsync start while the writer goes on.
+class Publication:
+    """A checkpoint whose files are written into its temp dir; `finish()` (on any thread) waits for the
+    sealer's hashes and fsyncs, writes the manifest and renames the folder into place. Until then nothing
+    is published: a crash leaves only a temp dir, removed at the next start."""
+
+    def __init__(self, root: Path, step: int, tmp: Path | None, sealer: "_Sealer | None"):
+        self.root, self.step, self.tmp, self.sealer = root, step, tmp, sealer
+        self.final = root / f"checkpoint-{step}"
+
+    def finish(self) -> CheckpointInfo:
+        if self.tmp is None:  # already published earlier
+            return CheckpointInfo(self.final, self.step)
+        try:
+            write_manifest(self.tmp, known=self.sealer.entries(), global_step=self.step)  # files fsynced by the sealer
+            _fsync_dirs(self.tmp)
+            if self.final.exists():  # an unmanifested leftover: never complete, safe to replace
+                shutil.rmtree(self.final)
+            os.rename(self.tmp, self.final)
+            fsync_dir(self.root)
+        except BaseException as exc:
+            self.abort(exc)
+        finally:
+            self.sealer.close()
+        return CheckpointInfo(self.final, self.step)
+
+    def abort(self, exc: BaseException):
+        """Remove the temp dir and re-raise `exc` (ENOSPC as DiskFullError)."""
+        if self.sealer is not None:
+            self.sealer.close()
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and not isinstance(exc, DiskFullError):
+            raise DiskFullError(errno.ENOSPC, f"disk full while writing checkpoint-{self.step}: {exc}") from exc
+        raise exc
+
+
+def begin_checkpoint(root: str | Path, step: int, write_fn, min_free_bytes: int = 0,
+                     expected_bytes: int = 0) -> Publication:
+    """Write a checkpoint's files via `write_fn(tmp_dir)` or `write_fn(tmp_dir, seal)` into a temp dir; the
+    returned Publication's `finish()` makes it durable and visible. `seal(*paths)` (no paths: everything written
+    so far) tells that files are complete, so their hashing and fsync start while the writer goes on.
 
     Raises DiskFullError before writing anything when free space is below
     `min_free_bytes + expected_bytes`, and after cleaning up on ENOSPC.
@@ -173,40 +209,30 @@ def publish_checkpoint(root: str | Path, step: int, write_fn, min_free_bytes: in
     final = root / f"checkpoint-{step}"
     if (final / MANIFEST_NAME).is_file():
         logger.info("checkpoint-%d already published", step)
-        return CheckpointInfo(final, step)
+        return Publication(root, step, None, None)
     available = free_bytes(root)
     if available < min_free_bytes + expected_bytes:
         raise DiskFullError(errno.ENOSPC, f"{available / 1e9:.2f} GB free at {root}, need "
                             f"{(min_free_bytes + expected_bytes) / 1e9:.2f} GB for checkpoint-{step}")
     tmp = root / f".tmp-checkpoint-{step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    sealer = _Sealer(tmp)
+    publication = Publication(root, step, tmp, _Sealer(tmp))
     try:
         tmp.mkdir()
         if len(inspect.signature(write_fn).parameters) >= 2:
-            write_fn(tmp, sealer.seal)
+            write_fn(tmp, publication.sealer.seal)
         else:
             write_fn(tmp)
-        sealer.seal()
-        write_manifest(tmp, known=sealer.entries(), global_step=step)  # every file was fsynced by the sealer
-        _fsync_dirs(tmp)
-        if final.exists():  # an unmanifested leftover: never complete, safe to replace
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        fsync_dir(root)
-    except OSError as exc:
-        sealer.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        if exc.errno == errno.ENOSPC:
-            raise DiskFullError(errno.ENOSPC, f"disk full while writing checkpoint-{step}: {exc}") from exc
-        raise
-    except BaseException:
-        sealer.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        sealer.close()
-    return CheckpointInfo(final, step)
+        publication.sealer.seal()
+    except BaseException as exc:
+        publication.abort(exc)
+    return publication
+
+
+def publish_checkpoint(root: str | Path, step: int, write_fn, min_free_bytes: int = 0,
+                       expected_bytes: int = 0) -> CheckpointInfo:
+    """Write, manifest, fsync and rename a checkpoint into place before returning (see begin_checkpoint)."""
+    return begin_checkpoint(root, step, write_fn, min_free_bytes, expected_bytes).finish()
 
 
 def protected_names(root: str | Path) -> set[str]:

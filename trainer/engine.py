@@ -17,6 +17,7 @@ import logging
 import math
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +30,8 @@ from core.system_metrics import gpu_stats, ram_stats
 from trainer import attention, optim_state
 from trainer.compile import decide as decide_compile
 from trainer.fast_path import PackedForward, summed_loss, supported as fast_path_supported
-from trainer.checkpoint import (CheckpointError, CheckpointInfo, DiskFullError, checked_checkpoints, clean_temp_dirs,
-                                prune_checkpoints, publish_checkpoint, warn_corrupt, write_trainer_state)
+from trainer.checkpoint import (CheckpointError, CheckpointInfo, DiskFullError, begin_checkpoint, checked_checkpoints,
+                                clean_temp_dirs, prune_checkpoints, warn_corrupt, write_trainer_state)
 from trainer.data import IGNORE_INDEX, DataError, EncodedExample, chat_prompt_and_answer, encode_examples, load_tokenizer, read_jsonl
 from trainer.packing import PackedBatch, file_seed, pack, plan_steps
 from trainer.profiles import apply_profile
@@ -122,6 +123,8 @@ class TrainerEngine:
         self._step_time_ema: float | None = None
         self._compiled: PackedForward | None = None   # compiled training forward, when this process may compile
         self._compile_steps = False                    # this file's training steps use them
+        self._publisher: ThreadPoolExecutor | None = None  # finishes periodic checkpoints in the background
+        self._pending = None                           # (future, reason, written_at) of the one in flight
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> "TrainerEngine":
@@ -351,6 +354,15 @@ class TrainerEngine:
                             examples=len(data.train), truncated=data.truncated, dropped=data.dropped)
         self.status.update(state="training", file=path.name, file_id=file_id, file_step=done, file_total_steps=len(plan),
                            dropped_examples=len(data.dropped), truncated_examples=data.truncated)
+        try:
+            self._run_plan(path, data, plan, done, cur, result)
+        except BaseException:
+            self._settle_quietly()  # a periodic checkpoint already written still gets published
+            raise
+        return result
+
+    def _run_plan(self, path: Path, data: "FileData", plan, done: int, cur: dict, result: FileResult) -> None:
+        t = self.cfg.training
         last_loss = None
         for step_index in range(done, len(plan)):
             action = self.hooks.control()
@@ -366,6 +378,7 @@ class TrainerEngine:
                 break
             examples = [[data.train[i] for i in micro] for micro in plan[step_index]]
             last_loss, n_tokens = self._train_step(examples, step_index, len(plan))
+            self._settle(wait=False)
             cur["steps_done"] = step_index + 1
             result.steps = cur["steps_done"]
             result.tokens += n_tokens
@@ -379,13 +392,13 @@ class TrainerEngine:
         if result.status == "completed":
             metrics = self.evaluate(data)
             result.val_loss = metrics.get("val_loss")
+            file_id = result.file_id
             self.state["files_done"] = (self.state.get("files_done", []) + [file_id])[-10000:]
             self.state["current_file"] = None
             self.state["last_file"] = {"id": file_id, "name": path.name, "final_loss": last_loss,
                                        "val_loss": result.val_loss, "global_step_end": self.global_step}
             self._checkpoint("end_of_file")
             self.status.update(state="idle", file=None, file_step=len(plan))
-        return result
 
     def _set_lr(self, file_step: int, file_total: int) -> float:
         t = self.cfg.training
@@ -530,7 +543,10 @@ class TrainerEngine:
         return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
     # ------------------------------------------------------------------ save
-    def _checkpoint(self, reason: str) -> CheckpointInfo:
+    def _checkpoint(self, reason: str) -> CheckpointInfo | None:
+        """Save a checkpoint. A periodic one (with training.async_checkpoint) returns None as soon as its files are
+        written; it is published when a later step finds its background finish done (or at the next checkpoint)."""
+        self._settle(wait=True)
         self.hooks.heartbeat("checkpoint", self.global_step)
         model = self.accelerator.unwrap_model(self.model)
         state = dict(self.state, reason=reason, config_hash=self.cfg.critical_hash())
@@ -559,18 +575,50 @@ class TrainerEngine:
 
         expected = sum(p.numel() * p.element_size() for p in model.parameters()) * 4  # weights + 2 moments + slack
         min_free = int(self.cfg.safety.min_free_disk_gb * 1e9)
-        info = publish_checkpoint(self.checkpoint_root, self.global_step, write, min_free, expected)
+        publication = begin_checkpoint(self.checkpoint_root, self.global_step, write, min_free, expected)
+        # logged now, in step order (a background checkpoint that never gets published leaves a line past the
+        # step a restart resumes from, which StatusWriter.rewind_metrics removes)
+        self.status.metric({"type": "checkpoint", "global_step": self.global_step, "path": publication.final.name,
+                            "reason": reason})
+        if reason == "periodic" and self.cfg.training.async_checkpoint:
+            if self._publisher is None:
+                self._publisher = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+            self._pending = (self._publisher.submit(publication.finish), reason, time.perf_counter())
+            return None
+        return self._published(publication.finish(), reason)
+
+    def _published(self, info: CheckpointInfo, reason: str) -> CheckpointInfo:
         prune_checkpoints(self.checkpoint_root, self.cfg.training.save_total_limit)
-        self.status.update(last_checkpoint=info.path.name, global_step=self.global_step)
-        self.status.metric({"type": "checkpoint", "global_step": self.global_step, "path": info.path.name, "reason": reason})
+        self.status.update(last_checkpoint=info.path.name)
         self.hooks.on_checkpoint(info)
         logger.info("saved %s (%s)", info.path.name, reason)
         return info
+
+    def _settle(self, wait: bool) -> CheckpointInfo | None:
+        """Publish-side bookkeeping of a background checkpoint once it is durable (waiting for it if `wait`).
+        An error of the background finish (e.g. disk full) is raised here, on the training thread."""
+        if self._pending is None or (not wait and not self._pending[0].done()):
+            return None
+        future, reason, started = self._pending
+        self._pending = None
+        info = future.result()
+        logger.info("%s durable %.1f s after its files were written", info.path.name, time.perf_counter() - started)
+        return self._published(info, reason)
+
+    def _settle_quietly(self) -> None:
+        try:
+            self._settle(wait=True)
+        except Exception:
+            logger.exception("background checkpoint failed")
 
     def save(self, reason: str = "manual") -> CheckpointInfo:
         return self._checkpoint(reason)
 
     def close(self) -> None:
+        self._settle_quietly()
+        if self._publisher is not None:
+            self._publisher.shutdown(wait=True)
+            self._publisher = None
         self._compiled = None
         self.model = self.optimizer = None
         if torch.cuda.is_available():
