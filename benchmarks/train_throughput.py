@@ -40,12 +40,9 @@ load it in a fresh process. HF: trainer.save_model + torch.save(optimizer) /
 from_pretrained + AdamW.load_state_dict. Cadence: its checkpoint
 (save_pretrained + optimizer state in safetensors + RNG + manifest with a digest
 per file, everything fsynced, renamed) / TrainerEngine.setup() from it (every
-digest verified). Cadence's "save" is how long training stands still for a
-periodic checkpoint (taken after the last-but-one step; with
-training.async_checkpoint its hashing, fsync and publishing run beside the next
-step, which is timed); its end-of-file checkpoint, which returns only once
-durable, is printed as well. HF's save is a plain write (no fsync). Step time is
-compared per real token; only the batches the timed steps consumed are counted.
+digest verified): Cadence's save returns durable, HF's is a plain write (no
+fsync). Step time is compared per real token; only the batches the timed steps
+consumed are counted.
 Use --repeats 4 (contender order alternating) on a VM whose disk speed drifts.
 
 Run as:
@@ -306,7 +303,7 @@ def run_cadence(spec: dict, examples) -> dict:
     clock = StepClock()
     clock.started = time.perf_counter()
     train_step, checkpoint = engine._train_step, engine._checkpoint
-    saves: list[tuple[str, float]] = []
+    saves: list[float] = []
 
     def timed_step(*args, **kwargs):
         loss, n_tokens = train_step(*args, **kwargs)
@@ -317,7 +314,7 @@ def run_cadence(spec: dict, examples) -> dict:
     def timed_checkpoint(reason):
         started = time.perf_counter()
         info = checkpoint(reason)
-        saves.append((reason, time.perf_counter() - started))
+        saves.append(time.perf_counter() - started)
         return info
 
     engine._train_step, engine._checkpoint = timed_step, timed_checkpoint
@@ -327,12 +324,7 @@ def run_cadence(spec: dict, examples) -> dict:
     out = clock.result(spec["warmup_steps"], result.tokens, result.tokens)
     if spec.get("checkpoint"):
         info = [p for p in engine.checkpoint_root.iterdir() if p.name.startswith("checkpoint-")][-1]
-        # save_seconds: how long training stood still for a periodic checkpoint (its hashing, fsync and publishing
-        # then ran beside the next step); durable_save_seconds: the end-of-file checkpoint, which returns durable
-        periodic = [sec for reason, sec in saves if reason == "periodic"]
-        durable = [sec for reason, sec in saves if reason == "end_of_file"]
-        out.update({"save_seconds": periodic[-1] if periodic else durable[-1], "durable_save_seconds": durable[-1],
-                    "checkpoint_dir": str(info), "checkpoint_bytes": _tree_bytes(info)})
+        out.update({"save_seconds": saves[-1], "checkpoint_dir": str(info), "checkpoint_bytes": _tree_bytes(info)})
     return out
 
 
@@ -560,8 +552,7 @@ def checkpoint_mode(args, workdir: Path) -> int:
     spec = {"model_dir": str(model_dir), "examples_path": str(examples_path), "data_path": str(data_path),
             "max_length": min(args.max_length, args.step_tokens), "step_tokens": args.step_tokens, "batch_size": batch_size, "lr": args.lr,
             "seed": args.seed, "warmup_steps": args.warmup_steps, "trl_packing": args.trl_packing,
-            "cadence_compile": args.cadence_compile, "max_steps": steps, "checkpoint": True,
-            "save_steps": max(1, steps - 1)}  # Cadence: a periodic checkpoint after the last-but-one step
+            "cadence_compile": args.cadence_compile, "max_steps": steps, "checkpoint": True}
     runs: dict[str, list] = {"hf": [], "cadence": []}
     for round_ in range(args.repeats):
         order = ("hf", "cadence") if round_ % 2 == 0 else ("cadence", "hf")  # alternate: neither always goes first
@@ -576,10 +567,8 @@ def checkpoint_mode(args, workdir: Path) -> int:
     if args.repeats > 1:
         print(f"\nmedians over {args.repeats} rounds; every round's save / load seconds:")
         for name, r in runs.items():
-            durable = [round(x['train']['durable_save_seconds'], 2) for x in r if "durable_save_seconds" in x["train"]]
             print(f"  {name:8} save {[round(x['train']['save_seconds'], 2) for x in r]}  "
-                  f"load {[round(x['load']['load_seconds'], 2) for x in r]}"
-                  + (f"  end-of-file save (durable) {durable}" if durable else ""))
+                  f"load {[round(x['load']['load_seconds'], 2) for x in r]}")
     print()
     header = (f"{'contender':28} {'step s':>7} {'tok/step':>8} {'tok/s':>7} {'save s':>7} {'load s':>7} {'ckpt GB':>8} "
               f"{'train RSS GB':>12} {'load RSS GB':>11}")
@@ -600,10 +589,6 @@ def checkpoint_mode(args, workdir: Path) -> int:
                                 ("save", "save_seconds", "train"), ("load", "load_seconds", "load")):
             a, b = ca[part][key], hf[part][key]
             print(f"Cadence / HF {what}: {a / b:.2f}  (goal <= 1: {'met' if a / b <= 1 else 'NOT met'})")
-        d = ca["train"].get("durable_save_seconds")
-        if d:
-            print(f"Cadence's end-of-file checkpoint, returning only once hashed, fsynced and renamed: {d:.2f} s "
-                  f"({d / hf['train']['save_seconds']:.2f}x HF Trainer's save, which fsyncs nothing)")
     if args.json:
         Path(args.json).write_text(json.dumps({"flops": flops, "results": results}, indent=2))
     return 0
@@ -614,8 +599,7 @@ def _median_run(runs: list[dict]) -> dict:
     import statistics
 
     out = {part: dict(runs[0][part]) for part in ("train", "load")}
-    for part, keys in (("train", ("timed_seconds", "timed_tokens", "tokens_per_s", "save_seconds", "peak_rss_mb")
-                        + (("durable_save_seconds",) if "durable_save_seconds" in runs[0]["train"] else ())),
+    for part, keys in (("train", ("timed_seconds", "timed_tokens", "tokens_per_s", "save_seconds", "peak_rss_mb")),
                        ("load", ("load_seconds", "peak_rss_mb"))):
         for key in keys:
             out[part][key] = statistics.median(r[part][key] for r in runs)

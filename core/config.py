@@ -80,7 +80,7 @@ class TrainingConfig(Section):
     log_steps: int = Field(1, ge=1, description="Write training_status.json and a metrics.jsonl line every N steps.")
     eval_steps: int = Field(50, ge=0, description="Evaluate on the held-out split and fixed validation set every N steps (0 = only at file end).")
     save_steps: int = Field(1000, ge=1, description="Checkpoint every N global steps, and always at the end of a file.")
-    async_checkpoint: bool = Field(True, description="Periodic checkpoints: training goes on as soon as the files are written, while a background thread hashes, fsyncs and publishes them (the checkpoint exists, and counts for resume, once durable). End-of-file, pause and stop checkpoints always finish before training moves on.")
+    async_checkpoint: Literal["auto", "on", "off"] = Field("auto", description="Periodic checkpoints: on = training goes on as soon as the files are written, while a background thread hashes, fsyncs and publishes them (the checkpoint exists, and counts for resume, once durable); auto = on when training on a GPU (the CPU is idle then), off on CPU, where the background work would only slow the next steps. End-of-file, pause and stop checkpoints always finish before training moves on.")
     save_total_limit: int = Field(5, ge=1, description="Checkpoints kept by the trainer's own rolling retention (the newest complete one is never deleted).")
     eval_split_fraction: float = Field(0.05, ge=0, lt=1, description="Share of each file held out for evaluation (capped by eval_split_max).")
     eval_split_max: int = Field(500, ge=0, description="Most held-out rows per file.")

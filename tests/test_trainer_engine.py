@@ -212,8 +212,8 @@ def test_async_periodic_checkpoints_equal_synchronous_ones(make_config, tmp_path
     over = {"training.micro_batch_tokens": 256, "training.save_steps": 2, "training.save_total_limit": 100,
             "training.eval_split_fraction": 0.0}
     runs = {}
-    for mode in (True, False):
-        cfg = make_config({**over, "training.async_checkpoint": mode}, base_dir=tmp_path / str(mode))
+    for mode in ("on", "off"):
+        cfg = make_config({**over, "training.async_checkpoint": mode}, base_dir=tmp_path / mode)
         result = TrainerEngine(cfg).setup().train_file(data)
         ckpts = list_checkpoints(cfg.layout.current_model)
         reported = [m["global_step"] for m in (json.loads(x) for x in cfg.layout.metrics.read_text().splitlines())
@@ -221,10 +221,10 @@ def test_async_periodic_checkpoints_equal_synchronous_ones(make_config, tmp_path
         assert [c.step for c in ckpts] == sorted(reported) == list(range(2, result.steps, 2)) + [result.steps]
         assert not [p for p in cfg.layout.current_model.iterdir() if p.name.startswith(".tmp")]
         runs[mode] = {c.step: _checkpoint_tensors(c) for c in ckpts}
-    assert runs[True].keys() == runs[False].keys()
-    for step, tensors in runs[True].items():
+    assert runs["on"].keys() == runs["off"].keys()
+    for step, tensors in runs["on"].items():
         for name, tensor in tensors.items():
-            assert torch.equal(tensor, runs[False][step][name]), (step, name)
+            assert torch.equal(tensor, runs["off"][step][name]), (step, name)
 
 
 def test_background_checkpoint_failure_surfaces_and_publishes_nothing(make_config, tmp_path, monkeypatch):
@@ -233,7 +233,7 @@ def test_background_checkpoint_failure_surfaces_and_publishes_nothing(make_confi
     import trainer.checkpoint as checkpoint
 
     cfg = make_config({"training.micro_batch_tokens": 256, "training.save_steps": 2, "training.save_total_limit": 100,
-                       "training.eval_split_fraction": 0.0})
+                       "training.eval_split_fraction": 0.0, "training.async_checkpoint": "on"})
     data = write_chat(tmp_path / "data.jsonl", 60)
     real = checkpoint._fsync_dirs
 

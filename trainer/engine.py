@@ -580,12 +580,17 @@ class TrainerEngine:
         # step a restart resumes from, which StatusWriter.rewind_metrics removes)
         self.status.metric({"type": "checkpoint", "global_step": self.global_step, "path": publication.final.name,
                             "reason": reason})
-        if reason == "periodic" and self.cfg.training.async_checkpoint:
+        if reason == "periodic" and self._async_checkpoints():
             if self._publisher is None:
                 self._publisher = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
             self._pending = (self._publisher.submit(publication.finish), reason, time.perf_counter())
             return None
         return self._published(publication.finish(), reason)
+
+    def _async_checkpoints(self) -> bool:
+        setting = self.cfg.training.async_checkpoint
+        # On CPU the background hashing and flushing compete with the training steps for the same cores.
+        return setting == "on" or (setting == "auto" and self.accelerator.device.type != "cpu")
 
     def _published(self, info: CheckpointInfo, reason: str) -> CheckpointInfo:
         prune_checkpoints(self.checkpoint_root, self.cfg.training.save_total_limit)
