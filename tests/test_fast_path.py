@@ -93,6 +93,9 @@ def test_resume_with_compile_equals_uninterrupted_run(make_config, tmp_path):
     r = TrainerEngine(straight).setup().train_file(data)
     n = r.steps
     assert r.status == "completed" and n >= 10
+    from trainer.compile import USER_CACHE_DIR
+    if USER_CACHE_DIR is None:  # kernels cached under the run's base_dir, not Dynamo's /tmp default
+        assert any(p.is_file() for p in (straight.layout.cache / "torchinductor").rglob("*"))
     crashed = make_config(over, base_dir=tmp_path / "b")
     half = (n // 2 // 5) * 5
     with pytest.raises(KeyboardInterrupt):

@@ -15,6 +15,9 @@ import shutil
 
 import torch
 
+# The user's own kernel cache directory, read before anything imports Dynamo (which sets a default in os.environ).
+USER_CACHE_DIR = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+
 logger = logging.getLogger(__name__)
 
 

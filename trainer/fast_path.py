@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.attention import varlen_attention_forward
+from trainer.compile import USER_CACHE_DIR
 
 SUPPORTED_MODEL_TYPES = ("qwen3",)
 
@@ -142,7 +143,9 @@ class PackedForward:
         """Wrap the functions with torch.compile at the first step, not at set-up: importing Dynamo costs ~0.8 s,
         which a process that only loads, evaluates or generates should not pay."""
         self._wrapped = True
-        if self._cache_dir is not None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        # Importing Dynamo (accelerate does) writes its default, /tmp/torchinductor_<user>, into the environment,
+        # so what counts is the value from before that (USER_CACHE_DIR); Inductor reads it at every compile.
+        if self._cache_dir is not None and USER_CACHE_DIR is None:
             self._cache_dir.mkdir(parents=True, exist_ok=True)
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self._cache_dir)
         # If the backend cannot build a graph here, Dynamo runs it eagerly instead of failing the step.
