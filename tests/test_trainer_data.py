@@ -159,3 +159,33 @@ def test_profiles_deterministic_and_applied_to_half():
     r3 = apply_profile(rows[:1], "regime3")[0]["messages"]
     assert r3[0]["role"] == "system" and r3[-1]["content"].startswith(ANS_START) and r3[-1]["content"].endswith(ANS_END)
     assert rows[0]["messages"][1]["content"] == "<think>x</think>a0"  # input untouched
+
+
+def test_varlen_flash_function_equals_per_segment_sdpa_forward_and_backward():
+    """The one-node CPU varlen attention gives the per-segment SDPA loop's outputs and gradients (GQA, a
+    one-token segment, a long one), so packing stays exact with it."""
+    import torch.nn.functional as F
+
+    from trainer.attention import _VarlenFlashCPU
+
+    torch.manual_seed(0)
+    sizes = [1, 7, 64, 3, 130]
+    T = sum(sizes)
+    q = torch.randn(1, 4, T, 16, requires_grad=True)
+    k = torch.randn(1, 2, T, 16, requires_grad=True)
+    v = torch.randn(1, 2, T, 16, requires_grad=True)
+    out = _VarlenFlashCPU.apply(q, k, v, sizes, 0.25)
+    ref = torch.cat([F.scaled_dot_product_attention(a, b, c, is_causal=True, scale=0.25, enable_gqa=True).transpose(1, 2)
+                     for a, b, c in zip(q.split(sizes, 2), k.split(sizes, 2), v.split(sizes, 2))], dim=1)
+    assert out.shape == (1, T, 4, 16)
+    assert torch.allclose(out, ref, atol=1e-6, rtol=0)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), g)
+    want = torch.autograd.grad(ref, (q, k, v), g)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0)
+    # and nothing leaks across segments: changing a later segment's keys leaves earlier outputs untouched
+    k2 = k.detach().clone()
+    k2[:, :, sizes[0] + sizes[1]:] += 1.0
+    out2 = _VarlenFlashCPU.apply(q.detach(), k2, v.detach(), sizes, 0.25)
+    assert torch.equal(out2[:, : sizes[0] + sizes[1]], out.detach()[:, : sizes[0] + sizes[1]])
