@@ -38,16 +38,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def closed_loop(minutes: float, model_dir: Path) -> None:
     base = Path(tempfile.mkdtemp(prefix="cadence-curriculum-"))
     shutil.copytree(model_dir, base / "models" / "base")
-    cfg = json.loads((REPO / "config.json").read_text())
+    from scripts.services import shifted_config
+
     off = 11000
-    cfg.setdefault("inference", {})["port"] = 8765 + off
-    cfg.setdefault("monitor", {})["port"] = 8080 + off
-    cfg.setdefault("deploy", {})["targets"] = [{"name": "local", "destination": "models/deployed",
-                                               "server_url": f"http://127.0.0.1:{8765 + off}"}]
-    dm = cfg.setdefault("data_manager", {})
-    dm["skills"] = [{"name": "binary", "url": f"http://127.0.0.1:{8090 + off}"},
-                    {"name": "syllo", "url": f"http://127.0.0.1:{8091 + off}"}]
-    cfg.setdefault("safety", {}).update({"min_free_disk_gb": 0.5, "warn_free_disk_gb": 1})
+    cfg = shifted_config(off, min_free_disk_gb=0.5, warn_free_disk_gb=1)
     (base / "config.json").write_text(json.dumps(cfg, indent=2))
     services = [sys.executable, str(REPO / "scripts" / "services.py")]
     started = time.time()

@@ -30,6 +30,21 @@ from core.config import CadenceConfig, add_config_args, config_or_exit  # noqa: 
 from core.procs import live_pid, remove_pid, terminate, write_pid  # noqa: E402
 
 
+def shifted_config(offset: int, **safety) -> dict:
+    """The repo's config.json with every port (inference, monitor, the local deploy target, the two built-in
+    skill servers) moved by `offset`, so a second Cadence (a test, a benchmark) runs beside a live one;
+    `safety` keys are overridden as given."""
+    cfg = json.loads((REPO / "config.json").read_text())
+    cfg.setdefault("inference", {})["port"] = 8765 + offset
+    cfg.setdefault("monitor", {})["port"] = 8080 + offset
+    cfg.setdefault("deploy", {})["targets"] = [{"name": "local", "destination": "models/deployed",
+                                               "server_url": f"http://127.0.0.1:{8765 + offset}"}]
+    cfg.setdefault("data_manager", {})["skills"] = [{"name": "binary", "url": f"http://127.0.0.1:{8090 + offset}"},
+                                                    {"name": "syllo", "url": f"http://127.0.0.1:{8091 + offset}"}]
+    cfg.setdefault("safety", {}).update(safety)
+    return cfg
+
+
 def _has_module(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None

@@ -24,15 +24,10 @@ pytestmark = pytest.mark.slow
 def test_closed_loop_reaches_binary_level_2_and_deploys(tmp_path, tiny_model_dir):
     base = tmp_path / "cadence"
     shutil.copytree(tiny_model_dir, base / "models" / "base")
-    cfg = json.loads((REPO / "config.json").read_text())
+    from scripts.services import shifted_config
+
     off = 13000
-    cfg.setdefault("inference", {})["port"] = 8765 + off
-    cfg.setdefault("monitor", {})["port"] = 8080 + off
-    cfg.setdefault("deploy", {})["targets"] = [{"name": "local", "destination": "models/deployed",
-                                               "server_url": f"http://127.0.0.1:{8765 + off}"}]
-    cfg.setdefault("data_manager", {})["skills"] = [{"name": "binary", "url": f"http://127.0.0.1:{8090 + off}"},
-                                                    {"name": "syllo", "url": f"http://127.0.0.1:{8091 + off}"}]
-    cfg.setdefault("safety", {}).update({"min_free_disk_gb": 0, "warn_free_disk_gb": 0})
+    cfg = shifted_config(off, min_free_disk_gb=0, warn_free_disk_gb=0)
     config = base / "config.json"
     config.write_text(json.dumps(cfg))
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
