@@ -31,11 +31,11 @@ if __package__ in (None, ""):
 
 from core.atomic_io import atomic_write_json, read_json
 from core.manifest import MANIFEST_NAME, TRAINING_STATE_DIR
-from trainer.checkpoint import PROTECTED_FILE, CheckpointInfo, list_checkpoints, protected_names
+from trainer.checkpoint import PROTECTED_FILE, CheckpointInfo, list_checkpoints, optimizer_state_files, protected_names
 
 logger = logging.getLogger(__name__)
 
-OPTIMIZER_FILES = ("optimizer.safetensors", "optimizer.pt", "scheduler.pt")  # .pt: checkpoints of older versions
+OPTIMIZER_FILES = ("scheduler.pt",)  # besides the optimizer state itself (trainer.checkpoint.optimizer_state_files)
 
 
 def dir_size(path: Path) -> int:
@@ -79,7 +79,8 @@ def all_protected_names(cfg) -> set[str]:
 
 def strip_optimizer_state(ckpt: CheckpointInfo, dry_run: bool = False) -> int:
     """Remove optimizer files from one checkpoint (manifest first); returns bytes freed."""
-    files = [ckpt.state_dir / n for n in OPTIMIZER_FILES if (ckpt.state_dir / n).is_file()]
+    files = optimizer_state_files(ckpt.state_dir) + [ckpt.state_dir / n for n in OPTIMIZER_FILES
+                                                     if (ckpt.state_dir / n).is_file()]
     if not files:
         return 0
     freed = sum(f.stat().st_size for f in files)
@@ -134,7 +135,7 @@ def checkpoints_beyond_retention(cfg, now: float | None = None) -> list[Checkpoi
 def optimizer_candidates(cfg, keep_latest: int | None = None) -> list[CheckpointInfo]:
     ckpts = list_checkpoints(cfg.layout.current_model)
     m = cfg.retention.keep_optimizer_latest if keep_latest is None else keep_latest
-    return [c for c in ckpts[:-max(1, m)] if any((c.state_dir / n).is_file() for n in OPTIMIZER_FILES)]
+    return [c for c in ckpts[:-max(1, m)] if optimizer_state_files(c.state_dir)]
 
 
 def apply_retention(cfg, dry_run: bool = False, now: float | None = None) -> dict:

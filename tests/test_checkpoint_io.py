@@ -25,9 +25,8 @@ def _stepped_adamw(steps=3, fused=False):
 @pytest.mark.parametrize("fused", [False, True])
 def test_optimizer_state_round_trip_is_exact(tmp_path, fused):
     model, opt = _stepped_adamw(fused=fused)
-    path = tmp_path / optim_state.FILE_NAME
-    optim_state.save(opt.state_dict(), path)
-    loaded = optim_state.load(path)
+    assert optim_state.save(opt.state_dict(), tmp_path) == [tmp_path / optim_state.FILE_NAME]
+    loaded = optim_state.load(optim_state.state_files(tmp_path))
     original = opt.state_dict()
     assert loaded["param_groups"] == original["param_groups"]
     assert isinstance(loaded["param_groups"][0]["betas"], tuple)
@@ -51,15 +50,34 @@ def test_optimizer_state_round_trip_is_exact(tmp_path, fused):
 
 def test_non_tensor_state_and_legacy_pt_file(tmp_path):
     state = {"state": {0: {"step": 7, "note": "x", "buf": torch.arange(3.0)}}, "param_groups": [{"lr": 0.1, "params": [0]}]}
-    optim_state.save(state, tmp_path / optim_state.FILE_NAME)
+    optim_state.save(state, tmp_path)
     loaded = optim_state.load(tmp_path / optim_state.FILE_NAME)
     assert loaded["state"][0]["step"] == 7 and loaded["state"][0]["note"] == "x"
     assert torch.equal(loaded["state"][0]["buf"], torch.arange(3.0))
     torch.save(state, tmp_path / optim_state.LEGACY_NAME)  # checkpoints written before the safetensors format
-    assert optim_state.state_file(tmp_path) == tmp_path / optim_state.FILE_NAME
+    assert optim_state.state_files(tmp_path) == [tmp_path / optim_state.FILE_NAME]
     (tmp_path / optim_state.FILE_NAME).rename(tmp_path / "elsewhere")
-    assert optim_state.state_file(tmp_path) == tmp_path / optim_state.LEGACY_NAME
+    assert optim_state.state_files(tmp_path) == [tmp_path / optim_state.LEGACY_NAME]
     assert optim_state.load(tmp_path / optim_state.LEGACY_NAME)["state"][0]["step"] == 7
+
+
+def test_sharded_optimizer_state_round_trip_and_missing_shard_named(tmp_path, monkeypatch):
+    model, opt = _stepped_adamw()
+    monkeypatch.setattr(optim_state, "SHARD_BYTES", 600)  # a few tensors per shard
+    sealed = []
+    paths = optim_state.save(opt.state_dict(), tmp_path, seal=sealed.append)
+    assert len(paths) >= 3 and sealed == paths
+    assert [p.name for p in paths] == [f"optimizer-{i:05d}-of-{len(paths):05d}.safetensors" for i in range(1, len(paths) + 1)]
+    assert optim_state.state_files(tmp_path) == paths
+    loaded = optim_state.load(optim_state.state_files(tmp_path))
+    for index, values in opt.state_dict()["state"].items():
+        for name, value in values.items():
+            assert torch.equal(loaded["state"][index][name], value), (index, name)
+    paths[1].unlink()
+    with pytest.raises(optim_state.OptimizerStateError, match=f"2 of {len(paths)}|{len(paths) - 1} of {len(paths)}"):
+        optim_state.load(optim_state.state_files(tmp_path))
+    from trainer.checkpoint import optimizer_state_files
+    assert optimizer_state_files(tmp_path) == [p for p in paths if p.exists()]
 
 
 def test_foreign_safetensors_file_is_refused_by_name(tmp_path):

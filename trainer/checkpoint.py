@@ -31,8 +31,16 @@ from core.manifest import (MANIFEST_NAME, ManifestCheck, ManifestError, TRAINING
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# optimizer state files under training_state/ (trainer.optim_state): one file, ~1 GB shards, or a legacy torch.save
+OPTIMIZER_STATE_RE = re.compile(r"^optimizer(-\d{5}-of-\d{5})?\.safetensors$|^optimizer\.pt$")
 STATE_FILE = "trainer_state.json"
 PROTECTED_FILE = "protected.json"
+
+
+def optimizer_state_files(state_dir: str | Path) -> list[Path]:
+    """A checkpoint's optimizer state files, sorted; empty when retention stripped them."""
+    state_dir = Path(state_dir)
+    return sorted(p for p in state_dir.iterdir() if OPTIMIZER_STATE_RE.match(p.name)) if state_dir.is_dir() else []
 
 
 class DiskFullError(OSError):

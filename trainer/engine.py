@@ -181,8 +181,8 @@ class TrainerEngine:
                 model = AutoModelForCausalLM.from_pretrained(str(weights), dtype=torch.float32, attn_implementation=attn,
                                                              trust_remote_code=self.cfg.model.trust_remote_code)
                 self.tokenizer = load_tokenizer(source, self.cfg.model.trust_remote_code)
-                opt_file = optim_state.state_file(ckpt.state_dir) if ckpt else None
-                optimizer_state = optim_state.load(opt_file) if opt_file else None
+                opt_files = optim_state.state_files(ckpt.state_dir) if ckpt else []
+                optimizer_state = optim_state.load(opt_files) if opt_files else None
             except Exception as exc:
                 if check is None:
                     raise
@@ -568,7 +568,7 @@ class TrainerEngine:
             seal()  # the model is hashed and flushed while the optimizer state is written
             sd = tmp / "training_state"
             sd.mkdir()
-            optim_state.save(self.optimizer.state_dict(), sd / optim_state.FILE_NAME)
+            optim_state.save(self.optimizer.state_dict(), sd, seal)  # each shard sealed as it is written
             torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, sd / "rng.pt")
             write_trainer_state(sd, state)
