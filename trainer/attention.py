@@ -43,24 +43,24 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
 class _VarlenFlashCPU(torch.autograd.Function):
     """Causal attention of every segment of a packed row with PyTorch's CPU flash kernels, as ONE autograd node.
 
-    Same kernels and bit-identical results as the per-segment SDPA loop, but the segments' outputs and
-    gradients are written straight into [1, T, H, D] / [1, H, T, D] buffers: no autograd node, split, cat
-    and transpose per segment and layer (~30 segments x 4 layers per step of the tiny model), which was
-    ~3% of a compiled training step. Inputs [1, H, T, D] (GQA: fewer K/V heads); output [1, T, H, D].
+    Same kernels and bit-identical results as the per-segment SDPA loop, with one cat per output and per
+    gradient instead of an autograd node, split, cat and transpose per segment and layer (~30 segments x 4
+    layers per step of the tiny model), which was ~3% of a compiled training step. Inputs [1, H, T, D]
+    (GQA: fewer K/V heads); output [1, T, H, D].
     """
 
     @staticmethod
     def forward(ctx, query, key, value, sizes, scale):
         flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-        out = query.new_empty(query.shape[0], query.shape[2], query.shape[1], query.shape[3])
-        lses, start = [], 0
+        outs, lses, start = [], [], 0
         for n in sizes:
             end = start + n
             o, lse = flash(query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], 0.0, True,
                            scale=scale)
-            out[:, start:end] = o.transpose(1, 2)
+            outs.append(o.transpose(1, 2))
             lses.append(lse)
             start = end
+        out = torch.cat(outs, dim=1)  # one copy into [1, T, H, D]
         ctx.save_for_backward(query, key, value, out, *lses)
         ctx.sizes, ctx.scale = sizes, scale
         return out
@@ -69,15 +69,14 @@ class _VarlenFlashCPU(torch.autograd.Function):
     def backward(ctx, grad_out):
         flash_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
         query, key, value, out, *lses = ctx.saved_tensors
-        dq, dk, dv = torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
-        start = 0
+        grads, start = [], 0
         for n, lse in zip(ctx.sizes, lses):
             end = start + n
-            gq, gk, gv = flash_bwd(grad_out[:, start:end].transpose(1, 2), query[:, :, start:end],
+            grads.append(flash_bwd(grad_out[:, start:end].transpose(1, 2), query[:, :, start:end],
                                    key[:, :, start:end], value[:, :, start:end], out[:, start:end].transpose(1, 2),
-                                   lse, 0.0, True, scale=ctx.scale)
-            dq[:, :, start:end], dk[:, :, start:end], dv[:, :, start:end] = gq, gk, gv
+                                   lse, 0.0, True, scale=ctx.scale))
             start = end
+        dq, dk, dv = (torch.cat(parts, dim=2) for parts in zip(*grads))
         return dq, dk, dv, None, None
 
 
