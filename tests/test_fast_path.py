@@ -52,7 +52,7 @@ def test_packed_forward_equals_transformers_forward(make_config, compile):
     model = engine.model
     assert supported(model) == (True, "qwen3 packed forward")
     examples = encode_examples(_rows(24), engine.tokenizer, "chat_sft_v1", 256)
-    fast = PackedForward(model, compile=compile)
+    fast = PackedForward(model, compile=compile, gemm_autotune=compile)
     # Several packed rows of different lengths and example counts through the same compiled functions.
     for chunk in (examples[:3], examples[3:12], examples[12:]):
         batch = pack(chunk)

@@ -152,7 +152,8 @@ class TrainerEngine:
         if use_compile:
             use_compile, why = fast_path_supported(model)
         if use_compile:
-            self._compiled = PackedForward(model, compile=True, cache_dir=cfg.layout.cache / "torchinductor")
+            self._compiled = PackedForward(model, compile=True, cache_dir=cfg.layout.cache / "torchinductor",
+                                           gemm_autotune=cfg.training.compile_gemm_autotune)
         logger.info("torch.compile for training steps: %s (%s)", "available" if use_compile else "off", why)
         self.optimizer = self._make_optimizer(model)
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)

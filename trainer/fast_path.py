@@ -126,7 +126,7 @@ def summed_loss(loss_fn, h: torch.Tensor, targets: torch.Tensor, vocab: int, max
 class PackedForward:
     """Summed supervised CE of a packed batch, through compiled per-layer functions (or the same functions eagerly)."""
 
-    def __init__(self, model, compile: bool, cache_dir: Path | None = None):
+    def __init__(self, model, compile: bool, cache_dir: Path | None = None, gemm_autotune: bool = False):
         cfg = model.config
         self.decoder = model.get_decoder()
         self.head = model.get_output_embeddings()
@@ -136,6 +136,7 @@ class PackedForward:
         self.scaling = self.head_dim ** -0.5
         self.compiled = compile
         self._cache_dir = cache_dir
+        self._gemm_autotune = gemm_autotune
         self._in, self._out, self._head = attention_in, attention_out_mlp, head_loss
         self._wrapped = not compile
 
@@ -150,7 +151,12 @@ class PackedForward:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self._cache_dir)
         # If the backend cannot build a graph here, Dynamo runs it eagerly instead of failing the step.
         torch._dynamo.config.suppress_errors = True
-        self._in, self._out, self._head = (torch.compile(f, dynamic=True) for f in (self._in, self._out, self._head))
+        options = None
+        if self._gemm_autotune and self.head.weight.device.type == "cpu":
+            # Inductor's C++ GEMM template (epilogue fusion) timed against ATen per matmul, the faster one kept
+            options = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+        self._in, self._out, self._head = (torch.compile(f, dynamic=True, options=options)
+                                           for f in (self._in, self._out, self._head))
 
     def _mark(self, *tensors, shape_id: str, dim: int = 1):
         # Inputs are whole tensors, never views: Dynamo guards on a view's base, which differs between calls.
