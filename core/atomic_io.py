@@ -12,6 +12,15 @@ from pathlib import Path
 from typing import Any
 
 
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush one file's data to disk; unlike fsync_dir, errors (EIO, ENOSPC) propagate."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

@@ -13,7 +13,6 @@ pool (both hashes release the GIL), largest first.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -81,18 +80,15 @@ def _files(folder: Path, model_only: bool):
         yield rel, p
 
 
-def _largest_first(items):
-    return sorted(items, key=lambda item: -item[1].stat().st_size)
-
-
 def build_manifest(folder: str | Path, model_only: bool = False, known: dict | None = None, **extra) -> dict:
     """Hash every file of `folder` (those in `known`, rel -> entry, were hashed while being written)."""
     folder = Path(folder)
     known = known or {}
-    todo = _largest_first((rel, p) for rel, p in _files(folder, model_only) if rel not in known)
+    listed = list(_files(folder, model_only))
+    todo = sorted(((rel, p) for rel, p in listed if rel not in known), key=lambda item: -item[1].stat().st_size)
     with ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="manifest") as pool:
         hashed = dict(zip([rel for rel, _ in todo], pool.map(lambda item: file_entry(item[1]), todo)))
-    files = {rel: (known.get(rel) or hashed[rel]) for rel, _ in _files(folder, model_only)}
+    files = {rel: (known.get(rel) or hashed[rel]) for rel, _ in listed}
     return {"format": 1, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": files, **extra}
 
 
@@ -137,8 +133,11 @@ class ManifestCheck:
         self.manifest = _read_manifest(self.folder)
         entries = [(rel, meta) for rel, meta in self.manifest["files"].items()
                    if not (model_only and rel.split("/", 1)[0] == TRAINING_STATE_DIR)]
-        small = [(rel, meta) for rel, meta in entries if not isinstance(meta.get("size"), int) or meta["size"] < sync_below]
-        large = sorted((e for e in entries if e not in small), key=lambda e: -e[1]["size"])
+        small, large = [], []
+        for rel, meta in entries:
+            is_large = isinstance(meta.get("size"), int) and meta["size"] >= sync_below
+            (large if is_large else small).append((rel, meta))
+        large.sort(key=lambda e: -e[1]["size"])
         self._problems = [p for p in (_check_file(self.folder, rel, meta) for rel, meta in small) if p]
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="verify") if large else None
         self._futures: list[Future] = [self._pool.submit(_check_file, self.folder, rel, meta) for rel, meta in large]
@@ -175,10 +174,3 @@ def content_id(manifest: dict, model_only: bool = True) -> str:
         h.update(rel.encode() + b"\0" + entry_digest(manifest["files"][rel]).encode() + b"\n")
     return h.hexdigest()
 
-
-def fsync_file(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -24,9 +24,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.atomic_io import fsync_dir, read_json
-from core.manifest import (MANIFEST_NAME, ManifestCheck, ManifestError, TRAINING_STATE_DIR, file_entry, fsync_file,
-                           write_manifest)
+from core.atomic_io import fsync_dir, fsync_file, read_json
+from core.manifest import MANIFEST_NAME, ManifestCheck, ManifestError, TRAINING_STATE_DIR, file_entry, write_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -178,6 +178,7 @@ class TrainerEngine:
             source, ckpt, check = self._pick_source(skip)
             weights = self.cfg.resolve(self.cfg.model.base_model) if lora else source
             logger.info("loading model from %s%s", weights, f" + LoRA adapter from {source}" if lora and ckpt else "")
+            model = optimizer_state = failure = None
             try:
                 model = AutoModelForCausalLM.from_pretrained(str(weights), dtype=torch.float32, attn_implementation=attn,
                                                              trust_remote_code=self.cfg.model.trust_remote_code)
@@ -187,13 +188,7 @@ class TrainerEngine:
             except Exception as exc:
                 if check is None:
                     raise
-                try:
-                    check.result()
-                except ManifestError as bad:  # the load failed because the files are corrupt
-                    warn_corrupt(ckpt, bad)
-                    skip.add(ckpt.path.name)
-                    continue
-                raise exc
+                failure = exc  # corrupt files, if the hashes say so; else a real error, raised below
             if check is not None:
                 try:
                     check.result()
@@ -202,6 +197,8 @@ class TrainerEngine:
                     skip.add(ckpt.path.name)
                     del model, optimizer_state
                     continue
+            if failure is not None:
+                raise failure
             return model, ckpt, optimizer_state
 
     def _pick_source(self, skip: set[str]) -> tuple[Path, CheckpointInfo | None, ManifestCheck | None]:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers.models.qwen3.modeling_qwen3 import rotate_half
 
 from trainer.attention import varlen_attention_forward
 from trainer.compile import USER_CACHE_DIR
@@ -72,11 +73,6 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     return weight * xf.to(x.dtype)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def attention_in(h, cos, sin, w_norm, w_q, w_k, w_v, w_qn, w_kn, *, eps: float, heads: int, kv_heads: int,
                  head_dim: int):
     """input norm -> q/k/v (one GEMM) -> q/k norms -> RoPE. h [1, T, d], cos/sin [1, T, D];
@@ -90,8 +86,8 @@ def attention_in(h, cos, sin, w_norm, w_q, w_k, w_v, w_qn, w_kn, *, eps: float, 
     k = _rms_norm(k.reshape(tokens, kv_heads, head_dim), w_kn, eps).transpose(0, 1)
     v = v.reshape(tokens, kv_heads, head_dim).transpose(0, 1)
     cos, sin = cos.unsqueeze(0), sin.unsqueeze(0)  # [1, T, D] against [H, T, D]
-    q = q * cos + _rotate_half(q) * sin
-    k = k * cos + _rotate_half(k) * sin
+    q = q * cos + rotate_half(q) * sin
+    k = k * cos + rotate_half(k) * sin
     return q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import torch
@@ -24,7 +23,6 @@ from trainer.checkpoint import optimizer_state_files
 
 FILE_NAME = "optimizer.safetensors"
 SHARD_PATTERN = "optimizer-{:05d}-of-{:05d}.safetensors"
-SHARD_RE = re.compile(r"^optimizer-(\d{5})-of-(\d{5})\.safetensors$")
 SHARD_BYTES = 1 << 30  # per file: the checkpoint's sealer hashes and flushes a shard while the next one is written
 LEGACY_NAME = "optimizer.pt"
 FORMAT = "cadence-optimizer/1"
@@ -36,8 +34,8 @@ class OptimizerStateError(ValueError):
 
 def state_files(state_dir: Path) -> list[Path]:
     """The optimizer state file(s) of a checkpoint's training_state/ to load; empty when pruned by retention."""
-    files = optimizer_state_files(state_dir)
-    shards = [p for p in files if SHARD_RE.match(p.name)]
+    files = optimizer_state_files(state_dir)  # the one place that knows the names (trainer.checkpoint)
+    shards = [p for p in files if p.name not in (FILE_NAME, LEGACY_NAME)]
     return shards or [p for p in files if p.name == FILE_NAME] or [p for p in files if p.name == LEGACY_NAME]
 
 
