@@ -295,8 +295,9 @@ class ModelEngine:
 
     # ---- sampling ---------------------------------------------------------------------------------
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-        if not torch.isfinite(logits).all():
-            raise NonFiniteLogits(f"{self.version}: model produced NaN/Inf logits")
+        finite = torch.isfinite(logits).all(dim=-1)
+        if not bool(finite.all()):
+            logits = self._fail_nonfinite(logits, seqs, finite)
         logits = logits.cpu()
         for i, s in enumerate(seqs):
             if s.processors:
@@ -330,6 +331,19 @@ class ModelEngine:
                 picks[j] = torch.multinomial(probs[j], 1, generator=seqs[i].generator)[0]
         out[sample_idx] = picks
         return out
+
+    def _fail_nonfinite(self, logits: torch.Tensor, seqs: list[Sequence], finite: torch.Tensor) -> torch.Tensor:
+        """Fail the rows whose logits hold NaN/Inf (each request gets its own error); the other rows carry on. The
+        failed rows get zero logits so sampling the batch stays well-defined; their tokens are never used."""
+        for i in (~finite).nonzero().flatten().tolist():
+            s = seqs[i]
+            if not s.finished:
+                s.finished, s.finish_reason = True, "error"
+                s.sink(Event(error=f"generation failed: {NonFiniteLogits.__name__}: the model ({self.version}) "
+                                   "produced NaN/Inf logits for this request"))
+        logger.warning("%s: %d of %d rows produced NaN/Inf logits; those requests failed", self.version,
+                       int((~finite).sum()), len(seqs))
+        return torch.where(finite[:, None], logits, torch.zeros_like(logits))
 
     # ---- per-token bookkeeping ---------------------------------------------------------------------
     def _append(self, s: Sequence, token: int) -> None:
@@ -389,6 +403,8 @@ class ModelEngine:
                 self.decode_step()
         finally:
             self.reset_batch()
+        if seq.finish_reason == "error":
+            raise NonFiniteLogits(next(e.error for e in events if e.error))
         return seq.output_ids, seq.sent
 
     def release(self) -> None:

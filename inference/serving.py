@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from inference.engine import Event, SamplingParams, Sequence
+from inference.prompt_limits import max_prompt_chars
 from inference.protocol import ChatCompletionRequest, CompletionRequest, error_body, new_id, now
 from inference.scheduler import QueueFull
 
@@ -127,6 +128,16 @@ class OpenAIServing:
             ignore_eos=req.ignore_eos)
 
     def _prompt_ids(self, req, engine) -> list[int]:
+        """Render and tokenise the prompt (runs in a worker thread: a long prompt must not stall the event loop)."""
+        if isinstance(req, ChatCompletionRequest):
+            chars = sum(len(m.as_template_message()["content"]) for m in req.messages)
+        else:
+            chars = len(req.prompt) if isinstance(req.prompt, str) else 0
+        if chars > (bound := max_prompt_chars(engine)):
+            raise RequestError(400, f"This model's maximum context length is {engine.max_context} tokens; the prompt "
+                                    f"has {chars} characters, more than {bound} can fit.",
+                               param="messages" if isinstance(req, ChatCompletionRequest) else "prompt",
+                               code="context_length_exceeded")
         if isinstance(req, ChatCompletionRequest):
             try:
                 return engine.chat_prompt_ids([m.as_template_message() for m in req.messages])
@@ -164,7 +175,7 @@ class OpenAIServing:
         queue: asyncio.Queue[Event] = asyncio.Queue()
         try:
             self._check_model(req.model, engine)
-            prompt_ids = self._prompt_ids(req, engine)
+            prompt_ids = await asyncio.to_thread(self._prompt_ids, req, engine)
             if not prompt_ids:
                 raise RequestError(400, "the prompt is empty after tokenization", param="prompt", code="invalid_value")
             params = self._params(req, len(prompt_ids), engine)
