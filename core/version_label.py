@@ -35,7 +35,9 @@ def check_label(label: object, source: str = "version") -> str:
     if len(label) > MAX_LENGTH:
         raise InvalidLabel(f"{source}: the version label is {len(label)} characters long ({RULE})")
     if not LABEL_RE.fullmatch(label):
-        bad = next((c for c in label if not re.fullmatch(r"[A-Za-z0-9._+-]", c)), label[:1])
+        if not re.fullmatch(r"[A-Za-z0-9]", label[0]):
+            raise InvalidLabel(f"{source}: version label {label[:40]!r} starts with {label[0]!r} ({RULE})")
+        bad = next(c for c in label if not re.fullmatch(r"[A-Za-z0-9._+-]", c))
         raise InvalidLabel(f"{source}: version label {label[:40]!r} has the character {bad!r} ({RULE})")
     return label
 

@@ -90,7 +90,7 @@ async def _json_object(request: Request) -> dict:
         raise RequestError(400, str(exc), code=exc.code) from None
 
 
-def _label(value: str | None, key: str = "version") -> str | None:
+def _label(value, key: str = "version") -> str | None:
     try:
         return None if value is None else check_label(value, f"`{key}`")
     except InvalidLabel as exc:
@@ -163,14 +163,14 @@ def build_router() -> APIRouter:
             check_path_text(path)
         except InvalidPath as exc:
             raise RequestError(400, str(exc), param="path", code="invalid_value") from None
-        version = _label(_optional_str(data, "version"))
+        version = _label(data.get("version"))
         return await _run_load(state, lambda: state.registry.load(check_load_folder(state.cfg, path), version))
 
     @router.post("/admin/models/rollback", dependencies=[Depends(require_admin)])
     async def admin_rollback(request: Request):
         state = _state(request)
         data = await _json_object(request)
-        version = _label(_optional_str(data, "version"))
+        version = _label(data.get("version"))
         return await _run_load(state, lambda: state.registry.rollback(version))
 
     return router

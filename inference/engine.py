@@ -335,14 +335,17 @@ class ModelEngine:
     def _fail_nonfinite(self, logits: torch.Tensor, seqs: list[Sequence], finite: torch.Tensor) -> torch.Tensor:
         """Fail the rows whose logits hold NaN/Inf (each request gets its own error); the other rows carry on. The
         failed rows get zero logits so sampling the batch stays well-defined; their tokens are never used."""
+        failed = 0
         for i in (~finite).nonzero().flatten().tolist():
             s = seqs[i]
             if not s.finished:
+                failed += 1
                 s.finished, s.finish_reason = True, "error"
                 s.sink(Event(error=f"generation failed: {NonFiniteLogits.__name__}: the model ({self.version}) "
                                    "produced NaN/Inf logits for this request"))
-        logger.warning("%s: %d of %d rows produced NaN/Inf logits; those requests failed", self.version,
-                       int((~finite).sum()), len(seqs))
+        if failed:
+            logger.warning("%s: %d of %d rows produced NaN/Inf logits; those requests failed, the others go on",
+                           self.version, failed, len(seqs))
         return torch.where(finite[:, None], logits, torch.zeros_like(logits))
 
     # ---- per-token bookkeeping ---------------------------------------------------------------------
