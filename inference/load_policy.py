@@ -26,6 +26,7 @@ from pathlib import Path
 from inference.loader import ModelLoadError
 
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
+MAX_NAME_BYTES = 255   # NAME_MAX: one path component
 
 
 class InvalidPath(ValueError):
@@ -38,6 +39,9 @@ def check_path_text(path: str) -> str:
     bad = next((c for c in path if ord(c) < 32 or ord(c) == 127), None)
     if bad is not None:
         raise InvalidPath(f"`path` contains the control character {bad!r}")
+    long = next((part for part in path.split("/") if len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES), None)
+    if long is not None:
+        raise InvalidPath(f"`path` has a component of {len(long)} characters (a file name is at most {MAX_NAME_BYTES} bytes)")
     return path
 
 
@@ -59,6 +63,13 @@ def load_roots(cfg) -> list[Path]:
 
 def check_load_folder(cfg, path: str) -> Path:
     """The folder `path` names if the policy allows loading it; ModelLoadError("path_not_allowed") otherwise."""
+    try:
+        return _check_load_folder(cfg, path)
+    except (OSError, ValueError) as exc:  # a path the file system refuses (too long, loops, encodings)
+        raise ModelLoadError("not_found", f"{path[:300]!r}: not a readable folder ({type(exc).__name__}: {exc})") from None
+
+
+def _check_load_folder(cfg, path: str) -> Path:
     folder = cfg.resolve(path)
     real = Path(os.path.realpath(folder))
     roots = load_roots(cfg)
