@@ -30,6 +30,7 @@ from inference.scheduler import QueueFull
 logger = logging.getLogger(__name__)
 
 DISCONNECT_POLL_SECONDS = 0.5
+OFF_LOOP_PARSE_BYTES = 256 * 1024
 
 
 class RequestError(Exception):
@@ -156,7 +157,10 @@ class OpenAIServing:
         model_cls = ChatCompletionRequest if kind == "chat" else CompletionRequest
         try:
             try:
-                req = model_cls.model_validate_json(body or b"")
+                if len(body) > OFF_LOOP_PARSE_BYTES:  # a multi-MB body would hold the event loop for tens of ms
+                    req = await asyncio.to_thread(model_cls.model_validate_json, body)
+                else:
+                    req = model_cls.model_validate_json(body or b"")
             except ValidationError as exc:
                 raise validation_error(exc) from None
             if self.state.shutting_down:
