@@ -6,8 +6,9 @@ embedding under an RMSNorm with eps 0), so a single prompt is not enough.
 `smoke_test` runs (1) the configured smoke prompt alone, greedily; (2) the
 same prompt in four sizes prefilled together, left-padded exactly as the
 scheduler batches waiting requests, decoded together, then a fifth request
-joining the running batch (the scheduler's merge path). Every row must
-generate with finite logits. Runs on the standby engine only (its batch is
+joining the running batch (the scheduler's merge path), decoded a few steps
+together (about six forward passes in all). Every row must generate with
+finite logits. Runs on the standby engine only (its batch is
 empty), in the loader's thread.
 
 Library only: `smoke_test(engine, prompt, max_tokens) -> dict`.
@@ -19,6 +20,7 @@ import torch
 from inference.engine import Event, NonFiniteLogits, SamplingParams, Sequence
 
 SYSTEM = "You are a careful assistant. Answer briefly."
+BATCH_DECODE_STEPS = 3  # after the join: padding NaN shows at the prefill already; a few steps cover the merged cache
 
 
 def batch_prompts(engine, prompt: str) -> list[list[int]]:
@@ -34,7 +36,7 @@ def batch_prompts(engine, prompt: str) -> list[list[int]]:
 
 @torch.inference_mode()
 def run_batch(engine, prompts: list[list[int]], joining: list[int], max_tokens: int) -> list[Sequence]:
-    """Prefill `prompts` together, decode one step, let `joining` join the batch, decode until all are done."""
+    """Prefill `prompts` together, decode one step, let `joining` join the batch, decode a few steps more."""
     events: dict[str, list[Event]] = {}
 
     def seq(i: int, ids: list[int]) -> Sequence:
@@ -54,7 +56,7 @@ def run_batch(engine, prompts: list[list[int]], joining: list[int], max_tokens: 
         engine.decode_step()
         engine.drop_finished()
         engine.prefill([late])
-        for _ in range(max_tokens + 1):
+        for _ in range(min(max_tokens, BATCH_DECODE_STEPS)):
             if not engine.rows:
                 break
             engine.decode_step()

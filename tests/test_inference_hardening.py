@@ -416,7 +416,7 @@ def test_post_needs_json_content_type(server):
     assert ok.status_code == 200
 
 
-def test_load_path_policy(server, micro_model_dir, tmp_path_factory):
+def test_load_path_policy(server, micro_model_dir):
     base = server.cfg.layout.base_dir
     inside = make_version(micro_model_dir, base / "models" / "ok-v1", "ok-v1", global_step=8, seed=8)
     outside = make_version(micro_model_dir, Path("/tmp") / f"cadence-outside-{os.getpid()}", "out", global_step=8)
