@@ -185,7 +185,8 @@ def test_bad_chat_requests_get_openai_shaped_4xx(server, kind):
     ({"model": "cadence-tiny", "prompt": ""}, 400),
     ({"model": "cadence-tiny", "prompt": 7}, 400),
     ({"model": "cadence-tiny", "prompt": [10 ** 9]}, 400),
-    ({"model": "cadence-tiny", "prompt": ["a", "b"]}, 400),
+    ({"model": "cadence-tiny", "prompt": ["a", 5]}, 400),
+    ({"model": "cadence-tiny", "prompt": ["a", ""]}, 400),
     ({"model": "cadence-tiny", "prompt": "hi", "max_tokens": 10 ** 6}, 400),
     ({"model": "other", "prompt": "hi"}, 404),
 ])
