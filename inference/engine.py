@@ -81,6 +81,7 @@ class Sequence:
         self.output_ids: list[int] = []
         self.sent = ""            # text already emitted
         self.aborted = False      # set by the event loop when the client goes away
+        self.tokens_at_abort: int | None = None
         self.finished = False
         self.finish_reason: str | None = None
         self.arrival = time.monotonic()
@@ -99,6 +100,8 @@ class Sequence:
                                            params.post_stop_penalty, engine.eos_token_ids)
 
     def abort(self) -> None:
+        if not self.aborted:
+            self.tokens_at_abort = len(self.output_ids)  # the scheduler appends nothing after this (tests check)
         self.aborted = True
 
 
