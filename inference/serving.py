@@ -374,17 +374,19 @@ class OpenAIServing:
             return out
 
         finals: list[Event | None] = [None] * len(seqs)
+        # An echoed prompt comes first, with its logprobs (known once the prompt ran: at its first event).
+        echo_due = set(range(len(seqs))) if echoes else set()
         try:
             if kind == "chat":
                 yield sse(chunk(0, None, None, first=True))
-            elif echoes:  # the prompt comes first, with its logprobs, as vLLM streams an echo
-                for i, s in enumerate(seqs):
-                    yield sse(chunk(i, echoes[i], None, s.prompt_logprobs))
             while any(f is None for f in finals):
                 i, ev = await queue.get()
                 if ev.error:
                     yield sse(error_body(ev.error, "server_error", code="generation_failed"))
                     break
+                if i in echo_due:
+                    echo_due.discard(i)
+                    yield sse(chunk(i, echoes[i], None, seqs[i].prompt_logprobs))
                 if ev.finish_reason:
                     finals[i] = ev
                     if ev.text or ev.logprobs:

@@ -205,6 +205,13 @@ def test_completion_logprobs_echo_and_scoring(client, ref):
     assert lp.token_logprobs[1:-1] == pytest.approx(scores, abs=ATOL)
     (tok, tok_lp), = ref.greedy(ids, 1, ignore_eos=True)
     assert lp.token_logprobs[-1] == pytest.approx(tok_lp, abs=ATOL) and lp.tokens[-1] == ref.tok.decode([tok])
+    # Streamed, the echo (with its prompt logprobs) comes first, then the generated tokens.
+    chunks = list(client.completions.create(model=MODEL, prompt=[ids], max_tokens=1, echo=True, logprobs=1,
+                                            temperature=0, stream=True))
+    streamed = [x for c in chunks for ch in c.choices if ch.logprobs for x in ch.logprobs.token_logprobs]
+    assert streamed[0] is None and len(streamed) == len(lp.token_logprobs)
+    assert streamed[1:] == pytest.approx(lp.token_logprobs[1:], abs=ATOL)
+    assert "".join(ch.text for c in chunks for ch in c.choices) == resp.choices[0].text
     # Echo of a text prompt gives the prompt string back; logprobs without echo cover the output only.
     resp = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3, echo=True, temperature=0,
                                      extra_body={"ignore_eos": True})
