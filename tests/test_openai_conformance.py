@@ -261,38 +261,51 @@ SCHEMA = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {
     "type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}}}
 TOOL = {"type": "function", "function": {"name": "add", "parameters": {
     "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}}
-# key -> (endpoint, extra body, param the 400 must name)
+def _message(body):
+    return body["choices"][0]["message"]
+
+
+def _tool_called(body) -> bool:
+    call = _message(body)["tool_calls"][0]["function"]
+    return call["name"] == "add" and isinstance(json.loads(call["arguments"]), dict)
+
+
+# key -> (endpoint, extra body, param a 400 must name, what a 200 must show where the engine implements it)
 OPTIONAL_FIELDS = {
-    "n": ("chat", {"n": 2}, "n"),
-    "tools": ("chat", {"tools": [TOOL]}, "tools"),
-    "tool_choice": ("chat", {"tools": [TOOL], "tool_choice": "required"}, "tools"),
-    "response_format_json_schema": ("chat", {"response_format": SCHEMA}, "response_format"),
-    "response_format_json_object": ("chat", {"response_format": {"type": "json_object"}}, "response_format"),
-    "audio": ("chat", {"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
-    "modalities_audio": ("chat", {"modalities": ["text", "audio"]}, "modalities"),
-    "prediction": ("chat", {"prediction": {"type": "content", "content": "x"}}, "prediction"),
-    "reasoning_effort": ("chat", {"reasoning_effort": "low"}, "reasoning_effort"),
-    "store": ("chat", {"store": True}, "store"),
+    "n": ("chat", {"n": 2}, "n", lambda b: len(b["choices"]) == 2),
+    "tools": ("chat", {"tools": [TOOL]}, "tools", lambda b: _message(b)["role"] == "assistant"),
+    "tool_choice": ("chat", {"tools": [TOOL], "tool_choice": "required", "max_tokens": 64}, "tools", _tool_called),
+    "response_format_json_schema": ("chat", {"response_format": SCHEMA, "max_tokens": 64}, "response_format",
+                                    lambda b: isinstance(json.loads(_message(b)["content"])["answer"], int)),
+    "response_format_json_object": ("chat", {"response_format": {"type": "json_object"}, "max_tokens": 64},
+                                    "response_format", lambda b: isinstance(json.loads(_message(b)["content"]), dict)),
+    "audio": ("chat", {"audio": {"voice": "alloy", "format": "wav"}}, "audio", lambda b: True),
+    "modalities_audio": ("chat", {"modalities": ["text", "audio"]}, "modalities", lambda b: True),
+    "prediction": ("chat", {"prediction": {"type": "content", "content": "x"}}, "prediction", lambda b: True),
+    "reasoning_effort": ("chat", {"reasoning_effort": "low"}, "reasoning_effort", lambda b: True),
+    "store": ("chat", {"store": True}, "store", lambda b: True),
     "tool_message": ("chat", {"messages": [*CHAT, {"role": "tool", "content": "2", "tool_call_id": "c1"}]},
-                     "messages.2.role"),
+                     "messages.2.role", lambda b: True),
     "image_part": ("chat", {"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "data:,"}}]}]}, "messages.0.content"),
-    "message_name": ("chat", {"messages": [{"role": "user", "content": "hi", "name": "bob"}]}, "messages.0.name"),
-    "completion_n": ("completion", {"n": 2}, "n"),
-    "best_of": ("completion", {"best_of": 3}, "best_of"),
-    "suffix": ("completion", {"suffix": " end"}, "suffix"),
+        {"type": "image_url", "image_url": {"url": "data:,"}}]}]}, "messages.0.content", lambda b: True),
+    "message_name": ("chat", {"messages": [{"role": "user", "content": "hi", "name": "bob"}]}, "messages.0.name",
+                     lambda b: True),
+    "completion_n": ("completion", {"n": 2}, "n", lambda b: len(b["choices"]) == 2),
+    "best_of": ("completion", {"best_of": 3}, "best_of", lambda b: len(b["choices"]) == 1),
+    "suffix": ("completion", {"suffix": " end"}, "suffix", lambda b: True),
 }
 
 
 @pytest.mark.parametrize("key", sorted(OPTIONAL_FIELDS))
 def test_optional_fields_are_honoured_or_refused(server, caps, key):
-    kind, extra, param = OPTIONAL_FIELDS[key]
+    kind, extra, param, honoured = OPTIONAL_FIELDS[key]
     base = ({"model": MODEL, "messages": CHAT, "max_tokens": 8} if kind == "chat"
             else {"model": MODEL, "prompt": PROMPT, "max_tokens": 8})
     path = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
     r = httpx.post(server.url + path, json={**base, **extra}, timeout=60)
     if key in caps.implements:
         assert r.status_code == 200, r.text
+        assert honoured(r.json()), r.text
         return
     assert r.status_code == 400, r.text
     err = r.json()["error"]
