@@ -10,7 +10,8 @@ which suits CPU and small models. Only the scheduler thread calls `prefill`,
 `decode_step` and `drop`; `generate_sync` is the smoke test, run before a
 version is allowed to serve.
 
-Library only; see inference/scheduler.py for the loop that drives it.
+Sampling and logprobs live in inference/sampling.py. Library only; see inference/scheduler.py for the loop
+that drives it.
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
-from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from inference.logits import build_processors
+from inference.sampling import TokenLogprob, byte_level_bytes, logprob_entries, sample
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +51,6 @@ class SamplingParams:
     @property
     def adjusts_logits(self) -> bool:
         return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
-
-
-# One position's log-probabilities: (token id, its logprob, [(alternative id, logprob), ...] best first).
-TokenLogprob = tuple[int, float, list[tuple[int, float]]]
 
 
 @dataclass
@@ -89,7 +86,7 @@ class Sequence:
         self.output_logprobs: list[TokenLogprob] = []
         self.prompt_logprobs: list[TokenLogprob | None] | None = None
         self._logprobs_sent = 0
-        self._next_logprob: TokenLogprob | None = None
+        self.pending_logprob: TokenLogprob | None = None
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
         self.itl: list[float] = []
@@ -150,28 +147,6 @@ def _buffered_cache(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicC
     return cache
 
 
-_BYTE_DECODER = {ch: b for b, ch in bytes_to_unicode().items()}
-
-
-def _byte_level_bytes(token: str) -> bytes | None:
-    """The bytes behind a byte-level BPE token (GPT-2/Qwen style), or None when `token` is not one."""
-    try:
-        return bytes(_BYTE_DECODER[ch] for ch in token)
-    except KeyError:
-        return None
-
-
-def _entries(logprobs: torch.Tensor, targets: torch.Tensor, k: int) -> list[TokenLogprob]:
-    """Per row of `logprobs` [N, V]: the target token's logprob and the k best (id, logprob), best first."""
-    picked = logprobs.gather(-1, targets[:, None]).flatten().tolist()
-    if k > 0:
-        top = logprobs.topk(k, dim=-1)
-        alts = [list(zip(ids, vals)) for ids, vals in zip(top.indices.tolist(), top.values.tolist())]
-    else:
-        alts = [[] for _ in picked]
-    return [(t, lp, a) for t, lp, a in zip(targets.tolist(), picked, alts)]
-
-
 def _take_logprobs(s: "Sequence") -> list[TokenLogprob] | None:
     if s.params.logprobs is None:
         return None
@@ -179,16 +154,6 @@ def _take_logprobs(s: "Sequence") -> list[TokenLogprob] | None:
     s._logprobs_sent = len(s.output_logprobs)
     return new
 
-
-def _adjust(row: torch.Tensor, p: SamplingParams, output_ids: list[int]) -> torch.Tensor:
-    """OpenAI's presence/frequency penalties (over generated tokens) and logit_bias, on one row of logits."""
-    if (p.presence_penalty or p.frequency_penalty) and output_ids:
-        counts = torch.bincount(torch.tensor(output_ids, dtype=torch.long), minlength=row.shape[-1])[: row.shape[-1]]
-        row = row - p.frequency_penalty * counts.to(row.dtype) - p.presence_penalty * (counts > 0).to(row.dtype)
-    if p.logit_bias:
-        ids = torch.tensor(list(p.logit_bias), dtype=torch.long)
-        row = row.index_add(0, ids, torch.tensor(list(p.logit_bias.values()), dtype=row.dtype))
-    return row
 
 
 class NonFiniteLogits(RuntimeError):
@@ -262,7 +227,7 @@ class ModelEngine:
             with self.tokenizer_lock:
                 text = self.tokenizer.decode([token_id], skip_special_tokens=False)
                 raw = self.tokenizer.convert_ids_to_tokens(token_id)
-            data = _byte_level_bytes(raw) if isinstance(raw, str) else None
+            data = byte_level_bytes(raw) if isinstance(raw, str) else None
             piece = self._pieces[token_id] = (text, list(data if data is not None else text.encode("utf-8")))
         return piece
 
@@ -327,7 +292,7 @@ class ModelEngine:
                 raise NonFiniteLogits(f"{self.version}: model produced NaN/Inf logits")
             lp = full[:-1].log_softmax(dim=-1)
             targets = torch.tensor(s.prompt_ids[1:], dtype=torch.long)
-            s.prompt_logprobs = [None] + _entries(lp, targets, s.params.prompt_logprobs)
+            s.prompt_logprobs = [None] + logprob_entries(lp, targets, s.params.prompt_logprobs)
             logits = full[-1:]
             if s.params.max_tokens == 0:
                 self._finish(s, "length", "")
@@ -426,66 +391,14 @@ class ModelEngine:
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         if not torch.isfinite(logits).all():
             raise NonFiniteLogits(f"{self.version}: model produced NaN/Inf logits")
-        logits = logits.cpu()
-        # Log-probabilities are the model's own (before penalties, bias, temperature), as vLLM reports by default,
-        # so a score over the API equals one computed from the model directly.
-        want_lp = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
-        raw_lp = logits[want_lp].log_softmax(dim=-1) if want_lp else None
-        for i, s in enumerate(seqs):
-            if s.processors or s.params.adjusts_logits:
-                row = logits[i:i + 1]
-                if s.processors:
-                    ids = torch.tensor([s.prompt_ids + s.output_ids], dtype=torch.long)
-                    with self.tokenizer_lock:  # PostStopPenalty decodes
-                        for proc in s.processors:
-                            row = proc(ids, row)
-                logits[i] = _adjust(row[0], s.params, s.output_ids)
-        tokens = self._pick(logits, seqs)
-        if want_lp:
-            chosen = tokens[want_lp]
-            for j, i in enumerate(want_lp):
-                seqs[i]._next_logprob = _entries(raw_lp[j:j + 1], chosen[j:j + 1], seqs[i].params.logprobs)[0]
-        return tokens
-
-    def _pick(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-        temps = torch.tensor([s.params.temperature for s in seqs], dtype=torch.float32)
-        greedy = temps <= 1e-5
-        out = logits.argmax(dim=-1)
-        if bool(greedy.all()):
-            return out
-        sample_idx = (~greedy).nonzero().flatten()
-        scaled = logits[sample_idx] / temps[sample_idx, None]
-        top_k = [seqs[i].params.top_k for i in sample_idx.tolist()]
-        if any(0 < k < scaled.shape[-1] for k in top_k):
-            for j, k in enumerate(top_k):
-                if 0 < k < scaled.shape[-1]:
-                    kth = scaled[j].topk(k).values[-1]
-                    scaled[j] = scaled[j].masked_fill(scaled[j] < kth, float("-inf"))
-        top_p = torch.tensor([seqs[i].params.top_p for i in sample_idx.tolist()], dtype=torch.float32)
-        if bool((top_p < 1.0).any()):
-            sorted_logits, order = scaled.sort(dim=-1, descending=True)
-            sorted_probs = sorted_logits.softmax(dim=-1)
-            remove = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p[:, None]  # keep the token crossing top_p
-            sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
-            scaled = torch.full_like(scaled, float("-inf")).scatter(-1, order, sorted_logits)
-        probs = scaled.softmax(dim=-1)
-        seeded = [j for j, i in enumerate(sample_idx.tolist()) if seqs[i].generator is not None]
-        if not seeded:
-            picks = torch.multinomial(probs, 1).flatten()
-        else:
-            picks = torch.empty(len(sample_idx), dtype=torch.long)
-            for j, i in enumerate(sample_idx.tolist()):
-                picks[j] = torch.multinomial(probs[j], 1, generator=seqs[i].generator)[0]
-        out[sample_idx] = picks
-        return out
-
+        return sample(logits, seqs, self.tokenizer_lock)
     # ---- per-token bookkeeping ---------------------------------------------------------------------
     def _append(self, s: Sequence, token: int) -> None:
         """Record one token; emit the text that is safe to show; decide whether `s` is done."""
         if s.finished or s.aborted:
             return
         p = s.params
-        entry, s._next_logprob = s._next_logprob, None
+        entry, s.pending_logprob = s.pending_logprob, None
         if token in self.eos_token_ids and not p.ignore_eos:
             self._finish(s, "stop", self._decode(s))
             return

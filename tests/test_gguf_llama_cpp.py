@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import re
 
+import llama_cpp  # a test extra, compiled at install (scripts/setup.sh --test): missing means set-up is broken
 import numpy as np
 import pytest
 import torch
 
+from inference.sampling import byte_level_bytes
 from management.export import export, resolve_source
 
-llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is a test extra (scripts/setup.sh --test)")
 
 STEPS = 24
 CHATS = ([{"role": "user", "content": "hi"}],
@@ -53,7 +54,7 @@ def _exported(tmp_path_factory, model_dir, quant):
 
 def _llama(folder):
     return llama_cpp.Llama(model_path=str(folder / "model.gguf"), n_ctx=256, n_threads=2, n_batch=256,
-                           verbose=False, seed=0)
+                           verbose=False, seed=0, logits_all=True)  # logits_all: eval() keeps the logits
 
 
 def _hf_greedy(model, ids, steps):
@@ -100,14 +101,15 @@ def test_f16_generates_token_for_token_like_hf(tmp_path_factory, model_dir, hf):
         want, want_logits = _hf_greedy(model, ids, STEPS)
         assert len(set(want)) > 5  # a varied trajectory, not one repeated token
         assert _llama_greedy(llm, ids, STEPS) == want
-        # and the logits themselves: f16 weights, f32 activations
+        # and the logits themselves (f16 weights, f32 activations): measured 0.2% of their range here
         got = _llama_logits(llm, ids, want)
-        assert np.abs(got - want_logits).max() < 0.05 * np.abs(want_logits).max()
+        assert np.abs(got - want_logits).max() < 0.01 * np.abs(want_logits).max()
 
 
 def test_q8_0_generates_within_tolerance(tmp_path_factory, model_dir, hf):
-    """Q8_0 rounds every weight block to 8 bits: logits along the HF greedy path stay within 5% of their range, and
-    llama.cpp picks HF's token wherever HF's margin between its top two exceeds twice that step's logit error."""
+    """Q8_0 rounds every weight block to 8 bits: logits along the HF greedy path stay within 10% of their range
+    (measured 4.4% here), and llama.cpp picks HF's token wherever HF's margin between its top two exceeds twice
+    that step's logit error."""
     model, tok = hf
     llm = _llama(_exported(tmp_path_factory, model_dir, "q8_0"))
     ids = tok(tok.apply_chat_template(CHATS[1], add_generation_prompt=True, tokenize=False),
@@ -115,7 +117,7 @@ def test_q8_0_generates_within_tolerance(tmp_path_factory, model_dir, hf):
     want, want_logits = _hf_greedy(model, ids, STEPS)
     got = _llama_logits(llm, ids, want)
     err = np.abs(got - want_logits).max(axis=1)
-    assert err.max() < 0.05 * np.abs(want_logits).max()
+    assert err.max() < 0.10 * np.abs(want_logits).max()
     top2 = np.sort(want_logits, axis=1)[:, -2:]
     clear = (top2[:, 1] - top2[:, 0]) > 2 * err
     assert clear.sum() >= STEPS // 2  # the check below is not vacuous
@@ -150,4 +152,6 @@ def test_chat_template_in_llama_cpp_and_modelfile_equal_hf(tmp_path_factory, mod
     eos = set(tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"]))
     cut = next((i for i, t in enumerate(want) if t in eos), len(want))
     resp = llm.create_chat_completion(messages=CHATS[0], max_tokens=8, temperature=0.0, top_k=1, seed=0)
-    assert resp["choices"][0]["message"]["content"] == tok.decode(want[:cut], skip_special_tokens=True)
+    # llama-cpp-python drops bytes that are not valid UTF-8 (a random model emits some); compare byte for byte
+    raw = b"".join(byte_level_bytes(t) for t in tok.convert_ids_to_tokens(want[:cut]))
+    assert resp["choices"][0]["message"]["content"] == raw.decode("utf-8", errors="ignore")
