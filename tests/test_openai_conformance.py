@@ -248,7 +248,7 @@ def test_nulls_where_openai_allows_them(server):
             "suffix": None, "stream_options": None}
     r = httpx.post(server.url + "/v1/completions", json=body, timeout=30)
     assert r.status_code == 200, r.text
-    chat = {"model": MODEL, "messages": CHAT, "max_tokens": 2, "n": None, "stream": None, "logprobs": None,
+    chat = {"model": MODEL, "messages": CHAT, "n": None, "stream": None, "logprobs": None,
             "top_logprobs": None, "tools": None, "tool_choice": None, "response_format": None, "max_tokens": None,
             "max_completion_tokens": 2, "stream_options": None, "seed": None, "metadata": None, "store": None}
     r = httpx.post(server.url + "/v1/chat/completions", json=chat, timeout=30)
@@ -475,3 +475,11 @@ def test_lm_eval_scores_equal_the_models(server, ref, micro_model_dir, tmp_path,
     samples = sorted(gen["samples"]["cadence_gen"], key=lambda s: s["doc_id"])
     assert [s["filtered_resps"][0] for s in samples] == greedy
     assert gen["results"]["cadence_gen"]["exact_match,none"] == pytest.approx(0.5)
+
+    # generate_until over /v1/completions too (token-id prompts, no chat template).
+    plain = [ref.tok.decode([t for t, _ in ref.greedy(ref.text_ids(p), 6)], skip_special_tokens=True).split("\n")[0]
+             for p in GEN_PROMPTS]
+    gen = lm_eval.simple_evaluate(model="local-completions", tasks=["cadence_gen"], task_manager=tm, log_samples=True,
+                                  model_args=f"base_url={server.url}/v1/completions,{common},tokenized_requests=True")
+    samples = sorted(gen["samples"]["cadence_gen"], key=lambda s: s["doc_id"])
+    assert [s["filtered_resps"][0] for s in samples] == plain
