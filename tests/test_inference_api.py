@@ -297,7 +297,7 @@ def test_disconnect_aborts_within_one_decode_step(tmp_path_factory, micro_model_
         observe = srv.state.metrics.observe_request
         srv.state.metrics.observe_request = lambda seq, now: (finished.append(seq), observe(seq, now))
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(srv.url + "/v1/completions", timeout=0.5, json={
+            httpx.post(srv.url + "/v1/completions", timeout=0.3, json={
                 "model": "cadence-tiny", "prompt": "count", "max_tokens": 1900, "ignore_eos": True})
         assert _wait(lambda: len(finished) == 1)
         seq = finished[0]

@@ -375,7 +375,7 @@ def test_disconnect_aborts_a_non_streaming_request(server):
     max_tokens = MAX_TOKENS_CAP
     before_abort = _metric(server.url, "vllm:request_success_total", 'finished_reason="abort"')
     before_tokens = _metric(server.url, "vllm:generation_tokens_total")
-    impatient = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=0.5)
+    impatient = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=0.3)
     with pytest.raises(openai.APITimeoutError):
         impatient.completions.create(model=MODEL, prompt=PROMPT, max_tokens=max_tokens,
                                      extra_body={"ignore_eos": True})
