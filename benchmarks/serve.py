@@ -99,7 +99,8 @@ class Backend:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: see {self.log}")
             try:
-                r = httpx.post(self.url + "/v1/chat/completions", json={**self.body(2), "stream": False}, timeout=30)
+                probe = {k: v for k, v in self.body(2).items() if k != "stream_options"}  # only valid with stream
+                r = httpx.post(self.url + "/v1/chat/completions", json={**probe, "stream": False}, timeout=30)
                 if r.status_code == 200:
                     return
             except httpx.HTTPError:
