@@ -340,8 +340,8 @@ def bench_big_request(model: Path, workdir: Path, concurrency: int, max_tokens: 
     for label, limit in (("default limit", None), (f"limit {2 * big_mb:g} MB", 2 * size)):
         backend = CadenceBodyLimit(model, workdir / f"big-{limit or 'default'}", 32, threads, max_body_bytes=limit)
         backend.workdir.mkdir(parents=True, exist_ok=True)
-        backend.start()
         try:
+            backend.start()  # inside the try: a server that never gets ready is stopped too
             asyncio.run(run_level(backend, 2, 4, max_tokens))
             stop = threading.Event()
             threading.Timer(seconds, stop.set).start()
