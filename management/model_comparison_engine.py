@@ -167,6 +167,9 @@ def paired_champion_decision(candidate: dict, baseline: dict | None, cc) -> Deci
 
     if candidate.get("status") != "scored" or not candidate.get("sets"):
         return Decision(False, f"no item-set results for {candidate.get('checkpoint')}", rule="paired")
+    broken = [sid for sid, r in candidate["sets"].items() if r.get("nonfinite")]
+    if broken:  # a NaN/Inf loss is no score at all: such a checkpoint can never win
+        return Decision(False, f"non-finite loss on {', '.join(broken)}", rule="paired")
     if baseline is None:
         return Decision(True, "no deployed baseline", rule="paired")
     d = paired_decision(candidate["sets"], baseline.get("sets") or {}, cc)

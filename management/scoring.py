@@ -12,6 +12,7 @@ Library only; `model_comparison_engine` calls `score_model(cfg, path, sets, scor
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -137,6 +138,10 @@ class CheckpointScorer:
         return answers, (gen_seconds / gen_tokens if gen_tokens else None)
 
 
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
 def score_sets(scorer: CheckpointScorer, sets, scorer_fn, max_new_tokens: int) -> tuple[dict, list[float]]:
     """Per-item results of every set: {set id: {kind, skill, level, digest, n, loss: [per-item mean CE], exact: "0110…",
     accuracy, mean_loss, scorer}}, and the seconds per generated token of each generation run."""
@@ -144,12 +149,14 @@ def score_sets(scorer: CheckpointScorer, sets, scorer_fn, max_new_tokens: int) -
     for item_set in sets:
         raw = scorer.item_losses(item_set.rows)
         losses = [round(x[0] / x[1], 6) if x is not None else None for x in raw]
+        nonfinite = sum(1 for x in losses if x is not None and not math.isfinite(x))
+        losses = [x if x is None or math.isfinite(x) else None for x in losses]  # NaN is no score (and not JSON)
         known = [x for x in losses if x is not None]
         tokens = sum(x[1] for x in raw if x is not None)
         res = {"kind": item_set.kind, "skill": item_set.skill, "level": item_set.level, "digest": item_set.digest,
                "n": len(item_set.rows), "loss": losses, "mean_loss": sum(known) / len(known) if known else None,
-               "token_loss": sum(x[0] for x in raw if x is not None) / tokens if tokens else None,
-               "exact": None, "accuracy": None, "scorer": None}
+               "token_loss": _finite(sum(x[0] for x in raw if x is not None) / tokens) if tokens else None,
+               "nonfinite": nonfinite, "exact": None, "accuracy": None, "scorer": None}
         if item_set.samples:
             prompts = [[{"role": "user", "content": s["user_prompt"]}] for s in item_set.samples]
             answers, spt = scorer.generate(prompts, max_new_tokens)
