@@ -212,6 +212,18 @@ def test_ledger_keeps_per_level_results_and_the_deployed_version_is_scored_once_
     assert record_verdicts(cfg, deployed["content_id"]) == 0   # judged once per deployed version and set list
     decision = champion_decision(entries["checkpoint-40"], entries["checkpoint-10"], cfg.comparison)
     assert {t["set"] for t in decision.tests} == {"anchor:anchor", "ladder:binary:L1", "ladder:binary:L2", "ladder:syllo:L1"}
+    # the monitor's ranking shows the per-level results, the same items for every checkpoint
+    from monitoring.sources import checkpoints
+
+    shown = checkpoints(cfg)
+    row = next(c for c in shown["checkpoints"] if c["name"] == "checkpoint-30")
+    sets30 = entries["checkpoint-30"]["sets"]
+    assert shown["rule"] == "paired" and row["ladder"] == {
+        "binary": {1: sets30["ladder:binary:L1"]["accuracy"], 2: sets30["ladder:binary:L2"]["accuracy"]},
+        "syllo": {1: sets30["ladder:syllo:L1"]["accuracy"]}}
+    assert row["sets"]["anchor:anchor"] == {"kind": "anchor", "n": 6, "accuracy": None,
+                                            "mean_loss": sets30["anchor:anchor"]["mean_loss"]}
+    assert row["verdict"]["baseline_checkpoint"] == "checkpoint-10" and "key" not in row["verdict"]
 
 
 def test_held_out_rows_of_files_trained_since_the_deployed_version_are_a_set(make_config, tmp_path):
