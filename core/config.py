@@ -170,7 +170,7 @@ class ComparisonConfig(Section):
     max_new_tokens: int = Field(64, ge=1, description="Generation budget for accuracy evals.")
     nice: int = Field(10, ge=0, le=19, description="OS niceness of the scoring process so training is not starved.")
     validation_file: str | None = Field(None, description="Validation JSONL scored for val_loss (supervised tokens only); default: training.fixed_validation_file. Relative to base_dir.")
-    eval_samples: int = Field(50, ge=0, description="Held-out eval rows per skill (and per eval file) generated and exact-matched for each checkpoint; 0 = no accuracy evals.")
+    eval_samples: int = Field(50, ge=0, description="Rows of each eval file (eval_files) exact-matched for each checkpoint (skills use the ladder: ladder_items per rung); 0 = no accuracy evals at all, the ladder included.")
     eval_files: list[str] = Field(default_factory=list, description="Extra eval sets (chat JSONL; the last assistant turn is the expected answer, exact match); relative to base_dir.")
     feed_curriculum: bool = Field(True, description="Record each skill's accuracy (at the level tested) in the data manager's curriculum.")
     measure_latency: bool = Field(False, description="Also time greedy generation (seconds per generated token) on the eval prompts.")
