@@ -1,9 +1,15 @@
 """Curriculum benchmark: minutes to each level in the closed loop, and accuracy at equal wall-clock vs TRL.
 
 Part A runs the whole embedded default (scripts/services.py start on a fresh base
-dir with the repo's config.json, ports shifted) for --minutes and reports, per
-skill, the minutes from start to each level the curriculum promoted it to, plus
-how many versions were deployed.
+dir with the repo's config.json, ports moved) for --minutes per champion rule
+(--rule paired|margin|both) and reports, per skill, the minutes from start to
+each level the curriculum promoted it to; how many versions were promoted; the
+lag between a checkpoint that the paired test judges better than the version
+then served and a version at least that new being served (both rules keep the
+paired verdicts, so the margin run shows the same measure), and the minutes in
+which such a checkpoint had waited over 5 min; the seconds from each level-up to
+the claim of the first file with rows of the new level; the newest checkpoint's
+accuracy on every ladder rung; and the scoring cost.
 
 Part B takes one fixed generated data set (binary levels 1-2 from the built-in
 skill, seeded) and trains the same tiny model for the same wall-clock budget
@@ -13,7 +19,7 @@ both on the same held-out binary level-2 problems by greedy generation and the
 skill's exact-match scorer.
 
 Run as:
-    python3 benchmarks/curriculum.py [--minutes 5] [--budget 90] [--skip-loop] [--skip-equal]
+    python3 benchmarks/curriculum.py [--minutes 5] [--rule both] [--budget 90] [--skip-loop] [--skip-equal]
 """
 from __future__ import annotations
 
@@ -35,35 +41,149 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 # ------------------------------------------------------------------------------------------- part A
-def closed_loop(minutes: float, model_dir: Path) -> None:
-    base = Path(tempfile.mkdtemp(prefix="cadence-curriculum-"))
+def _ts(text: str | None) -> float | None:
+    """Epoch seconds of an ISO time (the curriculum writes +00:00, the queue and the ledger write Z)."""
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _step(name: str | None) -> int | None:
+    return int(name.rsplit("-", 1)[1]) if name and name.startswith("checkpoint-") else None
+
+
+def serving_lag(base: Path, end: float) -> dict:
+    """For every checkpoint the paired test judged better than the version served at that moment: the seconds until
+    a checkpoint at least as new was served (censored at the end of the run), and the minutes in which some such
+    checkpoint had been waiting for more than 5 minutes."""
+    ledger = json.loads((base / "status" / "comparisons.json").read_text()) if (base / "status" / "comparisons.json").exists() else {}
+    promoted = [(d["ts"], _step(d.get("checkpoint"))) for d in _jsonl(base / "status" / "deployments.jsonl")
+                if d.get("event") == "promoted" and _step(d.get("checkpoint")) is not None]
+    better = []
+    for entry in (ledger.get("checkpoints") or {}).values():
+        first = next((v for v in entry.get("verdicts") or [] if (v.get("paired") or {}).get("accepted")), None)
+        if first:
+            better.append((_ts(first["at"]), int(entry["step"]), entry["checkpoint"]))
+    lags = []
+    for at, step, name in sorted(better):
+        served = next((ts for ts, s in sorted(promoted) if s >= step and ts >= at - 60), None)
+        lags.append((name, (served if served is not None else end) - at, served is None))
+    waiting = 0
+    if better:
+        t = min(b[0] for b in better)
+        while t < end:
+            if any(at <= t - 300 and (next((ts for ts, s in sorted(promoted) if s >= step and ts >= at - 60), None) or end + 1) > t
+                   for at, step, _ in better):
+                waiting += 1
+            t += 60
+    return {"better": len(better), "lags": lags, "minutes_waiting_over_5": waiting, "promotions": len(promoted)}
+
+
+def level_up_lag(base: Path, curriculum: dict) -> list[tuple[str, int, float | None]]:
+    """Per promotion (skill, new level): seconds from the level-up to the claim of the first file holding rows of
+    that skill at the new level (None: none trained before the end)."""
+    files = []
+    for folder in ("recently_completed", "processing"):
+        d = base / "queue" / folder
+        for meta_path in d.glob("*.meta.json") if d.is_dir() else []:
+            meta = json.loads(meta_path.read_text())
+            data = d / (meta_path.name[:-len(".meta.json")] + ".jsonl")
+            started = _ts(meta.get("started_at"))
+            if started is None or not data.exists():
+                continue
+            levels = set()
+            for line in data.read_text().splitlines():
+                m = json.loads(line).get("metadata") or {}
+                levels.add((m.get("skill"), m.get("level")))
+            files.append((started, levels))
+    out = []
+    for skill, state in curriculum.get("skills", {}).items():
+        for p in state.get("promotions", []):
+            at = _ts(p["at"])
+            first = min((st for st, lv in files if st >= at - 1 and any(s == skill and (l or 0) >= p["to"] for s, l in lv)),
+                        default=None)
+            out.append((skill, p["to"], None if first is None else first - at))
+    return out
+
+
+def ladder_now(base: Path) -> dict:
+    """The newest scored checkpoint's accuracy on every ladder rung."""
+    path = base / "status" / "comparisons.json"
+    if not path.exists():
+        return {}
+    entries = [e for e in json.loads(path.read_text())["checkpoints"].values() if e.get("status") == "scored"]
+    if not entries:
+        return {}
+    last = max(entries, key=lambda e: e["step"])
+    return {"checkpoint": last["checkpoint"], **{k: r.get("accuracy") for k, r in sorted((last.get("sets") or {}).items())
+                                                 if r.get("kind") == "ladder"}}
+
+
+def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int) -> None:
+    base = Path(tempfile.mkdtemp(prefix=f"cadence-curriculum-{rule}-"))
     shutil.copytree(model_dir, base / "models" / "base")
     from scripts.services import shifted_config
 
-    off = 11000
-    cfg = shifted_config(off, min_free_disk_gb=0.5, warn_free_disk_gb=1)
+    cfg = shifted_config(0, min_free_disk_gb=0.5, warn_free_disk_gb=1)
+    inference, monitor, binary, syllo = (port_base + i for i in range(4))
+    cfg["inference"]["port"], cfg["monitor"]["port"] = inference, monitor
+    cfg["deploy"]["targets"][0]["server_url"] = f"http://127.0.0.1:{inference}"
+    cfg["data_manager"]["skills"] = [{"name": "binary", "url": f"http://127.0.0.1:{binary}"},
+                                     {"name": "syllo", "url": f"http://127.0.0.1:{syllo}"}]
+    cfg.setdefault("comparison", {})["rule"] = rule
     (base / "config.json").write_text(json.dumps(cfg, indent=2))
     services = [sys.executable, str(REPO / "scripts" / "services.py")]
     started = time.time()
+    load0 = os.getloadavg()[0]
     subprocess.run(services + ["start", "--config", str(base / "config.json")], check=True, cwd=REPO,
                    stdout=subprocess.DEVNULL)
     try:
         time.sleep(minutes * 60)
     finally:
+        end = time.time()
+        load1 = os.getloadavg()[0]
         subprocess.run(services + ["stop", "--config", str(base / "config.json")], cwd=REPO, stdout=subprocess.DEVNULL)
-    cur = json.loads((base / "status" / "curriculum.json").read_text())
-    deployments = [json.loads(l) for l in (base / "status" / "deployments.jsonl").read_text().splitlines()
-                   if '"promoted"' in l] if (base / "status" / "deployments.jsonl").exists() else []
-    steps = [json.loads(l).get("global_step", 0) for l in (base / "status" / "metrics.jsonl").read_text().splitlines()[-50:]]
-    print(f"\nA. closed loop, {minutes:g} min on the embedded default (base dir {base})")
+    cur = json.loads((base / "status" / "curriculum.json").read_text()) if (base / "status" / "curriculum.json").exists() else {"skills": {}}
+    steps = [json.loads(l).get("global_step", 0) for l in (base / "status" / "metrics.jsonl").read_text().splitlines()[-50:]] \
+        if (base / "status" / "metrics.jsonl").exists() else []
+    print(f"\nA. closed loop, rule {rule}, {minutes:g} min on the embedded default (base dir {base}); "
+          f"load average {load0:.1f} at start, {load1:.1f} at end")
     print(f"{'skill':<8} {'level':>5}  minutes to each level")
     for skill, state in cur["skills"].items():
         marks = []
         for p in state.get("promotions", []):
-            at = datetime.fromisoformat(p["at"]).timestamp()
-            marks.append(f"L{p['to']} @ {(at - started) / 60:.1f} min (step {p['step']})")
+            marks.append(f"L{p['to']} @ {(_ts(p['at']) - started) / 60:.1f} min (step {p['step']})")
         print(f"{skill:<8} {state['level']:>5}  {', '.join(marks) or '-'}")
-    print(f"versions deployed and promoted: {len(deployments)}; global step reached: {max(steps or [0])}")
+    lag = serving_lag(base, end)
+    print(f"versions promoted: {lag['promotions']}; global step reached: {max(steps or [0])}")
+    waits = [x for _, x, _ in lag["lags"]]
+    if waits:
+        censored = sum(1 for *_, c in lag["lags"] if c)
+        print(f"checkpoints better on the paired test than the version then served: {lag['better']}; lag until served "
+              f"(or the end): median {sorted(waits)[len(waits) // 2] / 60:.1f} min, max {max(waits) / 60:.1f} min; "
+              f"{censored} never served; minutes with a better checkpoint unserved for > 5 min: {lag['minutes_waiting_over_5']}")
+    else:
+        print("checkpoints better on the paired test than the version then served: 0")
+    ups = level_up_lag(base, cur)
+    if ups:
+        print("level-up -> first step on next-level data: " + ", ".join(
+            f"{s} L{l} {'-' if x is None else f'{x:.0f}s'}" for s, l, x in ups))
+    rungs = ladder_now(base)
+    if rungs:
+        print("ladder accuracy of the newest scored checkpoint (" + rungs.pop("checkpoint") + "): "
+              + ", ".join(f"{k.split(':', 1)[1]} {v:.0%}" for k, v in rungs.items() if v is not None))
+    ledger_path = base / "status" / "comparisons.json"
+    if ledger_path.exists():
+        entries = list(json.loads(ledger_path.read_text())["checkpoints"].values())
+        secs = [e.get("score_seconds") for e in entries if e.get("status") == "scored" and e.get("score_seconds")]
+        fills = sum(len(e.get("baseline_scored") or {}) for e in entries)
+        if secs:
+            print(f"scoring: {len(secs)} checkpoints, median {sorted(secs)[len(secs) // 2]:.0f}s each; "
+                  f"deployed-version scorings of a new set: {fills}")
 
 
 # ------------------------------------------------------------------------------------------- part B
@@ -174,7 +294,10 @@ def equal_compute(budget: float, model_dir: Path, lr: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Minutes to each curriculum level, and accuracy at equal wall-clock vs TRL.")
-    parser.add_argument("--minutes", type=float, default=5.0, help="part A: how long the closed loop runs")
+    parser.add_argument("--minutes", type=float, default=5.0, help="part A: how long the closed loop runs (per rule)")
+    parser.add_argument("--rule", choices=["paired", "margin", "both"], default="both",
+                        help="part A: champion rule (comparison.rule); both = one run each, paired first")
+    parser.add_argument("--port-base", type=int, default=18500, help="part A: first of the 4 ports per run (+20 per run)")
     parser.add_argument("--budget", type=float, default=90.0, help="part B: training seconds per contender")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--skip-loop", action="store_true")
@@ -186,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     build_model(model_dir, preset="tiny")
     print(f"machine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
     if not args.skip_loop:
-        closed_loop(args.minutes, model_dir)
+        for i, rule in enumerate(["paired", "margin"] if args.rule == "both" else [args.rule]):
+            closed_loop(args.minutes, model_dir, rule, args.port_base + 20 * i)
     if not args.skip_equal:
         equal_compute(args.budget, model_dir, args.lr)
     return 0

@@ -15,6 +15,12 @@ The rule, applied after every recorded eval:
     count starts afresh at the new level;
   * the top level of a skill is never exceeded.
 
+The evals are taken on the held-out ladder (data_manager/ladder.py): a level
+is mastered on its fixed items. The comparison engine also records each
+checkpoint's accuracy on every lower rung (`record_ladder`); a lower level whose
+newest accuracy falls below the threshold is "forgotten" (`forgetting`) and the
+data manager rehearses it more, in proportion to how far below the bar it is.
+
 Run as:
     python3 data_manager/curriculum_manager.py status [--json]
     python3 data_manager/curriculum_manager.py set SKILL LEVEL     # operator override, logged in the state
@@ -177,6 +183,33 @@ class Curriculum:
         return Decision(**base, level_after=current + 1, counted=True, evals_at_level=len(counted), window_mean=mean,
                         reason=f"level {current} mastered: mean {mean:.3f} over last {self.window} evals >= {self.threshold}")
 
+    def record_ladder(self, skill: str, results: dict[int, float], step: int | None = None,
+                      checkpoint: str | None = None) -> dict[int, float]:
+        """Keep the newest accuracy of `skill` on each ladder rung below its current level (its fixed items);
+        returns the rehearsal deficits, {level: bar - accuracy} for the levels that fell below the bar."""
+        with self._locked():
+            state = self.load()
+            entry = self._skill(state, skill)
+            ladder = entry.setdefault("ladder", {})
+            for level, accuracy in results.items():
+                if not isinstance(level, int) or level < 1 or not 0.0 <= float(accuracy) <= 1.0:
+                    raise ValueError(f"ladder result {level!r}: {accuracy!r} is not a level >= 1 with an accuracy in [0, 1]")
+                ladder[str(level)] = {"accuracy": float(accuracy), "step": step, "checkpoint": checkpoint, "at": _now()}
+            self._save(state)
+        return self.forgetting(skill)
+
+    def forgetting(self, skill: str) -> dict[int, float]:
+        """{level: threshold - accuracy} for each level below the current one whose newest ladder accuracy is under
+        the bar (the data manager rehearses those more)."""
+        entry = self.load()["skills"].get(skill) or {}
+        current = int(entry.get("level", 1))
+        out = {}
+        for key, rec in (entry.get("ladder") or {}).items():
+            level = int(key)
+            if level < current and rec.get("accuracy") is not None and rec["accuracy"] + 1e-12 < self.threshold:
+                out[level] = round(self.threshold - rec["accuracy"], 6)
+        return out
+
     def set_level(self, skill: str, level: int, reason: str = "operator") -> None:
         """Operator override: put `skill` at `level`; the eval count restarts there."""
         if level < 1:
@@ -206,6 +239,10 @@ class Curriculum:
                 "last_eval": (entry.get("history") or [None])[-1],
                 "promotions": entry.get("promotions", []),
                 "history_size": len(entry.get("history", [])),
+                "ladder": {int(k): v.get("accuracy") for k, v in (entry.get("ladder") or {}).items()},
+                "forgetting": {lvl: round(self.threshold - v["accuracy"], 6)
+                               for lvl, v in ((int(k), v) for k, v in (entry.get("ladder") or {}).items())
+                               if lvl < level and v.get("accuracy") is not None and v["accuracy"] + 1e-12 < self.threshold},
             }
         return {"threshold": self.threshold, "window": self.window, "skills": out, "updated_at": state.get("updated_at")}
 

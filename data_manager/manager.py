@@ -16,9 +16,16 @@ One `tick()` (called by the training daemon's loop, or by `generate` here):
      first, then the rows to inbox/.NAME.jsonl.tmp renamed to inbox/NAME.jsonl,
      so the watcher sees the sidecar as soon as it sees the data.
 
-Held-out eval sets live in status/evals/<skill>/level_<n>.jsonl (Skill API
-samples, seed EVAL_SEED_BASE + level: never a training seed). The comparison
-engine calls `eval_set()`, generates answers, then `score_and_record()`.
+Held-out eval sets are the ladder's rungs, status/evals/<skill>/level_<n>.jsonl
+(data_manager/ladder.py: Skill API samples, seed EVAL_SEED_BASE + level, never a
+training seed; written once, digest recorded, never rewritten). The comparison
+engine scores `ladder_rungs()`, records the current level's accuracy with
+`record_eval()` and the lower rungs' with the curriculum's `record_ladder()`.
+
+Each batch also rehearses the lower levels of every skill (rehearsal_fraction,
+weighted by forgetting: a level whose newest ladder accuracy fell below the bar
+gets more), and is sized by time (file_seconds at the measured training rate)
+so a file of a level just passed never trains for long.
 
 Run as:
     python3 data_manager/manager.py status [--json]
@@ -44,6 +51,7 @@ if __package__ in (None, ""):
 
 from core.atomic_io import atomic_write_json, atomic_write_text, fsync_dir, read_json
 from data_manager.curriculum_manager import Curriculum, Decision
+from data_manager.ladder import Ladder, LadderError, Rung
 from data_manager.quality import QualityError, QualityReport, check_quality, tokenizer_counter  # noqa: F401 (re-exported)
 from data_manager.queue_files import QUEUE_PRIORITIES, is_data_file, queue_depth, queued_skill_level, sidecars_of  # noqa: F401
 from data_manager.skill_api_client import LocalSkillClient, SkillAPIError, SkillClient, local_score
@@ -117,6 +125,7 @@ class DataManager:
         self.clock = clock
         self.state_path = self.layout.status / "data_manager.json"
         self.deferred_dir = self.layout.queue / "deferred"
+        self.ladder = Ladder(self.layout.status / "evals")
 
     # -- plumbing ---------------------------------------------------------
     @property
@@ -195,7 +204,9 @@ class DataManager:
         skill = skill or self.next_skill()
         if skill not in self._skill_cfg:
             raise KeyError(f"unknown skill {skill!r}; configured: {', '.join(self.skills)}")
-        count = count or self.dm.batch_size
+        sized = None
+        if count is None:
+            count, sized = self.sized_batch()
         level = self.curriculum.level(skill)
         seed = secrets.randbelow(TRAIN_SEED_MAX)
         state["last_attempt_at"] = now
@@ -208,13 +219,14 @@ class DataManager:
         if not quality.ok:
             self._note_error(f"{skill} L{level}: quality: {'; '.join(quality.problems)}")
             raise QualityError(skill, level, quality.problems)
+        samples, rehearsed = self._with_rehearsal(samples, seed)
         samples, replayed = self._with_replay(skill, samples, seed)
         path, job_path = self._write_inbox(skill, level, seed, samples, dropped)
         state = self.load_state()
         state["last_generation_at"] = now
         state["batches_generated"] = int(state.get("batches_generated", 0)) + 1
         state["last_batch"] = {"skill": skill, "level": level, "seed": seed, "count": len(samples), "replayed": replayed,
-                               "file": path.name, "at": _utcnow()}
+                               "rehearsed": rehearsed, "sized": sized, "file": path.name, "at": _utcnow()}
         state["last_error"] = None
         self._save_state(state)
         logger.info("generated %s: %s level %d, %d samples (seed %d)", path.name, skill, level, len(samples), seed)
@@ -241,6 +253,81 @@ class DataManager:
             if len(kept) >= 0.9 * len(samples):
                 dropped, samples = len(samples) - len(kept), kept
         return samples, dropped, space
+
+    def sized_batch(self) -> tuple[int, dict | None]:
+        """Samples of the batch's own skill so that the whole file (with rehearsal and replay) trains in about
+        data_manager.file_seconds at the rate measured on the last completed generated files; batch_size when
+        nothing was measured yet or sizing is off. A short file keeps a passed level from training for minutes."""
+        dm = self.dm
+        rate = self.training_rate()
+        if dm.file_seconds <= 0 or rate is None:
+            return dm.batch_size, None
+        own_share = (1 - dm.replay_fraction) * (1 - dm.rehearsal_fraction) if len(self.skills) > 1 else 1 - dm.rehearsal_fraction
+        count = int(rate * dm.file_seconds * own_share)
+        count = max(min(dm.min_batch_size, dm.batch_size), min(dm.batch_size, count))
+        return count, {"examples_per_second": round(rate, 3), "file_seconds": dm.file_seconds, "count": count}
+
+    def training_rate(self, last: int = 5) -> float | None:
+        """Examples per second of wall time (claim to completion) over the last completed generated files."""
+        import calendar
+
+        from core.training_queue import TrainingQueue
+
+        rates = []
+        try:
+            done = TrainingQueue(self.cfg).entries(["recently_completed"])
+        except OSError:
+            return None
+        for e in done:
+            meta = e.meta
+            if not str(meta.get("original_name") or e.name).startswith("dm_"):
+                continue
+            examples = (meta.get("validation") or {}).get("examples")
+            try:
+                seconds = (calendar.timegm(time.strptime(meta["finished_at"], "%Y-%m-%dT%H:%M:%SZ"))
+                           - calendar.timegm(time.strptime(meta["started_at"], "%Y-%m-%dT%H:%M:%SZ")))
+            except (KeyError, TypeError, ValueError):
+                continue
+            if isinstance(examples, int) and examples > 0 and seconds > 0:
+                rates.append((meta["finished_at"], examples / seconds))
+        rates = [r for _, r in sorted(rates)[-last:]]
+        return sorted(rates)[len(rates) // 2] if rates else None
+
+    def rehearsal_weights(self) -> dict[tuple[str, int], float]:
+        """{(skill, level): weight} over every level below each skill's current one: 1 for a level that holds,
+        1 + rehearsal_boost * (threshold - accuracy) for one whose newest ladder accuracy fell below the bar."""
+        weights = {}
+        for skill in self.skills:
+            forgotten = self.curriculum.forgetting(skill)
+            for level in range(1, self.curriculum.level(skill)):
+                weights[(skill, level)] = 1.0 + self.dm.rehearsal_boost * forgotten.get(level, 0.0)
+        return weights
+
+    def _with_rehearsal(self, samples: list[dict[str, Any]], seed: int) -> tuple[list[dict[str, Any]], dict]:
+        """Mix in lower levels of every skill (rehearsal_fraction of the batch), weighted by forgetting."""
+        share = self.dm.rehearsal_fraction
+        weights = self.rehearsal_weights()
+        if share <= 0 or not weights:
+            return samples, {}
+        total = int(len(samples) * share / (1 - share))
+        wsum = sum(weights.values())
+        # largest remainder: the counts add up to `total` and follow the weights, deterministically
+        raw = {k: total * w / wsum for k, w in weights.items()}
+        counts = {k: int(v) for k, v in raw.items()}
+        for k in sorted(raw, key=lambda k: (-(raw[k] - counts[k]), k))[:total - sum(counts.values())]:
+            counts[k] += 1
+        mixed, rehearsed = list(samples), {}
+        for i, ((skill, level), n) in enumerate(sorted(counts.items()), 1):
+            if n <= 0:
+                continue
+            try:
+                extra, _, _ = self._generate(skill, level, n, (seed + 104729 * i) % TRAIN_SEED_MAX)
+            except SkillAPIError as exc:
+                logger.warning("rehearsal of %s level %d skipped: %s", skill, level, exc)
+                continue
+            mixed.extend(extra)
+            rehearsed[f"{skill}:{level}"] = len(extra)
+        return mixed, rehearsed
 
     def _with_replay(self, skill: str, samples: list[dict[str, Any]], seed: int) -> tuple[list[dict[str, Any]], dict]:
         """Mix in rehearsal samples of the other skills at their current levels (replay_fraction of the batch),
@@ -338,7 +425,7 @@ class DataManager:
 
     # -- evaluation (the comparison engine's side) --------------------------
     def eval_set_path(self, skill: str, level: int) -> Path:
-        return self.layout.status / "evals" / skill / f"level_{level}.jsonl"
+        return self.ladder.path(skill, level)
 
     def eval_set(self, skill: str, level: int | None = None) -> tuple[int, list[dict[str, Any]]]:
         """(level, samples) of the held-out set at `level` (default: the current one), generated once and kept."""
@@ -356,37 +443,27 @@ class DataManager:
         return out
 
     def _ensure_eval_set(self, skill: str, level: int, client=None) -> list[dict[str, Any]]:
-        path = self.eval_set_path(skill, level)
-        samples = self._read_eval_set(path, skill, level)
-        if samples is not None:
-            return samples
-        own = client is None
-        client = client or self.client(skill)
-        try:
-            samples = client.generate(level, self.dm.eval_count, EVAL_SEED_BASE + level)
-        finally:
-            if own:
-                self._release(client)
-        wrong = [s for s in samples if s["metadata"].get("level") != level or s["metadata"].get("skill") != skill]
-        if wrong or not samples:
-            raise SkillAPIError(f"{skill}: eval set for level {level} came back with {len(wrong)} sample(s) of another "
-                                f"skill/level (or empty); refusing to evaluate on it")
-        atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
-        logger.info("wrote eval set %s (%d samples)", path, len(samples))
-        return samples
+        return list(self.rung(skill, level, client).samples)
 
-    @staticmethod
-    def _read_eval_set(path: Path, skill: str, level: int) -> list[dict[str, Any]] | None:
+    def rung(self, skill: str, level: int, client=None) -> Rung:
+        """The ladder rung of `skill` at `level`: generated once (seed EVAL_SEED_BASE + level), then only read."""
+        def make() -> list[dict[str, Any]]:
+            own = client is None
+            c = client or self.client(skill)
+            try:
+                return c.generate(level, self.dm.eval_count, EVAL_SEED_BASE + level)
+            finally:
+                if own:
+                    self._release(c)
+
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-            samples = [json.loads(line) for line in lines if line.strip()]
-        except (OSError, ValueError):
-            return None
-        if samples and all(s.get("metadata", {}).get("level") == level and s.get("metadata", {}).get("skill") == skill
-                           for s in samples):
-            return samples
-        logger.warning("eval set %s is not all %s level %d; regenerating", path, skill, level)
-        return None
+            return self.ladder.rung(skill, level, make, seed=EVAL_SEED_BASE + level)
+        except LadderError as exc:
+            raise SkillAPIError(str(exc)) from exc
+
+    def ladder_rungs(self, skill: str) -> list[Rung]:
+        """Every rung of `skill` from level 1 up to its current level (the ladder grows, never changes)."""
+        return [self.rung(skill, level) for level in range(1, self.curriculum.level(skill) + 1)]
 
     def evaluate_answers(self, skill: str, level: int, samples: list[dict[str, Any]], answers: list[str]) -> EvalResult:
         """Score model answers against eval samples of `skill` at `level` (refuses samples of another level)."""

@@ -53,12 +53,14 @@ class LifecycleWorker:
 
     def champion_and_deploy(self) -> dict | None:
         from management.deployment_orchestrator import Orchestrator, active_content_id, tried_content_ids
-        from management.model_comparison_engine import load_ledger, pick_champion, record_champion
+        from management.model_comparison_engine import load_ledger, pick_champion, record_champion, record_verdicts
 
         cfg = self.cfg
-        ledger = load_ledger(cfg)
         baseline = active_content_id(cfg)
-        entry, decision = pick_champion(cfg, ledger, baseline, tried_content_ids(cfg))
+        tried = tried_content_ids(cfg)
+        record_verdicts(cfg, baseline, tried)  # both rules' verdicts, kept for the ranking page and the benchmark
+        ledger = load_ledger(cfg)
+        entry, decision = pick_champion(cfg, ledger, baseline, tried)
         if entry is None:
             if decision is not None:
                 logger.info("no champion: %s", decision.reason)

@@ -1,4 +1,4 @@
-"""Measure one checkpoint: supervised-only validation loss, exact-match accuracy by generation, latency.
+"""Measure one checkpoint: supervised-only validation loss, per-item loss and exact match on item sets, latency.
 
 The loss counts assistant tokens only (rows are encoded by trainer/data.py with
 the model's own chat template, the same masks training uses); the original
@@ -7,11 +7,12 @@ the prompt and decodes the generated token ids alone (never string slicing of
 prompt + answer), then scores with the skill's scorer. Every generation has a
 token budget, so an eval can never hang.
 
-Library only; `model_comparison_engine` calls `CheckpointScorer(cfg).score(path)`.
+Library only; `model_comparison_engine` calls `score_model(cfg, path, sets, scorer_fn, validation_path)`.
 """
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ class ScoredModel:
     accuracy: dict = field(default_factory=dict)
     seconds_per_token: float | None = None
     timings: dict = field(default_factory=dict)
+    sets: dict = field(default_factory=dict)  # per-item results per item set (score_sets)
 
 
 def pick_device(name: str) -> torch.device:
@@ -79,28 +81,36 @@ class CheckpointScorer:
 
     # ------------------------------------------------------------------ loss
     @torch.no_grad()
-    def supervised_loss(self, rows: list[dict]) -> tuple[float | None, int]:
-        """Mean CE per supervised token over `rows`, and how many rows counted (rows that cannot be encoded are skipped, logged)."""
+    def item_losses(self, rows: list[dict]) -> list[tuple[float, int] | None]:
+        """Per row: (summed CE over its supervised tokens, how many there were); None for a row that cannot be encoded."""
         if not rows:
-            return None, 0
+            return []
         examples = encode_examples(rows, self.tokenizer, schema_of(rows), self.cfg.model.max_length)
         bad = [e for e in examples if e.error]
         if bad:
-            logger.warning("%d validation row(s) skipped (first: %s)", len(bad), bad[0].error)
-        total, count, used = 0.0, 0, 0
+            logger.warning("%d scored row(s) skipped (first: %s)", len(bad), bad[0].error)
+        out: list[tuple[float, int] | None] = []
         for ex in examples:
             if ex.error:
+                out.append(None)
                 continue
             ids = torch.tensor([ex.input_ids], device=self.device)
             targets = torch.tensor(ex.labels[1:], device=self.device)
             mask = targets != IGNORE_INDEX
+            if not bool(mask.any()):
+                out.append(None)
+                continue
             # the LM head only where a supervised token is predicted (a 151k vocabulary makes it a large share of the FLOPs)
             hidden = self.model.get_decoder()(input_ids=ids).last_hidden_state[0, :-1][mask]
             logits = self.model.get_output_embeddings()(hidden).float()
-            total += float(torch.nn.functional.cross_entropy(logits, targets[mask], reduction="sum"))
-            count += int(mask.sum())
-            used += 1
-        return (total / count if count else None), used
+            out.append((float(torch.nn.functional.cross_entropy(logits, targets[mask], reduction="sum")), int(mask.sum())))
+        return out
+
+    def supervised_loss(self, rows: list[dict]) -> tuple[float | None, int]:
+        """Mean CE per supervised token over `rows`, and how many rows counted (rows that cannot be encoded are skipped, logged)."""
+        items = [x for x in self.item_losses(rows) if x is not None]
+        count = sum(n for _, n in items)
+        return (sum(t for t, _ in items) / count if count else None), len(items)
 
     # ------------------------------------------------------------ generation
     @torch.no_grad()
@@ -128,14 +138,41 @@ class CheckpointScorer:
         return answers, (gen_seconds / gen_tokens if gen_tokens else None)
 
 
-def score_model(cfg, path: str | Path, eval_sets: dict[str, tuple[int, list[dict]]] | None = None,
-                scorer_fn=None, validation_path: Path | None = None) -> ScoredModel:
-    """Measure the model at `path`.
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
-    eval_sets: {name: (level, samples)} with Skill API samples (user_prompt,
-    assistant_response, metadata); scorer_fn(name, level, samples, answers) ->
-    (accuracy, correct, total, scorer) scores them (the data manager's scorers).
-    """
+
+def score_sets(scorer: CheckpointScorer, sets, scorer_fn, max_new_tokens: int) -> tuple[dict, list[float]]:
+    """Per-item results of every set: {set id: {kind, skill, level, digest, n, loss: [per-item mean CE], exact: "0110…",
+    accuracy, mean_loss, scorer}}, and the seconds per generated token of each generation run."""
+    out, latencies = {}, []
+    for item_set in sets:
+        raw = scorer.item_losses(item_set.rows)
+        losses = [round(x[0] / x[1], 6) if x is not None else None for x in raw]
+        nonfinite = sum(1 for x in losses if x is not None and not math.isfinite(x))
+        losses = [x if x is None or math.isfinite(x) else None for x in losses]  # NaN is no score (and not JSON)
+        known = [x for x in losses if x is not None]
+        tokens = sum(x[1] for x in raw if x is not None)
+        res = {"kind": item_set.kind, "skill": item_set.skill, "level": item_set.level, "digest": item_set.digest,
+               "n": len(item_set.rows), "loss": losses, "mean_loss": sum(known) / len(known) if known else None,
+               "token_loss": _finite(sum(x[0] for x in raw if x is not None) / tokens) if tokens else None,
+               "nonfinite": nonfinite, "exact": None, "accuracy": None, "scorer": None}
+        if item_set.samples:
+            prompts = [[{"role": "user", "content": s["user_prompt"]}] for s in item_set.samples]
+            answers, spt = scorer.generate(prompts, max_new_tokens)
+            if spt is not None:
+                latencies.append(spt)
+            correct, how = scorer_fn(item_set, answers)
+            res.update(exact="".join("1" if c else "0" for c in correct), accuracy=sum(correct) / len(correct),
+                       scorer=how, example={"expected": item_set.samples[0]["assistant_response"][:200],
+                                            "answer": answers[0][:200]})
+        out[item_set.id] = res
+    return out, latencies
+
+
+def score_model(cfg, path: str | Path, sets=(), scorer_fn=None, validation_path: Path | None = None) -> ScoredModel:
+    """Measure the model at `path`: val_loss on `validation_path` (the margin rule's metric) and per-item results
+    on every item set (management/item_sets.py); scorer_fn(item_set, answers) -> (per-item correct, scorer name)."""
     cc = cfg.comparison
     if cc.torch_threads:
         torch.set_num_threads(cc.torch_threads)
@@ -147,24 +184,12 @@ def score_model(cfg, path: str | Path, eval_sets: dict[str, tuple[int, list[dict
         t1 = time.perf_counter()
         if validation_path is not None and validation_path.is_file():
             result.val_loss, result.val_rows = scorer.supervised_loss(sample_rows(validation_path, cc.validation_samples))
-        if cc.anchor_file and cfg.resolve(cc.anchor_file).is_file():
-            result.anchor_loss, _ = scorer.supervised_loss(sample_rows(cfg.resolve(cc.anchor_file), cc.validation_samples))
         result.timings["loss_s"] = round(time.perf_counter() - t1, 3)
         t2 = time.perf_counter()
-        latencies = []
-        for name, (level, samples) in (eval_sets or {}).items():
-            samples = samples[:cc.eval_samples]
-            if not samples:
-                continue
-            prompts = [[{"role": "user", "content": s["user_prompt"]}] for s in samples]
-            answers, spt = scorer.generate(prompts, cc.max_new_tokens)
-            if spt is not None:
-                latencies.append(spt)
-            accuracy, correct, total, how = scorer_fn(name, level, samples, answers)
-            result.accuracy[name] = {"level": level, "accuracy": accuracy, "correct": correct, "total": total,
-                                     "scorer": how, "example": {"expected": samples[0]["assistant_response"][:200],
-                                                                "answer": answers[0][:200]}}
-        result.timings["generate_s"] = round(time.perf_counter() - t2, 3)
+        result.sets, latencies = score_sets(scorer, list(sets), scorer_fn, cc.max_new_tokens)
+        anchor = next((r for r in result.sets.values() if r["kind"] == "anchor"), None)
+        result.anchor_loss = anchor["token_loss"] if anchor else None  # token-weighted like val_loss (the margin rule's guard)
+        result.timings["sets_s"] = round(time.perf_counter() - t2, 3)
         if cc.measure_latency and latencies:
             result.seconds_per_token = sum(latencies) / len(latencies)
     finally:

@@ -211,6 +211,31 @@ def _accuracy_map(value: Any) -> dict | None:
     return out or None
 
 
+def _ladder_map(sets: Any) -> dict | None:
+    """{skill: {level: accuracy}} from the ledger's per-set results (the held-out ladder, same items for every checkpoint)."""
+    if not isinstance(sets, dict):
+        return None
+    out: dict = {}
+    for r in sets.values():
+        if isinstance(r, dict) and r.get("kind") == "ladder" and isinstance(r.get("accuracy"), (int, float)):
+            out.setdefault(str(r.get("skill")), {})[int(r.get("level") or 0)] = float(r["accuracy"])
+    return {k: dict(sorted(v.items())) for k, v in sorted(out.items())} or None
+
+
+def _set_summary(sets: Any) -> dict | None:
+    """{set id: {kind, n, accuracy, mean_loss}}: the per-set results without the per-item lists."""
+    if not isinstance(sets, dict):
+        return None
+    return {k: {f: r.get(f) for f in ("kind", "n", "accuracy", "mean_loss")} for k, r in sets.items() if isinstance(r, dict)} or None
+
+
+def _last_verdict(verdicts: Any) -> dict | None:
+    """The newest judgement against the deployed version: {baseline_checkpoint, at, paired, margin}."""
+    if not isinstance(verdicts, list) or not verdicts or not isinstance(verdicts[-1], dict):
+        return None
+    return {k: v for k, v in verdicts[-1].items() if k != "key"}
+
+
 def rankings(cfg) -> dict:
     """The ranking ledger (management/model_comparison_engine.py), normalised: records best first,
     champion, and the version actually deployed (status/deployment_state.json, else the history)."""
@@ -226,7 +251,8 @@ def rankings(cfg) -> dict:
                         "anchor_loss": flat.get("anchor_loss"), "accuracy_mean": flat.get("accuracy_mean"),
                         "accuracy": _accuracy_map(r.get("accuracy")) or _accuracy_map(metrics.get("accuracy")),
                         "status": r.get("status") or r.get("verdict"), "error": r.get("error"),
-                        "scored_at": r.get("scored_at") or r.get("ts"), "raw": r})
+                        "scored_at": r.get("scored_at") or r.get("ts"), "ladder": _ladder_map(r.get("sets")),
+                        "sets": _set_summary(r.get("sets")), "verdict": _last_verdict(r.get("verdicts")), "raw": r})
     primary = (ledger.get("primary_metric") if isinstance(ledger, dict) else None) or cfg.comparison.primary_metric
     order = ledger.get("ranking") if isinstance(ledger, dict) else None
     if isinstance(order, list) and all(isinstance(n, str) for n in order):
@@ -248,7 +274,8 @@ def rankings(cfg) -> dict:
             r["position"] = n
         else:
             r["position"] = None  # failed or not scored yet: listed, not ranked
-    return {"present": ledger is not None, "primary_metric": primary, "records": records,
+    rule = (ledger.get("rule") if isinstance(ledger, dict) else None) or cfg.comparison.rule
+    return {"present": ledger is not None, "primary_metric": primary, "rule": rule, "records": records,
             "champion": champion, "deployed": deployed,
             "updated_at": ledger.get("updated_at") if isinstance(ledger, dict) else None}
 
@@ -295,6 +322,7 @@ def checkpoints(cfg) -> dict:
                     "reason": state.get("reason"), "files_done": len(state.get("files_done") or []),
                     "position": r.get("position"), "score": r.get("score"), "val_loss": r.get("val_loss"),
                     "accuracy": r.get("accuracy"), "accuracy_mean": r.get("accuracy_mean"), "status": r.get("status"),
+                    "ladder": r.get("ladder"), "sets": r.get("sets"), "verdict": r.get("verdict"),
                     "champion": ckpt.path.name == ranks["champion"], "deployed": ckpt.path.name == ranks["deployed"]})
     on_disk = {c["name"] for c in out}
     ranked_gone = [dict({k: v for k, v in r.items() if k != "raw"}, on_disk=False,
@@ -302,7 +330,7 @@ def checkpoints(cfg) -> dict:
                    for r in ranks["records"] if r["name"] not in on_disk]
     return {"checkpoints": out, "ranking": [{k: v for k, v in r.items() if k != "raw"} for r in ranks["records"]],
             "ranked_not_on_disk": ranked_gone, "champion": ranks["champion"], "deployed": ranks["deployed"],
-            "ledger_present": ranks["present"], "primary_metric": ranks["primary_metric"]}
+            "ledger_present": ranks["present"], "primary_metric": ranks["primary_metric"], "rule": ranks["rule"]}
 
 
 def deployments(cfg, limit: int = 100) -> dict:

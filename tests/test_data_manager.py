@@ -44,7 +44,7 @@ def dm_factory(make_config):
     def make(overrides=None, clients=None, clock=None):
         cfg = make_config({"data_manager.batch_size": 40, "data_manager.eval_count": 10,
                            "data_manager.cooldown_seconds": 60, "data_manager.replay_fraction": 0.0,
-                           **(overrides or {})})
+                           "data_manager.rehearsal_fraction": 0.0, **(overrides or {})})
         clients = clients or {name: LocalSkillClient(get_skill(name)) for name in ("binary", "syllo")}
         return DataManager(cfg, clients=clients, count_tokens=lambda t: len(t.split()) + 1, clock=clock or Clock())
     return make
@@ -261,8 +261,13 @@ def test_eval_sets_are_fixed_level_tagged_and_disjoint_from_training_seeds(dm_fa
     assert len(samples) == 10 and all(s["metadata"]["level"] == 1 and s["metadata"]["skill"] == "syllo" for s in samples)
     assert {s["metadata"]["seed"] for s in samples} == {EVAL_SEED_BASE + 1} and EVAL_SEED_BASE + 1 >= TRAIN_SEED_MAX
     assert dm.eval_set("syllo")[1] == samples  # generated once, then read back
-    # a set tagged with another level is never used: it is regenerated
+    # a set changed after it was written is never used, and never silently regenerated (the ladder is write-once)
+    original = path.read_bytes()
     path.write_text("".join(json.dumps(dict(s, metadata={**s["metadata"], "level": 5})) + "\n" for s in samples))
+    with pytest.raises(SkillAPIError, match="contents changed since the rung was written"):
+        dm.eval_set("syllo", 1)
+    assert path.read_text() != original.decode()  # left as found, for the operator to look at
+    path.write_bytes(original)
     assert dm.eval_set("syllo", 1)[1] == samples
     assert dm.eval_set("binary", 3)[1][0]["metadata"]["level"] == 3
     # a generator that ignores the level cannot produce an eval set

@@ -1,4 +1,4 @@
-"""Comparison engine: ranking, the champion rule and its forgetting guard, supervised-only loss, a ledger that never re-scores."""
+"""Comparison engine: ranking, the margin champion rule and its forgetting guard, supervised-only loss, a ledger that never re-scores."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,7 @@ from tests.management_support import entry, make_checkpoint, write_chat_rows
 
 
 def _cc(make_config, **over):
+    over.setdefault("rule", "margin")  # these tests are about the old margin rule (comparison.rule=margin)
     return make_config({f"comparison.{k}": v for k, v in over.items()}).comparison
 
 
@@ -54,7 +55,7 @@ def test_better_primary_metric_but_anchor_regression_is_refused(make_config):
 
 
 def test_pick_champion_skips_forgetful_and_tried_and_older(make_config):
-    cfg = make_config({"comparison.margin": 0.01, "comparison.guard_tolerance": 0.05})
+    cfg = make_config({"comparison.rule": "margin", "comparison.margin": 0.01, "comparison.guard_tolerance": 0.05})
     ledger = {"format": 1, "checkpoints": {e["checkpoint"]: e for e in [
         entry("checkpoint-10", 10, val_loss=2.0, anchor_loss=1.0),     # deployed
         entry("checkpoint-5", 5, val_loss=1.0, anchor_loss=1.0),       # better but older than the deployed one

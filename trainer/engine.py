@@ -33,7 +33,7 @@ from trainer.fast_path import PackedForward, summed_loss, supported as fast_path
 from trainer.checkpoint import (CheckpointError, CheckpointInfo, DiskFullError, begin_checkpoint, checked_checkpoints,
                                 clean_temp_dirs, prune_checkpoints, warn_corrupt, write_trainer_state)
 from trainer.data import IGNORE_INDEX, DataError, EncodedExample, chat_prompt_and_answer, encode_examples, load_tokenizer, read_jsonl
-from trainer.packing import PackedBatch, file_seed, pack, plan_steps
+from trainer.packing import PackedBatch, held_out_indices, pack, plan_steps
 from trainer.profiles import apply_profile
 from trainer.schedule import lr_factor
 from trainer.status import StatusWriter
@@ -283,10 +283,7 @@ class TrainerEngine:
         rows = read_jsonl(path)
         if not rows:
             raise DataError(f"{path}: no examples")
-        n_eval = min(t.eval_split_max, int(len(rows) * t.eval_split_fraction)) if len(rows) >= 20 else 0
-        order = list(range(len(rows)))
-        random.Random(file_seed(t.seed, file_id, -1)).shuffle(order)
-        eval_idx = set(order[:n_eval])
+        eval_idx = set(held_out_indices(len(rows), t.seed, file_id, t.eval_split_fraction, t.eval_split_max))
         encoded = self._encode(rows, schema_id)
         train, held_out, held_rows, dropped, truncated = {}, [], [], [], 0
         for i, ex in enumerate(encoded):

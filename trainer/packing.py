@@ -28,6 +28,14 @@ def file_seed(seed: int, file_id: str, epoch: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{file_id}:{epoch}".encode()).digest()[:8], "big")
 
 
+def held_out_indices(n_rows: int, seed: int, file_id: str, fraction: float, cap: int) -> list[int]:
+    """Row indices of a file held out from training (TrainerEngine.prepare_file; the comparison engine scores them too)."""
+    n_eval = min(cap, int(n_rows * fraction)) if n_rows >= 20 else 0
+    order = list(range(n_rows))
+    random.Random(file_seed(seed, file_id, -1)).shuffle(order)
+    return order[:n_eval]
+
+
 def plan_steps(lengths: dict[int, int], micro_batch_tokens: int, grad_accum: int,
                seed: int, file_id: str, epochs: int = 1) -> list[list[list[int]]]:
     """steps[i] = micro-batches, each a list of example indices (shuffled per epoch, seeded)."""

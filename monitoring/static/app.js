@@ -427,12 +427,14 @@
   // ------------------------------------------------- checkpoints etc.
   async function loadCheckpoints() {
     let d; try { d = await api("/api/checkpoints"); } catch (e) { return; }
-    $("rank-note").textContent = d.ledger_present ? `ranked by ${d.primary_metric}` : "no ranking ledger yet (status/comparisons.json)";
+    $("rank-note").textContent = d.ledger_present ? `ranked by ${d.primary_metric}; champion rule: ${d.rule || "margin"}` : "no ranking ledger yet (status/comparisons.json)";
     const ranked = d.checkpoints.slice().sort((a, b) => (a.position ?? 1e9) - (b.position ?? 1e9) || b.global_step - a.global_step);
     const rows = ranked.concat(d.ranked_not_on_disk || []).map((c) => el("tr", {},
       el("td", {}, c.position ?? "–"), el("td", {}, c.name, c.on_disk === false ? el("span", { class: "muted" }, " (removed from disk)") : null),
       el("td", {}, c.global_step ?? "–"), el("td", {}, num(c.val_loss)),
-      el("td", {}, c.accuracy ? Object.entries(c.accuracy).map(([k, v]) => `${k} ${(100 * v).toFixed(0)}%`).join(", ") : "–"),
+      el("td", { title: c.verdict ? `vs ${c.verdict.baseline_checkpoint}: paired ${c.verdict.paired?.accepted ? "better" : "no"}: ${c.verdict.paired?.reason}` : "" },
+        c.ladder ? Object.entries(c.ladder).map(([k, lv]) => `${k} ` + Object.entries(lv).map(([l, v]) => `L${l} ${(100 * v).toFixed(0)}%`).join(" ")).join(", ")
+          : (c.accuracy ? Object.entries(c.accuracy).map(([k, v]) => `${k} ${(100 * v).toFixed(0)}%`).join(", ") : "–")),
       el("td", {}, c.accuracy_mean != null ? (100 * c.accuracy_mean).toFixed(0) + "%" : (c.status && c.status !== "scored" ? c.status : "–")), el("td", {}, when(c.created)),
       el("td", {}, c.champion ? tag("★ champion", "champion") : null, c.deployed ? tag("deployed", "deployed") : null)));
     fill($("checkpoints").tBodies[0], rows.length ? rows : [el("tr", {}, el("td", { colspan: 8, class: "muted" }, "no checkpoint yet"))]);

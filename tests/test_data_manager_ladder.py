@@ -1,0 +1,131 @@
+"""The held-out ladder (write-once rungs with their digest), mastery on it, rehearsal weighted by forgetting, time-sized files."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from data_manager.curriculum_manager import Curriculum
+from data_manager.ladder import Ladder, LadderError
+from data_manager.manager import DataManager
+from data_manager.skill_api_client import LocalSkillClient
+from data_manager.skills import get_skill
+
+
+def _make(skill: str, level: int, n: int = 6, seed: int = 11):
+    return lambda: LocalSkillClient(get_skill(skill)).generate(level, n, seed)
+
+
+def test_a_rung_is_written_once_with_its_digest_and_never_changes(tmp_path):
+    ladder = Ladder(tmp_path / "evals")
+    first = ladder.rung("binary", 2, _make("binary", 2), seed=11)
+    data = first.path.read_bytes()
+    assert first.sha256 == hashlib.sha256(data).hexdigest() == ladder.recorded("binary", 2)["sha256"]
+    assert ladder.recorded("binary", 2)["items"] == 6 and ladder.recorded("binary", 2)["seed"] == 11
+    # asked again (even with a generator that would give other items): the same items, the file untouched
+    again = ladder.rung("binary", 2, _make("binary", 2, seed=99))
+    assert again.samples == first.samples and first.path.read_bytes() == data
+    assert again.items(4) == list(first.samples[:4]) and again.set_digest(4) == first.set_digest(4) != first.set_digest(5)
+    # edited by hand: refused, named, left as it is (never regenerated over)
+    first.path.write_bytes(data + b"\n")
+    with pytest.raises(LadderError, match=r"level_2.jsonl: contents changed since the rung was written"):
+        ladder.rung("binary", 2, _make("binary", 2))
+    first.path.write_bytes(data)
+    assert ladder.rung("binary", 2).samples == first.samples
+    # deleted: refused too, rather than different items under the same name
+    first.path.unlink()
+    with pytest.raises(LadderError, match="is missing; refusing to make different items under the same name"):
+        ladder.rung("binary", 2, _make("binary", 2))
+
+
+def test_a_rung_of_the_wrong_skill_or_level_is_never_written_or_used(tmp_path):
+    ladder = Ladder(tmp_path / "evals")
+    with pytest.raises(LadderError, match="include 6 of another skill/level"):
+        ladder.rung("binary", 3, _make("binary", 2))
+    assert not ladder.path("binary", 3).exists() and ladder.recorded("binary", 3) is None
+    # a held-out set from before the ladder had an index is adopted as it is, when it is all of its level
+    path = ladder.path("syllo", 1)
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps(s) + "\n" for s in _make("syllo", 1)()))
+    assert len(ladder.rung("syllo", 1).samples) == 6 and ladder.recorded("syllo", 1)["sha256"]
+    bad = ladder.path("syllo", 2)
+    bad.write_text("".join(json.dumps(s) + "\n" for s in _make("syllo", 1)()))
+    with pytest.raises(LadderError, match=r"level_2.jsonl:1: item is not syllo level 2"):
+        ladder.rung("syllo", 2)
+
+
+@pytest.fixture
+def dm(make_config):
+    cfg = make_config({"data_manager.eval_count": 6, "data_manager.replay_fraction": 0.0,
+                       "data_manager.rehearsal_fraction": 0.5, "data_manager.rehearsal_boost": 10.0})
+    clients = {name: LocalSkillClient(get_skill(name)) for name in ("binary", "syllo")}
+    return DataManager(cfg, clients=clients, count_tokens=lambda t: len(t.split()) + 1)
+
+
+def test_the_ladder_grows_with_the_level_and_lower_rungs_stay(dm):
+    assert [r.level for r in dm.ladder_rungs("binary")] == [1]
+    before = dm.rung("binary", 1).path.read_bytes()
+    dm.curriculum.set_level("binary", 3)
+    rungs = dm.ladder_rungs("binary")
+    assert [r.level for r in rungs] == [1, 2, 3] and rungs[0].path.read_bytes() == before
+    assert all(s["metadata"]["level"] == r.level for r in rungs for s in r.samples)
+
+
+def test_lower_levels_that_fall_below_the_bar_are_rehearsed_more(dm):
+    cur = dm.curriculum
+    cur.set_level("binary", 3)
+    assert cur.record_ladder("binary", {1: 1.0, 2: 0.3}, step=50, checkpoint="checkpoint-50") == {2: 0.5}
+    assert cur.forgetting("binary") == {2: 0.5} and cur.status()["skills"]["binary"]["ladder"] == {1: 1.0, 2: 0.3}
+    weights = dm.rehearsal_weights()
+    assert weights == {("binary", 1): 1.0, ("binary", 2): 6.0}      # 1 + 10 * (0.8 - 0.3); syllo has no lower level
+    batch = dm.generate_batch(skill="binary", count=70)             # + 70 rehearsal rows (fraction 0.5)
+    rows = [json.loads(line) for line in Path(batch.path).read_text().splitlines()]
+    levels = {}
+    for r in rows:
+        levels[r["metadata"]["level"]] = levels.get(r["metadata"]["level"], 0) + 1
+    assert levels == {3: 70, 1: 10, 2: 60}
+    assert json.loads(dm.state_path.read_text())["last_batch"]["rehearsed"] == {"binary:1": 10, "binary:2": 60}
+    # back above the bar: rehearsed like any other lower level
+    cur.record_ladder("binary", {2: 0.9})
+    assert dm.rehearsal_weights() == {("binary", 1): 1.0, ("binary", 2): 1.0}
+    with pytest.raises(ValueError, match="accuracy in \\[0, 1\\]"):
+        cur.record_ladder("binary", {2: 1.5})
+
+
+def test_the_comparison_engine_feeds_mastery_from_the_fixed_items_and_lower_rungs_to_rehearsal(make_config, micro_model_dir):
+    from management.model_comparison_engine import score_new_checkpoints
+    from tests.management_support import make_checkpoint
+
+    cfg = make_config({"comparison.ladder_items": 4, "comparison.max_new_tokens": 4, "data_manager.eval_count": 6})
+    Curriculum.from_config(cfg).set_level("binary", 2)
+    make_checkpoint(cfg, micro_model_dir, 10)
+    [entry] = score_new_checkpoints(cfg)
+    cur = Curriculum.from_config(cfg)
+    last = cur.history("binary")[-1]
+    assert (last["level"], last["n"], last["accuracy"]) == (2, 4, entry["sets"]["ladder:binary:L2"]["accuracy"])
+    ladder = cur.status()["skills"]["binary"]["ladder"]
+    assert ladder == {1: entry["sets"]["ladder:binary:L1"]["accuracy"]}   # the lower rung, for rehearsal
+
+
+def test_generated_files_are_sized_by_the_measured_training_rate(make_config, tmp_path):
+    from core.training_queue import TrainingQueue
+    from tests.management_support import write_chat_rows
+
+    cfg = make_config({"data_manager.batch_size": 2000, "data_manager.file_seconds": 60, "data_manager.replay_fraction": 0.5,
+                       "data_manager.rehearsal_fraction": 0.2, "data_manager.min_batch_size": 50})
+    dm = DataManager(cfg, clients={n: LocalSkillClient(get_skill(n)) for n in ("binary", "syllo")})
+    assert dm.sized_batch() == (2000, None)                         # nothing measured yet: batch_size
+    queue = TrainingQueue(cfg)
+    for i, (examples, seconds) in enumerate(((300, 60), (500, 100), (100, 50), (900, 90))):
+        src = write_chat_rows(tmp_path / f"dm_binary_{i}.jsonl", 4, seed=i)
+        queue.enqueue(src, file_id=f"{i:064d}", original_name=src.name, schema_id="chat_sft_v1",
+                      validation={"examples": examples})
+        e = queue.claim_next()
+        queue.complete(e.name, global_step_end=i)
+        queue.update_meta(e.name, finished_at=f"2026-12-01T1{i}:{seconds // 60:02d}:{seconds % 60:02d}Z",
+                          started_at=f"2026-12-01T1{i}:00:00Z")
+    assert dm.training_rate() == 5.0                                 # median of 5, 5, 2, 10 examples/s
+    count, sized = dm.sized_batch()
+    assert count == int(5.0 * 60 * 0.5 * 0.8) == 120 and sized["examples_per_second"] == 5.0
