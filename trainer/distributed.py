@@ -125,11 +125,18 @@ def agree(local: str | None, device) -> str | None:
     return ACTIONS[int(code)]
 
 
-def barrier() -> None:
+def wait_for_peers(beat, interval: float = 0.2) -> None:
+    """A barrier that keeps this rank's heartbeat going (`beat()`) while it waits, e.g. for rank 0 to write a
+    checkpoint: a rank blocked silently in a collective would look stuck to the anti-stuck monitor."""
+    import time
+
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    work = dist.barrier(async_op=True)
+    while not work.is_completed():
+        beat()
+        time.sleep(interval)
+    work.wait()
 
 
 def is_dtensor(t) -> bool:

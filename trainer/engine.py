@@ -625,7 +625,8 @@ class TrainerEngine:
         if self.fsdp:  # gathered on every rank (collectives), written by rank 0 in the single-process format
             weights = distributed.full_model_state(model)
             optimizer = distributed.full_optimizer_state(self.optimizer)
-        if not self.is_main:  # one writer: rank 0
+        if not self.is_main:  # one writer: rank 0; the others wait for it (see the end of this function)
+            self._wait_for_rank0(reason)
             return None
         optimizer = optimizer if optimizer is not None else self.optimizer.state_dict()
 
@@ -662,8 +663,16 @@ class TrainerEngine:
             if self._publisher is None:
                 self._publisher = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
             self._pending = (self._publisher.submit(publication.finish), reason, time.perf_counter())
+            self._wait_for_rank0(reason)
             return None
-        return self._published(publication.finish(), reason)
+        info = self._published(publication.finish(), reason)
+        self._wait_for_rank0(reason)
+        return info
+
+    def _wait_for_rank0(self, reason: str) -> None:
+        """Every rank leaves a checkpoint together, heartbeating while rank 0 writes it."""
+        if self.world > 1:
+            distributed.wait_for_peers(lambda: self.hooks.heartbeat("checkpoint", self.global_step))
 
     def _async_checkpoints(self) -> bool:
         setting = self.cfg.training.async_checkpoint
@@ -704,7 +713,7 @@ class TrainerEngine:
             import torch.distributed as dist
 
             self._settle_quietly()
-            dist.barrier()
+            distributed.wait_for_peers(lambda: self.hooks.heartbeat("checkpoint", self.global_step))
             dist.destroy_process_group()
 
     def close(self) -> None:
