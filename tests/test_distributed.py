@@ -134,7 +134,8 @@ def test_two_ranks_train_the_queue_as_one_process_does(reference, tmp_path, micr
                                final_weights(c)["model.embed_tokens.weight"], atol=0, rtol=0)
     assert sorted(p.name for p in (ckpt.path / "training_state").iterdir()) == [
         "optimizer.safetensors", "rng.pt", "trainer_state.json"]
-    assert not list(c.layout.status.glob("child_result.rank*.json"))  # no failure on any rank
+    rank1 = read_json(c.layout.status / "child_result.rank1.json")  # every rank reports its own exit
+    assert rank1["category"] == "completed" and rank1["result"]["status"] == "completed"
 
 
 def test_kill9_of_one_rank_restarts_the_group_and_the_result_is_unchanged(reference, tmp_path, micro_model_dir,
@@ -192,3 +193,49 @@ def test_pause_and_stop_reach_both_ranks_and_a_2_rank_checkpoint_resumes_on_1(re
     resumed = [m for m in train_records(c) if m["global_step"] == paused_at + 1]
     assert resumed[-1]["processes"] == 1
     assert_same_run(reference, c)
+
+
+def _train_standalone(base, model_dir, data, world: int, port: int, **training) -> dict[str, torch.Tensor]:
+    """core/train.py on `world` ranks started as the daemon starts them; the final checkpoint's tensors."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from core.launch import RankGroup, rank_env
+    from tests.test_daemon_faults import REPO
+    from trainer.checkpoint import latest_checkpoint
+
+    cfg = {"paths": {"base_dir": str(base)}, "model": {"base_model": str(model_dir), "max_length": 128},
+           "training": {"learning_rate": 1e-3, "warmup_steps": 2, "micro_batch_tokens": 128,
+                        "gradient_accumulation_steps": 3, "save_steps": 1000, "eval_steps": 0,
+                        "eval_split_fraction": 0.0, **training},
+           "safety": {"min_free_disk_gb": 0}}
+    if world > 1:
+        cfg["training"].update(distributed="ddp", num_processes=world)
+    base.mkdir(parents=True)
+    (base / "config.json").write_text(json.dumps(cfg))
+    cmd = [sys.executable, str(REPO / "core/train.py"), str(data), "--config", str(base / "config.json")]
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    log = open(base / "train.log", "wb")
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=rank_env(env, r, world, _port(port)) if world > 1 else env,
+                              stdout=log, stderr=subprocess.STDOUT) for r in range(world)]
+    code = RankGroup(procs).wait(600)
+    assert code == 0, (base / "train.log").read_text()[-3000:]
+    ckpt = latest_checkpoint(base / "models" / "current_model")
+    name = "adapter/adapter_model.safetensors" if training.get("mode") == "lora" else "model.safetensors"
+    return load_file(str(ckpt.path / name)), (base / "train.log").read_text()
+
+
+@pytest.mark.parametrize("variant", ["lora", "compile"])
+def test_lora_and_the_compiled_forward_under_ddp_equal_one_process(tmp_path, micro_model_dir, variant):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in demo_rows(60, 5)))
+    training = {"mode": "lora"} if variant == "lora" else {"compile": "on"}
+    one, _ = _train_standalone(tmp_path / "one", micro_model_dir, data, 1, 0, **training)
+    two, log = _train_standalone(tmp_path / "two", micro_model_dir, data, 2, 5 if variant == "lora" else 6, **training)
+    assert one.keys() == two.keys() and one
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], atol=ATOL, rtol=RTOL, msg=lambda m: f"{k}: {m}")
+    if variant == "compile":
+        assert log.count("torch.compile for training steps: available") == 2  # both ranks ran the compiled layers
