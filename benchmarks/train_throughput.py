@@ -442,16 +442,19 @@ def processes_mode(args, workdir: Path) -> int:
         runs[name] = spawn_ranks(name.replace(" ", "_"), dict(spec, distributed=mode, processes=n), workdir,
                                  args.verbose, n, port)
     print()
-    header = f"{'run':14} {'steps':>5} {'tok/s (all ranks)':>17} {'vs 1 proc':>9} {'MFU':>6}   per rank: peak RSS MB / optimizer state MB"
+    header = (f"{'run':14} {'steps':>5} {'tok/s (all ranks)':>17} {'best3 tok/s':>11} {'vs 1 proc':>9} {'MFU':>6}   "
+              "per rank: peak RSS MB / optimizer state MB")
     print(header)
     print("-" * len(header))
     base = runs["1 process"][0]["tokens_per_s"]
+    base3 = runs["1 process"][0]["best_window_tokens_per_s"]
     peak, _n = matmul_peak_gflops()
     for name, ranks in runs.items():
         r0 = ranks[0]
         mfu = r0["tokens_per_s"] * flops["flops_per_token"] / (peak * 1e9 * len(ranks))  # peak of every rank's cores
         per = ", ".join(f"{r['peak_rss_mb']:.0f} / {r['optimizer_state_mb']:.1f}" for r in ranks)
-        print(f"{name:14} {r0['steps']:>5} {r0['tokens_per_s']:>17.0f} {r0['tokens_per_s'] / base:>8.2f}x {mfu:>6.1%}   {per}")
+        print(f"{name:14} {r0['steps']:>5} {r0['tokens_per_s']:>17.0f} {r0['best_window_tokens_per_s']:>11.0f} "
+              f"{r0['tokens_per_s'] / base:>8.2f}x {mfu:>6.1%}   {per}   (best3 {r0['best_window_tokens_per_s'] / base3:.2f}x)")
     print(f"(tok/s counts the tokens of every rank's micro-batches; MFU against {len(runs['1 process'])} x the matmul "
           f"peak measured now ({peak:.1f} GFLOP/s) per process, i.e. what the ranks' cores could do together)")
     ddp, fsdp = runs[f"ddp x{world}"], runs[f"fsdp x{world}"]
