@@ -389,9 +389,27 @@ class ModelEngine:
 
     # ---- sampling ---------------------------------------------------------------------------------
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-        if not torch.isfinite(logits).all():
-            raise NonFiniteLogits(f"{self.version}: model produced NaN/Inf logits")
+        finite = torch.isfinite(logits).all(dim=-1)
+        if not bool(finite.all()):
+            logits = self._fail_nonfinite(logits, seqs, finite)
         return sample(logits, seqs, self.tokenizer_lock)
+
+    def _fail_nonfinite(self, logits: torch.Tensor, seqs: list[Sequence], finite: torch.Tensor) -> torch.Tensor:
+        """Fail the rows whose logits hold NaN/Inf (each request gets its own error); the other rows carry on. The
+        failed rows get zero logits so sampling the batch stays well-defined; their tokens are never used."""
+        failed = 0
+        for i in (~finite).nonzero().flatten().tolist():
+            s = seqs[i]
+            if not s.finished:
+                failed += 1
+                s.finished, s.finish_reason = True, "error"
+                s.sink(Event(error=f"generation failed: {NonFiniteLogits.__name__}: the model ({self.version}) "
+                                   "produced NaN/Inf logits for this request"))
+        if failed:
+            logger.warning("%s: %d of %d rows produced NaN/Inf logits; those requests failed, the others go on",
+                           self.version, failed, len(seqs))
+        return torch.where(finite[:, None], logits, torch.zeros_like(logits))
+
     # ---- per-token bookkeeping ---------------------------------------------------------------------
     def _append(self, s: Sequence, token: int) -> None:
         """Record one token; emit the text that is safe to show; decide whether `s` is done."""
@@ -453,6 +471,8 @@ class ModelEngine:
                 self.decode_step()
         finally:
             self.reset_batch()
+        if seq.finish_reason == "error":
+            raise NonFiniteLogits(next(e.error for e in events if e.error))
         return seq.output_ids, seq.sent
 
     def release(self) -> None:

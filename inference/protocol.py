@@ -101,7 +101,7 @@ class _Request(_Strict):
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="nucleus sampling mass")
     top_k: int | None = Field(None, ge=-1, description="vLLM extension: keep the k most likely tokens; 0/-1 = all")
     stop: str | list[str] | None = Field(None, description="up to 4 stop strings, not included in the output")
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2 ** 63), lt=2 ** 64, description="what torch.Generator.manual_seed accepts")
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0,
                                            description="subtracted once from a token's logit if it was generated")
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0,

@@ -93,6 +93,7 @@ def pick(logits: torch.Tensor, seqs: list) -> torch.Tensor:
         sorted_logits, order = scaled.sort(dim=-1, descending=True)
         sorted_probs = sorted_logits.softmax(dim=-1)
         remove = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p[:, None]  # keep the token crossing top_p
+        remove[:, 0] = False  # the likeliest token always stays (a top_p like 5e-324 is 0 in float32)
         sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
         scaled = torch.full_like(scaled, float("-inf")).scatter(-1, order, sorted_logits)
     probs = scaled.softmax(dim=-1)

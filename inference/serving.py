@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from inference.engine import Event, SamplingParams, Sequence, TokenLogprob
+from inference.prompt_limits import max_prompt_chars
 from inference.protocol import ENGINE_HINT, ChatCompletionRequest, CompletionRequest, error_body, new_id, now
 from inference.scheduler import QueueFull
 
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 # pydantic error types that are OpenAI error codes of their own
 _CODES = {"unsupported_parameter": "unsupported_parameter", "extra_forbidden": "unknown_parameter"}
+OFF_LOOP_PARSE_BYTES = 256 * 1024
 
 
 class RequestError(Exception):
@@ -177,8 +179,23 @@ class OpenAIServing:
             post_stop_penalty=icfg.post_stop_penalty if req.post_stop_penalty is None else req.post_stop_penalty,
             ignore_eos=bool(req.ignore_eos))
 
+    def _check_prompt_chars(self, req, engine) -> None:
+        """A prompt longer than the context could hold is refused by its length, before it is rendered or tokenised."""
+        bound = max_prompt_chars(engine)
+        if isinstance(req, ChatCompletionRequest):
+            sizes = [("messages", sum(len(m.as_template_message()["content"]) for m in req.messages))]
+        else:
+            sizes = [("prompt" if len(req.prompts) == 1 else f"prompt.{i}", len(p))
+                     for i, p in enumerate(req.prompts) if isinstance(p, str)]
+        for param, chars in sizes:
+            if chars > bound:
+                raise RequestError(400, f"This model's maximum context length is {engine.max_context} tokens; the "
+                                        f"prompt has {chars} characters, more than {bound} can fit.", param=param,
+                                   code="context_length_exceeded")
+
     def _prompts(self, req, engine) -> list[tuple[list[int], str]]:
-        """(token ids, text to echo) per prompt."""
+        """(token ids, text to echo) per prompt. Runs in a worker thread: a long prompt must not stall the event loop."""
+        self._check_prompt_chars(req, engine)
         if isinstance(req, ChatCompletionRequest):
             try:
                 ids = engine.chat_prompt_ids([m.as_template_message() for m in req.messages])
@@ -206,7 +223,10 @@ class OpenAIServing:
         model_cls = ChatCompletionRequest if kind == "chat" else CompletionRequest
         try:
             try:
-                req = model_cls.model_validate_json(body or b"")
+                if len(body) > OFF_LOOP_PARSE_BYTES:  # a multi-MB body would hold the event loop for tens of ms
+                    req = await asyncio.to_thread(model_cls.model_validate_json, body)
+                else:
+                    req = model_cls.model_validate_json(body or b"")
             except ValidationError as exc:
                 raise validation_error(exc) from None
             if self.state.shutting_down:
@@ -229,7 +249,7 @@ class OpenAIServing:
         queue: asyncio.Queue = asyncio.Queue()
         try:
             self._check_model(req.model, engine)
-            prompts = self._prompts(req, engine)
+            prompts = await asyncio.to_thread(self._prompts, req, engine)
             request_id = new_id("chatcmpl" if kind == "chat" else "cmpl")
             seqs = []
             for i, (ids, _) in enumerate(prompts):

@@ -21,7 +21,8 @@ def _config(tmp_path_factory, model_dir, **inference):
     cfg = from_dict({"paths": {"base_dir": str(base)},
                      "model": {"base_model": str(model_dir), "max_length": 256},
                      "training": {"micro_batch_tokens": 512},
-                     "inference": {"max_tokens_cap": 512, "max_model_len": 1024, **inference}}, base)
+                     "inference": {"max_tokens_cap": 512, "max_model_len": 1024,
+                                   "load_roots": [str(tmp_path_factory.getbasetemp())], **inference}}, base)
     cfg.layout.ensure()
     return cfg
 
