@@ -45,10 +45,19 @@ fsync). Step time is compared per real token; only the batches the timed steps
 consumed are counted.
 Use --repeats 4 (contender order alternating) on a VM whose disk speed drifts.
 
+`--processes N`: Cadence alone, the same plan (each step = N micro-batches of
+--step-tokens / N tokens) on 1 process and on N processes with ddp and with fsdp
+(CPU: gloo; the ranks started with the environment the daemon gives them,
+core/launch.py). Reported: tok/s of all ranks together, the N-process overhead
+against 1 process, and per rank the peak RSS and the optimizer state it holds
+(FSDP2 shards the AdamW moments, so each rank holds ~1/N of them). On 2 cores
+expect no speed-up: the point is correctness and the cost of the collectives.
+
 Run as:
     .venv/bin/python benchmarks/train_throughput.py                       # tiny model, ~4 min on 2 idle cores
     .venv/bin/python benchmarks/train_throughput.py --examples 300 --contenders cadence,trl
     .venv/bin/python benchmarks/train_throughput.py --preset qwen3-0.6b   # step time + checkpoint save/load
+    .venv/bin/python benchmarks/train_throughput.py --processes 2         # 1 vs 2 processes, ddp and fsdp
 """
 from __future__ import annotations
 
@@ -280,7 +289,7 @@ def _cadence_config(spec: dict):
     base = Path(spec["out_dir"])
     data = {
         "paths": {"base_dir": str(base)},
-        "model": {"base_model": spec["model_dir"], "max_length": spec["max_length"]},
+        "model": {"base_model": spec["model_dir"], "max_length": spec["max_length"], "dtype": "float32"},
         "training": {"learning_rate": spec["lr"], "warmup_steps": 0, "lr_schedule": "constant",
                      "micro_batch_tokens": spec["step_tokens"], "gradient_accumulation_steps": 1,
                      "eval_steps": 0, "save_steps": spec.get("save_steps") or 10 ** 9, "log_steps": 10, "eval_split_fraction": 0.0,
@@ -299,7 +308,12 @@ def _cadence_config(spec: dict):
 def run_cadence(spec: dict, examples) -> dict:
     from trainer.engine import TrainerEngine
 
-    engine = TrainerEngine(_cadence_config(spec), new_run=True).setup()
+    cfg = _cadence_config(spec)
+    if spec.get("distributed"):
+        t = cfg.training
+        t.distributed, t.num_processes = spec["distributed"], spec["processes"]
+        t.micro_batch_tokens, t.gradient_accumulation_steps = spec["micro_tokens"], spec["accumulation"]
+    engine = TrainerEngine(cfg, new_run=True).setup()
     clock = StepClock()
     clock.started = time.perf_counter()
     train_step, checkpoint = engine._train_step, engine._checkpoint
@@ -322,6 +336,8 @@ def run_cadence(spec: dict, examples) -> dict:
     if result.status != "completed":
         raise SystemExit(f"cadence did not complete the file: {result}")
     out = clock.result(spec["warmup_steps"], result.tokens, result.tokens)
+    out["optimizer_state_mb"] = _local_optimizer_bytes(engine.optimizer) / 1e6
+    out["rank"] = engine.rank
     if spec.get("checkpoint"):
         info = [p for p in engine.checkpoint_root.iterdir() if p.name.startswith("checkpoint-")][-1]
         out.update({"save_seconds": saves[-1], "checkpoint_dir": str(info), "checkpoint_bytes": _tree_bytes(info)})
@@ -342,6 +358,17 @@ def load_cadence(spec: dict) -> dict:
     return {"load_seconds": seconds}
 
 
+def _local_optimizer_bytes(optimizer) -> int:
+    """Bytes of optimizer state this process holds (its shard of a DTensor, all of a plain tensor)."""
+    total = 0
+    for values in optimizer.state.values():
+        for v in values.values():
+            local = v.to_local() if hasattr(v, "to_local") else v
+            if hasattr(local, "numel") and local.dim() > 0:
+                total += local.numel() * local.element_size()
+    return total
+
+
 def _tree_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
@@ -358,8 +385,85 @@ def worker(spec_path: Path) -> int:
 
         examples = [EncodedExample(**e) for e in json.loads(Path(spec["examples_path"]).read_text())]
         out = {"hf": run_hf, "trl": run_trl, "cadence": run_cadence}[spec["job"]](spec, examples)
-    Path(spec["result_path"]).write_text(json.dumps(out))
+    import resource
+
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rank = int(os.environ.get("RANK", "0"))
+    Path(spec["result_path"] + (f".rank{rank}" if rank else "")).write_text(json.dumps(out))
     return 0
+
+
+def spawn_ranks(job: str, spec: dict, workdir: Path, verbose: bool, world: int, port: int) -> list[dict]:
+    """One job on `world` ranks (the daemon's launch environment); each rank's result, rank 0 first."""
+    from core.launch import RankGroup, rank_env
+
+    spec = dict(spec, job="cadence", result_path=str(workdir / f"result-{job}.json"), out_dir=str(workdir / f"run-{job}"))
+    spec_path = workdir / f"spec-{job}.json"
+    spec_path.write_text(json.dumps(spec))
+    log = open(workdir / f"{job}.log", "w")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path)]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = None if verbose else log
+    if world == 1:
+        procs = [subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)]
+    else:
+        procs = [subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=rank_env(env, r, world, port))
+                 for r in range(world)]
+    code = RankGroup(procs).wait()
+    log.close()
+    if code != 0:
+        raise SystemExit(f"{job} failed (exit {code}):\n{(workdir / f'{job}.log').read_text()[-3000:]}")
+    return [json.loads(Path(spec["result_path"] + (f".rank{r}" if r else "")).read_text()) for r in range(world)]
+
+
+def processes_mode(args, workdir: Path) -> int:
+    import torch
+    from scripts.make_tiny_model import build_model
+
+    world = args.processes
+    model_dir = build_model(workdir / "model", preset=args.preset, seed=args.seed)
+    rows = make_rows(args.examples, args.min_tokens, args.max_tokens, args.seed)
+    data_path = workdir / "data.jsonl"
+    data_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    examples = encode(rows, model_dir, args.max_length)
+    flops = model_flops(model_dir, examples)
+    micro = max(args.max_length, args.step_tokens // world)
+    spec = {"model_dir": str(model_dir), "data_path": str(data_path), "examples_path": str(workdir / "none.json"),
+            "max_length": min(args.max_length, micro), "step_tokens": args.step_tokens, "lr": args.lr,
+            "seed": args.seed, "warmup_steps": args.warmup_steps, "cadence_compile": args.cadence_compile,
+            "micro_tokens": micro, "accumulation": world, "processes": world, "max_steps": args.steps}
+    Path(spec["examples_path"]).write_text("[]")
+    print(f"model: {args.preset}, {flops['params'] / 1e6:.2f}M parameters; torch {torch.__version__}; "
+          f"{len(examples)} examples; each step = {world} micro-batches of <= {micro} tokens")
+    runs = {}
+    port = args.master_port
+    for name, mode, n in (("1 process", "ddp", 1), (f"ddp x{world}", "ddp", world), (f"fsdp x{world}", "fsdp", world)):
+        print(f"running {name} ...", flush=True)
+        runs[name] = spawn_ranks(name.replace(" ", "_"), dict(spec, distributed=mode, processes=n), workdir,
+                                 args.verbose, n, port)
+    print()
+    header = (f"{'run':14} {'steps':>5} {'tok/s (all ranks)':>17} {'best3 tok/s':>11} {'vs 1 proc':>9} {'MFU':>6}   "
+              "per rank: peak RSS MB / optimizer state MB")
+    print(header)
+    print("-" * len(header))
+    base = runs["1 process"][0]["tokens_per_s"]
+    base3 = runs["1 process"][0]["best_window_tokens_per_s"]
+    peak, _n = matmul_peak_gflops()
+    for name, ranks in runs.items():
+        r0 = ranks[0]
+        mfu = r0["tokens_per_s"] * flops["flops_per_token"] / (peak * 1e9 * len(ranks))  # peak of every rank's cores
+        per = ", ".join(f"{r['peak_rss_mb']:.0f} / {r['optimizer_state_mb']:.1f}" for r in ranks)
+        print(f"{name:14} {r0['steps']:>5} {r0['tokens_per_s']:>17.0f} {r0['best_window_tokens_per_s']:>11.0f} "
+              f"{r0['tokens_per_s'] / base:>8.2f}x {mfu:>6.1%}   {per}   (best3 {r0['best_window_tokens_per_s'] / base3:.2f}x)")
+    print(f"(tok/s counts the tokens of every rank's micro-batches; MFU against {len(runs['1 process'])} x the matmul "
+          f"peak measured now ({peak:.1f} GFLOP/s) per process, i.e. what the ranks' cores could do together)")
+    ddp, fsdp = runs[f"ddp x{world}"], runs[f"fsdp x{world}"]
+    ok = all(f["optimizer_state_mb"] < d["optimizer_state_mb"] for f, d in zip(fsdp, ddp))
+    print(f"FSDP2 holds less optimizer state per rank than DDP: {'yes' if ok else 'NO'} "
+          f"({fsdp[0]['optimizer_state_mb']:.1f} vs {ddp[0]['optimizer_state_mb']:.1f} MB on rank 0)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"flops": flops, "runs": runs}, indent=2))
+    return 0 if ok else 1
 
 
 def spawn(job: str, spec: dict, workdir: Path, verbose: bool) -> dict:
@@ -637,11 +741,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="keep models, data and logs here (default: a temp dir, removed)")
     parser.add_argument("--json", default=None, help="also write all measurements to this JSON file")
     parser.add_argument("--verbose", action="store_true", help="show the workers' output instead of logging it")
+    parser.add_argument("--throughput", action="store_true",
+                        help="the throughput comparison (hf, trl, cadence) even for --preset qwen3-0.6b, no save/load")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="compare Cadence on 1 vs N processes (ddp and fsdp, CPU gloo); see the description")
+    parser.add_argument("--master-port", type=int, default=18650, help="--processes: rank-0 rendezvous port")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(Path(args.worker))
-    big = args.preset == "qwen3-0.6b" or args.checkpoint
+    big = (args.preset == "qwen3-0.6b" or args.checkpoint) and not args.processes
     args.examples = args.examples or (64 if big else 600)
     args.min_tokens = args.min_tokens or (24 if big else 30)
     args.max_tokens = args.max_tokens or (96 if big else 300)
@@ -657,7 +766,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs "
           "(other processes on this machine slow every contender; compare within one run only)")
     try:
-        return checkpoint_mode(args, workdir) if big else throughput_mode(args, workdir)
+        if args.processes:
+            return processes_mode(args, workdir)
+        return checkpoint_mode(args, workdir) if big and not args.throughput else throughput_mode(args, workdir)
     finally:
         print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
         if not args.workdir:

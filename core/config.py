@@ -94,6 +94,11 @@ class TrainingConfig(Section):
     compile_gemm_autotune: bool = Field(True, description="With compile on CPU: let Inductor time its own C++ GEMM kernels (which can fuse the elementwise work after a matmul) against ATen's for every matmul of the layers and keep the faster; ~4% faster steps on the tiny model here, a few more seconds of compile on a cold kernel cache.")
     compile_min_steps: int = Field(200, ge=1, description="compile = auto: compile a file's training steps when its plan has at least this many optimizer steps.")
     max_steps_per_file: int | None = Field(None, ge=1, description="Cap on optimizer steps per file (for smoke runs).")
+    distributed: Literal["none", "ddp", "fsdp"] = Field("none", description="Training on more than one process (GPU): none = one process; ddp = data parallel, every rank holds the whole model and optimizer (accelerate's DDP); fsdp = FSDP2 through accelerate (full shard, reshard after forward, bf16/fp16 mixed precision where the device has it): weights, gradients and AdamW moments sharded across ranks. Either way each optimizer step's micro-batches are shared out across ranks and the update equals one process's (up to reduction order); checkpoints keep the single-process format.")
+    num_processes: int = Field(1, ge=1, le=1024, description="Training processes on this machine (one per GPU) when distributed is ddp or fsdp; the daemon starts and supervises all of them as one group.")
+    accelerate_config: str | None = Field(None, description="An `accelerate config` YAML for training across several machines (num_machines, machine_rank, main_process_ip/port); the daemon then launches through `accelerate launch --config_file` instead of starting the ranks itself. Relative to base_dir.")
+    master_port: int | None = Field(None, ge=1024, le=65535, description="TCP port of the rank-0 rendezvous on this machine (127.0.0.1); None = a free port picked at each launch.")
+    distributed_timeout: int = Field(1800, ge=10, description="Seconds a rank waits in a collective for its peers before failing (torch.distributed's process-group timeout).")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings, used when mode = lora.")
 
 
@@ -299,6 +304,14 @@ class CadenceConfig(Section):
         if self.training.micro_batch_tokens < self.model.max_length:
             raise ValueError(
                 f"training.micro_batch_tokens ({self.training.micro_batch_tokens}) must be >= model.max_length ({self.model.max_length})")
+        t = self.training
+        if t.distributed == "none" and t.num_processes > 1:
+            raise ValueError(f"training.num_processes = {t.num_processes} needs training.distributed = ddp or fsdp")
+        if t.distributed == "none" and t.accelerate_config:
+            raise ValueError("training.accelerate_config needs training.distributed = ddp or fsdp")
+        if t.distributed == "fsdp" and t.mode == "lora":
+            raise ValueError("training.distributed = fsdp with training.mode = lora is not supported (use ddp: "
+                             "the adapters are small, sharding them saves nothing)")
         return self
 
     @property

@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = TrainerEngine(cfg, hooks, new_run=args.new_run).setup()
     try:
         result = engine.train_file(path, schema_id=args.schema or cfg.daemon.default_schema, epochs=args.epochs)
+        engine.leave_group()  # under `accelerate launch` / several ranks: all leave together
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from core.atomic_io import append_jsonl, read_json  # noqa: E402
+from core import launch  # noqa: E402
 from core.config import CadenceConfig, ConfigError, add_config_args, load_config  # noqa: E402
 from core.control import consume_skip, consume_stop_after_file, read_control, request  # noqa: E402
 from core.procs import AlreadyRunning, InstanceLock, live_pid, remove_pid, terminate, write_pid  # noqa: E402
@@ -126,10 +127,10 @@ class TrainingDaemon:
 
     def _reap_orphan(self) -> None:
         """A trainer left by a previous daemon (which died) must be gone before a new one starts."""
-        pid = live_pid(self.layout.pid_file("trainer"))
-        if pid:
-            outcome = terminate(pid, self.cfg.daemon.shutdown_timeout)
-            log_event(self.cfg, "orphan_trainer_stopped", pid=pid, outcome=outcome)
+        for pid in [live_pid(self.layout.pid_file("trainer")), *launch.orphan_pids(self.layout)]:
+            if pid:
+                outcome = terminate(pid, self.cfg.daemon.shutdown_timeout)
+                log_event(self.cfg, "orphan_trainer_stopped", pid=pid, outcome=outcome)
 
     def _recover(self) -> None:
         ckpt = latest_checkpoint(self.layout.current_model)
@@ -280,33 +281,31 @@ class TrainingDaemon:
         self.layout.logs.mkdir(parents=True, exist_ok=True)
         log = open(self.layout.logs / "trainer.log", "ab")
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        (self.layout.status / "child_result.json").unlink(missing_ok=True)
-        proc = subprocess.Popen(cmd, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        launch.clear_results(self.layout, launch.processes(self.cfg))
+        proc = launch.start(self.cfg, cmd, log, env, str(REPO))  # one process, or the group of ranks
         log.close()
         self.child = Child(proc, entry, step)
         log_event(self.cfg, "training_started", file=entry.name, pid=proc.pid, attempt=entry.meta.get("attempts"),
-                  global_step=step)
+                  global_step=step, **({"pids": proc.pids} if isinstance(proc, launch.RankGroup) else {}))
         self.status.update(state="training", file=entry.name, daemon_pid=os.getpid(), trainer_pid=proc.pid)
 
     def _check_stuck(self) -> None:
         child = self.child
         if child.killed_reason:
             return
-        verdict = anti_stuck_monitor.check(self.cfg, child.proc.pid, child.started_at)
+        verdict = launch.check_stuck(self.cfg, child.proc, child.started_at)  # every rank's heartbeat
         if verdict is None:
             return
-        log_event(self.cfg, "stuck", file=child.entry.name, pid=child.proc.pid, detail=str(verdict))
-        how = anti_stuck_monitor.dump_stacks(child.proc.pid, self.layout.logs / "trainer.log")
+        log_event(self.cfg, "stuck", file=child.entry.name, pid=verdict.pid, detail=str(verdict))
+        how = anti_stuck_monitor.dump_stacks(verdict.pid, self.layout.logs / "trainer.log")
         child.killed_reason = "stuck"
-        terminate(child.proc.pid, 5, signal.SIGKILL)
+        terminate(verdict.pid, 5, signal.SIGKILL)  # a group then kills its other ranks
         log_event(self.cfg, "stuck_child_killed", file=child.entry.name, stacks=how)
 
     # ------------------------------------------------------------------ exits
     def _handle_exit(self, child: Child, code: int) -> None:
         layout = self.layout
-        result = read_json(layout.status / "child_result.json", None)
-        if result and result.get("pid") != child.proc.pid:
-            result = None
+        result = launch.child_result(layout, child.proc)  # the result of the rank whose exit is the child's
         name = child.entry.name
         ckpt = latest_checkpoint(layout.current_model)
         step = ckpt.step if ckpt else 0

@@ -49,10 +49,11 @@ def limit_for(cfg, phase: str) -> float:
             "load": s.stuck_timeout_load}.get(phase, s.stuck_timeout)
 
 
-def check(cfg, pid: int, started_at: float, now: float | None = None) -> Verdict | None:
-    """A Verdict when child `pid` has been silent longer than its phase allows; paused children never are."""
+def check(cfg, pid: int, started_at: float, now: float | None = None, beat_path: Path | None = None) -> Verdict | None:
+    """A Verdict when child `pid` has been silent longer than its phase allows; paused children never are.
+    `beat_path`: the heartbeat file of that process (default status/heartbeat.json; other ranks have their own)."""
     now = now or time.time()
-    beat = read_json(cfg.layout.status / "heartbeat.json", {}) or {}
+    beat = read_json(beat_path or cfg.layout.status / "heartbeat.json", {}) or {}
     if beat.get("pid") != pid:
         beat = {"phase": "load", "ts": started_at}  # no heartbeat of its own yet: count from its start
     phase = beat.get("phase", "train")

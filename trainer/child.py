@@ -39,12 +39,28 @@ EXIT_NAMES = {EXIT_OK: "completed", EXIT_INTERRUPTED: "interrupted", EXIT_DATA: 
               EXIT_UNKNOWN: "unknown"}
 
 
-def heartbeat_path(layout) -> Path:
-    return layout.status / "heartbeat.json"
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
 
 
-def result_path(layout) -> Path:
-    return layout.status / "child_result.json"
+def _suffix(rank: int | None) -> str:
+    # rank 0 keeps the single-process names, which every reader (daemon, monitor, tests) already knows
+    rank = _rank() if rank is None else rank
+    return "" if rank == 0 else f".rank{rank}"
+
+
+def heartbeat_path(layout, rank: int | None = None) -> Path:
+    """This rank's heartbeat (rank 0: status/heartbeat.json; rank r: status/heartbeat.rank<r>.json)."""
+    return layout.status / f"heartbeat{_suffix(rank)}.json"
+
+
+def result_path(layout, rank: int | None = None) -> Path:
+    return layout.status / f"child_result{_suffix(rank)}.json"
+
+
+def pid_name(rank: int | None = None) -> str:
+    """The pid file name (Layout.pid_file) of a rank: trainer, trainer.rank1, ..."""
+    return f"trainer{_suffix(rank)}"
 
 
 class Faults:
@@ -146,6 +162,11 @@ class DaemonHooks:
     def on_checkpoint(self, info) -> None:
         self.heartbeat("train", info.step)
 
+    def local_stop(self) -> bool:
+        if self.sigterm:
+            self.stop_reason = "SIGTERM"
+        return self.sigterm
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train one claimed file (started by the training daemon).")
@@ -163,14 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return _finish(None, EXIT_CONFIG, str(exc))
     layout = cfg.layout
-    write_pid(layout.pid_file("trainer"))
+    write_pid(layout.pid_file(pid_name()))
     hooks = DaemonHooks(cfg, Path(args.file).name, Faults(os.environ.get("CADENCE_FAULT_INJECT"), layout.status))
     signal.signal(signal.SIGTERM, lambda *_: setattr(hooks, "sigterm", True))
     signal.signal(signal.SIGINT, lambda *_: setattr(hooks, "sigterm", True))
     try:
         return _run(cfg, args, hooks)
     finally:
-        remove_pid(layout.pid_file("trainer"))
+        remove_pid(layout.pid_file(pid_name()))
 
 
 def _run(cfg, args, hooks: DaemonHooks) -> int:
@@ -180,11 +201,12 @@ def _run(cfg, args, hooks: DaemonHooks) -> int:
 
     try:
         hooks.heartbeat("load", 0)
-        if not _standard_gate(cfg, Path(args.file)):
+        if _rank() == 0 and not _standard_gate(cfg, Path(args.file)):  # the gate may move the file: rank 0 only
             return _finish(cfg, EXIT_REJECTED, f"{Path(args.file).name}: rejected by STANDARD validation (see its .reason.json)")
         hooks.heartbeat("load", 0)
         engine = TrainerEngine(cfg, hooks).setup()
         result = engine.train_file(args.file, file_id=args.file_id, schema_id=args.schema, epochs=args.epochs)
+        engine.leave_group()  # all ranks together, before the result is final
     except DataError as exc:
         return _finish(cfg, EXIT_DATA, str(exc))
     except NonFiniteLossError as exc:

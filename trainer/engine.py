@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from core.config import CadenceConfig
 from core.manifest import ManifestCheck, ManifestError
 from core.system_metrics import gpu_stats, ram_stats
-from trainer import attention, optim_state
+from trainer import attention, distributed, optim_state
 from trainer.compile import decide as decide_compile
 from trainer.fast_path import PackedForward, summed_loss, supported as fast_path_supported
 from trainer.checkpoint import (CheckpointError, CheckpointInfo, DiskFullError, begin_checkpoint, checked_checkpoints,
@@ -68,6 +68,10 @@ class TrainingHooks:
 
     def on_checkpoint(self, info: CheckpointInfo) -> None:
         pass
+
+    def local_stop(self) -> bool:
+        """This process itself was asked to stop (SIGTERM); on a rank other than 0, the only control it reads."""
+        return False
 
 
 @dataclass
@@ -125,16 +129,22 @@ class TrainerEngine:
         self._compile_steps = False                    # this file's training steps use them
         self._publisher: ThreadPoolExecutor | None = None  # finishes periodic checkpoints in the background
         self._pending = None                           # (future, reason, written_at) of the one in flight
+        self._net = None                               # the HF (or peft) model itself, never the DDP/FSDP wrapper
+        self.world, self.rank, self.is_main, self.fsdp = 1, 0, True, False
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> "TrainerEngine":
-        from accelerate import Accelerator
-
         cfg = self.cfg
         self.hooks.heartbeat("load", 0)
         device, precision = _device_and_precision(cfg)
-        self.accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
-        clean_temp_dirs(self.checkpoint_root)
+        self.accelerator = distributed.make_accelerator(cfg, precision, cpu=device.type == "cpu")
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.is_main = self.accelerator.is_main_process
+        self.fsdp = self.world > 1 and cfg.training.distributed == "fsdp"
+        if not self.is_main:
+            self.status = _NoStatus()  # status and metrics come from rank 0 only
+        if self.is_main:
+            clean_temp_dirs(self.checkpoint_root)
         attn = cfg.model.attn_implementation
         if attn == "auto":
             attn = attention.register()
@@ -147,16 +157,23 @@ class TrainerEngine:
             model.config.use_cache = False
         model.train()
         use_compile, why = decide_compile(cfg.training.compile, device)
-        if use_compile and self.accelerator.num_processes > 1:
-            use_compile, why = False, "distributed training (the compiled forward bypasses the DDP/FSDP wrapper)"
+        if use_compile and self.fsdp:
+            use_compile, why = False, "FSDP2 shards the layer weights, which the compiled per-layer functions read whole"
         if use_compile:
             use_compile, why = fast_path_supported(model)
         if use_compile:
             self._compiled = PackedForward(model, compile=True, cache_dir=cfg.layout.cache / "torchinductor",
                                            gemm_autotune=cfg.training.compile_gemm_autotune)
         logger.info("torch.compile for training steps: %s (%s)", "available" if use_compile else "off", why)
+        self._net = model
         self.optimizer = self._make_optimizer(model)
-        self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        # More than one process: the wrapped module's forward is the whole loss, so DDP's reducer and FSDP2's root
+        # hooks see every training forward (compiled before wrapping: the compiled functions run inside it).
+        wrapped = distributed.LossModule(model, self._loss_of) if self.world > 1 else model
+        self.model, self.optimizer = self.accelerator.prepare(wrapped, self.optimizer)
+        if self.world > 1:
+            logger.info("distributed training: %s on %d processes (this is rank %d)", cfg.training.distributed,
+                        self.world, self.rank)
         self.state = {"global_step": 0, "tokens_seen": 0, "examples_seen": 0, "files_done": [], "current_file": None,
                       "critical": cfg.critical_values(), "critical_hash": cfg.critical_hash(), "run_started_at": time.time()}
         if ckpt is not None:
@@ -253,6 +270,8 @@ class TrainerEngine:
     def _restore(self, ckpt: CheckpointInfo, optimizer_state: dict | None) -> None:
         state_dir = ckpt.state_dir
         if optimizer_state is not None:
+            if self.fsdp:  # the file holds full moments (the single-process format); this rank keeps its shard
+                optimizer_state = distributed.shard_optimizer_state(optimizer_state, self.optimizer)
             self.optimizer.load_state_dict(optimizer_state)
         else:
             logger.warning("%s has no optimizer state (pruned); continuing with fresh AdamW moments", ckpt.path.name)
@@ -360,11 +379,11 @@ class TrainerEngine:
         t = self.cfg.training
         last_loss = None
         for step_index in range(done, len(plan)):
-            action = self.hooks.control()
+            action = self._control()
             if action == "pause":
                 self._checkpoint("pause")
                 self.status.update(state="paused")
-                action = self.hooks.wait_while_paused()
+                action = self._wait_while_paused()
                 if action != "stop":
                     self.status.update(state="training")
             if action == "stop":
@@ -395,6 +414,26 @@ class TrainerEngine:
             self._checkpoint("end_of_file")
             self.status.update(state="idle", file=None, file_step=len(plan))
 
+    def _control(self) -> str | None:
+        """The operator's request at this step boundary: rank 0 reads it and every rank acts on the same answer
+        (a SIGTERM to any rank stops all of them)."""
+        if self.world == 1:
+            return self.hooks.control()
+        local = self.hooks.control() if self.is_main else ("stop" if self.hooks.local_stop() else None)
+        return distributed.agree(local, self.accelerator.device)
+
+    def _wait_while_paused(self) -> str:
+        if self.world == 1:
+            return self.hooks.wait_while_paused()
+        while True:  # every rank polls together, so none waits on a collective for the length of a pause
+            action = self._control()
+            if action is None:
+                return "resume"
+            if action == "stop":
+                return "stop"
+            self.hooks.heartbeat("paused", -1)
+            time.sleep(0.25)
+
     def _set_lr(self, file_step: int, file_total: int) -> float:
         t = self.cfg.training
         lr = t.learning_rate * lr_factor(t.lr_schedule, self.global_step, file_step, file_total, t.warmup_steps,
@@ -405,8 +444,12 @@ class TrainerEngine:
 
     def _loss_sum(self, batch: PackedBatch) -> torch.Tensor:
         """Summed CE over supervised targets, running the LM head on supervised positions only."""
-        model = self.accelerator.unwrap_model(self.model)
         mask = batch.targets[0] != IGNORE_INDEX
+        if self.world > 1:
+            return self.model(batch, mask)  # through the DDP/FSDP wrapper (LossModule -> _loss_of)
+        return self._loss_of(self._net, batch, mask)
+
+    def _loss_of(self, model, batch: PackedBatch, mask: torch.Tensor) -> torch.Tensor:
         if self._compile_steps and torch.is_grad_enabled():
             return self._compiled.loss_sum(batch, mask, LOGITS_CHUNK_ELEMENTS)
         hidden = model.get_decoder()(**batch.model_kwargs()).last_hidden_state[0]
@@ -419,21 +462,31 @@ class TrainerEngine:
         started = time.perf_counter()
         self.hooks.heartbeat("train", self.global_step)
         lr = self._set_lr(file_step, file_total)
-        packed = [pack(m).to(self.accelerator.device) for m in micro_batches]
+        packed = [pack(m) for m in micro_batches]
+        # Normalised by the supervised targets of the whole step on every rank (each rank knows the whole plan), and
+        # scaled by the world size because DDP and FSDP2 average gradients across ranks: the sum over ranks of each
+        # rank's share is then the single-process gradient of the step.
         n_targets = sum(b.n_targets for b in packed)
         n_tokens = sum(b.n_tokens for b in packed)
+        local = distributed.local_micro_batches(packed, self.rank, self.world)
         loss_total = 0.0
         self.model.train()
-        for i, batch in enumerate(packed):
-            sync = i == len(packed) - 1
+        for i, (batch, weight) in enumerate(local):
+            batch = batch.to(self.accelerator.device)
+            sync = i == len(local) - 1
             ctx = self.accelerator.no_sync(self.model) if not sync else _nullcontext()
             with ctx, self.accelerator.autocast():
-                loss = self._loss_sum(batch) / max(1, n_targets)
-            if not torch.isfinite(loss):
+                loss = self._loss_sum(batch) * (weight * self.world / max(1, n_targets))
+            if self.world == 1 and not torch.isfinite(loss):
                 self.optimizer.zero_grad(set_to_none=True)
                 raise NonFiniteLossError(f"loss is {loss.item()} at global step {self.global_step + 1}; step not applied")
             self.accelerator.backward(loss)
-            loss_total += loss.item()
+            loss_total += loss.item() / self.world
+        if self.world > 1:  # one answer on every rank, so every rank raises (or not) at the same step
+            loss_total = distributed.all_reduce_sum([loss_total], self.accelerator.device)[0]
+            if not math.isfinite(loss_total):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteLossError(f"loss is {loss_total} at global step {self.global_step + 1}; step not applied")
         grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
         grad_norm = float(grad_norm)
         if not math.isfinite(grad_norm):
@@ -450,7 +503,7 @@ class TrainerEngine:
             record = {"type": "train", "global_step": self.global_step, "file": self.state["current_file"]["name"],
                       "file_step": file_step + 1, "file_total_steps": file_total, "loss": loss_total, "lr": lr,
                       "grad_norm": grad_norm, "tokens": n_tokens, "tokens_per_s": n_tokens / elapsed,
-                      "step_time_s": elapsed}
+                      "step_time_s": elapsed, "processes": self.world}
             self.status.metric(record)
             self.status.update(state="training", global_step=self.global_step, file_step=file_step + 1,
                                file_total_steps=file_total, loss=loss_total, lr=lr, tokens_per_s=n_tokens / elapsed,
@@ -527,15 +580,35 @@ class TrainerEngine:
 
     @torch.no_grad()
     def generate(self, messages: list[dict], max_new_tokens: int = 64, logits_processor=None) -> str:
-        model = self.accelerator.unwrap_model(self.model)
+        model = self._net
         model.eval()
         enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         ids = enc["input_ids"].to(self.accelerator.device)
+        if self.fsdp:
+            answer = self._greedy_through_root(ids, max_new_tokens, logits_processor)
+            model.train()
+            return answer
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              do_sample=False, logits_processor=logits_processor,
                              pad_token_id=self.tokenizer.pad_token_id)
         model.train()
         return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+    def _greedy_through_root(self, ids: torch.Tensor, max_new_tokens: int, logits_processor) -> str:
+        """Greedy decoding without a KV cache through the FSDP2 root (every rank runs it: the forwards gather the
+        shards); HF generate would call submodules whose shards no hook gathers."""
+        eos = self._net.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        start = ids.shape[1]
+        for _ in range(max_new_tokens):
+            logits = self.model(ids, None, last_logits=True)
+            if logits_processor is not None:
+                logits = logits_processor(ids, logits)
+            nxt = logits.argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], dim=1)
+            if int(nxt) in eos:
+                break
+        return self.tokenizer.decode(ids[0, start:], skip_special_tokens=True)
 
     # ------------------------------------------------------------------ save
     def _checkpoint(self, reason: str) -> CheckpointInfo | None:
@@ -543,8 +616,16 @@ class TrainerEngine:
         written; it is published when a later step finds its background finish done (or at the next checkpoint)."""
         self._settle(wait=True)
         self.hooks.heartbeat("checkpoint", self.global_step)
-        model = self.accelerator.unwrap_model(self.model)
+        model = self._net
         state = dict(self.state, reason=reason, config_hash=self.cfg.critical_hash())
+        weights = optimizer = None
+        if self.fsdp:  # gathered on every rank (collectives), written by rank 0 in the single-process format
+            weights = distributed.full_model_state(model)
+            optimizer = distributed.full_optimizer_state(self.optimizer)
+        if not self.is_main:  # one writer: rank 0; the others wait for it (see the end of this function)
+            self._wait_for_rank0(reason)
+            return None
+        optimizer = optimizer if optimizer is not None else self.optimizer.state_dict()
 
         def write(tmp: Path, seal) -> None:
             if self.cfg.training.mode == "lora":
@@ -558,12 +639,12 @@ class TrainerEngine:
                 merged.save_pretrained(tmp, safe_serialization=True)
                 del merged
             else:
-                model.save_pretrained(tmp, safe_serialization=True)
+                model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
             self.tokenizer.save_pretrained(tmp)
             seal()  # the model is hashed and flushed while the optimizer state is written
             sd = tmp / "training_state"
             sd.mkdir()
-            optim_state.save(self.optimizer.state_dict(), sd, seal)  # each shard sealed as it is written
+            optim_state.save(optimizer, sd, seal)  # each shard sealed as it is written
             torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, sd / "rng.pt")
             write_trainer_state(sd, state)
@@ -579,8 +660,16 @@ class TrainerEngine:
             if self._publisher is None:
                 self._publisher = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
             self._pending = (self._publisher.submit(publication.finish), reason, time.perf_counter())
+            self._wait_for_rank0(reason)
             return None
-        return self._published(publication.finish(), reason)
+        info = self._published(publication.finish(), reason)
+        self._wait_for_rank0(reason)
+        return info
+
+    def _wait_for_rank0(self, reason: str) -> None:
+        """Every rank leaves a checkpoint together, heartbeating while rank 0 writes it."""
+        if self.world > 1:
+            distributed.wait_for_peers(lambda: self.hooks.heartbeat("checkpoint", self.global_step))
 
     def _async_checkpoints(self) -> bool:
         setting = self.cfg.training.async_checkpoint
@@ -614,6 +703,16 @@ class TrainerEngine:
     def save(self, reason: str = "manual") -> CheckpointInfo:
         return self._checkpoint(reason)
 
+    def leave_group(self) -> None:
+        """More than one process: wait for every rank at the end of a file, then close the process group (left to
+        interpreter shutdown, a gloo group's teardown can hang once its peer is gone)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            self._settle_quietly()
+            distributed.wait_for_peers(lambda: self.hooks.heartbeat("checkpoint", self.global_step))
+            dist.destroy_process_group()
+
     def close(self) -> None:
         self._settle_quietly()
         if self._publisher is not None:
@@ -639,6 +738,19 @@ def write_adapter_metadata(adapter_dir: Path, cfg: CadenceConfig, state: dict) -
             "training_time_s": time.time() - float(state.get("run_started_at") or time.time()),
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (adapter_dir / "training_metadata.json").write_text(json.dumps(meta, indent=2))
+
+
+class _NoStatus:
+    """The status writer of a rank other than 0: status and metrics are rank 0's."""
+
+    def update(self, **_fields) -> None:
+        pass
+
+    def metric(self, _record: dict) -> None:
+        pass
+
+    def rewind_metrics(self, _step: int) -> None:
+        pass
 
 
 class _nullcontext:
