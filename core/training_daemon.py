@@ -96,7 +96,7 @@ class TrainingDaemon:
         self.exit_reason = "shutdown"
         self.ingestor = None
         self._blocked_reason: str | None = None
-        self.fault_streak_path = self.layout.status / "fault_streak.json"
+        self.fault_streak_path = crash_detector.streak_path(self.layout)
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> int:

@@ -1,6 +1,7 @@
 """The training queue on disk: one folder per state, a state change is a rename.
 
     queue/high, normal, low/       waiting, FIFO within a priority (high first)
+                                   (the file a checkpoint is mid-way through before all: claim_next)
     queue/processing/              claimed by a trainer
     queue/recently_completed/      trained
     queue/failed/                  out of attempts, or skipped (every error kept)

@@ -138,6 +138,10 @@ def record(history_path: Path, exit_code: int | None, category: str, message: st
     return crash
 
 
+def streak_path(layout) -> Path:
+    return layout.status / "fault_streak.json"
+
+
 def fault_streak(path: Path) -> dict:
     """System faults in a row: {"count", "retry_at" (epoch s, or None), "faults": [{ts, category, message, file}]}."""
     rec = read_json(path, {}) or {}

@@ -404,7 +404,7 @@ def test_data_error_before_the_first_step_still_counts_an_attempt(cadence):
     with open(c.layout.queue_dir("normal") / "bad.jsonl", "a") as fh:  # the data changes on disk after validation
         fh.write("{not json\n")
     c.start()
-    c.wait(lambda: c.files("failed") == ["bad.jsonl"], 90, "the bad file failed")
+    c.wait(lambda: c.files("failed") == ["bad.jsonl"], 180, "the bad file failed")
     meta = c.meta("failed", "bad.jsonl")
     assert meta["attempts"] == 1 and "data_error" in meta["errors"][-1]["error"] and "invalid JSON" in meta["errors"][-1]["error"]
     (crash,) = [json.loads(l) for l in (c.layout.status / "crash_history.jsonl").read_text().splitlines()]
@@ -412,7 +412,7 @@ def test_data_error_before_the_first_step_still_counts_an_attempt(cadence):
         ("data_error", "fail", "file", False)
     assert c.events("system_fault") == [] and read_control(c.layout)["desired"] == "running"
     c.drop("good.jsonl", demo_rows(24, 31))
-    c.wait(lambda: c.files("recently_completed") == ["good.jsonl"], 90, "the next file trains")
+    c.wait(lambda: c.files("recently_completed") == ["good.jsonl"], 180, "the next file trains")
 
 
 def test_file_killed_after_progress_resumes_before_a_higher_priority_file(cadence):
@@ -441,3 +441,21 @@ def test_file_killed_after_progress_resumes_before_a_higher_priority_file(cadenc
     assert (first["global_step_start"], first["global_step_end"]) == (by_file["first.jsonl"][0], by_file["first.jsonl"][-1]) == (1, first["result"]["total_steps"])
     assert (urgent["global_step_start"], urgent["global_step_end"]) == (by_file["urgent.jsonl"][0], steps[-1])
     assert urgent["global_step_start"] == first["global_step_end"] + 1
+
+
+def test_daemon_killed_while_its_trainer_starts_is_a_system_fault(cadence):
+    c = cadence(fault="startup:4")
+    c.drop("x.jsonl", demo_rows(40, 50))
+    c.start("safety/daemon_watchdog.py")
+    first = c.wait(lambda: live_pid(c.layout.pid_file("daemon")), 30, "daemon started by the watchdog")
+    # the same start-up window as above, but this time the daemon dies under its trainer
+    c.wait(lambda: (pid := live_pid(c.layout.pid_file("trainer"))) and c.heartbeat().get("pid") == pid
+           and c.heartbeat().get("phase") == "load", 90, "a trainer in start-up")
+    os.kill(first, signal.SIGKILL)
+    c.wait(lambda: c.events("system_fault"), 90, "the restarted daemon recovered the file as a system fault")
+    (fault,) = c.events("system_fault")
+    assert fault["file"] == "x.jsonl" and "the daemon died" in fault["message"] and fault["faults_in_a_row"] == 1
+    assert [e["counted_as_attempt"] for e in c.events("recovered")] == [False]
+    c.wait(lambda: c.files("recently_completed") == ["x.jsonl"], 180, "file completed after the restart")
+    meta = c.meta("recently_completed", "x.jsonl")
+    assert meta["attempts"] == 1 and meta["errors"] == [] and meta["global_step_start"] == 1
