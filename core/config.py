@@ -131,7 +131,7 @@ class SafetyConfig(Section):
     watchdog_interval: float = Field(2.0, gt=0, description="Seconds between watchdog checks of the daemon pid.")
     max_restarts: int = Field(3, ge=1, description="Restarts allowed per restart_window before the watchdog stays down and says why.")
     restart_window: float = Field(300.0, gt=0, description="Crash-loop window in seconds.")
-    crash_loop_faults: int = Field(3, ge=1, description="System faults in a row (a trainer killed from outside, or an OOM, segfault, hang or error before the file's first training step) after which the daemon pauses itself with an alert naming the cause; the file stays queued with its attempts untouched. Any exit that trained, or whose fault is the file's, starts the count again.")
+    crash_loop_faults: int = Field(3, ge=1, description="System faults in a row (a trainer killed from outside, or an OOM, segfault, hang or error before the file's first training step) after which the daemon pauses itself with an alert naming the cause; the file stays queued with its attempts untouched. An exit with checkpoint progress, a finished or stopped file, or a fault that is the file's starts the count again.")
     system_fault_backoff_seconds: float = Field(10.0, ge=0, description="Wait before the next trainer start after a system fault; doubles with each fault in a row.")
     system_fault_backoff_max_seconds: float = Field(300.0, ge=0, description="Cap on the system-fault backoff.")
     stuck_timeout: float = Field(900.0, gt=0, description="No heartbeat progress for this long in a training step: the child is stuck.")
