@@ -43,7 +43,8 @@ _LOG_PATTERNS = [
 # What the daemon does next, per category, and whom an exit without checkpoint progress is blamed on.
 # blame: "file" = the data (counts an attempt of the file); "system" = never the data (backoff, crash-loop pause,
 # the file keeps its attempts); "startup" = the system while the child has not begun its first training step
-# (imports, model and checkpoint load, tokenisation are the same for every file), the file after it.
+# (imports, model and checkpoint load are the same for every file; a file that cannot be read or tokenised raises a
+# data error, which stays the file's), the file after it.
 ACTIONS = {
     #  category       action                  blame
     "cuda_oom":     ("shrink_batch_retry",  "startup"),  # halve the micro-batch, double accumulation, retry; at load

@@ -80,7 +80,9 @@ class Cadence:
         os.rename(tmp, self.layout.inbox / name)
 
     def files(self, state: str) -> list[str]:
-        return sorted(p.name for p in self.layout.queue_dir(state).glob("*.jsonl"))
+        # a move renames the data file first and writes its sidecar next: a file counts once its sidecar is there
+        d = self.layout.queue_dir(state)
+        return sorted(p.name for p in d.glob("*.jsonl") if (d / p.name.replace(".jsonl", ".meta.json")).exists())
 
     def meta(self, state: str, name: str) -> dict:
         return read_json(self.layout.queue_dir(state) / name.replace(".jsonl", ".meta.json"), {})
