@@ -17,11 +17,16 @@ to intra-op threading. A level stops starting new requests after
 
 Finally it measures Cadence's TTFT p99 while new model versions are being
 deployed back to back (POST /admin/models/load) against the steady state.
+Before the comparison it measures TTFT p99 of a steady stream while 5 MB
+chat requests arrive back to back (--big-request-mb; at the default body
+limit and under one that admits them) against the same stream alone, with the
+server's RSS (issue 14; goal: no more than 2x).
 
 Run as:
     python benchmarks/serve.py                                  # tiny model built in a temp dir
     python benchmarks/serve.py --model models/base --concurrency 1 8 32 --max-tokens 64
     python benchmarks/serve.py --backends cadence --json out.json
+    python benchmarks/serve.py --big-request-only --threads 0         # only the big-request line
 """
 from __future__ import annotations
 
@@ -94,7 +99,8 @@ class Backend:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: see {self.log}")
             try:
-                r = httpx.post(self.url + "/v1/chat/completions", json={**self.body(2), "stream": False}, timeout=30)
+                probe = {k: v for k, v in self.body(2).items() if k != "stream_options"}  # only valid with stream
+                r = httpx.post(self.url + "/v1/chat/completions", json={**probe, "stream": False}, timeout=30)
                 if r.status_code == 200:
                     return
             except httpx.HTTPError:
@@ -301,6 +307,95 @@ def bench_swap(model: Path, workdir: Path, concurrency: int, max_tokens: int, n_
             "ttft_p99_ratio": w["ttft_p99_ms"] / s["ttft_p99_ms"] if s["ttft_p99_ms"] else float("nan")}
 
 
+# ---- a big request under a steady stream (issue 14) ----------------------------------------------------
+class CadenceBodyLimit(Cadence):
+    """Cadence with inference.max_body_bytes set (None: the server's default)."""
+
+    def __init__(self, *args, max_body_bytes: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_body_bytes = max_body_bytes
+
+    def command(self):
+        cmd = super().command()
+        if self.max_body_bytes:
+            path = self.workdir / "cadence-base" / "config.json"
+            cfg = json.loads(path.read_text())
+            cfg["inference"]["max_body_bytes"] = self.max_body_bytes
+            path.write_text(json.dumps(cfg))
+        return cmd
+
+
+def bench_big_request(model: Path, workdir: Path, concurrency: int, max_tokens: int, seconds: float, big_mb: float,
+                      threads: int | None = None) -> list[dict]:
+    """TTFT p99 of a steady stream while `big_mb` MB chat requests arrive back to back vs the same stream alone;
+    once at the server's default body limit (the request is refused 413 while it streams in) and once under a
+    limit that admits it (parsed, then refused by its length before any tokenising)."""
+    import psutil
+
+    size = int(big_mb * (1 << 20))
+    words = ("lorem ipsum dolor sit amet " * (size // 27 + 1))[:size]
+    big = json.dumps({"model": "cadence-tiny", "messages": [{"role": "user", "content": words}],
+                      "max_tokens": 8}).encode()
+    out = []
+    for label, limit in (("default limit", None), (f"limit {2 * big_mb:g} MB", 2 * size)):
+        backend = CadenceBodyLimit(model, workdir / f"big-{limit or 'default'}", 32, threads, max_body_bytes=limit)
+        backend.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            backend.start()  # inside the try: a server that never gets ready is stopped too
+            asyncio.run(run_level(backend, 2, 4, max_tokens))
+            stop = threading.Event()
+            threading.Timer(seconds, stop.set).start()
+            steady, d1 = asyncio.run(run_level(backend, concurrency, 0, max_tokens, stop_when=stop))
+            rss0 = psutil.Process(backend.proc.pid).memory_info().rss
+            stop, bigs, peak = threading.Event(), [], [rss0]
+
+            def send_big():
+                with httpx.Client(timeout=300) as client:
+                    while not stop.is_set():
+                        t0 = time.perf_counter()
+                        try:
+                            r = client.post(backend.url + "/v1/chat/completions", content=big,
+                                            headers={"Content-Type": "application/json"})
+                            status = r.status_code
+                        except httpx.HTTPError as exc:  # the server closed after its 413 while we were still sending
+                            status = type(exc).__name__
+                        bigs.append({"status": status, "seconds": time.perf_counter() - t0})
+                        peak.append(psutil.Process(backend.proc.pid).memory_info().rss)
+
+            threading.Timer(seconds, stop.set).start()
+            sender = threading.Thread(target=send_big)
+            sender.start()
+            during, d2 = asyncio.run(run_level(backend, concurrency, 0, max_tokens, stop_when=stop))
+            sender.join()
+            rss1 = psutil.Process(backend.proc.pid).memory_info().rss
+        finally:
+            backend.stop()
+        st, du = summarize(steady, d1), summarize(during, d2)
+        statuses: dict = {}
+        for b in bigs:
+            statuses[str(b["status"])] = statuses.get(str(b["status"]), 0) + 1
+        out.append({"phase": label, "steady": st, "during_big": du, "big_requests": statuses,
+                    "big_seconds_p50": pct([b["seconds"] for b in bigs], 50),
+                    "rss_start_mb": rss0 / 2 ** 20, "rss_peak_mb": max(peak) / 2 ** 20, "rss_end_mb": rss1 / 2 ** 20,
+                    "ttft_p99_ratio": du["ttft_p99_ms"] / st["ttft_p99_ms"] if st["ttft_p99_ms"] else float("nan")})
+    return out
+
+
+def print_big_request(rows: list[dict], big_mb: float, concurrency: int) -> None:
+    print(f"\nA {big_mb:g} MB request arriving back to back under a steady stream (Cadence, c={concurrency}; goal: "
+          "TTFT p99 no more than 2x steady):")
+    print("| server | steady TTFT p99 ms | with big requests | ratio | big requests (status: n) | big p50 s | "
+          "RSS start / peak / end MB | failed streams |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        s, d = r["steady"], r["during_big"]
+        print(f"| {r['phase']} | {s['ttft_p99_ms']:.1f} | {d['ttft_p99_ms']:.1f} | {r['ttft_p99_ratio']:.2f}x | "
+              f"{r['big_requests']} | {r['big_seconds_p50']:.3f} | {r['rss_start_mb']:.0f} / {r['rss_peak_mb']:.0f} / "
+              f"{r['rss_end_mb']:.0f} | {s['failed'] + d['failed']} |")
+    print(f"TTFT p99 while {big_mb:g} MB requests arrive / steady: "
+          + ", ".join(f"{r['phase']}: {r['ttft_p99_ratio']:.2f}x" for r in rows), flush=True)
+
+
 # ---- report ----------------------------------------------------------------------------------------
 def print_table(results: dict, levels: list[int]) -> None:
     cols = ["c", "backend", "req/s", "out tok/s", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99", "ITL p50",
@@ -350,6 +445,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-level-seconds", type=float, default=90.0,
                         help="stop starting new requests at a level after this long (slow peers); 0 = no cap")
     parser.add_argument("--json", default=None, help="also write all numbers to this file")
+    parser.add_argument("--big-request-mb", type=float, default=5.0,
+                        help="size of the big request sent under a steady stream (0 = skip that measurement)")
+    parser.add_argument("--big-request-only", action="store_true",
+                        help="run only the big-request measurement (no backend comparison, no swap)")
+    parser.add_argument("--big-concurrency", type=int, default=8, help="streams of the big-request measurement")
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="cadence-bench-"))
@@ -365,6 +465,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.concurrency}; threads per server: {threads or 'library default'}; load average before: "
               f"{os.getloadavg()[0]:.1f}", flush=True)
         results: dict = {}
+        if args.big_request_mb and (args.big_request_only or "cadence" in args.backends):
+            big = bench_big_request(model, workdir / f"big-t{threads}", args.big_concurrency, args.max_tokens,
+                                    args.steady_seconds, args.big_request_mb, threads)
+            print_big_request(big, args.big_request_mb, args.big_concurrency)
+            everything[f"big_request threads={threads or 'default'}"] = big
+        if args.big_request_only:
+            continue
         for key in args.backends:
             backend = classes[key](model, workdir, max(args.concurrency), threads)
             try:

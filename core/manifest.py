@@ -29,6 +29,47 @@ class ManifestError(Exception):
     """A folder that does not match its manifest; the message names the file and the problem."""
 
 
+# Written by the versioner beside the manifest after it (it holds the content id); no loader reads it.
+METADATA_FILE = "training_metadata.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+CONFIG_NAME = "config.json"
+
+
+def _unsafe_entry(rel: object) -> bool:
+    """A manifest key that is not a plain relative path inside the folder ('..', absolute, empty parts)."""
+    if not isinstance(rel, str) or not rel or "\\" in rel or rel.startswith("/") or "\0" in rel:
+        return True
+    return any(part in ("", ".", "..") for part in rel.split("/"))
+
+
+def model_entries(manifest: dict) -> dict:
+    """The manifest's entries of model files (everything but training_state/)."""
+    return {rel: meta for rel, meta in manifest["files"].items() if rel.split("/", 1)[0] != TRAINING_STATE_DIR}
+
+
+def model_manifest_problems(manifest: dict) -> list[str]:
+    """Why `manifest` cannot describe a loadable model: no entries, no config.json, no weights, unsafe paths."""
+    files = model_entries(manifest)
+    problems = [f"{str(rel)[:200]!r}: not a relative path inside the folder" for rel in files if _unsafe_entry(rel)]
+    if not files:
+        problems.append("the manifest lists no model files")
+    else:
+        if CONFIG_NAME not in files:
+            problems.append(f"the manifest has no {CONFIG_NAME} entry")
+        if not any(rel.endswith(WEIGHT_SUFFIXES) for rel in files):
+            problems.append(f"the manifest lists no weights ({', '.join('*' + s for s in WEIGHT_SUFFIXES)})")
+    return problems
+
+
+def coverage_problems(folder: str | Path, manifest: dict) -> list[str]:
+    """Model files in `folder` the manifest does not list (each one a loader could read unverified), plus the
+    problems of `model_manifest_problems`. Files the manifest lists but the folder lacks are verify's business."""
+    folder = Path(folder)
+    listed = set(model_entries(manifest))
+    unlisted = [rel for rel, _ in _files(folder, model_only=True) if rel not in listed and rel != METADATA_FILE]
+    return model_manifest_problems(manifest) + [f"{rel}: in the folder but not in the manifest" for rel in unlisted]
+
+
 def sha256_file(path: Path, chunk: int = 8 * 1024 * 1024) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -133,6 +174,11 @@ class ManifestCheck:
         self.manifest = _read_manifest(self.folder)
         entries = [(rel, meta) for rel, meta in self.manifest["files"].items()
                    if not (model_only and rel.split("/", 1)[0] == TRAINING_STATE_DIR)]
+        unsafe = [rel for rel, _ in entries if _unsafe_entry(rel)]
+        if unsafe:  # never hash a file outside the folder because a manifest says so
+            raise ManifestError(f"{self.folder}: {MANIFEST_NAME} lists paths outside the folder: "
+                                + ", ".join(repr(str(r)[:200]) for r in unsafe[:5]))
+        entries = [(rel, meta if isinstance(meta, dict) else {}) for rel, meta in entries]
         small, large = [], []
         for rel, meta in entries:
             is_large = isinstance(meta.get("size"), int) and meta["size"] >= sync_below
@@ -166,7 +212,11 @@ def verify_manifest(folder: str | Path, model_only: bool = False) -> dict:
 
 
 def content_id(manifest: dict, model_only: bool = True) -> str:
-    """One hash for a model's content (same weights + tokenizer = same id, wherever they live)."""
+    """One hash for a model's content (same weights + tokenizer = same id, wherever they live). A manifest that
+    cannot describe a model (empty: every such id would be the hash of nothing; no config or weights) raises
+    ManifestError instead of yielding an id that conflates unrelated folders."""
+    if model_only and (problems := model_manifest_problems(manifest)):
+        raise ManifestError("no content id: " + "; ".join(problems))
     h = hashlib.sha256()
     for rel in sorted(manifest["files"]):
         if model_only and rel.split("/", 1)[0] == TRAINING_STATE_DIR:

@@ -47,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_or_exit(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    import uvicorn
-
+    from core.http_server import server_config
     from inference.app import create_app
 
     host = args.host or cfg.inference.host
@@ -56,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     pid_file = cfg.layout.pid_file("inference")
     write_pid(pid_file)
     try:
-        config = uvicorn.Config(create_app(cfg), host=host, port=port, log_level=args.log_level,
-                                timeout_graceful_shutdown=max(1, int(cfg.inference.drain_timeout)),
-                                access_log=False)
+        config = server_config(create_app(cfg), host, port, cfg.inference.read_timeout, cfg.inference.keep_alive_timeout,
+                               log_level=args.log_level, access_log=False,
+                               timeout_graceful_shutdown=max(1, int(cfg.inference.drain_timeout)))
         _server_class()(config).run()
     finally:
         remove_pid(pid_file)

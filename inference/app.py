@@ -7,10 +7,15 @@ answers at once and `/ready` turns 200 after the model has passed its smoke
 prompt. On shutdown it stops taking requests, lets in-flight ones finish
 within `inference.drain_timeout`, then stops the scheduler.
 
-Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models,
+Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /v1/models/{id},
 GET /health, GET /ready, GET /metrics; admin (token required):
 GET /admin/models, POST /admin/models/load {path, version?},
 POST /admin/models/rollback {version?}.
+
+Every request first passes core/http_guard.py (Host allow-list, JSON
+Content-Type on POST, inference.max_body_bytes, inference.read_timeout,
+`Connection: close` on every 5xx). Admin load paths follow
+inference/load_policy.py.
 
 Run with `python -m inference` (inference/__main__.py).
 """
@@ -18,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -30,6 +34,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.auth import admin_token, bearer_token, token_matches
+from core.http_guard import GuardPolicy, JsonBodyError, allowed_hosts, install_guard, parse_json_object
+from core.version_label import InvalidLabel, check_label
+from inference.load_policy import InvalidPath, check_load_folder, check_path_text
 from inference.loader import ModelLoadError
 from inference.metrics import Metrics
 from inference.protocol import error_body
@@ -39,7 +46,7 @@ from inference.serving import OpenAIServing, RequestError
 
 logger = logging.getLogger(__name__)
 
-LOAD_ERROR_STATUS = {"busy": 409, "no_previous": 409, "not_found": 404}
+LOAD_ERROR_STATUS = {"busy": 409, "no_previous": 409, "not_found": 404, "invalid_version": 400, "path_not_allowed": 403}
 
 
 @dataclass
@@ -77,16 +84,17 @@ async def require_admin(request: Request) -> None:
 
 
 async def _json_object(request: Request) -> dict:
-    body = await request.body()
-    if not body.strip():
-        return {}
     try:
-        data = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise RequestError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise RequestError(400, "request body must be a JSON object", code="invalid_value")
-    return data
+        return parse_json_object(await request.body())
+    except JsonBodyError as exc:
+        raise RequestError(400, str(exc), code=exc.code) from None
+
+
+def _label(value, key: str = "version") -> str | None:
+    try:
+        return None if value is None else check_label(value, f"`{key}`")
+    except InvalidLabel as exc:
+        raise RequestError(400, str(exc), param=key, code="invalid_version") from None
 
 
 def _optional_str(data: dict, key: str) -> str | None:
@@ -111,14 +119,14 @@ def build_router() -> APIRouter:
     async def list_models(request: Request):
         state = _state(request)
         engine = state.scheduler.active
-        data = []
-        if engine is not None:
-            data.append({"id": state.cfg.model.model_name, "object": "model", "created": int(engine.loaded_at),
-                         "owned_by": "cadence", "version": engine.version, "global_step": engine.global_step,
-                         "source_path": engine.source_path, "served_id": f"{state.cfg.model.model_name}@{engine.version}",
-                         "content_id": engine.content_id, "max_model_len": engine.max_context})
+        data = [state.serving.model_card(engine)] if engine is not None else []
         headers = {"X-Model-Version": engine.version} if engine else None
         return JSONResponse({"object": "list", "data": data}, headers=headers)
+
+    @router.get("/v1/models/{model_id:path}", dependencies=[Depends(require_api_key)])
+    async def retrieve_model(request: Request, model_id: str):
+        card = _state(request).serving.retrieve_model(model_id)
+        return JSONResponse(card, headers={"X-Model-Version": card["version"]})
 
     @router.get("/health")
     async def health(request: Request):
@@ -151,14 +159,18 @@ def build_router() -> APIRouter:
         path = _optional_str(data, "path")
         if path is None:
             raise RequestError(400, "`path` is required", param="path", code="invalid_value")
-        version = _optional_str(data, "version")
-        return await _run_load(state, lambda: state.registry.load(state.cfg.resolve(path), version))
+        try:
+            check_path_text(path)
+        except InvalidPath as exc:
+            raise RequestError(400, str(exc), param="path", code="invalid_value") from None
+        version = _label(data.get("version"))
+        return await _run_load(state, lambda: state.registry.load(check_load_folder(state.cfg, path), version))
 
     @router.post("/admin/models/rollback", dependencies=[Depends(require_admin)])
     async def admin_rollback(request: Request):
         state = _state(request)
         data = await _json_object(request)
-        version = _optional_str(data, "version")
+        version = _label(data.get("version"))
         return await _run_load(state, lambda: state.registry.rollback(version))
 
     return router
@@ -184,8 +196,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return JSONResponse(error_body(str(exc.detail), type_, code=exc.status_code), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(error_body(str(exc.detail), type_, code=getattr(exc, "code", None) or exc.status_code),
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
@@ -253,5 +265,9 @@ def create_app(cfg, load_model: bool = True) -> FastAPI:
 
     app = FastAPI(title="Cadence inference", lifespan=lifespan, docs_url=None, redoc_url=None)
     _install_error_handlers(app)
+    icfg = cfg.inference
+    install_guard(app, GuardPolicy(allowed_hosts(icfg.host, icfg.allowed_hosts), icfg.max_body_bytes, icfg.read_timeout),
+                  lambda status, message, code: error_body(message, "server_error" if status >= 500 else
+                                                           "invalid_request_error", code=code))
     app.include_router(build_router())
     return app

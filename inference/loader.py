@@ -1,12 +1,17 @@
 """Load a model folder into a standby `ModelEngine`, refusing anything that is not safe to serve.
 
 Checks, in order, each failing with a `ModelLoadError` whose `code` names the
-problem: the folder exists; `manifest.json` matches every file (digest and
-size, via core.manifest); the config parses and names a causal-LM
+problem: the folder exists; the version label (given, the manifest's
+`version`, else the folder name) is valid (core/version_label.py);
+`manifest.json` lists every model file in the folder (weights and shards,
+config, generation config, tokenizer files, chat template: a file it does not
+list would be read unverified; `manifest_incomplete`) and matches each one
+(digest and size, via core.manifest); the config parses and names a causal-LM
 architecture; the weights load with no missing, unexpected or mis-shaped
 tensor; the tokenizer loads and agrees with the config (vocabulary fits,
-end token inside it, a chat template); every weight is finite; a smoke
-prompt generates tokens with finite logits. Nothing here touches the version
+end token inside it, a chat template); every weight is finite; the smoke
+test (inference/smoke.py: the prompt alone, then a mixed-length batch)
+generates with finite logits. Nothing here touches the version
 that is serving.
 
 Library only: `load_engine(path, version, cfg)`.
@@ -21,8 +26,11 @@ from pathlib import Path
 
 import torch
 
-from core.manifest import MANIFEST_NAME, ManifestError, content_id, verify_manifest
+from core.atomic_io import read_json
+from core.manifest import MANIFEST_NAME, ManifestError, content_id, coverage_problems, verify_manifest
+from core.version_label import InvalidLabel, check_label
 from inference.engine import ModelEngine, NonFiniteLogits
+from inference.smoke import smoke_test
 
 logger = logging.getLogger(__name__)
 
@@ -80,16 +88,35 @@ def load_engine(path: str | Path, version: str | None, cfg, require_manifest: bo
         raise ModelLoadError("not_found", f"{folder}: no such model folder")
 
     manifest = None
-    if (folder / MANIFEST_NAME).exists():
+    has_manifest = (folder / MANIFEST_NAME).exists()
+    if not has_manifest and require_manifest:
+        raise ModelLoadError("manifest_missing", f"{folder}: no {MANIFEST_NAME} (a digest per file is required to deploy)")
+    listed = read_json(folder / MANIFEST_NAME) if has_manifest else None
+    if has_manifest and not (isinstance(listed, dict) and isinstance(listed.get("files"), dict)):
+        raise ModelLoadError("manifest_mismatch", f"{folder}/{MANIFEST_NAME}: unreadable or without a `files` object")
+    # The label travels in headers and paths: checked before anything is hashed or loaded.
+    try:
+        if version is not None:
+            version = check_label(version, "`version`")
+        elif listed is not None and listed.get("version") is not None:
+            version = check_label(listed["version"], f"{folder}/{MANIFEST_NAME} `version`")
+        else:
+            version = check_label(folder.name, f"{folder}: the folder name (used as the label when none is given; "
+                                               "pass `version`)")
+    except InvalidLabel as exc:
+        raise ModelLoadError("invalid_version", str(exc)) from None
+    report["version"] = version
+    if listed is not None:
+        # Every file the loader may read must be listed, or it would be served unverified.
+        problems = coverage_problems(folder, listed)
+        if problems:
+            raise ModelLoadError("manifest_incomplete", f"{folder}/{MANIFEST_NAME}: " + "; ".join(problems[:10])
+                                 + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""))
         try:
             manifest = verify_manifest(folder, model_only=True)
         except ManifestError as exc:
             raise ModelLoadError("manifest_mismatch", str(exc)) from None
         report["checks"].append("manifest")
-    elif require_manifest:
-        raise ModelLoadError("manifest_missing", f"{folder}: no {MANIFEST_NAME} (a digest per file is required to deploy)")
-    version = version or (manifest or {}).get("version") or folder.name
-    report["version"] = version
 
     trust = bool(cfg.model.trust_remote_code)
     try:
@@ -154,16 +181,15 @@ def load_engine(path: str | Path, version: str | None, cfg, require_manifest: bo
     engine = ModelEngine(model, tokenizer, version, str(folder.resolve()), _global_step(folder, manifest),
                          max_context, content_id(manifest) if manifest else None)
     try:
-        prompt = engine.chat_prompt_ids([{"role": "user", "content": icfg.smoke_prompt}])
-        ids, text = engine.generate_sync(prompt, max_tokens=icfg.smoke_tokens)
+        smoke = smoke_test(engine, icfg.smoke_prompt, icfg.smoke_tokens)
     except NonFiniteLogits as exc:
         raise ModelLoadError("smoke_failed", f"{folder}: smoke prompt: {exc}") from None
     except Exception as exc:  # any failure to generate (template errors, shape errors at runtime)
         raise ModelLoadError("smoke_failed", f"{folder}: smoke prompt failed: {type(exc).__name__}: {exc}") from None
-    if not ids and not engine.eos_token_ids:
+    if not smoke["smoke_tokens"] and not engine.eos_token_ids:
         raise ModelLoadError("smoke_failed", f"{folder}: smoke prompt generated nothing")
-    report["checks"].append("smoke")
-    report["smoke_tokens"] = len(ids)
+    report["checks"] += ["smoke", "smoke_batch"]
+    report.update(smoke)
     report["global_step"] = engine.global_step
     report["load_seconds"] = round(time.monotonic() - t0, 3)
     logger.info("loaded %s from %s in %.2fs (checks: %s)", version, folder, report["load_seconds"], ", ".join(report["checks"]))

@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from core.version_label import InvalidLabel, check_label
 from inference.loader import ModelLoadError, load_engine
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,11 @@ class ModelRegistry:
                 logger.warning("model load rejected (%s): %s; still serving %s", exc.code, exc,
                                previous.version if previous else None)
                 raise
+            try:  # whatever engine built it, only a valid label may reach X-Model-Version
+                check_label(engine.version, "the loaded engine's version")
+            except InvalidLabel as exc:
+                engine.release()
+                raise ModelLoadError("invalid_version", str(exc)) from None
             old = self.scheduler.flip(engine)
             entry.update(status="active", version=engine.version, global_step=engine.global_step,
                          content_id=engine.content_id, finished_at=time.time(), checks=report["checks"],

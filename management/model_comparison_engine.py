@@ -48,7 +48,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.atomic_io import atomic_write_json, atomic_write_text, read_json
-from core.manifest import MANIFEST_NAME, content_id
+from core.manifest import MANIFEST_NAME, ManifestError, content_id
 from trainer.checkpoint import CheckpointInfo, list_checkpoints
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,12 @@ def save_ledger(cfg, ledger: dict) -> None:
 
 def checkpoint_content_id(path: Path) -> str | None:
     manifest = read_json(Path(path) / MANIFEST_NAME)
-    return content_id(manifest) if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else None
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("files"), dict)):
+        return None
+    try:
+        return content_id(manifest)
+    except ManifestError:  # empty or partial: no id rather than one shared with every other such manifest
+        return None
 
 
 def entry_for_content(ledger: dict, cid: str | None) -> dict | None:

@@ -38,13 +38,13 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.atomic_io import atomic_write_json, fsync_dir, read_json
-from core.manifest import MANIFEST_NAME, TRAINING_STATE_DIR, content_id, entry_digest
+from core.manifest import METADATA_FILE, MANIFEST_NAME, TRAINING_STATE_DIR, ManifestError, content_id, entry_digest
+from core.version_label import check_label
 from trainer.checkpoint import CheckpointInfo, latest_checkpoint, publish_checkpoint
 
 logger = logging.getLogger(__name__)
 
 VERSION_RE = re.compile(r"^v(\d{3,})_(\d{8})_([A-Za-z0-9._-]+)$")
-METADATA_FILE = "training_metadata.json"
 
 
 class VersionError(RuntimeError):
@@ -66,8 +66,12 @@ def list_versions(cfg) -> list[dict]:
                 continue
             meta = read_json(p / METADATA_FILE, {}) or {}
             manifest = read_json(p / MANIFEST_NAME, {}) or {}
+            try:
+                cid = meta.get("content_id") or content_id(manifest)
+            except (ManifestError, KeyError, TypeError, AttributeError):  # an empty or partial manifest has no id
+                cid = None
             out.append({"name": p.name, "number": int(m.group(1)), "path": str(p), "step": meta.get("step"),
-                        "content_id": meta.get("content_id") or (content_id(manifest) if manifest.get("files") else None),
+                        "content_id": cid,
                         "created_at": meta.get("consolidated_at"), "checkpoint": meta.get("checkpoint"),
                         "val_loss": meta.get("val_loss"), "final_loss": meta.get("final_loss")})
     return sorted(out, key=lambda v: v["number"])
@@ -124,7 +128,8 @@ def create_version(cfg, checkpoint: str | Path | None = None, desc: str | None =
     root = cfg.layout.versions
     root.mkdir(parents=True, exist_ok=True)
     number = max((v["number"] for v in list_versions(cfg)), default=0) + 1
-    name = f"v{number:03d}_{time.strftime('%Y%m%d', time.gmtime())}_{_desc(desc or f'step{ckpt.step}')}"
+    name = check_label(f"v{number:03d}_{time.strftime('%Y%m%d', time.gmtime())}_{_desc(desc or f'step{ckpt.step}')}",
+                       "version name")  # it becomes the served label (X-Model-Version) and a folder on each target
     tmp = root / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from core.auth import admin_token_path
+    from core.http_server import server_config
     from core.procs import live_pid, remove_pid, write_pid
     from monitoring.app import create_app
 
@@ -58,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             if feed is not None:
                 feed.close_streams()  # open SSE streams end now; browsers reconnect to the next monitor
 
-    server = Server(uvicorn.Config(app, host=host, port=port, log_level=args.log_level, access_log=False,
-                                   timeout_graceful_shutdown=3))
+    server = Server(server_config(app, host, port, cfg.monitor.read_timeout, cfg.monitor.keep_alive_timeout,
+                                  log_level=args.log_level, access_log=False, timeout_graceful_shutdown=3))
     try:
         server.run()
     finally:

@@ -23,6 +23,11 @@ Mutating endpoints (Authorization: Bearer <admin token>; 401 without, 403 with a
   POST /api/upload?filename=NAME.jsonl[&priority=][&schema_id=]   raw body: into inbox/, validated like a drop
 The page: GET / (static files under /static, the chart library under /vendor/uplot from node_modules).
 
+Every request first passes core/http_guard.py: the Host must be allowed (monitor.allowed_hosts), a POST needs
+Content-Type application/json (the upload: application/octet-stream, application/x-ndjson, application/jsonl or
+none), bodies are bounded (monitor.max_body_bytes; the upload by monitor.upload_max_bytes) and must arrive within
+monitor.read_timeout; a 5xx closes its connection.
+
 Library only; run with `python -m monitoring`.
 """
 from __future__ import annotations
@@ -47,6 +52,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from core.atomic_io import atomic_write_json
 from core.auth import admin_token, bearer_token, token_matches
 from core.config import REPO_ROOT
+from core.http_guard import GuardPolicy, JsonBodyError, allowed_hosts, install_guard, parse_json_object
 from core.control import request as control_request
 from core.procs import live_pid
 from core.training_queue import PRIORITIES, QueueError
@@ -60,6 +66,8 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 UPLOT_DIST = "uplot/dist"
 UPLOT_FILES = {"uPlot.iife.min.js": "text/javascript", "uPlot.min.css": "text/css"}
 CONTROL_ACTIONS = ("pause", "resume", "stop", "stop_after_file", "skip")
+UPLOAD_TYPES = ("", "application/octet-stream", "application/x-ndjson", "application/jsonl", "application/json")
+NAME_MAX_BYTES = 255  # a queue name is a file name
 SSE_RETRY_MS = 1000
 SSE_PING_S = 15
 
@@ -90,16 +98,20 @@ async def require_token(request: Request) -> None:
 
 
 async def _json_body(request: Request) -> dict:
-    body = await request.body()
-    if not body.strip():
-        return {}
     try:
-        data = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "request body must be a JSON object", "invalid_value")
-    return data
+        return parse_json_object(await request.body())
+    except JsonBodyError as exc:
+        raise ApiError(400, str(exc), exc.code) from None
+
+
+def _queue_key(name: str) -> str:
+    """A queue file name (or original name / id prefix) from the URL; 400 for what cannot be a file name."""
+    if len(name.encode("utf-8", "surrogatepass")) > NAME_MAX_BYTES:
+        raise ApiError(400, f"a queue file name is at most {NAME_MAX_BYTES} bytes (got {len(name)} characters)",
+                       "invalid_name")
+    if "/" in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ApiError(400, "a queue file name has no '/' and no control characters", "invalid_name")
+    return name
 
 
 def _reason(request: Request, data: dict, action: str) -> str:
@@ -213,6 +225,7 @@ def build_router() -> APIRouter:
 
     @r.get("/api/queue/{name}")
     async def queue_file(request: Request, name: str):
+        name = _queue_key(name)
         try:
             return await asyncio.to_thread(sources.queue_detail, _feed(request).queue, name)
         except QueueError as exc:
@@ -286,6 +299,7 @@ def build_router() -> APIRouter:
 
     @r.post("/api/queue/{name}/priority", dependencies=[Depends(require_token)])
     async def set_priority(request: Request, name: str):
+        name = _queue_key(name)
         data = await _json_body(request)
         prio = data.get("priority")
         if prio not in PRIORITIES:
@@ -294,6 +308,7 @@ def build_router() -> APIRouter:
 
     @r.post("/api/queue/{name}/retry", dependencies=[Depends(require_token)])
     async def retry(request: Request, name: str):
+        name = _queue_key(name)
         data = await _json_body(request)
         prio = data.get("priority")
         if prio is not None and prio not in PRIORITIES:
@@ -302,6 +317,7 @@ def build_router() -> APIRouter:
 
     @r.delete("/api/queue/{name}", dependencies=[Depends(require_token)])
     async def remove(request: Request, name: str):
+        name = _queue_key(name)
         return await _queue_op(request, lambda q: q.remove(name))
 
     @r.post("/api/upload", dependencies=[Depends(require_token)], status_code=202)
@@ -378,7 +394,13 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
-        return JSONResponse(error_body(str(exc.detail), "http_error"), status_code=exc.status_code)
+        return JSONResponse(error_body(str(exc.detail), getattr(exc, "code", None) or "http_error"),
+                            status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, exc: Exception):
+        logger.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "internal_error"), status_code=500)
 
     from fastapi.exceptions import RequestValidationError
 
@@ -412,6 +434,10 @@ def create_app(cfg, start_feed: bool = True) -> FastAPI:
     app = FastAPI(title="Cadence monitor", lifespan=lifespan, docs_url="/api/docs", openapi_url="/api/openapi.json")
     app.state.cfg = cfg
     _install_error_handlers(app)
+    mcfg = cfg.monitor
+    install_guard(app, GuardPolicy(allowed_hosts(mcfg.host, mcfg.allowed_hosts), mcfg.max_body_bytes, mcfg.read_timeout,
+                                   raw_body_routes={"/api/upload": (mcfg.upload_max_bytes, UPLOAD_TYPES)}),
+                  lambda status, message, code: error_body(message, code))
     app.include_router(build_router())
     _mount_page(app)
 

@@ -25,14 +25,17 @@ class LiveServer:
     def __init__(self, cfg):
         import uvicorn
 
+        from core.http_server import server_config
         from inference.app import create_app
 
         self.cfg = cfg
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(cfg)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    timeout_graceful_shutdown=5))
+        icfg = cfg.inference
+        self.server = uvicorn.Server(server_config(self.app, "127.0.0.1", self.port, icfg.read_timeout,
+                                                   icfg.keep_alive_timeout, log_level="warning",
+                                                   timeout_graceful_shutdown=5))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> "LiveServer":

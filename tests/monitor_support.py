@@ -19,9 +19,14 @@ def serve(app, port: int | None = None):
     """Run `app` on 127.0.0.1:<port> in a thread; yields the base URL; stops it on exit."""
     import uvicorn
 
+    from core.config import MonitorConfig
+    from core.http_server import server_config
+
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           timeout_graceful_shutdown=1))
+    cfg = getattr(app.state, "cfg", None)  # a stand-in app (no Cadence config) gets the default limits
+    mcfg = cfg.monitor if cfg is not None else MonitorConfig()
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, mcfg.read_timeout, mcfg.keep_alive_timeout,
+                                          log_level="warning", timeout_graceful_shutdown=1))
     server.install_signal_handlers = lambda: None
     t = threading.Thread(target=server.run, daemon=True)
     t.start()

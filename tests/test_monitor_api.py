@@ -29,7 +29,7 @@ def demo(make_config):
 @pytest.fixture
 def client(demo):
     cfg, _ = demo
-    with TestClient(create_app(cfg)) as c:
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -169,7 +169,7 @@ def test_inference_state_parsed_from_a_live_server(demo):
     cfg, _ = demo
     with serve(b) as url:
         cfg.deploy.targets[0].server_url = url
-        with TestClient(create_app(cfg)) as c:
+        with TestClient(create_app(cfg), base_url="http://127.0.0.1") as c:
             inf = c.get("/api/inference").json()
     assert inf["reachable"] and inf["models"][0]["version"] == "v003"
     assert inf["metrics"]["vllm:num_requests_running"] == 2 and inf["metrics"]["model_info"]["version"] == "v003"
@@ -202,7 +202,7 @@ def test_mutating_endpoints_need_the_token(client, token, demo, method, path, bo
     cfg, _ = demo
     before = read_control(cfg.layout)
     kw = {"json": body} if body is not None else {}
-    if "upload" in path:
+    if path.startswith("/api/upload"):
         kw = {"content": b'{"text": "x"}\n'}
     r = client.request(method, path, **kw)
     assert r.status_code == 401 and "token" in r.json()["error"]["message"]
@@ -232,7 +232,8 @@ def test_controls_reach_the_control_file(client, token, demo):
     client.post("/api/control/stop", headers=auth(token))
     assert read_control(cfg.layout)["desired"] == "stopped"
     assert client.post("/api/control/clear", headers=auth(token)).status_code == 404
-    assert client.post("/api/control/pause", content=b"[1]", headers=auth(token)).status_code == 400
+    assert client.post("/api/control/pause", content=b"[1]",
+                       headers={**auth(token), "Content-Type": "application/json"}).status_code == 400
     assert client.get("/api/status").json()["desired"] == "stopped"
 
 
