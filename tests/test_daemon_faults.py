@@ -169,7 +169,8 @@ def test_kill9_child_repeatedly_over_three_files(cadence):
         os.kill(pid, signal.SIGKILL)
         kills += 1
         c.wait(lambda: not pid_alive(pid), 10)
-    c.wait(lambda: len(c.files("recently_completed")) == 3, 240, "all three files completed")
+    # generous: the box these tests share runs at a load of ~14 on 2 cores
+    c.wait(lambda: len(c.files("recently_completed")) == 3, 480, "all three files completed")
     assert kills >= 3
     assert c.files("processing") == [] and c.files("failed") == []
     per_file = [c.meta("recently_completed", n)["result"] for n in names]
