@@ -29,6 +29,7 @@ from core.config import CadenceConfig, add_config_args, config_or_exit  # noqa: 
 from core.control import read_control, request  # noqa: E402
 from core.procs import live_pid  # noqa: E402
 from core.training_queue import TrainingQueue  # noqa: E402
+from safety.crash_detector import fault_streak, streak_path  # noqa: E402
 
 
 def live_status(cfg: CadenceConfig) -> dict:
@@ -55,6 +56,7 @@ def live_status(cfg: CadenceConfig) -> dict:
     deployed_version = actives[0].get("version") if actives else None
     tq = TrainingQueue(cfg)
     queue = {p: tq.count(p) for p in ("high", "normal", "low", "processing")}
+    streak = fault_streak(streak_path(layout))
     return {
         "state": state, "reported_state": reported, "status_age_s": round(age, 1),
         "daemon_pid": daemon_pid, "trainer_pid": trainer_pid, "watchdog_pid": watchdog_pid,
@@ -66,7 +68,8 @@ def live_status(cfg: CadenceConfig) -> dict:
         "last_checkpoint": status.get("last_checkpoint"), "heartbeat_age_s":
             round(time.time() - heartbeat["ts"], 1) if heartbeat.get("ts") else None,
         "heartbeat_phase": heartbeat.get("phase"), "queue": queue, "blocked_reason": status.get("reason"),
-        "deployed_version": deployed_version,
+        "deployed_version": deployed_version, "system_faults_in_a_row": streak["count"],
+        "next_start_after": streak["retry_at"],
     }
 
 
@@ -77,6 +80,10 @@ def format_status(s: dict) -> str:
                  + ("  (skip pending)" if s["pending_skip"] else ""))
     if s.get("control_reason"):
         lines.append(f"reason:       {s['control_reason']}")
+    if s.get("blocked_reason") and s["blocked_reason"] != s.get("control_reason"):
+        lines.append(f"blocked:      {s['blocked_reason']}")
+    if s.get("system_faults_in_a_row"):
+        lines.append(f"faults:       {s['system_faults_in_a_row']} system fault(s) in a row (safety.crash_loop_faults pauses)")
     lines.append(f"daemon pid:   {s['daemon_pid'] or '-'}   trainer pid: {s['trainer_pid'] or '-'}   watchdog pid: {s['watchdog_pid'] or '-'}")
     if s.get("file"):
         lines.append(f"file:         {s['file']}  step {s['file_step']}/{s['file_total_steps']}")

@@ -6,7 +6,12 @@ validators, claims the next queued file and trains it in a child process
 heartbeat each step; the daemon checks it every tick (anti-stuck), classifies
 every child exit (crash detector) and acts on it: complete, requeue at the
 front with progress, retry with backoff, shrink the batch after an OOM, fail
-the file, or pause with an alert. Every state change goes to
+the file, or pause with an alert. A fault the detector blames on the system (a
+kill from outside; an OOM, segfault, hang or error before the child's first
+training step) is not an attempt of the file: the file goes back to the front
+with its attempts untouched, the daemon backs off, and after
+`safety.crash_loop_faults` in a row it pauses itself with an alert. A file the
+latest checkpoint is mid-way through is claimed before any other. Every state change goes to
 `status/events.jsonl`. Config changes apply at the next file boundary
 (critical ones are refused). SIGTERM/SIGINT: the child finishes its step,
 checkpoints and exits; the file goes back to the front of its queue.
@@ -92,6 +97,7 @@ class TrainingDaemon:
         self.exit_reason = "shutdown"
         self.ingestor = None
         self._blocked_reason: str | None = None
+        self.fault_streak_path = crash_detector.streak_path(self.layout)
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> int:
@@ -137,11 +143,14 @@ class TrainingDaemon:
         step = ckpt.step if ckpt else 0
         for e in self.queue.entries(("processing",)):
             progressed = step > int(e.meta.get("attempt_step_start", step))
+            self._note_global_step_start(e, {})
             if progressed:
                 self.queue.requeue_front(e.name, progress={"global_step": step}, reason="recovered: progress made")
             else:
-                self.queue.fail(e.name, "recovered from processing/ after an unclean shutdown", retryable=True)
-            log_event(self.cfg, "recovered", file=e.name, counted_as_attempt=not progressed)
+                # the daemon died (killed, OOM, power) with no new checkpoint: the system's fault, not the file's
+                self._system_fault(e.name, "killed", "the daemon died while this file's trainer ran, before any "
+                                                     "new checkpoint (recovered from processing/)")
+            log_event(self.cfg, "recovered", file=e.name, counted_as_attempt=False)
 
     def _start_ingest(self) -> None:
         try:
@@ -207,13 +216,33 @@ class TrainingDaemon:
         if control["desired"] == "paused":
             self._idle_status("paused", reason=control.get("reason"))
             return
-        if not self._ready_to_train():
+        if self._backing_off() or not self._ready_to_train():
             return
-        entry = self.queue.claim_next()
+        entry = self._claim()
         if entry is None:
             self._idle_status("idle")
             return
         self._spawn(entry)
+
+    def _claim(self) -> QueueEntry | None:
+        """The next file; one the latest checkpoint is mid-way through comes first, whatever its priority, because
+        a trainer that starts another file ends that file's resume record (it would train from its start again)."""
+        ckpt = latest_checkpoint(self.layout.current_model)
+        current = (ckpt.trainer_state().get("current_file") or {}) if ckpt else {}
+        entry = self.queue.claim_next(resume_id=current.get("id"))
+        if entry is not None and current.get("id") and entry.id == current.get("id"):
+            log_event(self.cfg, "resume_first", file=entry.name, steps_done=current.get("steps_done"),
+                      global_step=ckpt.step)
+        return entry
+
+    def _backing_off(self) -> bool:
+        """After a system fault no trainer starts until the streak's retry time (kept on disk across restarts)."""
+        retry_at = crash_detector.fault_streak(self.fault_streak_path)["retry_at"]
+        if retry_at is None or time.time() >= retry_at:
+            return False
+        self._idle_status("blocked", reason="backing off after a system fault: next trainer start at "
+                                            + time.strftime("%H:%M:%S UTC", time.gmtime(retry_at)))
+        return True
 
     def _ready_to_train(self) -> bool:
         """File boundary: reload config (non-critical changes apply now), refuse critical changes, check disk."""
@@ -268,8 +297,7 @@ class TrainingDaemon:
     def _spawn(self, entry: QueueEntry) -> None:
         ckpt = latest_checkpoint(self.layout.current_model)
         step = ckpt.step if ckpt else 0
-        entry = self.queue.update_meta(entry.name, attempt_step_start=step,
-                                       global_step_start=entry.meta.get("global_step_start", step))
+        entry = self.queue.update_meta(entry.name, attempt_step_start=step)
         cmd = [sys.executable, "-m", "trainer.child", "--file", str(entry.path), "--file-id", entry.id or entry.name,
                "--schema", entry.meta.get("schema_id") or self.cfg.daemon.default_schema]
         if entry.meta.get("epochs"):
@@ -312,6 +340,10 @@ class TrainingDaemon:
         kind = EXIT_CODES.get(code, "unknown") if code >= 0 else "signal"
         res = (result or {}).get("result") or {}
         progress = {"global_step": step, "steps_done": res.get("steps")}
+        if kind != "rejected":
+            self._note_global_step_start(child.entry, res)
+        if kind in ("completed", "interrupted", "rejected"):
+            crash_detector.clear_fault_streak(self.fault_streak_path)  # the child started: the system works
         if kind == "completed":
             self.queue.complete(name, global_step_end=res.get("global_step_end", step), stats=res)
             log_event(self.cfg, "training_completed", file=name, global_step=res.get("global_step_end", step),
@@ -332,13 +364,48 @@ class TrainingDaemon:
                 log_event(self.cfg, "training_interrupted", file=name, global_step=step,
                           reason=(result or {}).get("message"))
             return
+        beat = read_json(layout.status / "heartbeat.json", {}) or {}
         category, message = crash_detector.classify(
-            code, result, _log_tail(layout.logs / "trainer.log"), child.killed_reason,
-            read_json(layout.status / "heartbeat.json", {}))
-        crash = crash_detector.record(layout.status / "crash_history.jsonl", code, category, message, name, step)
+            code, result, _log_tail(layout.logs / "trainer.log"), child.killed_reason, beat)
+        crash = crash_detector.record(layout.status / "crash_history.jsonl", code, category, message, name, step,
+                                      started_training=_started_training(beat, child))
         log_event(self.cfg, "child_crashed", file=name, category=category, action=crash.action, message=message,
-                  exit_code=code, global_step=step)
+                  exit_code=code, global_step=step, blame=crash.blame, started_training=crash.started_training)
+        if not (crash.action == crash_detector.SYSTEM_RETRY and step <= child.step_at_start):
+            crash_detector.clear_fault_streak(self.fault_streak_path)
         self._act(crash, child, step)
+
+    def _note_global_step_start(self, entry: QueueEntry, res: dict) -> None:
+        """Set once, when it is durable: the global step of the file's first training step, from the engine's own
+        record (the result of a finished or stopped run, else the checkpoint the file is mid-way through)."""
+        if entry.meta.get("global_step_start") is not None:
+            return
+        start = res.get("global_step_start") if res.get("steps") else None
+        if start is None:
+            ckpt = latest_checkpoint(self.layout.current_model)
+            current = (ckpt.trainer_state().get("current_file") or {}) if ckpt else {}
+            if entry.id and current.get("id") == entry.id and current.get("steps_done"):
+                start = current.get("global_step_start")
+        if start is not None:
+            # the engine counts from the step before the file's first one; the sidecar names the first step itself
+            self.queue.note_global_step_start(entry.name, int(start) + 1)
+
+    def _system_fault(self, name: str, category: str, message: str) -> None:
+        """Not the file's fault: back to the front with its attempts untouched; back off; pause after a crash loop."""
+        self.queue.requeue_front(name, reason=f"system fault ({category}), not counted as an attempt: {message}")
+        streak = crash_detector.note_system_fault(self.fault_streak_path, self.cfg.safety, category, message, name)
+        limit = self.cfg.safety.crash_loop_faults
+        log_event(self.cfg, "system_fault", file=name, category=category, message=message, faults_in_a_row=streak["count"],
+                  limit=limit, retry_at=streak["retry_at"])
+        if streak["count"] < limit:
+            return
+        causes = sorted({f["category"] for f in streak["faults"]})
+        reason = (f"ALERT crash loop: {streak['count']} system faults in a row ({', '.join(causes)}), the trainer could "
+                  f"not train; last: {category}: {message}. Files stay queued; fix the cause, then resume")
+        request(self.layout, "pause", reason=reason)
+        log_event(self.cfg, "alert", kind="crash_loop", cause=category, message=message, faults=streak["faults"],
+                  file=name)
+        crash_detector.clear_fault_streak(self.fault_streak_path)  # a resume starts a fresh count, without backoff
 
     def _act(self, crash, child: Child, step: int) -> None:
         name = child.entry.name
@@ -368,11 +435,18 @@ class TrainingDaemon:
             self.queue.requeue_front(name, reason=crash.category)
             request(self.layout, "pause", reason=f"ALERT {crash.category}: {crash.message}")
             log_event(self.cfg, "alert", kind=crash.category, message=crash.message)
+        elif action == crash_detector.SYSTEM_RETRY and step <= child.step_at_start:
+            self._system_fault(name, crash.category, crash.message)
         else:  # retry: an attempt counts only when it made no progress
             if step > child.step_at_start:
                 self.queue.requeue_front(name, progress={"global_step": step}, reason=f"{crash.category} after progress")
             else:
                 self.queue.fail(name, f"{crash.category}: {crash.message}", retryable=True)
+
+
+def _started_training(beat: dict, child: Child) -> bool:
+    """The child had begun its first training step: its heartbeat (written after it started) names that step."""
+    return float(beat.get("ts") or 0) >= child.started_at and beat.get("first_step") is not None
 
 
 def _log_tail(path: Path, n_bytes: int = 16_384) -> str:

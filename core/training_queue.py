@@ -1,6 +1,7 @@
 """The training queue on disk: one folder per state, a state change is a rename.
 
     queue/high, normal, low/       waiting, FIFO within a priority (high first)
+                                   (the file a checkpoint is mid-way through before all: claim_next)
     queue/processing/              claimed by a trainer
     queue/recently_completed/      trained
     queue/failed/                  out of attempts, or skipped (every error kept)
@@ -288,9 +289,23 @@ class TrainingQueue:
             return entry
         raise QueueError(f"could not find a free queue name for {name or src}")
 
-    def claim_next(self, now: float | None = None) -> QueueEntry | None:
-        """The oldest ready file of the highest priority, renamed into processing/ (None if nothing is ready)."""
+    def claim_next(self, now: float | None = None, resume_id: str | None = None) -> QueueEntry | None:
+        """The oldest ready file of the highest priority, renamed into processing/ (None if nothing is ready).
+
+        `resume_id` is the file the latest checkpoint is mid-way through: while it waits in a priority folder it is
+        claimed before any other (priority and FIFO do not apply) and nothing else is claimed during its backoff,
+        because a trainer that starts another file ends that file's resume record and it would be trained twice."""
         now = time.time() if now is None else now
+        if resume_id:
+            resume = self.find_by_id(resume_id, PRIORITIES)
+            if resume is not None:
+                if (resume.meta.get("not_before") or 0) > now:
+                    return None
+                try:
+                    return self._move(resume, "processing", "claimed", started_at=now_iso(now),
+                                      attempts=int(resume.meta.get("attempts", 0)) + 1, claimed_by=os.getpid())
+                except MovedMeanwhile:
+                    return None  # another process claimed it: still nothing else may start before it
         for prio in PRIORITIES:
             for e in self.entries((prio,)):
                 if (e.meta.get("not_before") or 0) > now or not e.sidecar("meta").exists():
@@ -346,6 +361,13 @@ class TrainingQueue:
         report.write(self._sidecar(e.state, e.name, "reason"))
         errors = list(e.meta.get("errors") or []) + [{"at": now_iso(), "error": report.summary()}]
         return self._move(e, "rejected", "rejected", errors=errors, finished_at=now_iso())
+
+    def note_global_step_start(self, name: str, global_step: int) -> QueueEntry:
+        """Record the global step of the file's first training step, once: a resume keeps the first value."""
+        e = self.find(name)
+        if e.meta.get("global_step_start") is not None:
+            return e
+        return self._rewrite(e, global_step_start=int(global_step))
 
     def update_meta(self, name: str, **fields: Any) -> QueueEntry:
         """Record fields (global_step_start, validation, progress...) in a file's sidecar in place."""

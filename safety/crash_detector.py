@@ -1,9 +1,15 @@
 """Classify every training-child exit and decide what the daemon does about it.
 
 Categories: cuda_oom, cpu_oom (the kernel's OOM killer), cuda_error, nan_loss,
-disk_full, data_error, config_error, import_error, killed, stuck, unknown —
-from the exit code, the signal, the child's result file and the tail of its log.
-Every classification is appended to `status/crash_history.jsonl`.
+disk_full, data_error, config_error, import_error, killed, segfault, stuck,
+unknown — from the exit code, the signal, the child's result file and the tail
+of its log. Every classification is appended to `status/crash_history.jsonl`.
+
+Each category is also blamed on the system or on the file (ACTIONS). A system
+fault is not an attempt of the file: it goes back to the front of its queue with
+its attempts untouched, the daemon backs off, and after `safety.crash_loop_faults`
+system faults in a row (kept in `status/fault_streak.json`, so a restarted daemon
+goes on counting) it pauses itself with an alert naming the cause.
 
 Run as:
     python3 safety/crash_detector.py history [--json] [-n 20]
@@ -20,10 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.atomic_io import append_jsonl  # noqa: E402
+from core.atomic_io import append_jsonl, atomic_write_json, read_json  # noqa: E402
 
 CATEGORIES = ("cuda_oom", "cpu_oom", "cuda_error", "nan_loss", "disk_full", "data_error", "config_error",
-              "import_error", "killed", "stuck", "unknown")
+              "import_error", "killed", "segfault", "stuck", "unknown")
 
 _LOG_PATTERNS = [
     ("cuda_oom", re.compile(r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED", re.I)),
@@ -34,20 +40,41 @@ _LOG_PATTERNS = [
     ("cpu_oom", re.compile(r"MemoryError|Cannot allocate memory", re.I)),
 ]
 
-# What the daemon does next, per category.
+# What the daemon does next, per category, and whom an exit without checkpoint progress is blamed on.
+# blame: "file" = the data (counts an attempt of the file); "system" = never the data (backoff, crash-loop pause,
+# the file keeps its attempts); "startup" = the system while the child has not begun its first training step
+# (imports, model and checkpoint load are the same for every file; a file that cannot be read or tokenised raises a
+# data error, which stays the file's), the file after it.
 ACTIONS = {
-    "cuda_oom": "shrink_batch_retry",   # halve the micro-batch, double accumulation, retry
-    "cpu_oom": "shrink_batch_retry",
-    "cuda_error": "retry",
-    "nan_loss": "fail",                 # the same data would diverge again
-    "disk_full": "free_disk_and_pause",
-    "data_error": "fail",               # no retry: the file is bad
-    "config_error": "pause",            # an operator must fix the config
-    "import_error": "pause",
-    "killed": "retry",
-    "stuck": "retry",
-    "unknown": "retry",
+    #  category       action                  blame
+    "cuda_oom":     ("shrink_batch_retry",  "startup"),  # halve the micro-batch, double accumulation, retry; at load
+                                                         # it is the GPU's memory, which no batch size changes
+    "cpu_oom":      ("shrink_batch_retry",  "startup"),
+    "cuda_error":   ("retry",               "startup"),  # a driver/device fault at start-up is the box; mid-file it
+                                                         # may be a kernel fed by this data (device-side assert)
+    "nan_loss":     ("fail",                "file"),     # the same data would diverge again
+    "disk_full":    ("free_disk_and_pause", "system"),
+    "data_error":   ("fail",                "file"),     # no retry: the file is bad, even before the first step
+    "config_error": ("pause",               "system"),   # an operator must fix the config
+    "import_error": ("pause",               "system"),   # a broken install starts no trainer for any file
+    "killed":       ("retry",               "system"),   # a signal from outside (an operator, a supervisor, the OOM
+                                                         # killer without RAM evidence) is never the data's doing
+    "segfault":     ("retry",               "startup"),  # native code crashing before any step is the install/box
+    "stuck":        ("retry",               "startup"),  # hung at load: a filesystem or lock; mid-file: maybe this data
+    "unknown":      ("retry",               "startup"),  # an exception before the first step is in the start-up path
 }
+# A retry-type action blamed on the system becomes this: requeue at the front, attempts untouched, back off.
+SYSTEM_RETRY = "system_retry"
+
+
+def decide(category: str, started_training: bool) -> tuple[str, str]:
+    """(action, blame) for one exit; `started_training`: the child had begun its first training step."""
+    action, blame = ACTIONS[category]
+    if blame == "startup":
+        blame = "file" if started_training else "system"
+    if blame == "system" and action in ("retry", "shrink_batch_retry"):
+        action = SYSTEM_RETRY
+    return action, blame
 
 
 @dataclass
@@ -60,6 +87,8 @@ class Crash:
     file: str | None = None
     global_step: int | None = None
     ts: float = 0.0
+    blame: str = "file"
+    started_training: bool | None = None
 
 
 def classify(exit_code: int | None, result: dict | None = None, log_tail: str = "", killed_by_us: str | None = None,
@@ -85,7 +114,7 @@ def classify(exit_code: int | None, result: dict | None = None, log_tail: str = 
                 return "cpu_oom", f"SIGKILL with RAM at {ram}%: the kernel's OOM killer"
             return "killed", "SIGKILL from outside Cadence (OOM killer or an operator)"
         if sig == signal.SIGSEGV:
-            return "unknown", "segmentation fault"
+            return "segfault", "segmentation fault"
         return "killed", f"terminated by {name}"
     if result and result.get("category") == "unknown":
         return "unknown", result.get("message") or "unknown error"
@@ -102,10 +131,43 @@ def signal_name(exit_code: int | None) -> str | None:
 
 
 def record(history_path: Path, exit_code: int | None, category: str, message: str, file: str | None,
-           global_step: int | None) -> Crash:
-    crash = Crash(category, ACTIONS[category], exit_code, signal_name(exit_code), message, file, global_step, time.time())
+           global_step: int | None, started_training: bool = True) -> Crash:
+    action, blame = decide(category, started_training)
+    crash = Crash(category, action, exit_code, signal_name(exit_code), message, file, global_step, time.time(),
+                  blame, started_training)
     append_jsonl(history_path, asdict(crash))
     return crash
+
+
+def streak_path(layout) -> Path:
+    return layout.status / "fault_streak.json"
+
+
+def fault_streak(path: Path) -> dict:
+    """System faults in a row: {"count", "retry_at" (epoch s, or None), "faults": [{ts, category, message, file}]}."""
+    rec = read_json(path, {}) or {}
+    return {"count": int(rec.get("count") or 0), "retry_at": rec.get("retry_at"), "faults": list(rec.get("faults") or [])}
+
+
+def note_system_fault(path: Path, safety, category: str, message: str, file: str | None,
+                      now: float | None = None) -> dict:
+    """One more system fault: the streak grows and the next start waits `system_fault_backoff_seconds` x 2^(n-1)
+    (capped), so a box that cannot start a trainer is not hammered; the caller pauses at `crash_loop_faults`."""
+    now = time.time() if now is None else now
+    streak = fault_streak(path)
+    count = streak["count"] + 1
+    delay = min(safety.system_fault_backoff_seconds * 2 ** (count - 1), safety.system_fault_backoff_max_seconds)
+    faults = (streak["faults"] + [{"ts": now, "category": category, "message": message, "file": file}])[-count:]
+    rec = {"count": count, "retry_at": now + delay, "faults": faults}
+    atomic_write_json(path, rec)
+    return rec
+
+
+def clear_fault_streak(path: Path) -> None:
+    """The system trained, or a fault was the file's: the next system fault starts a new streak."""
+    streak = fault_streak(path)
+    if streak["count"] or streak["retry_at"]:
+        atomic_write_json(path, {"count": 0, "retry_at": None, "faults": []})
 
 
 def history(history_path: Path, n: int = 20) -> list[dict]:
@@ -133,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for r in rows:
             print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r['ts']))}  {r['category']:<12} {r['action']:<20} "
-                  f"{r.get('file') or '-'}  {r['message'][:100]}")
+                  f"{r.get('blame', 'file'):<6} {r.get('file') or '-'}  {r['message'][:100]}")
         if not rows:
             print("no crashes recorded")
     return 0

@@ -104,6 +104,40 @@ def test_requeue_front_keeps_progress(make_config, tmp_path):
     assert again.meta["attempts"] == 1
 
 
+def test_resume_id_is_claimed_before_any_other_file(make_config, tmp_path):
+    q = TrainingQueue(make_config({"queue.retry_backoff_seconds": 10}))
+    mid = add(q, tmp_path, "mid.jsonl", "low")
+    add(q, tmp_path, "old.jsonl", "normal")
+    add(q, tmp_path, "urgent.jsonl", "high")
+    t = 1_000_000.0
+    # the latest checkpoint is mid-way through mid.jsonl: it goes first although two files outrank it
+    e = q.claim_next(now=t, resume_id=mid.id)
+    assert e.name == "mid.jsonl" and e.meta["attempts"] == 1
+    # during its backoff nothing else starts (another file would end its resume record)
+    q.fail(e.name, "unknown: boom", now=t)
+    assert q.claim_next(now=t + 9, resume_id=mid.id) is None
+    assert q.claim_next(now=t + 10, resume_id=mid.id).name == "mid.jsonl"
+    # out of the waiting folders (failed/, skipped, completed) it no longer holds the others back
+    q.skip("mid.jsonl", "operator")
+    assert q.claim_next(now=t + 11, resume_id=mid.id).name == "urgent.jsonl"
+    assert q.claim_next(now=t + 11, resume_id="0" * 64).name == "old.jsonl"  # an unknown id is no preference
+
+
+def test_global_step_start_is_set_once(make_config, tmp_path):
+    q = TrainingQueue(make_config())
+    add(q, tmp_path, "x.jsonl")
+    e = q.claim_next()
+    assert e.meta["global_step_start"] is None
+    assert q.note_global_step_start(e.name, 41).meta["global_step_start"] == 41
+    q.requeue_front(e.name, progress={"global_step": 60})
+    e = q.claim_next()
+    assert e.meta["global_step_start"] == 41  # travels with the file through every transition
+    assert q.note_global_step_start(e.name, 61).meta["global_step_start"] == 41  # a resume keeps the first value
+    done = q.complete(e.name, global_step_end=80)
+    on_disk = json.loads((q.dir("recently_completed") / "x.meta.json").read_text())
+    assert (done.meta["global_step_start"], on_disk["global_step_start"], on_disk["global_step_end"]) == (41, 41, 80)
+
+
 def test_recover_processing_on_start(make_config, tmp_path):
     cfg = make_config({"queue.max_attempts": 2})
     q = TrainingQueue(cfg)

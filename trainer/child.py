@@ -69,12 +69,14 @@ class Faults:
     sleep:N    hang at global step N (anti-stuck)      oom:N     raise CUDA OOM at global step N
     exit:N     os._exit(99) at global step N           enospc:N  disk full when checkpointing at step N
     slow:S     sleep S seconds every step (gives tests time to act mid-file)
-    Each fault except `slow` fires once per base_dir (a marker file in status/ records it).
+    startup:S  sleep S seconds after the first load heartbeat of every child (a window to kill it during start-up)
+    Each fault except `slow` and `startup` fires once per base_dir (a marker file in status/ records it).
     """
 
     def __init__(self, spec: str | None, status_dir: Path):
         self.faults: dict[str, float] = {}
         self.status_dir = status_dir
+        self._startup_done = False
         for item in filter(None, (spec or "").split(",")):
             kind, _, value = item.partition(":")
             self.faults[kind.strip()] = float(value or 0)
@@ -101,6 +103,11 @@ class Faults:
         if self._fire("exit", step):
             os._exit(99)
 
+    def at_load(self) -> None:
+        if self.faults.get("startup") and not self._startup_done:
+            self._startup_done = True
+            time.sleep(self.faults["startup"])
+
     def at_checkpoint(self, step: int) -> None:
         if self._fire("enospc", step):
             from trainer.checkpoint import DiskFullError
@@ -117,19 +124,26 @@ class DaemonHooks:
         self.sigterm = False
         self._last_beat = 0.0
         self.stop_reason: str | None = None
+        # The global step this process's first training step began at (None: still starting up). Every heartbeat
+        # carries it, so the daemon can tell a crash in start-up (the system's) from one in training (maybe the data's).
+        self.first_step: int | None = None
 
-    def heartbeat(self, phase: str, global_step: int) -> None:
+    def heartbeat(self, phase: str, global_step: int, step_begins: bool = True) -> None:
         now = time.time()
         if phase == "train":
             self.faults.at_step(global_step)
+            if step_begins and self.first_step is None:
+                self.first_step = global_step
         elif phase == "checkpoint":
             self.faults.at_checkpoint(global_step)
         elif now - self._last_beat < 0.2 and phase != "checkpoint":
             return
         self._last_beat = now
         atomic_write_json(heartbeat_path(self.layout), {"pid": os.getpid(), "phase": phase, "global_step": global_step,
-                                                        "file": self.file_name, "ts": now,
+                                                        "file": self.file_name, "ts": now, "first_step": self.first_step,
                                                         "ram_pct": psutil.virtual_memory().percent}, durable=False)
+        if phase == "load":
+            self.faults.at_load()
 
     def control(self) -> str | None:
         if self.sigterm:
@@ -160,7 +174,7 @@ class DaemonHooks:
             time.sleep(0.25)
 
     def on_checkpoint(self, info) -> None:
-        self.heartbeat("train", info.step)
+        self.heartbeat("train", info.step, step_begins=False)  # a pause checkpoint can come before any step
 
     def local_stop(self) -> bool:
         if self.sigterm:
