@@ -41,8 +41,11 @@ def _set_thread_nice(nice: int | None) -> int | None:
 
 
 class ModelRegistry:
-    def __init__(self, cfg, scheduler, metrics):
+    def __init__(self, cfg, scheduler, metrics, loader=load_engine):
         self.cfg = cfg
+        # loader(path, version, cfg, require_manifest) -> (engine, report); scheduler.flip(engine) -> old engine.
+        # The vLLM engine passes its own pair (inference/vllm_engine.py) and keeps every step below.
+        self._loader = loader
         self.scheduler = scheduler
         self.metrics = metrics
         self._load_lock = threading.Lock()
@@ -73,7 +76,7 @@ class ModelRegistry:
         try:
             previous = self.active
             try:
-                engine, report = load_engine(path, version, self.cfg, require_manifest)
+                engine, report = self._loader(path, version, self.cfg, require_manifest)
             except ModelLoadError as exc:
                 entry.update(status="rejected", code=exc.code, error=str(exc), finished_at=time.time())
                 self.history.append(entry)
