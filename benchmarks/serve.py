@@ -1,7 +1,9 @@
-"""Serving benchmark, vLLM-bench style: Cadence's inference server vs `transformers serve` on the same model, same run.
+"""Serving benchmark, vLLM-bench style: Cadence's inference server vs `transformers serve` and vLLM, same model, same run.
 
-For each backend (Cadence; `transformers serve`; `transformers serve
---continuous-batching`) it starts the server as a subprocess on loopback,
+For each backend (Cadence's builtin engine; `transformers serve`; `transformers
+serve --continuous-batching`; `vllm`, vLLM's own OpenAI server from the vLLM
+venv; `cadence+vllm`, Cadence's front with inference.engine=vllm over that same
+server, whose overhead over `vllm` is printed) it starts the server as a subprocess on loopback,
 warms it up, then sends streaming chat requests from a closed loop of C
 concurrent clients (C = 1, 8, 32 by default) and reports TTFT, TPOT, ITL and
 end-to-end latency percentiles, request/s and output tokens/s, plus the
@@ -22,6 +24,7 @@ Run as:
     python benchmarks/serve.py                                  # tiny model built in a temp dir
     python benchmarks/serve.py --model models/base --concurrency 1 8 32 --max-tokens 64
     python benchmarks/serve.py --backends cadence --json out.json
+    python benchmarks/serve.py --backends cadence vllm cadence+vllm --threads 0 --swap-versions 0   # engines + front overhead
 """
 from __future__ import annotations
 
@@ -83,8 +86,14 @@ class Backend:
     def body(self, max_tokens: int) -> dict:
         raise NotImplementedError
 
-    def start(self, timeout: float = 180) -> None:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    start_timeout = 180.0
+
+    def env(self) -> dict:
+        return {}
+
+    def start(self, timeout: float | None = None) -> None:
+        timeout = timeout or self.start_timeout
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO), **self.env()}
         if self.threads:  # the same intra-op thread count for every backend
             env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
         self.proc = subprocess.Popen(self.command(), stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
@@ -118,15 +127,51 @@ class Cadence(Backend):
         base = self.workdir / "cadence-base"
         (base / "control").mkdir(parents=True, exist_ok=True)
         (base / "control" / "admin.token").write_text(ADMIN_TOKEN)
-        cfg = {"paths": {"base_dir": str(base)}, "model": {"base_model": str(self.model)},
-               "inference": {"port": self.port, "max_batch_size": self.max_batch, "max_queue": 1024}}
+        cfg = {"paths": {"base_dir": str(base)}, "model": {"base_model": str(self.model)}, "inference": self.config()}
         (base / "config.json").write_text(json.dumps(cfg))
         return [sys.executable, "-m", "inference", "--config", str(base / "config.json"), "--log-level", "warning"]
+
+    def config(self) -> dict:
+        return {"port": self.port, "max_batch_size": self.max_batch, "max_queue": 1024}
 
     def body(self, max_tokens):
         return {"model": "cadence-tiny", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": max_tokens,
                 "temperature": 0.7, "top_p": 0.9, "stream": True, "ignore_eos": True,
                 "stream_options": {"include_usage": True}}
+
+
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+
+
+class VllmDirect(Backend):
+    """vLLM's own OpenAI server (the vLLM venv, scripts/setup.sh --vllm) with the flags Cadence starts it with."""
+    name = "vllm"
+    start_timeout = 900
+
+    def command(self):
+        from core.config import VLLM_DEFAULT_ARGS
+
+        if not VLLM_PYTHON.exists():
+            raise RuntimeError(f"{VLLM_PYTHON} missing: run scripts/setup.sh --vllm")
+        return [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
+                "--host", "127.0.0.1", "--port", str(self.port), "--served-model-name", "cadence-tiny",
+                "--dtype", "float32", "--max-num-seqs", str(self.max_batch), *VLLM_DEFAULT_ARGS]
+
+    def env(self):
+        return {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1"}
+
+    body = Cadence.body
+
+
+class CadenceVllm(Cadence):
+    """Cadence's front with inference.engine = "vllm": the same vLLM server behind the version-pinning proxy."""
+    name = "cadence+vllm"
+    start_timeout = 900
+
+    def config(self):
+        if not VLLM_PYTHON.exists():
+            raise RuntimeError(f"{VLLM_PYTHON} missing: run scripts/setup.sh --vllm")
+        return {"port": self.port, "max_batch_size": self.max_batch, "engine": "vllm", "vllm_python": str(VLLM_PYTHON)}
 
 
 class TransformersServe(Backend):
@@ -316,7 +361,7 @@ def print_table(results: dict, levels: list[int]) -> None:
                   f"{r['ttft_p99_ms']:.1f} | {r['tpot_p50_ms']:.2f} | {r['tpot_p99_ms']:.2f} | {r['itl_p50_ms']:.2f} | "
                   f"{r['itl_p99_ms']:.2f} | {r['e2e_p50_ms']:.0f} | {r['e2e_p99_ms']:.0f} | {r['failed']} |")
     print("(latencies in ms)")
-    peers = {k: v for k, v in results.items() if k != "cadence" and not isinstance(v, str)}
+    peers = {k: v for k, v in results.items() if not k.startswith("cadence") and not isinstance(v, str)}
     for name, why in results.items():
         if isinstance(why, str):
             print(f"\n{name}: not measured: {why}")
@@ -331,6 +376,20 @@ def print_table(results: dict, levels: list[int]) -> None:
                   f"{cad['output_tok_per_s'] / best[c]['output_tok_per_s']:.2f}x | {cad['ttft_p99_ms'] / best_ttft:.2f}x |")
 
 
+def print_front_overhead(results: dict, levels: list[int]) -> None:
+    """cadence+vllm against vllm direct, same run: what the version-pinning proxy costs (goal <= 5 % tok/s, <= 5 ms TTFT)."""
+    direct, front = results.get("vllm"), results.get("cadence+vllm")
+    if not isinstance(direct, dict) or not isinstance(front, dict):
+        return
+    print("\n| c | vllm out tok/s | cadence+vllm out tok/s | tok/s overhead | TTFT p50 +ms | TTFT p99 +ms |")
+    print("|---|---|---|---|---|---|")
+    for c in levels:
+        d, f = direct[c], front[c]
+        print(f"| {c} | {d['output_tok_per_s']:.1f} | {f['output_tok_per_s']:.1f} | "
+              f"{100 * (1 - f['output_tok_per_s'] / d['output_tok_per_s']):+.1f} % | "
+              f"{f['ttft_p50_ms'] - d['ttft_p50_ms']:+.1f} | {f['ttft_p99_ms'] - d['ttft_p99_ms']:+.1f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="HF model folder (default: build the tiny preset in a temp dir)")
@@ -339,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=None, help="requests per level (default: max(32, 4*c))")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--backends", nargs="+", default=["cadence", "transformers", "transformers-cb"],
-                        choices=["cadence", "transformers", "transformers-cb"])
+                        choices=["cadence", "transformers", "transformers-cb", "vllm", "cadence+vllm"])
     parser.add_argument("--swap-versions", type=int, default=6, help="versions deployed in the swap test (0 = skip)")
     parser.add_argument("--swap-concurrency", type=int, default=8)
     parser.add_argument("--steady-seconds", type=float, default=8.0)
@@ -358,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         from scripts.make_tiny_model import build_model
         model = build_model(workdir / f"model-{args.preset}", preset=args.preset)
     per_level = (lambda c: args.requests) if args.requests else (lambda c: max(32, 4 * c))
-    classes = {"cadence": Cadence, "transformers": TransformersServe, "transformers-cb": TransformersServeCB}
+    classes = {"cadence": Cadence, "transformers": TransformersServe, "transformers-cb": TransformersServeCB,
+               "vllm": VllmDirect, "cadence+vllm": CadenceVllm}
     everything: dict = {}
     for threads in args.threads:
         print(f"\n## model {model.name}; {os.cpu_count()} CPUs; max_tokens {args.max_tokens}; concurrency "
@@ -375,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[backend.name] = f"{type(exc).__name__}: {exc}\n{tail}"
                 print(f"  {backend.name}: failed: {exc}", flush=True)
         print_table(results, args.concurrency)
+        print_front_overhead(results, args.concurrency)
         swap = None
         if args.swap_versions and "cadence" in args.backends:
             swap = bench_swap(model, workdir / f"swap-t{threads}", args.swap_concurrency, args.max_tokens,

@@ -196,7 +196,7 @@ class DeployConfig(Section):
 # Inference keys only the builtin engine implements (max_batch_size maps to vLLM's --max-num-seqs; the sampling
 # defaults and max_tokens_cap are applied by the front for both engines).
 VLLM_DEFAULT_ARGS = ("--enforce-eager", "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
-                     "--structured-outputs-config", '{"disable_any_whitespace": true}')
+                     "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}')
 BUILTIN_ONLY_KEYS = ("max_queue", "torch_threads", "think_penalty", "post_stop_penalty")
 
 
@@ -222,7 +222,7 @@ class InferenceConfig(Section):
     engine: Literal["builtin", "vllm"] = Field("builtin", description="What generates tokens. builtin: Cadence's own batched PyTorch engine in this process (no extra install; the CPU demo). vllm: each served version runs as a vLLM OpenAI server on a loopback port started from inference.vllm_python (scripts/setup.sh --vllm); this server stays the one address and owns versions, auth, the swap and /metrics, and proxies the OpenAI routes to the version that accepted each request.")
     vllm_python: str = Field(".venv-vllm/bin/python", description="engine=vllm: the Python of the vLLM venv (relative to base_dir, else the repository); its `-m vllm.entrypoints.openai.api_server` serves each version.")
     vllm_args: list[str] = Field(default_factory=lambda: list(VLLM_DEFAULT_ARGS), description="engine=vllm: extra arguments of every vLLM server. Default: --enforce-eager (skips graph capture/compilation: start-up ~1 min instead of ~2.5 on CPU; on a GPU drop it for CUDA graphs), the hermes tool-call parser (Qwen's tool format: tools and tool_choice work), and JSON structured output without free whitespace (a small model otherwise pads it to max_tokens). On a GPU add e.g. --gpu-memory-utilization 0.45 so the standby fits beside the active version during a swap.")
-    vllm_env: dict[str, str] = Field(default_factory=lambda: {"VLLM_CPU_KVCACHE_SPACE": "1"}, description="engine=vllm: environment added to every vLLM server (VLLM_CPU_KVCACHE_SPACE = GiB of KV cache per server on CPU).")
+    vllm_env: dict[str, str] = Field(default_factory=lambda: {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENFORCE_STRICT_TOOL_CALLING": "0"}, description="engine=vllm: environment added to every vLLM server. VLLM_CPU_KVCACHE_SPACE = GiB of KV cache per server on CPU; VLLM_ENFORCE_STRICT_TOOL_CALLING=0 makes a named or required tool_choice generate schema-constrained compact JSON (vLLM's JSON tool path) instead of the hermes tag grammar, whose free whitespace a small model fills up to max_tokens.")
     vllm_start_timeout: float = Field(600.0, gt=0, description="engine=vllm: seconds a new version's vLLM server may take to answer /health before the load is refused.")
 
     @model_validator(mode="after")

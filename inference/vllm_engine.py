@@ -81,6 +81,16 @@ def _has_cuda() -> bool:
         return False
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the thread that started it dies (the front killed with -9 must not
+    leave a vLLM server holding memory and a port). Linux only; elsewhere the front's own shutdown stops it."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class VllmVersion:
     """One model version served by its own vLLM OpenAI server on 127.0.0.1:<port>."""
 
@@ -132,7 +142,8 @@ class VllmVersion:
         with open(self.log_path, "ab") as log:
             # Its own session: stop() signals the server and its engine-core child together.
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            cwd=str(self.cfg.layout.base_dir), start_new_session=True)
+                                            cwd=str(self.cfg.layout.base_dir), start_new_session=True,
+                                            preexec_fn=_die_with_parent)
         logger.info("vLLM for %s starting on %s (pid %d, log %s)", self.version, self.base_url, self.process.pid,
                     self.log_path)
 

@@ -95,6 +95,37 @@ class Front:
         self.log.close()
 
 
+# ---- without vLLM: config and refusals that need no server --------------------------------------------
+def test_engine_keys_refused_by_name():
+    from core.config import ConfigError, from_dict
+
+    cfg = from_dict({"inference": {"engine": "vllm"}}, REPO)
+    assert cfg.inference.engine == "vllm" and "--enforce-eager" in cfg.inference.vllm_args
+    assert from_dict({}, REPO).inference.engine == "builtin"
+    cases = [
+        ({"engine": "vllm", "max_queue": 8}, "inference.engine=vllm does not honour inference.max_queue"),
+        ({"engine": "vllm", "torch_threads": 2}, "inference.engine=vllm does not honour inference.torch_threads"),
+        ({"engine": "vllm", "think_penalty": True}, "inference.engine=vllm does not honour inference.think_penalty"),
+        ({"vllm_args": []}, "inference.vllm_args only apply to inference.engine=vllm"),
+        ({"engine": "sglang"}, "inference.engine"),
+    ]
+    for section, message in cases:
+        with pytest.raises(ConfigError) as err:
+            from_dict({"inference": section}, REPO)
+        assert message in str(err.value), (section, str(err.value))
+
+
+def test_missing_vllm_venv_refuses_the_load(make_config, micro_model_dir):
+    from inference.loader import ModelLoadError
+    from inference.vllm_engine import load_vllm_version
+
+    cfg = make_config({"inference.engine": "vllm", "inference.vllm_python": "/nonexistent/bin/python"})
+    with pytest.raises(ModelLoadError) as err:
+        load_vllm_version(micro_model_dir, "base", cfg, require_manifest=False)
+    assert err.value.code == "engine_missing" and "scripts/setup.sh --vllm" in str(err.value)
+
+
+# ---- one front over real vLLM servers --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def front(tmp_path_factory, tiny_model_dir):
     _require_vllm()
