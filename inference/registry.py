@@ -96,7 +96,9 @@ class ModelRegistry:
                         old.version if old else None)
             return {"status": "loaded", "version": engine.version, "previous_version": old.version if old else None,
                     "global_step": engine.global_step, "path": engine.source_path, "content_id": engine.content_id,
-                    "checks": report["checks"], "load_seconds": report["load_seconds"]}
+                    "checks": report["checks"], "load_seconds": report["load_seconds"],
+                    # the engine's own timings and sizes (vLLM: verify_seconds, engine_start_seconds, engine_rss_mb)
+                    **{k: v for k, v in report.items() if k.endswith(("_seconds", "_mb")) and k != "load_seconds"}}
         finally:
             sys.setswitchinterval(switch_interval)
             if previous_nice is not None and previous_nice < LOADER_NICE:

@@ -30,6 +30,7 @@ import gc
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -109,7 +110,7 @@ class VllmVersion:
         self.served_id = f"{cfg.model.model_name}@{version}"
         self.accepted_fields: dict[str, frozenset[str]] = {}
         self.process: subprocess.Popen | None = None
-        self.log_path = cfg.layout.logs / f"vllm-{version}.log"
+        self.log_path = cfg.layout.logs / f"vllm-{re.sub(r'[^A-Za-z0-9._-]', '_', version)}.log"  # a label is no path
         self._stopped = threading.Event()
 
     def command(self) -> list[str]:
