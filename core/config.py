@@ -227,15 +227,18 @@ class InferenceConfig(Section):
 
     @model_validator(mode="after")
     def _engine_keys(self) -> "InferenceConfig":
-        # Never pretend: a key the chosen engine does not honour is refused by name, not silently ignored.
+        # Never pretend: a key the chosen engine does not honour is refused by name when it asks for something other
+        # than its default (a config dumped whole, defaults included, still loads).
+        def changed(keys):
+            return [k for k in keys if getattr(self, k) != type(self).model_fields[k].get_default(call_default_factory=True)]
+
         if self.engine == "vllm":
-            ignored = [k for k in BUILTIN_ONLY_KEYS if k in self.model_fields_set]
-            ignored += [k for k in ("think_penalty", "post_stop_penalty") if getattr(self, k) and k not in ignored]
+            ignored = changed(BUILTIN_ONLY_KEYS)
             if ignored:
                 raise ValueError(f"inference.engine=vllm does not honour {', '.join('inference.' + k for k in ignored)} "
                                  "(builtin engine only); remove them or use engine=builtin")
         else:
-            ignored = [k for k in ("vllm_python", "vllm_args", "vllm_env", "vllm_start_timeout") if k in self.model_fields_set]
+            ignored = changed(("vllm_python", "vllm_args", "vllm_env", "vllm_start_timeout"))
             if ignored:
                 raise ValueError(f"{', '.join('inference.' + k for k in ignored)} only apply to inference.engine=vllm "
                                  f"(engine is {self.engine!r})")

@@ -8,11 +8,6 @@ in CI (CI=true), where a missing venv is a failure.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,79 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.inference_support import ADMIN_TOKEN, free_port, make_version, sse_events
+from tests.inference_support import make_version, sse_events
 from tests.test_inference_swap import FAULTS, _check, _run_clients, _wait_for
+from tests.vllm_support import Front, front_config, require_vllm
 
 REPO = Path(__file__).resolve().parent.parent
-VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
-START_TIMEOUT = 900  # seconds; a loaded 2-core box has taken 2.5 min for one vLLM start
 
 pytestmark = pytest.mark.slow
-
-
-def _require_vllm() -> None:
-    if VLLM_PYTHON.exists():
-        return
-    why = f"{VLLM_PYTHON} missing: run scripts/setup.sh --vllm"
-    if os.environ.get("CI") == "true":
-        pytest.fail(why + " (CI must build it: .ci/run)")
-    pytest.skip(why)
-
-
-class Front:
-    """`python -m inference` with engine=vllm on a free loopback port, its base dir in a tmp folder."""
-
-    def __init__(self, base: Path, model_dir: Path):
-        self.base = base
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.config = base / "config.json"
-        base.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(json.dumps({
-            "paths": {"base_dir": str(base)},
-            "model": {"base_model": str(model_dir), "model_name": "cadence-tiny", "max_length": 256},
-            "training": {"micro_batch_tokens": 512},
-            "inference": {"engine": "vllm", "port": self.port, "vllm_python": str(VLLM_PYTHON),
-                          "max_tokens_cap": 512},
-        }))
-        env = {**os.environ, "CADENCE_ADMIN_TOKEN": ADMIN_TOKEN, "PYTHONPATH": str(REPO)}
-        self.log = open(base / "front.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "inference", "--config", str(self.config)],
-                                     cwd=str(REPO), env=env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"front exited {self.proc.returncode}: {(self.base / 'front.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError("front with vLLM did not become ready")
-
-    def admin(self, method: str, path: str, json=None, timeout: float = START_TIMEOUT) -> httpx.Response:
-        return httpx.request(method, self.url + path, json=json, timeout=timeout,
-                             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-
-    def load(self, path, version=None) -> httpx.Response:
-        return self.admin("POST", "/admin/models/load", {"path": str(path), **({"version": version} if version else {})})
-
-    def vllm_pids(self) -> set[int]:
-        import psutil
-        return {p.pid for p in psutil.Process(self.proc.pid).children() if "vllm.entrypoints" in " ".join(p.cmdline())}
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(90)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
 
 
 # ---- without vLLM: config and refusals that need no server --------------------------------------------
@@ -109,6 +38,9 @@ def test_engine_keys_refused_by_name():
         ({"vllm_args": []}, "inference.vllm_args only apply to inference.engine=vllm"),
         ({"engine": "sglang"}, "inference.engine"),
     ]
+    dumped = json.loads(from_dict({}, REPO).to_json())  # every key at its default, as deploy tooling writes it
+    dumped["inference"]["engine"] = "vllm"
+    assert from_dict(dumped, REPO).inference.engine == "vllm"
     for section, message in cases:
         with pytest.raises(ConfigError) as err:
             from_dict({"inference": section}, REPO)
@@ -128,15 +60,19 @@ def test_missing_vllm_venv_refuses_the_load(make_config, micro_model_dir):
 # ---- one front over real vLLM servers --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def front(tmp_path_factory, tiny_model_dir):
-    _require_vllm()
+    require_vllm()
     # The micro model's head_dim 16 has no vLLM-CPU attention kernel; the tiny model (head_dim 64) does.
-    srv = Front(tmp_path_factory.mktemp("vllm-front"), tiny_model_dir)
+    srv = Front(tmp_path_factory.mktemp("vllm-front"), front_config(tiny_model_dir))
+    pids: set[int] = set()
     try:
         srv.wait_ready()
         yield srv
+        pids = srv.vllm_pids()
     finally:
         srv.close()
-    assert not srv.vllm_pids() if srv.proc.poll() is None else True
+    # The front's SIGTERM drained and stopped every vLLM server it had started.
+    import psutil
+    assert pids and not [p for p in pids if psutil.pid_exists(p)]
 
 
 @pytest.fixture(scope="module")
