@@ -103,7 +103,9 @@ class Backend:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: see {self.log}")
             try:
-                r = httpx.post(self.url + "/v1/chat/completions", json={**self.body(2), "stream": False}, timeout=30)
+                probe = {**self.body(2), "stream": False}
+                probe.pop("stream_options", None)  # vLLM refuses stream_options without stream
+                r = httpx.post(self.url + "/v1/chat/completions", json=probe, timeout=30)
                 if r.status_code == 200:
                     return
             except httpx.HTTPError:

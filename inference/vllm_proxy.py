@@ -122,7 +122,7 @@ class VllmProxy:
             unknown = sorted(k for k in data if k not in known)
             if unknown:
                 raise RequestError(400, f"unrecognized request field(s) {', '.join(unknown)}: vLLM would ignore them",
-                                   param=unknown[0], code="unsupported_parameter")
+                                   param=unknown[0], code="unknown_parameter")
         asked = data.get("max_completion_tokens") or data.get("max_tokens")
         if isinstance(asked, int) and asked > icfg.max_tokens_cap:
             raise RequestError(400, f"max_tokens {asked} is over this server's cap of {icfg.max_tokens_cap}",

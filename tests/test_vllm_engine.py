@@ -134,7 +134,7 @@ def test_front_refuses_by_name(front):
     cases = [
         ({"model": "other", "messages": msgs}, 404, "model_not_found", "model"),
         ({"messages": msgs}, 400, "invalid_value", "model"),
-        ({"model": "cadence-tiny", "messages": msgs, "no_such_field": 1}, 400, "unsupported_parameter", "no_such_field"),
+        ({"model": "cadence-tiny", "messages": msgs, "no_such_field": 1}, 400, "unknown_parameter", "no_such_field"),
         ({"model": "cadence-tiny", "messages": msgs, "think_penalty": True}, 400, "unsupported_parameter", "think_penalty"),
         ({"model": "cadence-tiny", "messages": msgs, "max_tokens": 513}, 400, "invalid_value", "max_tokens"),
     ]
