@@ -25,6 +25,7 @@ Run as:
     python benchmarks/serve.py --model models/base --concurrency 1 8 32 --max-tokens 64
     python benchmarks/serve.py --backends cadence --json out.json
     python benchmarks/serve.py --backends cadence vllm cadence+vllm --threads 0 --swap-versions 0   # engines + front overhead
+    python benchmarks/serve.py --front-overhead 3      # the front vs its own vLLM server, alternating, same run
 """
 from __future__ import annotations
 
@@ -392,6 +393,59 @@ def print_front_overhead(results: dict, levels: list[int]) -> None:
               f"{f['ttft_p50_ms'] - d['ttft_p50_ms']:+.1f} | {f['ttft_p99_ms'] - d['ttft_p99_ms']:+.1f} |")
 
 
+class SameServer(Backend):
+    """An already running server at `url` (not started or stopped here), sent the same requests as `like`."""
+
+    def __init__(self, name: str, url: str, like: Backend):
+        self.name, self.url, self.like, self.proc = name, url, like, None
+
+    def body(self, max_tokens):
+        return self.like.body(max_tokens)
+
+
+def bench_front_overhead(model: Path, workdir: Path, levels: list[int], per_level, max_tokens: int, rounds: int,
+                         max_seconds: float | None) -> dict:
+    """The front's cost with no other difference: one cadence+vllm front, and its own vLLM server hit directly,
+    level by level in alternating order for `rounds` rounds (a loaded box drifts; medians over rounds)."""
+    import psutil
+
+    front = CadenceVllm(model, workdir, max(levels))
+    front.start()
+    try:
+        server = next(p for p in psutil.Process(front.proc.pid).children() if "vllm.entrypoints" in " ".join(p.cmdline()))
+        cmd = server.cmdline()
+        direct = SameServer("vllm (the front's own server)", f"http://127.0.0.1:{cmd[cmd.index('--port') + 1]}", front)
+        asyncio.run(run_level(direct, 2, 4, max_tokens))
+        asyncio.run(run_level(front, 2, 4, max_tokens))
+        runs: dict = {c: {"direct": [], "front": []} for c in levels}
+        for r in range(rounds):
+            for c in levels:
+                order = [("direct", direct), ("front", front)]
+                for key, target in (order if r % 2 == 0 else order[::-1]):
+                    results, duration = asyncio.run(run_level(target, c, per_level(c), max_tokens, max_seconds=max_seconds))
+                    runs[c][key].append(summarize(results, duration))
+            print(f"  front-overhead round {r + 1}/{rounds} done; load {os.getloadavg()[0]:.1f}", flush=True)
+    finally:
+        front.stop()
+    out = {}
+    for c in levels:
+        med = {k: {m: statistics.median(x[m] for x in v) for m in ("output_tok_per_s", "ttft_p50_ms", "ttft_p99_ms")}
+               for k, v in runs[c].items()}
+        out[c] = {**med, "failed": sum(x["failed"] for v in runs[c].values() for x in v),
+                  "tok_s_overhead_pct": 100 * (1 - med["front"]["output_tok_per_s"] / med["direct"]["output_tok_per_s"]),
+                  "ttft_p50_added_ms": med["front"]["ttft_p50_ms"] - med["direct"]["ttft_p50_ms"],
+                  "ttft_p99_added_ms": med["front"]["ttft_p99_ms"] - med["direct"]["ttft_p99_ms"],
+                  "rounds": runs[c]}
+    print(f"\nFront overhead, same vLLM server, medians of {rounds} alternating rounds (goal <= 5 % tok/s, <= 5 ms TTFT):")
+    print("| c | direct out tok/s | via front out tok/s | tok/s overhead | TTFT p50 direct / +ms | TTFT p99 direct / +ms | failed |")
+    print("|---|---|---|---|---|---|---|")
+    for c, r in out.items():
+        print(f"| {c} | {r['direct']['output_tok_per_s']:.1f} | {r['front']['output_tok_per_s']:.1f} | "
+              f"{r['tok_s_overhead_pct']:+.1f} % | {r['direct']['ttft_p50_ms']:.1f} / {r['ttft_p50_added_ms']:+.1f} | "
+              f"{r['direct']['ttft_p99_ms']:.1f} / {r['ttft_p99_added_ms']:+.1f} | {r['failed']} |", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="HF model folder (default: build the tiny preset in a temp dir)")
@@ -411,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-level-seconds", type=float, default=90.0,
                         help="stop starting new requests at a level after this long (slow peers); 0 = no cap")
     parser.add_argument("--json", default=None, help="also write all numbers to this file")
+    parser.add_argument("--front-overhead", type=int, default=0, metavar="ROUNDS",
+                        help="only measure Cadence's front over its own vLLM server vs that server directly, in ROUNDS "
+                             "alternating rounds (needs the vLLM venv)")
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="cadence-bench-"))
@@ -419,6 +476,15 @@ def main(argv: list[str] | None = None) -> int:
         from scripts.make_tiny_model import build_model
         model = build_model(workdir / f"model-{args.preset}", preset=args.preset)
     per_level = (lambda c: args.requests) if args.requests else (lambda c: max(32, 4 * c))
+    if args.front_overhead:
+        print(f"## model {model.name}; {os.cpu_count()} CPUs; max_tokens {args.max_tokens}; load average before: "
+              f"{os.getloadavg()[0]:.1f}", flush=True)
+        out = bench_front_overhead(model, workdir, args.concurrency, per_level, args.max_tokens, args.front_overhead,
+                                   args.max_level_seconds or None)
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+        shutil.rmtree(workdir, ignore_errors=True)
+        return 0
     classes = {"cadence": Cadence, "transformers": TransformersServe, "transformers-cb": TransformersServeCB,
                "vllm": VllmDirect, "cadence+vllm": CadenceVllm}
     everything: dict = {}
