@@ -7,7 +7,7 @@ answers at once and `/ready` turns 200 after the model has passed its smoke
 prompt. On shutdown it stops taking requests, lets in-flight ones finish
 within `inference.drain_timeout`, then stops the scheduler.
 
-Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models,
+Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /v1/models/{id},
 GET /health, GET /ready, GET /metrics; admin (token required):
 GET /admin/models, POST /admin/models/load {path, version?},
 POST /admin/models/rollback {version?}.
@@ -111,14 +111,14 @@ def build_router() -> APIRouter:
     async def list_models(request: Request):
         state = _state(request)
         engine = state.scheduler.active
-        data = []
-        if engine is not None:
-            data.append({"id": state.cfg.model.model_name, "object": "model", "created": int(engine.loaded_at),
-                         "owned_by": "cadence", "version": engine.version, "global_step": engine.global_step,
-                         "source_path": engine.source_path, "served_id": f"{state.cfg.model.model_name}@{engine.version}",
-                         "content_id": engine.content_id, "max_model_len": engine.max_context})
+        data = [state.serving.model_card(engine)] if engine is not None else []
         headers = {"X-Model-Version": engine.version} if engine else None
         return JSONResponse({"object": "list", "data": data}, headers=headers)
+
+    @router.get("/v1/models/{model_id:path}", dependencies=[Depends(require_api_key)])
+    async def retrieve_model(request: Request, model_id: str):
+        card = _state(request).serving.retrieve_model(model_id)
+        return JSONResponse(card, headers={"X-Model-Version": card["version"]})
 
     @router.get("/health")
     async def health(request: Request):

@@ -10,7 +10,8 @@ which suits CPU and small models. Only the scheduler thread calls `prefill`,
 `decode_step` and `drop`; `generate_sync` is the smoke test, run before a
 version is allowed to serve.
 
-Library only; see inference/scheduler.py for the loop that drives it.
+Sampling and logprobs live in inference/sampling.py. Library only; see inference/scheduler.py for the loop
+that drives it.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from inference.logits import build_processors
+from inference.sampling import TokenLogprob, byte_level_bytes, logprob_entries, sample
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,16 @@ class SamplingParams:
     think_penalty: bool = False
     post_stop_penalty: bool = False
     ignore_eos: bool = False
+    top_k: int = 0                       # 0 = off
+    presence_penalty: float = 0.0        # OpenAI's penalties, over the tokens generated so far
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None
+    logprobs: int | None = None          # None: none; k: the chosen token's logprob plus the k best alternatives
+    prompt_logprobs: int | None = None   # the same for every prompt token after the first (echo + logprobs)
+
+    @property
+    def adjusts_logits(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
 
 
 @dataclass
@@ -50,6 +62,7 @@ class Event:
     error: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None   # entries of the tokens this event's text came from (if asked)
 
 
 class Sequence:
@@ -65,9 +78,15 @@ class Sequence:
         self.output_ids: list[int] = []
         self.sent = ""            # text already emitted
         self.aborted = False      # set by the event loop when the client goes away
+        self.tokens_at_abort: int | None = None
         self.finished = False
         self.finish_reason: str | None = None
         self.arrival = time.monotonic()
+        self.scheduled_at: float | None = None   # admitted into a batch (queue time = scheduled_at - arrival)
+        self.output_logprobs: list[TokenLogprob] = []
+        self.prompt_logprobs: list[TokenLogprob | None] | None = None
+        self._logprobs_sent = 0
+        self.pending_logprob: TokenLogprob | None = None
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
         self.itl: list[float] = []
@@ -78,6 +97,8 @@ class Sequence:
                                            params.post_stop_penalty, engine.eos_token_ids)
 
     def abort(self) -> None:
+        if not self.aborted:
+            self.tokens_at_abort = len(self.output_ids)  # the scheduler appends nothing after this (tests check)
         self.aborted = True
 
 
@@ -126,6 +147,15 @@ def _buffered_cache(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicC
     return cache
 
 
+def _take_logprobs(s: "Sequence") -> list[TokenLogprob] | None:
+    if s.params.logprobs is None:
+        return None
+    new = s.output_logprobs[s._logprobs_sent:]
+    s._logprobs_sent = len(s.output_logprobs)
+    return new
+
+
+
 class NonFiniteLogits(RuntimeError):
     """The model produced NaN/Inf logits."""
 
@@ -150,6 +180,7 @@ class ModelEngine:
         self.eos_token_ids = self._eos_ids()
         # Fast tokenizers raise "Already borrowed" when one thread encodes while another decodes.
         self.tokenizer_lock = threading.RLock()
+        self._pieces: dict[int, tuple[str, list[int]]] = {}
         layer_types = getattr(model.config, "layer_types", None) or ["full_attention"]
         self._mask_keys = sorted(set(layer_types))
         # Batch state (scheduler thread only).
@@ -183,20 +214,62 @@ class ModelEngine:
         with self.tokenizer_lock:
             return [int(i) for i in self.tokenizer(prompt, add_special_tokens=False)["input_ids"]]
 
+    def decode(self, ids: list[int]) -> str:
+        """A token-id prompt as text (for echo): special tokens kept, so the echo shows what the model saw."""
+        with self.tokenizer_lock:
+            return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def token_piece(self, token_id: int) -> tuple[str, list[int]]:
+        """One token as OpenAI's logprobs show it: its text (decoded alone) and its exact UTF-8 bytes (a piece
+        of a multi-byte character decodes alone to U+FFFD, but its bytes let a client rebuild the text)."""
+        piece = self._pieces.get(token_id)
+        if piece is None:
+            with self.tokenizer_lock:
+                text = self.tokenizer.decode([token_id], skip_special_tokens=False)
+                raw = self.tokenizer.convert_ids_to_tokens(token_id)
+            data = byte_level_bytes(raw) if isinstance(raw, str) else None
+            piece = self._pieces[token_id] = (text, list(data if data is not None else text.encode("utf-8")))
+        return piece
+
     @property
     def vocab_limit(self) -> int:
         return int(self.model.config.vocab_size)
 
     # ---- the forward passes ----------------------------------------------------------------------
-    def _forward(self, input_ids, mask4d, position_ids, cache):
+    def _forward(self, input_ids, mask4d, position_ids, cache, all_logits: bool = False):
+        """Logits of the last position ([B, V]), or of every position ([B, L, V]) with `all_logits` (scoring)."""
         self.forward_passes += 1
         out = self.model(input_ids=input_ids, attention_mask={k: mask4d for k in self._mask_keys},
-                         position_ids=position_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :].float(), out.past_key_values
+                         position_ids=position_ids, past_key_values=cache, use_cache=True,
+                         logits_to_keep=0 if all_logits else 1)
+        logits = out.logits.float()
+        return (logits if all_logits else logits[:, -1, :]), out.past_key_values
 
     @torch.inference_mode()
-    def prefill(self, seqs: list[Sequence]) -> None:
-        """Run the prompts of `seqs` together (left-padded), sample their first token, merge them into the batch."""
+    def prefill(self, seqs: list[Sequence]) -> list[Sequence]:
+        """Run the prompts of `seqs`, sample their first token, merge the ones still generating into the batch;
+        returns the ones already done (they never join the batch).
+
+        Prompts that need per-position log-probabilities (echo + logprobs) run one at a time, so the full
+        [L, vocab] logits exist for one prompt at a time only; an echo without logprobs and max_tokens=0
+        needs no forward at all."""
+        now = time.monotonic()
+        plain, scoring = [], []
+        for s in seqs:
+            s.scheduled_at = now
+            if s.params.prompt_logprobs is not None:
+                scoring.append(s)
+            elif s.params.max_tokens == 0:
+                self._finish(s, "length", "")
+            else:
+                plain.append(s)
+        if plain:
+            self._prefill(plain)
+        for s in scoring:
+            self._prefill([s], all_logits=True)
+        return [s for s in seqs if s.finished or s.aborted]
+
+    def _prefill(self, seqs: list[Sequence], all_logits: bool = False) -> None:
         b = len(seqs)
         length = max(len(s.prompt_ids) for s in seqs)
         input_ids = torch.zeros((b, length), dtype=torch.long)
@@ -211,13 +284,35 @@ class ModelEngine:
         mask = (causal[None] & valid[:, None, :]) | torch.eye(length, dtype=torch.bool)[None]
         cache = DynamicCache()
         logits, cache = self._forward(input_ids.to(self.device), mask[:, None].to(self.device),
-                                      positions.to(self.device), cache)
+                                      positions.to(self.device), cache, all_logits=all_logits)
+        if all_logits:  # b == 1: score every prompt token from the position before it
+            s = seqs[0]
+            full = logits[0].cpu()
+            if not torch.isfinite(full).all():
+                raise NonFiniteLogits(f"{self.version}: model produced NaN/Inf logits")
+            lp = full[:-1].log_softmax(dim=-1)
+            targets = torch.tensor(s.prompt_ids[1:], dtype=torch.long)
+            s.prompt_logprobs = [None] + logprob_entries(lp, targets, s.params.prompt_logprobs)
+            logits = full[-1:]
+            if s.params.max_tokens == 0:
+                self._finish(s, "length", "")
+                return
         tokens = self._sample(logits, seqs)
-        self._merge(seqs, cache, valid, positions[:, -1] + 1, tokens)
         now = time.monotonic()
         for s, tok in zip(seqs, tokens.tolist()):
             s.first_token_at = s.last_token_at = now
             self._append(s, tok)
+        # A request done at its first token (max_tokens=1, an end token) never joins the batch.
+        keep = [i for i, s in enumerate(seqs) if not (s.finished or s.aborted)]
+        if not keep:
+            return
+        new_layers = [(layer.keys, layer.values) for layer in cache.layers]
+        if len(keep) < b:
+            idx = torch.tensor(keep, dtype=torch.long)
+            dev = idx.to(self.device)
+            new_layers = [(k[dev], v[dev]) for k, v in new_layers]
+            seqs, valid, positions, tokens = [seqs[i] for i in keep], valid[idx], positions[idx], tokens[idx]
+        self._merge(seqs, new_layers, valid, positions[:, -1] + 1, tokens)
 
     @torch.inference_mode()
     def decode_step(self) -> None:
@@ -239,8 +334,7 @@ class ModelEngine:
             s.last_token_at = now
             self._append(s, tok)
 
-    def _merge(self, seqs, cache, valid, next_pos, tokens) -> None:
-        new_layers = [(layer.keys, layer.values) for layer in cache.layers]
+    def _merge(self, seqs, new_layers, valid, next_pos, tokens) -> None:
         if not self.rows:
             self.rows, self.cache, self.valid = list(seqs), _buffered_cache(new_layers), valid
             self.next_pos, self.last_tokens = next_pos, tokens
@@ -297,50 +391,20 @@ class ModelEngine:
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         if not torch.isfinite(logits).all():
             raise NonFiniteLogits(f"{self.version}: model produced NaN/Inf logits")
-        logits = logits.cpu()
-        for i, s in enumerate(seqs):
-            if s.processors:
-                ids = torch.tensor([s.prompt_ids + s.output_ids], dtype=torch.long)
-                row = logits[i:i + 1]
-                with self.tokenizer_lock:  # PostStopPenalty decodes
-                    for proc in s.processors:
-                        row = proc(ids, row)
-                logits[i] = row[0]
-        temps = torch.tensor([s.params.temperature for s in seqs], dtype=torch.float32)
-        greedy = temps <= 1e-5
-        out = logits.argmax(dim=-1)
-        if bool(greedy.all()):
-            return out
-        sample_idx = (~greedy).nonzero().flatten()
-        scaled = logits[sample_idx] / temps[sample_idx, None]
-        top_p = torch.tensor([seqs[i].params.top_p for i in sample_idx.tolist()], dtype=torch.float32)
-        if bool((top_p < 1.0).any()):
-            sorted_logits, order = scaled.sort(dim=-1, descending=True)
-            sorted_probs = sorted_logits.softmax(dim=-1)
-            remove = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p[:, None]  # keep the token crossing top_p
-            sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
-            scaled = torch.full_like(scaled, float("-inf")).scatter(-1, order, sorted_logits)
-        probs = scaled.softmax(dim=-1)
-        seeded = [j for j, i in enumerate(sample_idx.tolist()) if seqs[i].generator is not None]
-        if not seeded:
-            picks = torch.multinomial(probs, 1).flatten()
-        else:
-            picks = torch.empty(len(sample_idx), dtype=torch.long)
-            for j, i in enumerate(sample_idx.tolist()):
-                picks[j] = torch.multinomial(probs[j], 1, generator=seqs[i].generator)[0]
-        out[sample_idx] = picks
-        return out
-
+        return sample(logits, seqs, self.tokenizer_lock)
     # ---- per-token bookkeeping ---------------------------------------------------------------------
     def _append(self, s: Sequence, token: int) -> None:
         """Record one token; emit the text that is safe to show; decide whether `s` is done."""
         if s.finished or s.aborted:
             return
         p = s.params
+        entry, s.pending_logprob = s.pending_logprob, None
         if token in self.eos_token_ids and not p.ignore_eos:
             self._finish(s, "stop", self._decode(s))
             return
         s.output_ids.append(token)
+        if entry is not None:
+            s.output_logprobs.append(entry)
         text = self._decode(s)
         if p.stop:
             cut = min((pos for pos in (text.find(x) for x in p.stop) if pos >= 0), default=-1)
@@ -360,7 +424,7 @@ class ModelEngine:
         if len(safe) > len(s.sent) and safe.startswith(s.sent):
             delta = safe[len(s.sent):]
             s.sent = safe
-            s.sink(Event(text=delta))
+            s.sink(Event(text=delta, logprobs=_take_logprobs(s)))
 
     def _decode(self, s: Sequence) -> str:
         with self.tokenizer_lock:
@@ -372,7 +436,7 @@ class ModelEngine:
         s.finished = True
         s.finish_reason = reason
         s.sink(Event(text=delta, finish_reason=reason, prompt_tokens=len(s.prompt_ids),
-                     completion_tokens=len(s.output_ids)))
+                     completion_tokens=len(s.output_ids), logprobs=_take_logprobs(s)))
 
     # ---- smoke test ----------------------------------------------------------------------------------
     @torch.inference_mode()

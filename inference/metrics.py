@@ -1,7 +1,10 @@
 """Prometheus text metrics under vLLM's names, so existing vLLM dashboards work unchanged.
 
 Histograms: vllm:time_to_first_token_seconds, vllm:inter_token_latency_seconds,
-vllm:time_per_output_token_seconds, vllm:e2e_request_latency_seconds.
+vllm:time_per_output_token_seconds, vllm:e2e_request_latency_seconds,
+vllm:request_queue_time_seconds (arrival to admission into a batch; requests
+that never got a slot are not observed, as in vLLM), vllm:request_prompt_tokens,
+vllm:request_generation_tokens (per finished request, 1-2-5 buckets).
 Counters: vllm:prompt_tokens_total, vllm:generation_tokens_total,
 vllm:request_success_total{finished_reason}. Gauges: vllm:num_requests_running,
 vllm:num_requests_waiting. Cadence's own: cadence:model_info{version,...} 1,
@@ -19,6 +22,9 @@ from collections import defaultdict
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
 ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0)
+# vLLM's request-latency buckets (queue time shares them); token counts use its 1-2-5 series.
+QUEUE_BUCKETS = E2E_BUCKETS + (1920.0, 7680.0)
+TOKEN_BUCKETS = tuple(m * 10 ** e for e in range(6) for m in (1, 2, 5))
 
 
 class Histogram:
@@ -59,6 +65,9 @@ class Metrics:
         self.itl = Histogram("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", ITL_BUCKETS)
         self.tpot = Histogram("vllm:time_per_output_token_seconds", "Histogram of mean time per output token per request in seconds.", ITL_BUCKETS)
         self.e2e = Histogram("vllm:e2e_request_latency_seconds", "Histogram of end to end request latency in seconds.", E2E_BUCKETS)
+        self.queue = Histogram("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.", QUEUE_BUCKETS)
+        self.prompt_len = Histogram("vllm:request_prompt_tokens", "Number of prefill tokens processed.", TOKEN_BUCKETS)
+        self.generation_len = Histogram("vllm:request_generation_tokens", "Number of generation tokens processed.", TOKEN_BUCKETS)
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.finished: dict[str, int] = defaultdict(int)
@@ -78,6 +87,10 @@ class Metrics:
             if len(seq.output_ids) > 1 and seq.first_token_at is not None and seq.last_token_at is not None:
                 self.tpot.observe((seq.last_token_at - seq.first_token_at) / (len(seq.output_ids) - 1))
             self.e2e.observe(now - seq.arrival)
+            if seq.scheduled_at is not None:
+                self.queue.observe(seq.scheduled_at - seq.arrival)
+            self.prompt_len.observe(len(seq.prompt_ids))
+            self.generation_len.observe(len(seq.output_ids))
 
     def count_rejected(self, reason: str) -> None:
         with self._lock:
@@ -106,7 +119,7 @@ class Metrics:
                     "# TYPE vllm:request_success_total counter"]
             for reason, n in sorted(self.finished.items()):
                 out.append(f'vllm:request_success_total{{{m},finished_reason="{_esc(reason)}"}} {n}')
-            for h in (self.ttft, self.itl, self.tpot, self.e2e):
+            for h in (self.ttft, self.itl, self.tpot, self.e2e, self.queue, self.prompt_len, self.generation_len):
                 out += h.render(m)
             out += ["# HELP cadence:model_info The model version serving new requests (value 1).",
                     "# TYPE cadence:model_info gauge"]

@@ -47,27 +47,32 @@ class Scheduler:
         self._thread.start()
         return self
 
-    def acquire(self) -> ModelEngine:
-        """The active engine, reserved for one request (so it cannot be released before `submit`/`unreserve`)."""
+    def acquire(self, count: int = 1) -> ModelEngine:
+        """The active engine, reserved for `count` sequences (so it cannot be released before `submit`/`unreserve`)."""
         with self._cond:
             engine = self.active
             if engine is None:
                 raise RuntimeError("no model loaded")
-            engine.pending += 1
+            engine.pending += count
             return engine
 
-    def unreserve(self, engine: ModelEngine) -> None:
-        """Give back a reservation that never became a submitted request (e.g. the request was invalid)."""
+    def unreserve(self, engine: ModelEngine, count: int = 1) -> None:
+        """Give back reservations that never became submitted sequences (e.g. the request was invalid)."""
         with self._cond:
-            engine.pending -= 1
+            engine.pending -= count
             self._cond.notify()
 
     def submit(self, seq: Sequence) -> None:
         """Queue a request whose engine was reserved with `acquire`; raises QueueFull (the reservation is kept)."""
+        self.submit_all([seq])
+
+    def submit_all(self, seqs: list[Sequence]) -> None:
+        """Queue the sequences of one request (one per prompt) all or none; raises QueueFull (reservations kept)."""
         with self._cond:
-            if len(self._waiting) >= self.max_queue:
-                raise QueueFull(f"{len(self._waiting)} requests already waiting (max_queue {self.max_queue})")
-            self._waiting.append(seq)
+            if len(self._waiting) + len(seqs) > self.max_queue:
+                raise QueueFull(f"{len(self._waiting)} requests already waiting, this one adds {len(seqs)} "
+                                f"(max_queue {self.max_queue})")
+            self._waiting.extend(seqs)
             self._cond.notify()
 
     def flip(self, engine: ModelEngine) -> ModelEngine | None:
@@ -140,11 +145,16 @@ class Scheduler:
     def _step(self, admitted: dict[ModelEngine, list[Sequence]]) -> None:
         for engine, seqs in admitted.items():
             try:
-                engine.prefill(seqs)
+                done = engine.prefill(seqs)
             except Exception as exc:  # torch errors (OOM, NaN logits): these requests fail, the batch is intact
                 logger.exception("prefill failed on %s", engine.version)
                 for s in seqs:
-                    self._error(s, f"generation failed: {type(exc).__name__}: {exc}")
+                    if s not in engine.rows:
+                        self._error(s, f"generation failed: {type(exc).__name__}: {exc}")
+                continue
+            now = time.monotonic()
+            for s in done:
+                self._done(s, now)
         for engine in list(self._engines):
             if engine.rows:
                 try:

@@ -24,6 +24,9 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 # torch is pinned in pyproject; installing it first keeps pip from resolving a CUDA build.
 .venv/bin/pip install -q --disable-pip-version-check "torch==2.13.0"
+# llama-cpp-python (a test extra) compiles llama.cpp here: CPU backend only, no BLAS, no curl, no llama.cpp tools
+# (minutes on 2 cores, once: pip caches the wheel).
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_BLAS=OFF -DGGML_CUDA=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF}"
 .venv/bin/pip install -q --disable-pip-version-check -e ".${extras}"
 mkdir -p inbox queue models status logs control .pids
 .venv/bin/python scripts/make_tiny_model.py --out models/base --if-absent

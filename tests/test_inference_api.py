@@ -185,7 +185,8 @@ def test_bad_chat_requests_get_openai_shaped_4xx(server, kind):
     ({"model": "cadence-tiny", "prompt": ""}, 400),
     ({"model": "cadence-tiny", "prompt": 7}, 400),
     ({"model": "cadence-tiny", "prompt": [10 ** 9]}, 400),
-    ({"model": "cadence-tiny", "prompt": ["a", "b"]}, 400),
+    ({"model": "cadence-tiny", "prompt": ["a", 5]}, 400),
+    ({"model": "cadence-tiny", "prompt": ["a", ""]}, 400),
     ({"model": "cadence-tiny", "prompt": "hi", "max_tokens": 10 ** 6}, 400),
     ({"model": "other", "prompt": "hi"}, 404),
 ])
@@ -287,3 +288,35 @@ def test_full_queue_429_and_disconnect_frees_slot(tmp_path_factory, micro_model_
         assert srv.state.scheduler.active.pending == 0
         text = httpx.get(srv.url + "/metrics").text
         assert 'finished_reason="abort"' in text
+
+
+def test_disconnect_aborts_within_one_decode_step(tmp_path_factory, micro_model_dir):
+    cfg = _config(tmp_path_factory, micro_model_dir, max_tokens_cap=1900, max_model_len=2048)
+    with LiveServer(cfg) as srv:
+        finished = []
+        observe = srv.state.metrics.observe_request
+        srv.state.metrics.observe_request = lambda seq, now: (finished.append(seq), observe(seq, now))
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(srv.url + "/v1/completions", timeout=0.3, json={
+                "model": "cadence-tiny", "prompt": "count", "max_tokens": 1900, "ignore_eos": True})
+        assert _wait(lambda: len(finished) == 1)
+        seq = finished[0]
+        assert seq.finish_reason == "abort" and seq.tokens_at_abort is not None
+        assert len(seq.output_ids) - seq.tokens_at_abort <= 1  # at most the step that was running
+        assert len(seq.output_ids) < 1900
+        assert srv.state.scheduler.active.pending == 0
+
+
+def test_metrics_queue_time_and_length_histograms(server, client):
+    before = _metric(server.url, "vllm:request_prompt_tokens_count")
+    resp = client.completions.create(model="cadence-tiny", prompt=[[5, 6, 7], [8, 9]], max_tokens=4,
+                                     extra_body={"ignore_eos": True})
+    assert resp.usage.completion_tokens == 8
+    assert _wait(lambda: _metric(server.url, "vllm:request_prompt_tokens_count") == before + 2)
+    text = httpx.get(server.url + "/metrics").text
+    for name in ("vllm:request_queue_time_seconds_bucket", "vllm:request_queue_time_seconds_sum",
+                 "vllm:request_generation_tokens_bucket", "vllm:request_prompt_tokens_sum"):
+        assert name in text, name
+    assert 'vllm:request_prompt_tokens_bucket{model_name="cadence-tiny",le="2"}' in text
+    assert _metric(server.url, "vllm:request_generation_tokens_count") >= 2
+    assert _metric(server.url, "vllm:request_queue_time_seconds_count") >= 2

@@ -66,6 +66,38 @@ def test_staggered_continuous_batch_equals_unbatched_greedy(engine):
         assert s.output_ids == ref[i][: 80 - 4 * i]
 
 
+def test_rows_done_at_prefill_never_join_and_scoring_rows_run_alone(engine):
+    """max_tokens=1 and max_tokens=0 (scoring) requests prefilled with ordinary ones: they finish without joining
+    the batch, the others decode exactly as alone, and the prompt logprobs are the model's (unpadded)."""
+    ids = [engine.text_prompt_ids(p) for p in PROMPTS]
+
+    def run(batch):
+        engine.prefill(batch)
+        while engine.rows:
+            engine.decode_step()
+            engine.drop_finished()
+
+    alone = Sequence("a", ids[2], SamplingParams(max_tokens=12, temperature=0, ignore_eos=True), engine, lambda e: None)
+    run([alone])
+    one = Sequence("1", ids[0], SamplingParams(max_tokens=1, temperature=0, ignore_eos=True), engine, lambda e: None)
+    score = Sequence("0", ids[1], SamplingParams(max_tokens=0, temperature=0, prompt_logprobs=2, logprobs=2), engine,
+                     lambda e: None)
+    long = Sequence("l", ids[2], SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, logprobs=0), engine,
+                    lambda e: None)
+    done = engine.prefill([one, score, long])
+    assert set(done) == {one, score} and engine.rows == [long]
+    assert len(one.output_ids) == 1 and one.finish_reason == "length" and score.output_ids == []
+    run([])
+    assert long.output_ids == alone.output_ids
+    with torch.no_grad():
+        lp = engine.model(torch.tensor([ids[1]])).logits[0].float().log_softmax(-1)
+    assert score.prompt_logprobs[0] is None and len(score.prompt_logprobs) == len(ids[1])
+    for i, (tok, value, alts) in enumerate(score.prompt_logprobs[1:], start=1):
+        assert tok == ids[1][i] and abs(value - float(lp[i - 1, tok])) < 1e-5
+        assert [a for a, _ in alts] == lp[i - 1].topk(2).indices.tolist()
+    assert [t for t, _, _ in long.output_logprobs] == long.output_ids
+
+
 def test_sampler_applies_temperature_top_p_and_seed(engine):
     logits = torch.tensor([[5.0, 4.0, 0.0, -1.0], [0.0, 0.0, 0.0, 9.0]])
     s = [Sequence("a", [1], SamplingParams(max_tokens=1, temperature=1.0, top_p=0.5, seed=3), engine, lambda e: None),
