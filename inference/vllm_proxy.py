@@ -103,14 +103,32 @@ class VllmProxy:
                                              limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
         return self._client
 
+    def model_ids(self, served) -> set[str]:
+        return {self.cfg.model.model_name, served.served_id, served.version}
+
+    def model_card(self, served) -> dict:
+        """The /v1/models entry of the active version: the same card as the builtin engine's, plus `engine`."""
+        return {"id": self.cfg.model.model_name, "object": "model", "created": int(served.loaded_at),
+                "owned_by": "cadence", "version": served.version, "global_step": served.global_step,
+                "source_path": served.source_path, "served_id": served.served_id, "content_id": served.content_id,
+                "max_model_len": served.max_context, "engine": "vllm"}
+
+    def retrieve_model(self, model_id: str) -> dict:
+        """GET /v1/models/{id}: the card when `model_id` names what is served, else a 404 RequestError."""
+        served = self.state.scheduler.active
+        if served is None or model_id not in self.model_ids(served):
+            known = f" Served: {self.cfg.model.model_name} (version {served.version})." if served else ""
+            raise RequestError(404, f"The model `{model_id}` does not exist.{known}", param="model",
+                               code="model_not_found")
+        return self.model_card(served)
+
     def _check(self, data: dict, kind: str, served) -> bytes | None:
         """Raise RequestError for what the front refuses; returns the body to send when it had to add defaults."""
         icfg = self.cfg.inference
         model = data.get("model")
         if not isinstance(model, str) or not model:
             raise RequestError(400, "`model` is required (a non-empty string)", param="model", code="invalid_value")
-        allowed = {self.cfg.model.model_name, served.served_id, served.version}
-        if model not in allowed:
+        if model not in self.model_ids(served):
             raise RequestError(404, f"The model `{model}` does not exist. Served: {self.cfg.model.model_name} "
                                     f"(version {served.version}).", param="model", code="model_not_found")
         for key in BUILTIN_ONLY_FIELDS:

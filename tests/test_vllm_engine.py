@@ -126,6 +126,15 @@ def test_features_pass_through(front, client):
     assert {e["model"] for e in events[:-1]} == {"cadence-tiny@base"}
 
 
+def test_models_list_and_retrieve(front, client):
+    cards = client.models.list().data
+    assert [(c.id, c.version, c.engine) for c in cards] == [("cadence-tiny", "base", "vllm")]
+    for name in ("cadence-tiny", "cadence-tiny@base", "base"):
+        assert client.models.retrieve(name).served_id == "cadence-tiny@base"
+    r = httpx.get(front.url + "/v1/models/other", timeout=30)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
 def test_front_refuses_by_name(front):
     def post(body):
         return httpx.post(front.url + "/v1/chat/completions", json=body, timeout=60)
