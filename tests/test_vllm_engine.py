@@ -7,6 +7,7 @@ in CI (CI=true), where a missing venv is a failure.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -16,12 +17,49 @@ import httpx
 import pytest
 
 from tests.inference_support import make_version, sse_events
-from tests.test_inference_swap import FAULTS, _check, _run_clients, _wait_for
+from tests.test_inference_swap import FAULTS, _check, _wait_for
 from tests.vllm_support import Front, front_config, require_vllm
 
 REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.slow
+
+
+def _sse_lines(raw: bytes) -> list[str]:
+    # SSE splits on \n only: vLLM's JSON leaves U+0085/U+2028 raw (valid JSON), which httpx's aiter_lines
+    # (str.splitlines semantics) would split inside a string.
+    return [line.rstrip("\r") for line in raw.decode().split("\n")]
+
+
+async def _stream_once(client: httpx.AsyncClient, url: str, max_tokens: int) -> dict:
+    body = {"model": "cadence-tiny", "messages": [{"role": "user", "content": "Tell me about binary numbers."}],
+            "max_tokens": max_tokens, "temperature": 0.8, "stream": True, "ignore_eos": True,
+            "stream_options": {"include_usage": True}}
+    started = time.monotonic()
+    async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
+        raw = b"".join([chunk async for chunk in r.aiter_bytes()])
+        header, status = r.headers.get("x-model-version"), r.status_code
+    events = sse_events(_sse_lines(raw))
+    chunks = [e for e in events if isinstance(e, dict)]
+    return {"status": status, "header": header, "started": started, "done": bool(events) and events[-1] == "[DONE]",
+            "models": {c.get("model") for c in chunks}, "errors": [c for c in chunks if "error" in c],
+            "finish": [c["choices"][0]["finish_reason"] for c in chunks if c.get("choices") and c["choices"][0]["finish_reason"]],
+            "usage": next((c["usage"] for c in chunks if c.get("usage")), None)}
+
+
+def _run_clients(url: str, n_clients: int, stop: threading.Event, results: list, max_tokens: int) -> None:
+    async def client_loop(client):
+        while not stop.is_set():
+            try:
+                results.append(await _stream_once(client, url, max_tokens))
+            except (httpx.HTTPError, ValueError) as exc:  # a dropped connection or a broken event is a failure
+                results.append({"status": None, "exception": repr(exc)})
+
+    async def main():
+        async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=n_clients + 4)) as client:
+            await asyncio.gather(*(client_loop(client) for _ in range(n_clients)))
+
+    asyncio.run(main())
 
 
 # ---- without vLLM: config and refusals that need no server --------------------------------------------
@@ -120,7 +158,7 @@ def test_features_pass_through(front, client):
         arrivals = []
         for chunk in r.iter_raw():
             arrivals.append(chunk)
-    events = sse_events(b"".join(arrivals).decode().splitlines())
+    events = sse_events(_sse_lines(b"".join(arrivals)))
     assert events[-1] == "[DONE]" and events[-2]["usage"]["completion_tokens"] == 12
     assert len(arrivals) > 1  # not buffered into one body
     assert {e["model"] for e in events[:-1]} == {"cadence-tiny@base"}
