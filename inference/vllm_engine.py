@@ -173,7 +173,7 @@ class VllmVersion:
     def read_accepted_fields(self) -> None:
         """The request fields this vLLM implements, from its own OpenAPI schema: the proxy refuses any other by name
         (vLLM itself accepts unknown fields and ignores them with a log line)."""
-        schema = httpx.get(self.base_url + "/openapi.json", timeout=30).json()
+        schema = httpx.get(self.base_url + "/openapi.json", timeout=self.cfg.inference.vllm_start_timeout).json()
         components = schema.get("components", {}).get("schemas", {})
         for kind, name in (("chat", "ChatCompletionRequest"), ("completion", "CompletionRequest")):
             props = components.get(name, {}).get("properties")
@@ -186,7 +186,9 @@ class VllmVersion:
         body = {"model": self.served_id, "messages": [{"role": "user", "content": icfg.smoke_prompt}],
                 "max_tokens": icfg.smoke_tokens, "temperature": 0, "logprobs": True, "top_logprobs": 1}
         try:
-            r = httpx.post(self.base_url + "/v1/chat/completions", json=body, timeout=120)
+            # A fresh vLLM's first request is its slowest (and on a loaded CPU box it queues behind the active
+            # version's work): it gets the start-up budget, not a fixed two minutes.
+            r = httpx.post(self.base_url + "/v1/chat/completions", json=body, timeout=icfg.vllm_start_timeout)
         except httpx.HTTPError as exc:
             raise ModelLoadError("smoke_failed", f"{self.source_path}: smoke request failed: {exc!r}") from None
         if r.status_code != 200:
