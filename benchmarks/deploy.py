@@ -22,6 +22,7 @@ Run as:
     python benchmarks/deploy.py                                   # tiny and Qwen3-0.6B-sized (built in /tmp)
     python benchmarks/deploy.py --presets tiny --json out.json
     python benchmarks/deploy.py --presets qwen3-0.6b --model-dir /tmp/qwen3-0.6b-random
+    python benchmarks/deploy.py --presets tiny --engine vllm                 # the same path onto vLLM
 """
 from __future__ import annotations
 
@@ -160,6 +161,8 @@ def run_one(preset: str, model_dir: Path | None, args) -> dict:
                        "targets": [DeployTarget(name="local", destination=str(work / "box_b"),
                                                 server_url=f"http://127.0.0.1:{port}").model_dump()]},
             "inference": {"port": port, "max_model_len": 1024, "smoke_tokens": 4}}
+    if args.engine == "vllm":  # each version on its own vLLM server behind the same front (inference/vllm_engine.py)
+        data["inference"].update(engine="vllm", vllm_python=str(REPO / ".venv-vllm" / "bin" / "python"))
     cfg = from_dict(data, base)
     cfg.layout.ensure()
     config_path = base / "config.json"
@@ -302,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="where the temporary base dirs go (default: the system temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work folders")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--engine", choices=["builtin", "vllm"], default="builtin",
+                        help="inference.engine of the server under test (vllm: needs scripts/setup.sh --vllm)")
     args = parser.parse_args(argv)
     import logging
 
@@ -309,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for i, preset in enumerate(args.presets):
         model_dir = Path(args.model_dir) if args.model_dir and i == len(args.presets) - 1 else None
-        print(f"== {preset} ==", flush=True)
+        print(f"== {preset} (engine {args.engine}) ==", flush=True)
         r = run_one(preset, model_dir, args)
         results.append(r)
         keys = ("detect", "score", "version", "copy", "verify", "pre_load", "load", "flip", "health", "promote")

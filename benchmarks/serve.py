@@ -1,7 +1,9 @@
-"""Serving benchmark, vLLM-bench style: Cadence's inference server vs `transformers serve` on the same model, same run.
+"""Serving benchmark, vLLM-bench style: Cadence's inference server vs `transformers serve` and vLLM, same model, same run.
 
-For each backend (Cadence; `transformers serve`; `transformers serve
---continuous-batching`) it starts the server as a subprocess on loopback,
+For each backend (Cadence's builtin engine; `transformers serve`; `transformers
+serve --continuous-batching`; `vllm`, vLLM's own OpenAI server from the vLLM
+venv; `cadence+vllm`, Cadence's front with inference.engine=vllm over that same
+server, whose overhead over `vllm` is printed) it starts the server as a subprocess on loopback,
 warms it up, then sends streaming chat requests from a closed loop of C
 concurrent clients (C = 1, 8, 32 by default) and reports TTFT, TPOT, ITL and
 end-to-end latency percentiles, request/s and output tokens/s, plus the
@@ -27,6 +29,8 @@ Run as:
     python benchmarks/serve.py --model models/base --concurrency 1 8 32 --max-tokens 64
     python benchmarks/serve.py --backends cadence --json out.json
     python benchmarks/serve.py --big-request-only --threads 0         # only the big-request line
+    python benchmarks/serve.py --backends cadence vllm cadence+vllm --threads 0 --swap-versions 0   # engines + front overhead
+    python benchmarks/serve.py --front-overhead 3      # the front vs its own vLLM server, alternating, same run
 """
 from __future__ import annotations
 
@@ -88,8 +92,14 @@ class Backend:
     def body(self, max_tokens: int) -> dict:
         raise NotImplementedError
 
-    def start(self, timeout: float = 180) -> None:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    start_timeout = 180.0
+
+    def env(self) -> dict:
+        return {}
+
+    def start(self, timeout: float | None = None) -> None:
+        timeout = timeout or self.start_timeout
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO), **self.env()}
         if self.threads:  # the same intra-op thread count for every backend
             env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
         self.proc = subprocess.Popen(self.command(), stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
@@ -99,8 +109,9 @@ class Backend:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: see {self.log}")
             try:
-                probe = {k: v for k, v in self.body(2).items() if k != "stream_options"}  # only valid with stream
-                r = httpx.post(self.url + "/v1/chat/completions", json={**probe, "stream": False}, timeout=30)
+                probe = {**self.body(2), "stream": False}
+                probe.pop("stream_options", None)  # vLLM refuses stream_options without stream
+                r = httpx.post(self.url + "/v1/chat/completions", json=probe, timeout=30)
                 if r.status_code == 200:
                     return
             except httpx.HTTPError:
@@ -124,15 +135,51 @@ class Cadence(Backend):
         base = self.workdir / "cadence-base"
         (base / "control").mkdir(parents=True, exist_ok=True)
         (base / "control" / "admin.token").write_text(ADMIN_TOKEN)
-        cfg = {"paths": {"base_dir": str(base)}, "model": {"base_model": str(self.model)},
-               "inference": {"port": self.port, "max_batch_size": self.max_batch, "max_queue": 1024}}
+        cfg = {"paths": {"base_dir": str(base)}, "model": {"base_model": str(self.model)}, "inference": self.config()}
         (base / "config.json").write_text(json.dumps(cfg))
         return [sys.executable, "-m", "inference", "--config", str(base / "config.json"), "--log-level", "warning"]
+
+    def config(self) -> dict:
+        return {"port": self.port, "max_batch_size": self.max_batch, "max_queue": 1024}
 
     def body(self, max_tokens):
         return {"model": "cadence-tiny", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": max_tokens,
                 "temperature": 0.7, "top_p": 0.9, "stream": True, "ignore_eos": True,
                 "stream_options": {"include_usage": True}}
+
+
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+
+
+class VllmDirect(Backend):
+    """vLLM's own OpenAI server (the vLLM venv, scripts/setup.sh --vllm) with the flags Cadence starts it with."""
+    name = "vllm"
+    start_timeout = 900
+
+    def command(self):
+        from core.config import VLLM_DEFAULT_ARGS
+
+        if not VLLM_PYTHON.exists():
+            raise RuntimeError(f"{VLLM_PYTHON} missing: run scripts/setup.sh --vllm")
+        return [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
+                "--host", "127.0.0.1", "--port", str(self.port), "--served-model-name", "cadence-tiny",
+                "--dtype", "float32", "--max-num-seqs", str(self.max_batch), *VLLM_DEFAULT_ARGS]
+
+    def env(self):
+        return {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1"}
+
+    body = Cadence.body
+
+
+class CadenceVllm(Cadence):
+    """Cadence's front with inference.engine = "vllm": the same vLLM server behind the version-pinning proxy."""
+    name = "cadence+vllm"
+    start_timeout = 900
+
+    def config(self):
+        if not VLLM_PYTHON.exists():
+            raise RuntimeError(f"{VLLM_PYTHON} missing: run scripts/setup.sh --vllm")
+        return {"port": self.port, "max_batch_size": self.max_batch, "engine": "vllm", "vllm_python": str(VLLM_PYTHON)}
 
 
 class TransformersServe(Backend):
@@ -411,7 +458,7 @@ def print_table(results: dict, levels: list[int]) -> None:
                   f"{r['ttft_p99_ms']:.1f} | {r['tpot_p50_ms']:.2f} | {r['tpot_p99_ms']:.2f} | {r['itl_p50_ms']:.2f} | "
                   f"{r['itl_p99_ms']:.2f} | {r['e2e_p50_ms']:.0f} | {r['e2e_p99_ms']:.0f} | {r['failed']} |")
     print("(latencies in ms)")
-    peers = {k: v for k, v in results.items() if k != "cadence" and not isinstance(v, str)}
+    peers = {k: v for k, v in results.items() if not k.startswith("cadence") and not isinstance(v, str)}
     for name, why in results.items():
         if isinstance(why, str):
             print(f"\n{name}: not measured: {why}")
@@ -426,6 +473,73 @@ def print_table(results: dict, levels: list[int]) -> None:
                   f"{cad['output_tok_per_s'] / best[c]['output_tok_per_s']:.2f}x | {cad['ttft_p99_ms'] / best_ttft:.2f}x |")
 
 
+def print_front_overhead(results: dict, levels: list[int]) -> None:
+    """cadence+vllm against vllm direct, same run: what the version-pinning proxy costs (goal <= 5 % tok/s, <= 5 ms TTFT)."""
+    direct, front = results.get("vllm"), results.get("cadence+vllm")
+    if not isinstance(direct, dict) or not isinstance(front, dict):
+        return
+    print("\n| c | vllm out tok/s | cadence+vllm out tok/s | tok/s overhead | TTFT p50 +ms | TTFT p99 +ms |")
+    print("|---|---|---|---|---|---|")
+    for c in levels:
+        d, f = direct[c], front[c]
+        print(f"| {c} | {d['output_tok_per_s']:.1f} | {f['output_tok_per_s']:.1f} | "
+              f"{100 * (1 - f['output_tok_per_s'] / d['output_tok_per_s']):+.1f} % | "
+              f"{f['ttft_p50_ms'] - d['ttft_p50_ms']:+.1f} | {f['ttft_p99_ms'] - d['ttft_p99_ms']:+.1f} |")
+
+
+class SameServer(Backend):
+    """An already running server at `url` (not started or stopped here), sent the same requests as `like`."""
+
+    def __init__(self, name: str, url: str, like: Backend):
+        self.name, self.url, self.like, self.proc = name, url, like, None
+
+    def body(self, max_tokens):
+        return self.like.body(max_tokens)
+
+
+def bench_front_overhead(model: Path, workdir: Path, levels: list[int], per_level, max_tokens: int, rounds: int,
+                         max_seconds: float | None) -> dict:
+    """The front's cost with no other difference: one cadence+vllm front, and its own vLLM server hit directly,
+    level by level in alternating order for `rounds` rounds (a loaded box drifts; medians over rounds)."""
+    import psutil
+
+    front = CadenceVllm(model, workdir, max(levels))
+    front.start()
+    try:
+        server = next(p for p in psutil.Process(front.proc.pid).children() if "vllm.entrypoints" in " ".join(p.cmdline()))
+        cmd = server.cmdline()
+        direct = SameServer("vllm (the front's own server)", f"http://127.0.0.1:{cmd[cmd.index('--port') + 1]}", front)
+        asyncio.run(run_level(direct, 2, 4, max_tokens))
+        asyncio.run(run_level(front, 2, 4, max_tokens))
+        runs: dict = {c: {"direct": [], "front": []} for c in levels}
+        for r in range(rounds):
+            for c in levels:
+                order = [("direct", direct), ("front", front)]
+                for key, target in (order if r % 2 == 0 else order[::-1]):
+                    results, duration = asyncio.run(run_level(target, c, per_level(c), max_tokens, max_seconds=max_seconds))
+                    runs[c][key].append(summarize(results, duration))
+            print(f"  front-overhead round {r + 1}/{rounds} done; load {os.getloadavg()[0]:.1f}", flush=True)
+    finally:
+        front.stop()
+    out = {}
+    for c in levels:
+        med = {k: {m: statistics.median(x[m] for x in v) for m in ("output_tok_per_s", "ttft_p50_ms", "ttft_p99_ms")}
+               for k, v in runs[c].items()}
+        out[c] = {**med, "failed": sum(x["failed"] for v in runs[c].values() for x in v),
+                  "tok_s_overhead_pct": 100 * (1 - med["front"]["output_tok_per_s"] / med["direct"]["output_tok_per_s"]),
+                  "ttft_p50_added_ms": med["front"]["ttft_p50_ms"] - med["direct"]["ttft_p50_ms"],
+                  "ttft_p99_added_ms": med["front"]["ttft_p99_ms"] - med["direct"]["ttft_p99_ms"],
+                  "rounds": runs[c]}
+    print(f"\nFront overhead, same vLLM server, medians of {rounds} alternating rounds (goal <= 5 % tok/s, <= 5 ms TTFT):")
+    print("| c | direct out tok/s | via front out tok/s | tok/s overhead | TTFT p50 direct / +ms | TTFT p99 direct / +ms | failed |")
+    print("|---|---|---|---|---|---|---|")
+    for c, r in out.items():
+        print(f"| {c} | {r['direct']['output_tok_per_s']:.1f} | {r['front']['output_tok_per_s']:.1f} | "
+              f"{r['tok_s_overhead_pct']:+.1f} % | {r['direct']['ttft_p50_ms']:.1f} / {r['ttft_p50_added_ms']:+.1f} | "
+              f"{r['direct']['ttft_p99_ms']:.1f} / {r['ttft_p99_added_ms']:+.1f} | {r['failed']} |", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="HF model folder (default: build the tiny preset in a temp dir)")
@@ -434,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=None, help="requests per level (default: max(32, 4*c))")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--backends", nargs="+", default=["cadence", "transformers", "transformers-cb"],
-                        choices=["cadence", "transformers", "transformers-cb"])
+                        choices=["cadence", "transformers", "transformers-cb", "vllm", "cadence+vllm"])
     parser.add_argument("--swap-versions", type=int, default=6, help="versions deployed in the swap test (0 = skip)")
     parser.add_argument("--swap-concurrency", type=int, default=8)
     parser.add_argument("--steady-seconds", type=float, default=8.0)
@@ -450,6 +564,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big-request-only", action="store_true",
                         help="run only the big-request measurement (no backend comparison, no swap)")
     parser.add_argument("--big-concurrency", type=int, default=8, help="streams of the big-request measurement")
+    parser.add_argument("--front-overhead", type=int, default=0, metavar="ROUNDS",
+                        help="only measure Cadence's front over its own vLLM server vs that server directly, in ROUNDS "
+                             "alternating rounds (needs the vLLM venv)")
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="cadence-bench-"))
@@ -458,7 +575,17 @@ def main(argv: list[str] | None = None) -> int:
         from scripts.make_tiny_model import build_model
         model = build_model(workdir / f"model-{args.preset}", preset=args.preset)
     per_level = (lambda c: args.requests) if args.requests else (lambda c: max(32, 4 * c))
-    classes = {"cadence": Cadence, "transformers": TransformersServe, "transformers-cb": TransformersServeCB}
+    if args.front_overhead:
+        print(f"## model {model.name}; {os.cpu_count()} CPUs; max_tokens {args.max_tokens}; load average before: "
+              f"{os.getloadavg()[0]:.1f}", flush=True)
+        out = bench_front_overhead(model, workdir, args.concurrency, per_level, args.max_tokens, args.front_overhead,
+                                   args.max_level_seconds or None)
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+        shutil.rmtree(workdir, ignore_errors=True)
+        return 0
+    classes = {"cadence": Cadence, "transformers": TransformersServe, "transformers-cb": TransformersServeCB,
+               "vllm": VllmDirect, "cadence+vllm": CadenceVllm}
     everything: dict = {}
     for threads in args.threads:
         print(f"\n## model {model.name}; {os.cpu_count()} CPUs; max_tokens {args.max_tokens}; concurrency "
@@ -482,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[backend.name] = f"{type(exc).__name__}: {exc}\n{tail}"
                 print(f"  {backend.name}: failed: {exc}", flush=True)
         print_table(results, args.concurrency)
+        print_front_overhead(results, args.concurrency)
         swap = None
         if args.swap_versions and "cadence" in args.backends:
             swap = bench_swap(model, workdir / f"swap-t{threads}", args.swap_concurrency, args.max_tokens,

@@ -144,8 +144,11 @@ def build_router() -> APIRouter:
     @router.get("/metrics")
     async def metrics(request: Request):
         state = _state(request)
-        text = state.metrics.render(state.scheduler.running, state.scheduler.waiting, state.scheduler.active,
-                                    state.scheduler.draining())
+        if state.cfg.inference.engine == "vllm":
+            text = await state.serving.metrics_text()
+        else:
+            text = state.metrics.render(state.scheduler.running, state.scheduler.waiting, state.scheduler.active,
+                                        state.scheduler.draining())
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @router.get("/admin/models", dependencies=[Depends(require_admin)])
@@ -246,10 +249,17 @@ def create_app(cfg, load_model: bool = True) -> FastAPI:
             import torch
             torch.set_num_threads(cfg.inference.torch_threads)
         metrics = Metrics(cfg.model.model_name)
-        scheduler = Scheduler(metrics, cfg.inference.max_batch_size, cfg.inference.max_queue).start()
-        registry = ModelRegistry(cfg, scheduler, metrics)
+        if cfg.inference.engine == "vllm":
+            # Each version is a vLLM server (inference/vllm_engine.py); this process verifies, pins and relays.
+            from inference.vllm_engine import VllmPool
+            from inference.vllm_proxy import VllmProxy
+            scheduler = VllmPool()
+            registry = ModelRegistry(cfg, scheduler, metrics, loader=scheduler.load_version)
+        else:
+            scheduler = Scheduler(metrics, cfg.inference.max_batch_size, cfg.inference.max_queue).start()
+            registry = ModelRegistry(cfg, scheduler, metrics)
         state = ServerState(cfg, scheduler, registry, metrics, admin_token(cfg))
-        state.serving = OpenAIServing(state)
+        state.serving = VllmProxy(state) if cfg.inference.engine == "vllm" else OpenAIServing(state)
         app.state.cadence = state
         loader = asyncio.create_task(_load_startup_model(state)) if load_model else None
         try:
@@ -262,6 +272,8 @@ def create_app(cfg, load_model: bool = True) -> FastAPI:
                 logger.warning("drain timeout (%.0fs): aborting %d running and %d waiting requests",
                                cfg.inference.drain_timeout, scheduler.running, scheduler.waiting)
             await asyncio.to_thread(scheduler.stop, 5.0)
+            if hasattr(state.serving, "aclose"):
+                await state.serving.aclose()
 
     app = FastAPI(title="Cadence inference", lifespan=lifespan, docs_url=None, redoc_url=None)
     _install_error_handlers(app)
@@ -270,4 +282,7 @@ def create_app(cfg, load_model: bool = True) -> FastAPI:
                   lambda status, message, code: error_body(message, "server_error" if status >= 500 else
                                                            "invalid_request_error", code=code))
     app.include_router(build_router())
+    if cfg.inference.engine == "vllm":
+        from inference.vllm_proxy import passthrough_router
+        app.include_router(passthrough_router())  # vLLM's other POST /v1/* routes, after Cadence's own
     return app

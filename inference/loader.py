@@ -22,6 +22,7 @@ import json
 import logging
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -74,8 +75,23 @@ def _dtype(name: str, device: torch.device):
     return torch.float16
 
 
-def load_engine(path: str | Path, version: str | None, cfg, require_manifest: bool | None = None) -> tuple[ModelEngine, dict]:
-    """Load and verify `path`; returns (engine, report). Raises ModelLoadError on any failed check."""
+@dataclass
+class VerifiedFolder:
+    """A model folder that passed every check short of generating: what an engine is built from."""
+    folder: Path
+    version: str
+    manifest: dict | None
+    config: object
+    model: object
+    tokenizer: object
+    report: dict
+    started: float
+
+
+def verify_folder(path: str | Path, version: str | None, cfg, require_manifest: bool | None = None,
+                  device: torch.device | None = None) -> VerifiedFolder:
+    """Every check of a folder but the smoke prompt (manifest, architecture, tokenizer, finite weights), on `device`
+    (default: the serving device). Raises ModelLoadError. inference/vllm_engine.py verifies on CPU with this."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.monotonic()
@@ -127,7 +143,7 @@ def load_engine(path: str | Path, version: str | None, cfg, require_manifest: bo
     if not any(a.endswith("ForCausalLM") for a in archs):
         raise ModelLoadError("wrong_architecture", f"{folder}: architectures {archs} is not a causal LM")
 
-    device = _device()
+    device = device or _device()
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
             folder, config=config, dtype=_dtype(cfg.model.dtype, device), trust_remote_code=trust,
@@ -174,6 +190,14 @@ def load_engine(path: str | Path, version: str | None, cfg, require_manifest: bo
                     and not torch.isfinite(tensor).all():
                 raise ModelLoadError("nonfinite_weights", f"{folder}: tensor {name} holds NaN/Inf")
     report["checks"].append("finite_weights")
+    return VerifiedFolder(folder, version, manifest, config, model, tokenizer, report, t0)
+
+
+def load_engine(path: str | Path, version: str | None, cfg, require_manifest: bool | None = None) -> tuple[ModelEngine, dict]:
+    """Load and verify `path`; returns (engine, report). Raises ModelLoadError on any failed check."""
+    verified = verify_folder(path, version, cfg, require_manifest)
+    folder, version, manifest, config = verified.folder, verified.version, verified.manifest, verified.config
+    model, tokenizer, report, t0, icfg = verified.model, verified.tokenizer, verified.report, verified.started, cfg.inference
 
     max_context = int(getattr(config, "max_position_embeddings", 0) or 0) or 4096
     if icfg.max_model_len:

@@ -42,8 +42,11 @@ def _set_thread_nice(nice: int | None) -> int | None:
 
 
 class ModelRegistry:
-    def __init__(self, cfg, scheduler, metrics):
+    def __init__(self, cfg, scheduler, metrics, loader=load_engine):
         self.cfg = cfg
+        # loader(path, version, cfg, require_manifest) -> (engine, report); scheduler.flip(engine) -> old engine.
+        # The vLLM engine passes its own pair (inference/vllm_engine.py) and keeps every step below.
+        self._loader = loader
         self.scheduler = scheduler
         self.metrics = metrics
         self._load_lock = threading.Lock()
@@ -74,7 +77,7 @@ class ModelRegistry:
         try:
             previous = self.active
             try:
-                engine, report = load_engine(path, version, self.cfg, require_manifest)
+                engine, report = self._loader(path, version, self.cfg, require_manifest)
             except ModelLoadError as exc:
                 entry.update(status="rejected", code=exc.code, error=str(exc), finished_at=time.time())
                 self.history.append(entry)
@@ -99,7 +102,9 @@ class ModelRegistry:
                         old.version if old else None)
             return {"status": "loaded", "version": engine.version, "previous_version": old.version if old else None,
                     "global_step": engine.global_step, "path": engine.source_path, "content_id": engine.content_id,
-                    "checks": report["checks"], "load_seconds": report["load_seconds"]}
+                    "checks": report["checks"], "load_seconds": report["load_seconds"],
+                    # the engine's own timings and sizes (vLLM: verify_seconds, engine_start_seconds, engine_rss_mb)
+                    **{k: v for k, v in report.items() if k.endswith(("_seconds", "_mb")) and k != "load_seconds"}}
         finally:
             sys.setswitchinterval(switch_interval)
             if previous_nice is not None and previous_nice < LOADER_NICE:

@@ -2,12 +2,21 @@
 # Set up Cadence on a fresh machine (idempotent): venv in .venv, install, build
 # the default tiny model into models/base/ if absent.
 #
-# Run as:  scripts/setup.sh [--test]     (--test also installs the test extras)
+# Run as:  scripts/setup.sh [--test|--bench] [--vllm]
+#   --test   also installs the test extras      --bench  test + benchmark extras
+#   --vllm   also builds box B's vLLM venv (.venv-vllm, scripts/setup_vllm.sh) for inference.engine="vllm"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="[lora,export]"
-if [[ "${1:-}" == "--test" ]]; then extras="[lora,export,test]"; fi
-if [[ "${1:-}" == "--bench" ]]; then extras="[lora,export,test,bench]"; fi
+with_vllm=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) extras="[lora,export,test]" ;;
+    --bench) extras="[lora,export,test,bench]" ;;
+    --vllm) with_vllm=1 ;;
+    *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
 
 PY=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
@@ -23,4 +32,5 @@ mkdir -p inbox queue models status logs control .pids
 .venv/bin/python scripts/make_tiny_model.py --out models/base --if-absent
 # The monitor page's chart library, pinned in package.json/package-lock.json; without npm the page says so and shows numbers only.
 if command -v npm >/dev/null 2>&1; then npm ci --no-audit --no-fund --loglevel=error >/dev/null || echo "warning: npm ci failed: the monitor page will have no charts"; else echo "note: npm not found: the monitor page will have no charts (install Node.js/npm, rerun scripts/setup.sh)"; fi
-echo "setup done: .venv ready, models/base present"
+if (( with_vllm )); then scripts/setup_vllm.sh; fi
+echo "setup done: .venv ready, models/base present$( (( with_vllm )) && echo ', .venv-vllm ready')"

@@ -52,4 +52,12 @@ def serve(engine: str, cfg):
         with LiveServer(cfg) as srv:
             yield srv
         return
+    if engine == "vllm":
+        # Cadence's front with inference.engine=vllm (tests/vllm_support.py). Not yet in ENGINES: vLLM-CPU has no
+        # attention kernel for the micro model's head_dim 16 (this module's model), and its CAPABILITIES row is
+        # still to be measured; tests/test_vllm_engine.py covers the vLLM engine meanwhile.
+        from tests.vllm_support import serve_vllm
+        with serve_vllm(cfg) as srv:
+            yield srv
+        return
     raise ValueError(f"no way to start engine {engine!r}")
