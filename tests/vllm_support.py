@@ -46,7 +46,9 @@ class Front:
         base.mkdir(parents=True, exist_ok=True)
         config = {**config, "paths": {**config.get("paths", {}), "base_dir": str(base)}}
         config["inference"] = {**config.get("inference", {}), "engine": "vllm", "port": self.port,
-                               "vllm_python": str(VLLM_PYTHON)}
+                               "vllm_python": str(VLLM_PYTHON),
+                               # the tests' model folders live beside `base` in pytest's temp dir (load-path policy)
+                               "load_roots": config.get("inference", {}).get("load_roots", [str(base.parent)])}
         self.config.write_text(json.dumps(config))
         env = {**os.environ, "CADENCE_ADMIN_TOKEN": ADMIN_TOKEN, "PYTHONPATH": str(REPO)}
         self.log = open(base / "front.log", "wb")
