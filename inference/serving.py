@@ -105,7 +105,21 @@ DISCONNECTED = _Disconnected()
 LOGPROB_FLOOR = -9999.0  # JSON has no -Infinity; vLLM clamps the same way
 
 
-class OpenAIServing:
+class ModelLookup:
+    """GET /v1/models/{id} for either engine's handler: it provides `state`, `cfg`, `model_ids(active)` and
+    `model_card(active)`."""
+
+    def retrieve_model(self, model_id: str) -> dict:
+        """The card when `model_id` names what is served, else a 404 RequestError."""
+        active = self.state.scheduler.active
+        if active is None or model_id not in self.model_ids(active):
+            served = f" Served: {self.cfg.model.model_name} (version {active.version})." if active else ""
+            raise RequestError(404, f"The model `{model_id}` does not exist.{served}", param="model",
+                               code="model_not_found")
+        return self.model_card(active)
+
+
+class OpenAIServing(ModelLookup):
     def __init__(self, state):
         self.state = state   # inference.app.ServerState
         self.cfg = state.cfg
@@ -124,15 +138,6 @@ class OpenAIServing:
                 "owned_by": "cadence", "version": engine.version, "global_step": engine.global_step,
                 "source_path": engine.source_path, "served_id": self._served_id(engine),
                 "content_id": engine.content_id, "max_model_len": engine.max_context}
-
-    def retrieve_model(self, model_id: str) -> dict:
-        """GET /v1/models/{id}: the card when `model_id` names what is served, else a 404 RequestError."""
-        engine = self.state.scheduler.active
-        if engine is None or model_id not in self.model_ids(engine):
-            served = f" Served: {self.cfg.model.model_name} (version {engine.version})." if engine else ""
-            raise RequestError(404, f"The model `{model_id}` does not exist.{served}", param="model",
-                               code="model_not_found")
-        return self.model_card(engine)
 
     def _check_model(self, name: str, engine) -> None:
         if name not in self.model_ids(engine):

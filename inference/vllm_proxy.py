@@ -27,7 +27,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from inference.protocol import error_body
-from inference.serving import RequestError
+from inference.serving import ModelLookup, RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class UpstreamResponse(Response):
             await upstream.aclose()
 
 
-class VllmProxy:
+class VllmProxy(ModelLookup):
     def __init__(self, state):
         self.state = state   # inference.app.ServerState; state.scheduler is a VllmPool
         self.cfg = state.cfg
@@ -112,15 +112,6 @@ class VllmProxy:
                 "owned_by": "cadence", "version": served.version, "global_step": served.global_step,
                 "source_path": served.source_path, "served_id": served.served_id, "content_id": served.content_id,
                 "max_model_len": served.max_context, "engine": "vllm"}
-
-    def retrieve_model(self, model_id: str) -> dict:
-        """GET /v1/models/{id}: the card when `model_id` names what is served, else a 404 RequestError."""
-        served = self.state.scheduler.active
-        if served is None or model_id not in self.model_ids(served):
-            known = f" Served: {self.cfg.model.model_name} (version {served.version})." if served else ""
-            raise RequestError(404, f"The model `{model_id}` does not exist.{known}", param="model",
-                               code="model_not_found")
-        return self.model_card(served)
 
     def _check(self, data: dict, kind: str, served) -> bytes | None:
         """Raise RequestError for what the front refuses; returns the body to send when it had to add defaults."""
