@@ -109,3 +109,17 @@ def read_records(model: type[R], path: str | os.PathLike, strict: bool = False) 
                 if strict:
                     raise StateError(f"{path}:{lineno}: {exc}") from None
                 logger.warning("skipping %s:%d: %s", path, lineno, exc)
+
+
+class StateFile(BaseModel):
+    """One shared file (or family of files) and the model its content validates against: every topic module lists
+    its own in a module-level `FILES`, which the docs generator (docs/shared-files.md) and the ownership tests read."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    pattern: str  # glob relative to paths.base_dir, e.g. "status/heartbeat.json", "queue/*/*.meta.json"
+    model: type[StateRecord]
+    kind: str = "json"  # "json": one record per file; "jsonl": one record per line
+    writers: tuple[str, ...] = ()  # the modules that write it (through this package), for the docs
+    readers: tuple[str, ...] = ()
+    description: str = ""
