@@ -39,6 +39,8 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from core.state.queue_records import DATA_SUFFIX, META_SUFFIX, read_queue_meta  # noqa: E402
+
 
 # ------------------------------------------------------------------------------------------- part A
 def _ts(text: str | None) -> float | None:
@@ -89,10 +91,10 @@ def level_up_lag(base: Path, curriculum: dict) -> list[tuple[str, int, float | N
     files = []
     for folder in ("recently_completed", "processing"):
         d = base / "queue" / folder
-        for meta_path in d.glob("*.meta.json") if d.is_dir() else []:
-            meta = json.loads(meta_path.read_text())
-            data = d / (meta_path.name[:-len(".meta.json")] + ".jsonl")
-            started = _ts(meta.get("started_at"))
+        for meta_path in d.glob(f"*{META_SUFFIX}") if d.is_dir() else []:
+            meta = read_queue_meta(meta_path)
+            data = d / (meta_path.name[:-len(META_SUFFIX)] + DATA_SUFFIX)
+            started = _ts(meta.started_at)
             if started is None or not data.exists():
                 continue
             levels = set()

@@ -49,14 +49,14 @@ from fastapi.staticfiles import StaticFiles
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.atomic_io import atomic_write_json
 from core.auth import admin_token, bearer_token, token_matches
 from core.config import REPO_ROOT
 from core.http_guard import GuardPolicy, JsonBodyError, allowed_hosts, install_guard, parse_json_object
 from core.control import request as control_request
 from core.procs import live_pid
 from core.queue_store import PRIORITIES, QueueError
-from core.watcher import JOB_SUFFIX, queue_name
+from core.state.queue_records import JOB_SUFFIX, JobSidecar, write_job_sidecar
+from core.watcher import queue_name
 from monitoring import sources
 from monitoring.feed import LiveFeed, finite
 
@@ -336,7 +336,7 @@ def build_router() -> APIRouter:
             with _upload_lock:
                 final = _free_inbox_name(feed, name)
                 if job:  # the sidecar first: the watcher takes a data file together with its NAME.job.json
-                    atomic_write_json(inbox / (final[: -len(".jsonl")] + JOB_SUFFIX), job)
+                    write_job_sidecar(inbox / (final[: -len(".jsonl")] + JOB_SUFFIX), JobSidecar(**job))
                 os.rename(tmp, inbox / final)  # a rename into place: the watcher's cue that the file is complete
                 return final
 
@@ -365,7 +365,7 @@ async def _queue_op(request: Request, op) -> dict:
         raise ApiError(404 if "no such file" in msg else 409, msg, "not_found" if "no such file" in msg else "conflict") from None
     except FileNotFoundError as exc:
         raise ApiError(409, f"the file moved while being changed: {exc}", "conflict") from None
-    return {"ok": True, "name": entry.name, "state": entry.state, "priority": entry.meta.get("priority")}
+    return {"ok": True, "name": entry.name, "state": entry.state, "priority": entry.meta.priority}
 
 
 # --------------------------------------------------------------------- page

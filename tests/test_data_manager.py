@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from core.validation.spec import DATASET_SPECS, parse_job_sidecar
+from core.state.queue_records import parse_job_sidecar
+from core.validation.spec import DATASET_SPECS
 from data_manager import manager as manager_mod
 from data_manager.manager import (EVAL_SEED_BASE, TRAIN_SEED_MAX, DataManager, QualityError, check_quality,
                                   queue_depth, queued_skill_level)

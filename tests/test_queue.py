@@ -37,11 +37,11 @@ def test_priority_then_fifo(make_config, tmp_path):
     order = []
     while (e := q.claim_next()) is not None:
         order.append(e.name)
-        assert e.state == "processing" and e.meta["state"] == "processing" and e.meta["attempts"] == 1
+        assert e.state == "processing" and e.meta.state == "processing" and e.meta.attempts == 1
         q.complete(e.name, global_step_end=7)
     assert order == ["c.jsonl", "e.jsonl", "b.jsonl", "d.jsonl", "a.jsonl", "f.jsonl"]
     done = q.entries(("recently_completed",))
-    assert len(done) == 6 and all(x.meta["finished_at"] and x.meta["global_step_end"] == 7 for x in done)
+    assert len(done) == 6 and all(x.meta.finished_at and x.meta.global_step_end == 7 for x in done)
     assert files(q, "processing") == []
 
 
@@ -56,7 +56,7 @@ def test_state_change_is_a_rename_and_sidecar_follows(make_config, tmp_path):
     c = q.claim_next()
     assert os.stat(c.path).st_ino == ino  # same inode: moved, never copied
     assert files(q, "normal") == [] and files(q, "processing") == ["x.jsonl", "x.meta.json"]
-    assert c.meta["history"][-1]["to"] == "processing"
+    assert c.meta.history[-1].to == "processing"
 
 
 def test_retry_backoff_then_failed_with_every_error(make_config, tmp_path):
@@ -65,20 +65,20 @@ def test_retry_backoff_then_failed_with_every_error(make_config, tmp_path):
     t = 1_000_000.0
     e = q.claim_next(now=t)
     r = q.fail(e.name, "CUDA OOM", now=t)
-    assert r.state == "high" and r.meta["not_before"] == t + 10
+    assert r.state == "high" and r.meta.not_before == t + 10
     assert q.claim_next(now=t + 9) is None  # backing off
     e = q.claim_next(now=t + 10)
-    assert e.meta["attempts"] == 2
+    assert e.meta.attempts == 2
     r = q.fail(e.name, "NaN loss", now=t + 10)
-    assert r.meta["not_before"] == t + 10 + 20  # doubles
+    assert r.meta.not_before == t + 10 + 20  # doubles
     e = q.claim_next(now=t + 30)
     r = q.fail(e.name, "segfault", now=t + 30)
     assert r.state == "failed"
-    assert [x["error"] for x in r.meta["errors"]] == ["CUDA OOM", "NaN loss", "segfault"]
-    assert [x["attempt"] for x in r.meta["errors"]] == [1, 2, 3]
+    assert [x.error for x in r.meta.errors] == ["CUDA OOM", "NaN loss", "segfault"]
+    assert [x.attempt for x in r.meta.errors] == [1, 2, 3]
     # retry brings it back with attempts reset
     r = q.retry("x")
-    assert r.state == "high" and r.meta["attempts"] == 0 and q.claim_next().name == "x.jsonl"
+    assert r.state == "high" and r.meta.attempts == 0 and q.claim_next().name == "x.jsonl"
 
 
 def test_backoff_does_not_block_other_files(make_config, tmp_path):
@@ -96,12 +96,12 @@ def test_requeue_front_keeps_progress(make_config, tmp_path):
         add(q, tmp_path, n)
     assert q.claim_next().name == "x.jsonl"
     y = q.claim_next()
-    r = q.requeue_front(y.name, progress={"global_step": 120, "batches_consumed": 7})
-    assert r.state == "normal" and r.meta["attempts"] == 0 and r.meta["interruptions"] == 1
+    r = q.requeue_front(y.name, progress={"global_step": 120, "steps_done": 7})
+    assert r.state == "normal" and r.meta.attempts == 0 and r.meta.interruptions == 1
     again = q.claim_next()
     assert again.name == "y.jsonl"  # before z, although z waited longer
-    assert again.meta["progress"] == {"global_step": 120, "batches_consumed": 7}
-    assert again.meta["attempts"] == 1
+    assert again.meta.progress.model_dump() == {"global_step": 120, "steps_done": 7}
+    assert again.meta.attempts == 1
 
 
 def test_resume_id_is_claimed_before_any_other_file(make_config, tmp_path):
@@ -112,7 +112,7 @@ def test_resume_id_is_claimed_before_any_other_file(make_config, tmp_path):
     t = 1_000_000.0
     # the latest checkpoint is mid-way through mid.jsonl: it goes first although two files outrank it
     e = q.claim_next(now=t, resume_id=mid.id)
-    assert e.name == "mid.jsonl" and e.meta["attempts"] == 1
+    assert e.name == "mid.jsonl" and e.meta.attempts == 1
     # during its backoff nothing else starts (another file would end its resume record)
     q.fail(e.name, "unknown: boom", now=t)
     assert q.claim_next(now=t + 9, resume_id=mid.id) is None
@@ -127,15 +127,15 @@ def test_global_step_start_is_set_once(make_config, tmp_path):
     q = TrainingQueue(make_config())
     add(q, tmp_path, "x.jsonl")
     e = q.claim_next()
-    assert e.meta["global_step_start"] is None
-    assert q.note_global_step_start(e.name, 41).meta["global_step_start"] == 41
+    assert e.meta.global_step_start is None
+    assert q.note_global_step_start(e.name, 41).meta.global_step_start == 41
     q.requeue_front(e.name, progress={"global_step": 60})
     e = q.claim_next()
-    assert e.meta["global_step_start"] == 41  # travels with the file through every transition
-    assert q.note_global_step_start(e.name, 61).meta["global_step_start"] == 41  # a resume keeps the first value
+    assert e.meta.global_step_start == 41  # travels with the file through every transition
+    assert q.note_global_step_start(e.name, 61).meta.global_step_start == 41  # a resume keeps the first value
     done = q.complete(e.name, global_step_end=80)
     on_disk = json.loads((q.dir("recently_completed") / "x.meta.json").read_text())
-    assert (done.meta["global_step_start"], on_disk["global_step_start"], on_disk["global_step_end"]) == (41, 41, 80)
+    assert (done.meta.global_step_start, on_disk["global_step_start"], on_disk["global_step_end"]) == (41, 41, 80)
 
 
 def test_recover_processing_on_start(make_config, tmp_path):
@@ -146,15 +146,15 @@ def test_recover_processing_on_start(make_config, tmp_path):
     q.claim_next()  # a: then the daemon "crashes"
     q2 = TrainingQueue(cfg)
     (r,) = q2.recover_processing()
-    assert r.state == "normal" and r.meta["attempts"] == 1 and "unclean shutdown" in r.meta["errors"][-1]["error"]
+    assert r.state == "normal" and r.meta.attempts == 1 and "unclean shutdown" in r.meta.errors[-1].error
     assert files(q2, "processing") == []
     assert q2.claim_next().name == "a.jsonl"  # at the front
     (r,) = TrainingQueue(cfg).recover_processing()  # second crash on the same file: out of attempts
-    assert r.state == "failed" and len(r.meta["errors"]) == 2
+    assert r.state == "failed" and len(r.meta.errors) == 2
     # not counted when the daemon says so
     q2.claim_next()
     (r,) = TrainingQueue(cfg).recover_processing(count_as_attempt=False)
-    assert r.state == "normal" and r.meta["attempts"] == 0
+    assert r.state == "normal" and r.meta.attempts == 0
 
 
 def test_repair_moves_sidecars_left_behind(make_config, tmp_path):
@@ -174,7 +174,7 @@ def test_duplicate_content_names_original(make_config, tmp_path):
     with pytest.raises(DuplicateError, match=r"normal/first.jsonl"):
         add(q, tmp_path, "second.jsonl", content="same\n")
     forced = add(q, tmp_path, "second.jsonl", content="same\n", force=True)
-    assert forced.meta["forced"] is True
+    assert forced.meta.forced is True
 
 
 def test_unique_names(make_config, tmp_path):
@@ -191,7 +191,7 @@ def test_skip_reject_remove_set_priority(make_config, tmp_path):
     add(q, tmp_path, "b.jsonl")
     add(q, tmp_path, "c.jsonl")
     s = q.skip("a", "operator skipped it")
-    assert s.state == "failed" and s.meta["skipped"] and "operator" in s.meta["errors"][-1]["error"]
+    assert s.state == "failed" and s.meta.skipped and "operator" in s.meta.errors[-1].error
     p = q.set_priority("c.jsonl", "high")
     assert p.state == "high" and files(q, "high") == ["c.jsonl", "c.meta.json"]
     rep = ValidationReport("b.jsonl", "standard")
