@@ -300,3 +300,83 @@ def test_cli_script_add_from_repo_root(make_config, tmp_path):
     assert r.returncode == 1 and "duplicate" in r.stdout
     r = run("--help")
     assert r.returncode == 0 and "set-priority" in r.stdout
+
+
+def _events(q: TrainingQueue) -> list[dict]:
+    return [json.loads(line) for line in q.layout.events.read_text().splitlines()]
+
+
+def test_defer_list_retry_with_history_and_events(make_config, tmp_path, capsys):
+    cfg = make_config()
+    conf = str(_write_config(cfg, tmp_path))
+    q = TrainingQueue(cfg)
+    add(q, tmp_path, "stale.jsonl", "low")
+    add(q, tmp_path, "fresh.jsonl", "low")
+    d = q.defer("stale", "binary level 1 is below the current level 2")
+    assert d.state == "deferred" and files(q, "deferred") == ["stale.jsonl", "stale.meta.json"]
+    assert (d.meta.state, d.meta.deferred_reason) == ("deferred", "binary level 1 is below the current level 2")
+    step = d.meta.history[-1]
+    assert (step.from_, step.to, step.event, step.reason) == ("low", "deferred", "deferred", d.meta.deferred_reason)
+    ev = _events(q)[-1]
+    assert (ev["source"], ev["event"], ev["file"], ev["from"], ev["state"]) == ("queue", "deferred", "stale.jsonl", "low", "deferred")
+    assert "below the current level 2" in ev["reason"]
+    # a deferred file is not trained, is counted, and its content is still known
+    assert q.claim_next().name == "fresh.jsonl" and q.claim_next() is None
+    assert q.status()["counts"]["deferred"] == 1
+    with pytest.raises(DuplicateError, match="deferred/stale.jsonl"):
+        add(q, tmp_path, "again.jsonl", content=json.dumps({"name": "stale.jsonl"}) + "\n")
+    with pytest.raises(QueueError, match="no such file"):
+        q.defer("fresh", "only waiting files are deferred")  # in processing/ now
+    # the CLI lists it with its reason, and retry brings it back to its priority
+    assert queue_main(["--config", conf, "list", "--state", "deferred", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["name"], row["state"], row["priority"]) == ("stale.jsonl", "deferred", "low")
+    assert row["last_error"].startswith("deferred: binary level 1")
+    assert queue_main(["--config", conf, "list", "--state", "deferred"]) == 0
+    assert "stale.jsonl" in capsys.readouterr().out
+    assert queue_main(["--config", conf, "retry", "stale", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "low"
+    back = q.find("stale")
+    assert back.state == "low" and files(q, "deferred") == []
+    assert [(h.from_, h.to, h.event) for h in back.meta.history] == [
+        ("inbox", "low", "enqueued"), ("low", "deferred", "deferred"), ("deferred", "low", "retry")]
+    assert [(e["event"], e.get("from"), e["state"]) for e in _events(q) if e["file"] == "stale.jsonl"] == [
+        ("enqueued", None, "low"), ("deferred", "low", "deferred"), ("retry", "deferred", "low")]
+    assert q.claim_next().name == "stale.jsonl"
+
+
+def test_deferred_files_of_older_versions_are_listed_and_retried(make_config, tmp_path, capsys):
+    cfg = make_config()
+    conf = str(_write_config(cfg, tmp_path))
+    q = TrainingQueue(cfg)
+    deferred = q.dir("deferred")
+    # what data_manager/manager.py used to leave there: no sidecar at all, or its old sidecar with state "deferred"
+    (deferred / "bare.jsonl").write_text('{"a": 1}\n')
+    (deferred / "old.1700000000.jsonl").write_text('{"a": 2}\n')
+    (deferred / "old.1700000000.meta.json").write_text(json.dumps({
+        "id": "ab" * 32, "name": "old.jsonl", "original_name": "dm_binary_L01.jsonl", "schema_id": "syllo_v1",
+        "priority": "normal", "state": "deferred", "attempts": 0, "enqueued_at": "2026-01-01T00:00:00Z",
+        "started_at": None, "finished_at": None, "errors": [], "validation": {"level": "quick", "examples": 1},
+        "global_step_start": None, "global_step_end": None, "epochs": None, "tags": ["skill:binary", "level:1"],
+        "notes": None, "order": 5.0, "not_before": None, "progress": None, "forced": False,
+        "history": [{"at": "2026-01-01T00:00:00Z", "from": "inbox", "to": "normal", "event": "enqueued"}],
+        "deferred_at": "2026-01-02T00:00:00+00:00", "deferred_reason": "binary level 1 is below the current level 2"}))
+    (deferred / "old.1700000000.job.json").write_text(json.dumps({"schema_id": "syllo_v1", "tags": ["skill:binary"]}))
+    assert queue_main(["--config", conf, "list", "--state", "deferred", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {"bare.jsonl", "old.1700000000.jsonl"}
+    assert rows["old.1700000000.jsonl"]["original"] == "dm_binary_L01.jsonl" and rows["bare.jsonl"]["priority"] == "normal"
+    back = q.retry("old.1700000000")
+    assert back.state == "normal" and (q.dir("normal") / "old.1700000000.job.json").exists()
+    assert [h.event for h in back.meta.history] == ["enqueued", "retry"]
+    assert q.retry("bare", priority="high").state == "high"
+
+
+def test_defer_into_a_taken_name_renames(make_config, tmp_path):
+    q = TrainingQueue(make_config())
+    (q.dir("deferred") / "x.jsonl").write_text("older\n")  # left by an older version
+    (q.dir("low") / "x.jsonl").write_text("newer\n")  # placed by hand, so the queue could not keep names unique
+    d = q.defer("x", "stale")
+    assert d.name == "x-2.jsonl" and d.meta.name == "x-2.jsonl" and (q.dir("deferred") / "x-2.meta.json").exists()
+    assert (q.dir("deferred") / "x.jsonl").read_text() == "older\n" and d.path.read_text() == "newer\n"
+    assert _events(q)[-1]["renamed_from"] == "x.jsonl"
