@@ -117,6 +117,34 @@ def test_ingest_claim_round_trip(tmp_path):
 def test_files_lists_every_queue_record():
     patterns = {f.pattern: f.model for f in FILES}
     assert patterns == {"queue/*/*.meta.json": QueueMeta, "inbox/**/*.job.json": JobSidecar,
-                        "queue/*/*.job.json": JobSidecar, "queue/*/*.reason.json": RejectReport,
-                        "queue/.ingest/*.ingest.json": IngestClaim}
+                        "queue/*/*.reason.json": RejectReport, "queue/.ingest/*.ingest.json": IngestClaim,
+                        **{f"queue/{s}/*.job.json": JobSidecar for s in qr.STATES if s != "rejected"}}
     assert qr.STATES[-1] == "deferred" and set(qr.PRIORITIES) < set(qr.STATES)
+
+
+def test_every_queue_file_written_by_ingest_and_transitions_validates(make_config, tmp_path):
+    from core.ingest import Ingestor
+    from core.queue_store import TrainingQueue
+    from core.state.registry import validate_tree
+
+    cfg = make_config()
+    queue = TrainingQueue(cfg)
+    ingestor = Ingestor(cfg, queue)
+    row = lambda i: json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]})  # noqa: E731
+    for name, body, job in (("good", row(1), {"priority": "high", "tags": ["skill:binary", "level:1"]}),
+                            ("other", row(2), None), ("third", row(3), None),
+                            ("broken", "{oops", None), ("badjob", row(4), {"priority": "high", "lr": 1})):
+        (tmp_path / f"{name}.jsonl").write_text(body + "\n")
+        if job:
+            (tmp_path / f"{name}.job.json").write_text(json.dumps(job))
+        ingestor.ingest_path(tmp_path / f"{name}.jsonl")
+    assert {e.name: e.state for e in queue.entries()} == {
+        "good.jsonl": "high", "other.jsonl": "normal", "third.jsonl": "normal", "broken.jsonl": "rejected",
+        "badjob.jsonl": "rejected"}
+    queue.complete(queue.claim_next().name, global_step_end=3)
+    queue.fail(queue.claim_next().name, "boom", retryable=False)
+    queue.defer("third", "stale")
+    problems = [p for p in validate_tree(cfg.layout.base_dir) if p.startswith("queue/")]
+    assert problems == []
+    assert read_job_sidecar(queue.find("good").sidecar("job")).tags == ["skill:binary", "level:1"]
+    assert read_reject_report(queue.find("badjob").sidecar("reason")).problems[0].rule == "job_sidecar"

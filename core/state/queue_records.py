@@ -339,15 +339,18 @@ FILES: list[StateFile] = [
                        "data_manager.queue_files", "management.item_sets", "monitoring.sources"),
               description="Queue sidecar beside every queued file: id, state, attempts, errors, validation summary, "
                           "global_step_start/end, history of every transition."),
+    # (a refused file keeps its job sidecar as the user wrote it, valid or not: queue/rejected/*.job.json and
+    # queue/.ingest/*.job.json are the user's own files, listed in core.state.registry.NOT_RECORDS)
     StateFile(pattern="inbox/**/*.job.json", model=JobSidecar,
               writers=("users", "data_manager.manager", "data_manager.importers.common", "monitoring.app"),
               readers=("core.ingest", "data_manager.dataset_tools"),
               description="Job sidecar a user drops beside NAME.jsonl: schema_id, priority, epochs, tags, notes. "
                           "Unknown keys are an error."),
-    StateFile(pattern="queue/*/*.job.json", model=JobSidecar,
-              writers=("core.ingest", "core.queue_store"),
-              readers=("data_manager.queue_files", "monitoring.sources"),
-              description="The job sidecar, moved with its file through the queue's folders."),
+    *(StateFile(pattern=f"queue/{state}/*.job.json", model=JobSidecar,
+                writers=("core.ingest", "core.queue_store"),
+                readers=("data_manager.queue_files", "monitoring.sources"),
+                description="The job sidecar of an accepted file, moved with it through the queue's folders.")
+      for state in STATES if state != "rejected"),
     StateFile(pattern="queue/*/*.reason.json", model=RejectReport,
               writers=("core.validation.report",),
               readers=("core.queue_store", "monitoring.sources"),
