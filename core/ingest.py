@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from core.atomic_io import append_jsonl
 from core.queue_store import DATA_SUFFIX, DuplicateError, QueueEntry, TrainingQueue, now_iso, stem_of
 from core.state.base import StateError
-from core.state.queue_records import (JOB_SUFFIX, ErrorEntry, IngestClaim, IngestOverrides, JobSidecar, QueueMeta,
-                                      ValidationSummary, load_job_sidecar, read_ingest_claim, write_ingest_claim,
-                                      write_queue_meta)
+from core.state.queue_records import (JOB_SUFFIX, SIDECAR_KINDS, ErrorEntry, IngestClaim, IngestOverrides,
+                                      JobSidecar, QueueMeta, ValidationSummary, load_job_sidecar, read_ingest_claim,
+                                      sidecar_path, write_ingest_claim, write_queue_meta)
 from core.validation.report import ValidationReport
 from core.validation.validator import DataValidator
 from core.watcher import InboxWatcher, Ready, name_problem, queue_name
@@ -323,18 +323,18 @@ class Ingestor:
         rejected = self.queue.dir("rejected")
         name = self.queue.unique_name(qname)
         n = 1
-        while any((rejected / f"{stem_of(name)}.{k}.json").exists() for k in ("job", "reason", "meta")):
+        while any(sidecar_path(rejected / name, kind).exists() for kind in SIDECAR_KINDS):
             n += 1
             name = self.queue.unique_name(f"{stem_of(qname)}-{n}{DATA_SUFFIX}")
         present = staged is not None and os.path.lexists(staged)
         # the reason first, then the file: a crash in between leaves the file in staging, finished on restart
-        rep.write(rejected / f"{stem_of(name)}.reason.json")
+        rep.write(sidecar_path(rejected / name, "reason"))
         meta = QueueMeta(id=file_id, name=name, original_name=rep.file, schema_id=schema_id, priority=priority,
                          state=state or ("rejected" if present else "vanished"), finished_at=now_iso(),
                          errors=[ErrorEntry(at=now_iso(), error=rep.summary())], validation=validation_summary(rep))
-        write_queue_meta(rejected / f"{stem_of(name)}.meta.json", meta)
+        write_queue_meta(sidecar_path(rejected / name, "meta"), meta)
         if job_path is not None and job_path.exists():
-            os.replace(job_path, rejected / f"{stem_of(name)}.job.json")
+            os.replace(job_path, sidecar_path(rejected / name, "job"))
         if present:
             os.rename(staged, rejected / name)
         logger.warning("rejected %s", rep.summary())

@@ -39,9 +39,13 @@ from typing import Any, Iterable
 
 from core.atomic_io import append_jsonl, fsync_dir
 from core.state.base import StateError
-from core.state.queue_records import (DATA_SUFFIX, META_SUFFIX, PARKED, PRIORITIES, SIDECAR_KINDS, STATES, TERMINAL,
-                                      ErrorEntry, HistoryEntry, JobSidecar, QueueMeta, RejectReport, read_queue_meta, read_reject_report,
-                                      stem_of, write_queue_meta)
+from core.state.queue_records import (DATA_SUFFIX, META_SUFFIX, PARKED, PRIORITIES, SIDECAR_KINDS, STATES,
+                                      TERMINAL, ErrorEntry, HistoryEntry, JobSidecar, QueueMeta, RejectReport,
+                                      read_queue_meta, read_reject_report, sidecar_path, stem_of, write_queue_meta)
+# PRIORITIES, STATES, TERMINAL, DATA_SUFFIX, stem_of: the queue's own names, imported from here by its users
+__all__ = ["PRIORITIES", "STATES", "TERMINAL", "PARKED", "DATA_SUFFIX", "DUPLICATE_STATES", "stem_of", "now_iso",
+           "data_file_names", "QueueError", "DuplicateError", "MovedMeanwhile", "QueueEntry", "TrainingQueue",
+           "place_file", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -414,7 +418,7 @@ class TrainingQueue:
                 raise QueueError(f"inbox/{e.name} already exists")
             job = e.sidecar("job")
             if job.exists():
-                os.replace(job, inbox / f"{stem_of(e.name)}.job.json")
+                os.replace(job, sidecar_path(target, "job"))
             os.rename(e.path, target)
             for kind in ("meta", "reason"):
                 try:
