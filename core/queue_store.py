@@ -39,10 +39,11 @@ from typing import Any, Iterable
 
 from core.atomic_io import append_jsonl, fsync_dir
 from core.state.base import StateError
-from core.state.queue_records import (DATA_SUFFIX, META_SUFFIX, PARKED, PRIORITIES, SIDECAR_KINDS, STATES,
-                                      TERMINAL, ErrorEntry, HistoryEntry, JobSidecar, QueueMeta, RejectReport,
+from core.state.queue_records import (DATA_SUFFIX, META_SUFFIX, PARKED, PRIORITIES, SIDECAR_KINDS, SIDECAR_SUFFIXES,
+                                      STATES, TERMINAL, ErrorEntry, HistoryEntry, JobSidecar, QueueMeta, RejectReport,
                                       read_queue_meta, read_reject_report, sidecar_path, stem_of, write_queue_meta)
-# PRIORITIES, STATES, TERMINAL, DATA_SUFFIX, stem_of: the queue's own names, imported from here by its users
+
+# the queue's own names (PRIORITIES, STATES, ...) are imported from here by its users
 __all__ = ["PRIORITIES", "STATES", "TERMINAL", "PARKED", "DATA_SUFFIX", "DUPLICATE_STATES", "stem_of", "now_iso",
            "data_file_names", "QueueError", "DuplicateError", "MovedMeanwhile", "QueueEntry", "TrainingQueue",
            "place_file", "main"]
@@ -97,7 +98,7 @@ class QueueEntry:
         return self.meta.priority or "normal"
 
     def sidecar(self, kind: str) -> Path:
-        return self.path.parent / f"{stem_of(self.name)}.{kind}.json"
+        return sidecar_path(self.path, kind)
 
 
 class TrainingQueue:
@@ -115,7 +116,7 @@ class TrainingQueue:
         return self.layout.queue_dir(state)
 
     def _sidecar(self, state: str, name: str, kind: str) -> Path:
-        return self.dir(state) / f"{stem_of(name)}.{kind}.json"
+        return sidecar_path(self.dir(state) / name, kind)
 
     def _names(self, state: str) -> list[str]:
         return data_file_names(self.dir(state))
@@ -469,9 +470,9 @@ class TrainingQueue:
         fixed = 0
         where = {n: s for s in STATES for n in self._names(s)}
         for state in STATES:
-            for kind in SIDECAR_KINDS:
-                for p in self.dir(state).glob(f"*.{kind}.json"):
-                    name = p.name[: -len(f".{kind}.json")] + DATA_SUFFIX
+            for kind, suffix in zip(SIDECAR_KINDS, SIDECAR_SUFFIXES):
+                for p in self.dir(state).glob(f"*{suffix}"):
+                    name = p.name[: -len(suffix)] + DATA_SUFFIX
                     home = where.get(name)
                     if home is None or home == state:
                         continue
