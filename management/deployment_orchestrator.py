@@ -422,12 +422,12 @@ class Orchestrator:
 # stage -> what it does; each returns the next stage or an outcome (OUTCOMES), and the next stage is saved before it
 # runs, so a restart resumes exactly there
 STAGES = {
-    "copy": Orchestrator._copy,              # rsync (or hard links) into .staging-<version>/; after a crash it runs again
-    "verify": Orchestrator._verify,          # manifest of the staged copy, rename into place; lost staging: back to copy
-    "load": Orchestrator._load,              # POST /admin/models/load, unless the server already serves the content
-    "health": Orchestrator._check_health,    # /v1/models and probes over the health window
-    "promote": Orchestrator._promote,        # active <- new in the state file, then remote cleanup
-    "rollback": Orchestrator._rollback,      # health failed: the server goes back to the baseline
+    "copy": Orchestrator._copy,            # rsync (or hard links) into .staging-<version>/; after a crash, again
+    "verify": Orchestrator._verify,        # manifest of the staged copy, rename into place; staging lost: copy
+    "load": Orchestrator._load,            # POST /admin/models/load, unless the server already serves the content
+    "health": Orchestrator._check_health,  # /v1/models and probes over the health window
+    "promote": Orchestrator._promote,      # active <- new in the state file, then remote cleanup
+    "rollback": Orchestrator._rollback,    # health failed: the server goes back to the baseline
 }
 OUTCOMES = frozenset({"promoted", "rolled_back", "failed"})
 
