@@ -15,6 +15,9 @@ is either implemented or refused, never ignored:
 beyond OpenAI, as vLLM spells them: `top_k`, `ignore_eos`; Cadence's own:
 `think_penalty`, `post_stop_penalty` (the original system's logit penalties).
 
+The admin API's bodies (LoadRequest, RollbackRequest) are core/http_json.py
+RequestBody models. Every body of this server is read by core/http_json.py.
+
 Library only.
 """
 from __future__ import annotations

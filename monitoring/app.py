@@ -1,37 +1,20 @@
 """App factory of the monitor: JSON API, SSE live feed, token-protected controls, the web page.
 
-Read endpoints (open; the server binds loopback by default):
-  GET  /api/health                     the monitor itself
-  GET  /api/status                     the honest status (dead pid => "daemon not running") + overfitting check
-  GET  /api/summary                    latest train/eval records, recent eval previews, checkpoint markers
-  GET  /api/metrics?kind=train|eval&fields=loss,loss_ema&max_points=2000&step_min=&step_max=
-                                       history from the in-memory index, min-max downsampled
-  GET  /api/queue, /api/queue/{name}   files per state with sidecars; one file with its validation report
-  GET  /api/checkpoints                on disk, joined with the ranking ledger; champion and deployed marked
-  GET  /api/deployments?limit=100      status/deployments.jsonl, newest first (tail read)
-  GET  /api/curriculum                 level per skill, accuracy history
-  GET  /api/events?limit=200&source=   status/events.jsonl, newest first
-  GET  /api/system                     CPU/RAM/disk/GPU, latest + recent samples
-  GET  /api/inference                  box B: /v1/models and /metrics, or why it does not answer
-  GET  /api/stream                     SSE; `Last-Event-ID` (or ?last_event_id=) replays what was missed
-Mutating endpoints (Authorization: Bearer <admin token>; 401 without, 403 with a wrong one):
-  GET  /api/auth                       check a token (the page uses it before storing one)
-  POST /api/control/{pause|resume|stop|stop_after_file|skip}   ControlRequest {"reason": "..."?}
-  POST /api/queue/{name}/priority      PriorityRequest {"priority": "high|normal|low"}
-  POST /api/queue/{name}/retry         RetryRequest {"priority": optional}
-  DELETE /api/queue/{name}
-  POST /api/upload?filename=NAME.jsonl[&priority=][&schema_id=]   raw body: into inbox/, validated like a drop
-The page: GET / (static files under /static, the chart library under /vendor/uplot from node_modules).
+Routes: one APIRouter per resource under monitoring/routes/ (its __init__
+lists them; each module's docstring lists its routes; GET /api/openapi.json
+is the reference). Reads are open (the server binds loopback by default);
+mutating routes need the admin token (Authorization: Bearer <token>: 401
+without, 403 with a wrong one). Typed request bodies (extra="forbid", read by
+core/http_json.py) and the error shape `{"error": {"message", "code"}}` are
+in monitoring/protocol.py. This module composes them: state, lifespan, error
+handlers, the guard, the static mount.
 
-Every request first passes core/http_guard.py: the Host must be allowed (monitor.allowed_hosts), a POST needs
-Content-Type application/json (the upload: application/octet-stream, application/x-ndjson, application/jsonl or
-none), bodies are bounded (monitor.max_body_bytes; the upload by monitor.upload_max_bytes) and must arrive within
+Every request first passes core/http_guard.py: the Host must be allowed
+(monitor.allowed_hosts), a POST needs Content-Type application/json (the
+upload: application/octet-stream, application/x-ndjson, application/jsonl,
+application/json or none), bodies are bounded (monitor.max_body_bytes; the
+upload by monitor.upload_max_bytes) and must arrive within
 monitor.read_timeout; a 5xx closes its connection.
-
-Each resource is one router under monitoring/routes/; the typed request bodies
-(extra="forbid", read by core/http_json.py) and the error shape
-`{"error": {"message", "code"}}` are in monitoring/protocol.py. This module
-composes them: state, lifespan, error handlers, the guard.
 
 Library only; run with `python -m monitoring`.
 """

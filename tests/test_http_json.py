@@ -216,3 +216,39 @@ def test_an_armed_point_kills_like_kill_minus_nine(point, fires_at):
         assert proc.returncode == -9 and "survived" not in proc.stdout
     else:
         assert proc.returncode == 0 and "survived" in proc.stdout
+
+
+def _raw_request(body: bytes):
+    from starlette.requests import Request
+
+    sent = []
+
+    async def receive():
+        if not sent:
+            sent.append(True)
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    return Request({"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [],
+                    "query_string": b""}, receive)
+
+
+@pytest.mark.parametrize("body, code", [(b"", "invalid_json"), (b"[1]", "invalid_value"),
+                                        (b'{"a": NaN}', "invalid_json"), (DEEP, "invalid_json"),
+                                        (b'{"model": "\xff"}', "invalid_json")])
+def test_the_vllm_front_refuses_bad_bodies_before_the_pool(body, code):
+    """inference.engine=vllm relays bodies untyped: the same reader refuses them (a deep one was a RecursionError,
+    NaN was forwarded) and counts the refusal; the pool is never asked for a version."""
+    from types import SimpleNamespace
+
+    from inference.vllm_proxy import VllmProxy
+
+    rejected = []
+    pool = SimpleNamespace(active="never looked at", acquire=lambda: pytest.fail("a bad body reached the pool"))
+    proxy = VllmProxy.__new__(VllmProxy)  # only relay()'s refusals are exercised: no client, no vLLM
+    proxy.state = SimpleNamespace(shutting_down=False, scheduler=pool,
+                                  metrics=SimpleNamespace(count_rejected=rejected.append))
+    response = asyncio.run(proxy.relay(_raw_request(body), "chat", "/v1/chat/completions"))
+    error = json.loads(response.body)["error"]
+    assert response.status_code == 400 and error["code"] == code and error["type"] == "invalid_request_error"
+    assert rejected == [code]
