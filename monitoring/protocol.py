@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field
 
 from core.http_json import RequestBody
-from core.training_queue import PRIORITIES
+from core.queue_store import PRIORITIES
 
 Priority = Literal[PRIORITIES]  # the queue's own priorities: high, normal, low
 CONTROL_ACTIONS = ("pause", "resume", "stop", "stop_after_file", "skip")

@@ -6,7 +6,7 @@
     POST   /api/queue/{name}/retry     token RetryRequest {priority?}
     DELETE /api/queue/{name}           token the file and its sidecars (never the one being trained)
 
-{name} is a file name, an original name or an id prefix (core/training_queue.py
+{name} is a file name, an original name or an id prefix (core/queue_store.py
 `find`); what cannot be a file name is a 400 before the queue is asked.
 
 Library only; composed by monitoring/app.py.
@@ -20,7 +20,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 
 from core.http_json import JsonBody
-from core.training_queue import QueueEntry, QueueError
+from core.queue_store import QueueEntry, QueueError
 from monitoring import sources
 from monitoring.protocol import ApiError, PriorityRequest, RetryRequest
 from monitoring.routes.dependencies import Feed, QueueName, require_token
