@@ -83,6 +83,11 @@ async def _server_error(request: Request, exc: Exception):
     return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "internal_error"), status_code=500)
 
 
+def _guard_error(status: int, message: str, code: str) -> dict:
+    """The guard's own refusals (Host, Content-Type, size, time) in the monitor's shape."""
+    return error_body(message, code)
+
+
 ERROR_HANDLERS = {ApiError: _api_error, JsonBodyError: _body_error, StarletteHTTPException: _http_error,
                   RequestValidationError: _validation_error, Exception: _server_error}
 
@@ -98,7 +103,7 @@ def create_app(cfg, start_feed: bool = True) -> FastAPI:
     mcfg = cfg.monitor
     install_guard(app, GuardPolicy(allowed_hosts(mcfg.host, mcfg.allowed_hosts), mcfg.max_body_bytes, mcfg.read_timeout,
                                    raw_body_routes={UPLOAD_PATH: (mcfg.upload_max_bytes, UPLOAD_TYPES)}),
-                  lambda status, message, code: error_body(message, code))
+                  _guard_error)
     for router in ROUTERS:
         app.include_router(router)
     mount_static(app)
