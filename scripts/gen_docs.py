@@ -6,8 +6,8 @@ whose prose around them is hand-written:
   docs/configuration.md  every key of config.json, from the pydantic model in core/config.py
   docs/http-api.md       every route of the inference server and of the monitor, from their
                          apps' OpenAPI (built with a throw-away config in a temp dir, no model loaded)
-  docs/shared-files.md   every record that crosses a process boundary, from the state package's
-                         models once they are listed in SHARED_FILES below
+  docs/shared-files.md   the records that cross a process boundary, from their pydantic models
+                         (listed by shared_files() below; the state package's join them once it lands)
 
 The configuration and shared-files parts never import torch. The HTTP part
 builds inference.app, whose modules import torch at the top (inference/scheduler.py,
@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import annotated_types
 from pydantic import BaseModel
+from starlette.routing import Mount
 
 from core.atomic_io import atomic_write_text
 from core.config import CRITICAL_KEYS, CadenceConfig, from_dict
@@ -39,9 +40,20 @@ from core.config import CRITICAL_KEYS, CadenceConfig, from_dict
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REGENERATE = "python3 -m scripts.gen_docs --write"
 
-# The records of the state package, as (name, pydantic model, where the file lives). Empty until core/state/ lands;
-# each entry then renders as one table of docs/shared-files.md.
-SHARED_FILES: list[tuple[str, type[BaseModel], str]] = []
+
+
+def shared_files() -> list[tuple[str, type[BaseModel], str]]:
+    """The records docs/shared-files.md describes, as (name, pydantic model, where the file lives).
+
+    Today: what a user writes (the dataset specs' row models and the job sidecar). The state package's records
+    (queue sidecar, heartbeat, trainer state, ...) are appended here once core/state/ exists.
+    """
+    from core.validation.spec import DATASET_SPECS, JobSidecar
+
+    rows = [(f"Training file row, `{spec.id}`", spec.row_model,
+             f"one line of `inbox/NAME.jsonl` whose job sidecar names `{spec.id}` ({spec.description})")
+            for spec in DATASET_SPECS.values()]
+    return rows + [("Job sidecar", JobSidecar, "`inbox/NAME.job.json`, then beside the file in the queue")]
 
 # Route dependencies that guard a route, by function name, and what a client must send. A new guard must be named
 # here: an unknown `require_*` dependency fails the generation instead of being shown as "open".
@@ -95,6 +107,8 @@ def type_name(annotation: Any) -> str:
         return "None"
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is typing.Annotated:  # StrictStr and friends: the type under the annotation
+        return type_name(args[0])
     if origin is typing.Literal:
         return " | ".join(json.dumps(a) for a in args)
     if origin in (typing.Union, types.UnionType):
@@ -112,7 +126,7 @@ def constraints(metadata: list) -> str:
             value = getattr(m, attr, None)
             if value is not None and isinstance(m, (annotated_types.Ge, annotated_types.Gt, annotated_types.Le,
                                                     annotated_types.Lt, annotated_types.Interval)):
-                marks.append(f"{sign} {value:,}" if isinstance(value, int) else f"{sign} {value:g}")
+                marks.append(f"{sign} {value}" if isinstance(value, int) else f"{sign} {value:g}")
     return ", ".join(marks)
 
 
@@ -138,13 +152,16 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def field_rows(model: type[BaseModel], prefix: str, critical: frozenset[str] = frozenset()) -> list[list[str]]:
+def field_rows(model: type[BaseModel], prefix: str, critical: frozenset[str] | None = None) -> list[list[str]]:
+    """key, type (with bounds), default, [critical,] description: one row per field of `model`."""
     rows = []
     for name, field in model.model_fields.items():
         kind = type_name(field.annotation)
         limit = constraints(field.metadata)
-        rows.append([f"`{prefix}{name}`", f"`{kind}`" + (f" ({limit})" if limit else ""), default_text(field),
-                     "**critical**" if f"{prefix}{name}" in critical else "", field.description or ""])
+        row = [f"`{prefix}{name}`", f"`{kind}`" + (f" ({limit})" if limit else ""), default_text(field)]
+        if critical is not None:
+            row.append("**critical**" if f"{prefix}{name}" in critical else "")
+        rows.append(row + [field.description or ""])
     return rows
 
 
@@ -163,12 +180,12 @@ def render_configuration(model: type[BaseModel] = CadenceConfig) -> str:
             out.append(description + "\n")
         if plain:
             rows = [r for r in field_rows(cls, prefix, CRITICAL_KEYS) if r[0].strip("`")[len(prefix):] in plain]
-            out.append(table(["key", "type", "default", "", "meaning"], rows))
+            out.append(table(["key", "type", "default", "critical", "meaning"], rows))
         for name, field in plain.items():
             item = _model_of(field.annotation)
             if item is not None:
                 out.append(f"\nEach item of `{prefix}{name}` (`{item.__name__}`):\n")
-                out.append(table(["key", "type", "default", "", "meaning"], field_rows(item, "")))
+                out.append(table(["key", "type", "default", "meaning"], field_rows(item, "")))
         for name, field in nested.items():
             section(field.annotation, f"{prefix}{name}.", f"`{prefix}{name}`", field.description or "")
 
@@ -195,19 +212,53 @@ def _schema_type(schema: dict) -> str:
     return {"null": "null"}.get(kind, kind)
 
 
-def _guards(route) -> list[str]:
-    """What a route's dependencies require of the client (see AUTH_LABELS)."""
-    names, stack = [], list(route.dependant.dependencies)
-    while stack:
-        dep = stack.pop()
-        name = getattr(dep.call, "__name__", "")
+def _bounds(schema: dict) -> str:
+    marks = [f"{sign} {schema[key]}" for key, sign in (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"),
+                                                         ("exclusiveMaximum", "<")) if key in schema]
+    for option in schema.get("anyOf", []):
+        marks += [f"{sign} {option[key]}" for key, sign in (("minimum", "≥"), ("maximum", "≤")) if key in option]
+    return (", " + ", ".join(marks)) if marks else ""
+
+
+def _guards(path: str, calls: list) -> list[str]:
+    """What a route's dependency callables require of the client (see AUTH_LABELS)."""
+    names = []
+    for call in calls:
+        name = getattr(call, "__name__", "")
         if name.startswith("require_"):
             if name not in AUTH_LABELS:
-                raise DocsError(f"route {route.path_format}: unknown guard {name!r}; add what it requires to "
+                raise DocsError(f"route {path}: unknown guard {name!r}; add what it requires to "
                                 "AUTH_LABELS in scripts/gen_docs.py")
-            names.append(AUTH_LABELS[name])
-        stack.extend(dep.dependencies)
+            if AUTH_LABELS[name] not in names:
+                names.append(AUTH_LABELS[name])
     return names
+
+
+def _dependency_calls(dependant) -> list:
+    calls, stack = [], list(dependant.dependencies)
+    while stack:
+        dep = stack.pop()
+        calls.append(dep.call)
+        stack.extend(dep.dependencies)
+    return calls
+
+
+def _walk_routes(routes, prefix: str = "", inherited: tuple = ()):
+    """(route, full path, dependency callables) for every route of an app, through included routers.
+
+    FastAPI >= 0.16x keeps an included router as one wrapper route holding the router and its include-time
+    prefix and dependencies; older versions copy the routes into the app. Both are walked here.
+    """
+    for route in routes:
+        router = getattr(route, "original_router", None)
+        if router is not None:
+            context = getattr(route, "include_context", None)
+            yield from _walk_routes(router.routes, prefix + getattr(context, "prefix", ""),
+                                    inherited + tuple(d.dependency for d in getattr(context, "dependencies", [])))
+        elif isinstance(route, Mount):
+            yield route, prefix + route.path, inherited
+        else:
+            yield route, prefix + getattr(route, "path_format", getattr(route, "path", "")), inherited
 
 
 def render_app(app, heading: str) -> str:
@@ -217,22 +268,27 @@ def render_app(app, heading: str) -> str:
     spec = app.openapi()
     guards = {}
     hidden = []
-    for route in app.routes:
+    for route, path, inherited in _walk_routes(app.routes):
         if isinstance(route, APIRoute):
             if route.include_in_schema:
                 for method in route.methods:
-                    guards[(method.lower(), route.path_format)] = _guards(route)
+                    guards[(method.lower(), path)] = _guards(path, list(inherited) + _dependency_calls(route.dependant))
             else:
-                hidden += [f"`{m} {route.path_format}`" for m in sorted(route.methods)]
-        elif getattr(route, "path", None) and type(route).__name__ == "Mount":
-            hidden.append(f"`{route.path}/…` (static files)")
+                hidden += [f"`{m} {path}`" for m in sorted(route.methods)]
+        elif isinstance(route, Mount):
+            hidden.append(f"`{path}/…` (static files)")
     rows, models = [], []
     for path, ops in spec.get("paths", {}).items():
         for method, op in ops.items():
-            auth = guards.get((method, path), [])
+            if (method, path) not in guards:
+                raise DocsError(f"{heading}: {method.upper()} {path} is in the OpenAPI schema but not found among the "
+                                "app's routes, so its guard is unknown")
+            auth = list(guards[(method, path)])
             auth += [name for req in op.get("security", []) for name in req]
-            params = [f"`{p['name']}` ({p['in']}{', required' if p.get('required') else ''}: "
-                      f"{_schema_type(p.get('schema', {}))})" for p in op.get("parameters", [])]
+            params = [f"`{p['name']}` ({p['in']}, {_schema_type(p.get('schema', {}))}"
+                      + (", required" if p.get("required") else "")
+                      + (f", default `{json.dumps(p['schema']['default'])}`" if "default" in p.get("schema", {}) else "")
+                      + _bounds(p.get("schema", {})) + ")" for p in op.get("parameters", [])]
             body = "—"
             if "requestBody" in op:
                 content = op["requestBody"].get("content", {})
@@ -288,19 +344,35 @@ def render_http_api() -> str:
 
 
 # ---------------------------------------------------------------------------------------------- shared files
+def _nested_models(annotation: Any) -> list[type[BaseModel]]:
+    """Pydantic models inside an annotation (`list[Message] | None` -> [Message])."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _nested_models(arg)]
+
+
 def render_shared_files(records: list[tuple[str, type[BaseModel], str]]) -> str:
-    """One table per record that crosses a process boundary: (name, its pydantic model, where the file lives)."""
+    """One section per record: (name, its pydantic model, where the file lives); models it holds get tables too."""
     if not records:
-        return ("_Not generated yet: the state package's record models are not listed in "
-                "`SHARED_FILES` (scripts/gen_docs.py). Until then the contract above is the reference._")
-    out = []
+        return "_No record models are listed in `shared_files()` (scripts/gen_docs.py)._"
+    out = ["## Record models\n"]
     for name, model, where in records:
         out.append(f"### {name}\n")
-        out.append(f"Path: {where}. Model: `{model.__module__}.{model.__qualname__}`.\n")
+        out.append(f"Where: {where}. Model: `{model.__module__}.{model.__qualname__}`"
+                   f"{' (unknown keys are an error)' if model.model_config.get('extra') == 'forbid' else ''}.\n")
         doc = (model.__doc__ or "").strip()
         if doc:
-            out.append(doc.split("\n\n")[0].replace("\n", " ") + "\n")
-        out.append(table(["field", "type", "default", "", "meaning"], field_rows(model, "")))
+            out.append(" ".join(doc.split("\n\n")[0].split()) + "\n")
+        queue, seen = [model], set()
+        while queue:
+            current = queue.pop(0)
+            if current in seen:
+                continue
+            seen.add(current)
+            if current is not model:
+                out.append(f"\n`{current.__name__}`:\n")
+            out.append(table(["field", "type", "default", "meaning"], field_rows(current, "")))
+            queue += [m for f in current.model_fields.values() for m in _nested_models(f.annotation)]
         out.append("")
     return "\n".join(out).rstrip()
 
@@ -316,7 +388,7 @@ class Part:
 PARTS = (
     Part("configuration", "docs/configuration.md", render_configuration),
     Part("http-api", "docs/http-api.md", render_http_api),
-    Part("shared-files", "docs/shared-files.md", lambda: render_shared_files(SHARED_FILES)),
+    Part("shared-files", "docs/shared-files.md", lambda: render_shared_files(shared_files())),
 )
 
 
