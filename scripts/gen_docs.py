@@ -51,7 +51,8 @@ def shared_files() -> list[tuple[str, type[BaseModel], str]]:
     from core.validation.spec import DATASET_SPECS, JobSidecar
 
     rows = [(f"Training file row, `{spec.id}`", spec.row_model,
-             f"one line of `inbox/NAME.jsonl` whose job sidecar names `{spec.id}` ({spec.description})")
+             f"one line of `inbox/NAME.jsonl` read as `{spec.id}`, {spec.description} (the job sidecar's "
+             "`schema_id`, else `daemon.default_schema`)")
             for spec in DATASET_SPECS.values()]
     return rows + [("Job sidecar", JobSidecar, "`inbox/NAME.job.json`, then beside the file in the queue")]
 
@@ -127,6 +128,10 @@ def constraints(metadata: list) -> str:
             if value is not None and isinstance(m, (annotated_types.Ge, annotated_types.Gt, annotated_types.Le,
                                                     annotated_types.Lt, annotated_types.Interval)):
                 marks.append(f"{sign} {value}" if isinstance(value, int) else f"{sign} {value:g}")
+        if isinstance(m, annotated_types.MinLen):
+            marks.append(f"length ≥ {m.min_length}")
+        if isinstance(m, annotated_types.MaxLen):
+            marks.append(f"length ≤ {m.max_length}")
     return ", ".join(marks)
 
 
