@@ -41,21 +41,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 REGENERATE = "python3 -m scripts.gen_docs --write"
 
 
-
-def shared_files() -> list[tuple[str, type[BaseModel], str]]:
-    """The records docs/shared-files.md describes, as (name, pydantic model, where the file lives).
-
-    Today: what a user writes (the dataset specs' row models and the job sidecar). The state package's records
-    (queue sidecar, heartbeat, trainer state, ...) are appended here once core/state/ exists.
-    """
-    from core.validation.spec import DATASET_SPECS, JobSidecar
-
-    rows = [(f"Training file row, `{spec.id}`", spec.row_model,
-             f"one line of `inbox/NAME.jsonl` read as `{spec.id}`, {spec.description} (the job sidecar's "
-             "`schema_id`, else `daemon.default_schema`)")
-            for spec in DATASET_SPECS.values()]
-    return rows + [("Job sidecar", JobSidecar, "`inbox/NAME.job.json`, then beside the file in the queue")]
-
 # Route dependencies that guard a route, by function name, and what a client must send. A new guard must be named
 # here: an unknown `require_*` dependency fails the generation instead of being shown as "open".
 AUTH_LABELS = {
@@ -173,7 +158,7 @@ def field_rows(model: type[BaseModel], prefix: str, critical: frozenset[str] | N
 # ----------------------------------------------------------------------------------------- configuration
 def render_configuration(model: type[BaseModel] = CadenceConfig) -> str:
     """Every key of config.json: one table per section, nested models and list items as their own tables."""
-    out = [f"Critical keys (a change needs a new run once checkpoints exist): "
+    out = ["Critical keys (a change needs a new run once checkpoints exist): "
            + ", ".join(f"`{k}`" for k in sorted(CRITICAL_KEYS)) + "."]
 
     def section(cls: type[BaseModel], prefix: str, title: str, description: str) -> None:
@@ -349,6 +334,21 @@ def render_http_api() -> str:
 
 
 # ---------------------------------------------------------------------------------------------- shared files
+def shared_files() -> list[tuple[str, type[BaseModel], str]]:
+    """The records docs/shared-files.md describes, as (name, pydantic model, where the file lives).
+
+    Today: what a user writes (the dataset specs' row models and the job sidecar). The state package's records
+    (queue sidecar, heartbeat, trainer state, ...) are appended here once core/state/ exists.
+    """
+    from core.validation.spec import DATASET_SPECS, JobSidecar
+
+    rows = [(f"Training file row, `{spec.id}`", spec.row_model,
+             f"one line of `inbox/NAME.jsonl` read as `{spec.id}`, {spec.description} (the job sidecar's "
+             "`schema_id`, else `daemon.default_schema`)")
+            for spec in DATASET_SPECS.values()]
+    return rows + [("Job sidecar", JobSidecar, "`inbox/NAME.job.json`, then beside the file in the queue")]
+
+
 def _nested_models(annotation: Any) -> list[type[BaseModel]]:
     """Pydantic models inside an annotation (`list[Message] | None` -> [Message])."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
