@@ -55,7 +55,7 @@ from core.config import REPO_ROOT
 from core.http_guard import GuardPolicy, JsonBodyError, allowed_hosts, install_guard, parse_json_object
 from core.control import request as control_request
 from core.procs import live_pid
-from core.training_queue import PRIORITIES, QueueError
+from core.queue_store import PRIORITIES, QueueError
 from core.watcher import JOB_SUFFIX, queue_name
 from monitoring import sources
 from monitoring.feed import LiveFeed, finite
