@@ -7,7 +7,8 @@ whose prose around them is hand-written:
   docs/http-api.md       every route of the inference server and of the monitor, from their
                          apps' OpenAPI (built with a throw-away config in a temp dir, no model loaded)
   docs/shared-files.md   the records that cross a process boundary, from their pydantic models
-                         (listed by shared_files() below; the state package's join them once it lands)
+                         (shared_files() below: the dataset specs, the job sidecar, and every
+                         StateFile of the state package, core/state/)
 
 The configuration and shared-files parts never import torch. The HTTP part
 builds inference.app, whose modules import torch at the top (inference/scheduler.py,
@@ -337,16 +338,25 @@ def render_http_api() -> str:
 def shared_files() -> list[tuple[str, type[BaseModel], str]]:
     """The records docs/shared-files.md describes, as (name, pydantic model, where the file lives).
 
-    Today: what a user writes (the dataset specs' row models and the job sidecar). The state package's records
-    (queue sidecar, heartbeat, trainer state, ...) are appended here once core/state/ exists.
+    What a user writes (the dataset specs' row models and the job sidecar), then every StateFile the state
+    package's topic modules list in their `FILES` (core/state/registry.py `all_files`).
     """
+    from core.state.registry import all_files
     from core.validation.spec import DATASET_SPECS, JobSidecar
 
     rows = [(f"Training file row, `{spec.id}`", spec.row_model,
              f"one line of `inbox/NAME.jsonl` read as `{spec.id}`, {spec.description} (the job sidecar's "
              "`schema_id`, else `daemon.default_schema`)")
             for spec in DATASET_SPECS.values()]
-    return rows + [("Job sidecar", JobSidecar, "`inbox/NAME.job.json`, then beside the file in the queue")]
+    rows.append(("Job sidecar", JobSidecar, "`inbox/NAME.job.json`, then beside the file in the queue"))
+    for spec in all_files():
+        where = [f"`{spec.pattern}`, one record per {'line' if spec.kind == 'jsonl' else 'file'}"]
+        if spec.writers:
+            where.append("written by " + ", ".join(f"`{w}`" for w in spec.writers))
+        if spec.readers:
+            where.append("read by " + ", ".join(f"`{r}`" for r in spec.readers))
+        rows.append((spec.description or spec.model.__name__, spec.model, "; ".join(where)))
+    return rows
 
 
 def _nested_models(annotation: Any) -> list[type[BaseModel]]:

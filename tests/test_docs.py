@@ -113,6 +113,26 @@ def test_shared_files_renders_each_record_and_the_models_it_holds():
     assert "No record models" in gen_docs.render_shared_files([])
 
 
+def test_shared_files_include_every_state_package_file(monkeypatch):
+    from core.state import registry
+    from core.state.base import StateFile, StateRecord
+
+    class Beat(StateRecord):
+        """One heartbeat."""
+
+        step: int = Field(0, description="Global step.")
+
+    sample = StateFile(pattern="status/beat.json", model=Beat, writers=("trainer/child.py",),
+                       readers=("core/daemon.py",), description="Heartbeat")
+    monkeypatch.setattr(registry, "all_files", lambda: [sample])
+    records = gen_docs.shared_files()
+    assert records[-1] == ("Heartbeat", Beat, "`status/beat.json`, one record per file; written by "
+                                              "`trainer/child.py`; read by `core/daemon.py`")
+    text = gen_docs.render_shared_files(records)
+    assert "### Heartbeat" in text and "| `step` | `int` | `0` | Global step. |" in text
+    assert "| `schema_version` | `int` | `1` |" in text
+
+
 def _named(name):
     def fn():
         pass
