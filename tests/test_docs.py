@@ -133,6 +133,49 @@ def test_shared_files_include_every_state_package_file(monkeypatch):
     assert "| `schema_version` | `int` | `1` |" in text
 
 
+class _Priority(BaseModel):
+    level: str = Field("normal", description="high, normal or low.")
+
+
+class _Body(BaseModel):
+    """What the route takes."""
+
+    reason: str = Field(..., description="Why.")
+    priority: _Priority | None = None
+
+
+def test_http_api_renders_guards_prefixes_and_request_body_models():
+    from fastapi import APIRouter, Depends, FastAPI
+
+    async def require_token():
+        pass
+
+    async def require_api_key():
+        pass
+
+    router = APIRouter()
+
+    @router.post("/queue/{name}/retry", status_code=202)
+    async def retry(name: str, body: _Body):
+        return {}
+
+    @router.get("/open", dependencies=[Depends(require_api_key)])
+    async def open_route(limit: int = 100):
+        return {}
+
+    app = FastAPI()
+    app.include_router(router, prefix="/api", dependencies=[Depends(require_token)])
+    text = gen_docs.render_app(app, "Sample")
+    rows = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| POST") or line.startswith("| GET")}
+    assert "admin token" in rows["`/api/queue/{name}/retry`"] and "| 202 |" in rows["`/api/queue/{name}/retry`"]
+    assert "application/json: `_Body`" in rows["`/api/queue/{name}/retry`"]
+    assert "`name` (path, string, required)" in rows["`/api/queue/{name}/retry`"]
+    assert "admin token, API key (when `inference.api_keys` is set)" in rows["`/api/open`"]
+    assert "`limit` (query, integer, default `100`)" in rows["`/api/open`"]
+    assert "#### `_Body`" in text and "| `reason` | `string` | yes |  | Why. |" in text
+    assert "#### `_Priority`" in text and '| `level` | `string` |  | `"normal"` | high, normal or low. |' in text
+
+
 def _named(name):
     def fn():
         pass
