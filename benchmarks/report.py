@@ -7,8 +7,8 @@ in: a benchmark takes `BenchmarkRun.start(name)` before it measures anything
 `<!-- benchmark:NAME begin -->` and `<!-- benchmark:NAME end -->` in
 docs/benchmarks.md (a new section at the end when the page has none yet) with
 the table and its provenance: the exact command, the date, the CPU model, the
-core count, the load average before and after, and the git commit (marked when
-the work tree had uncommitted changes). The rest of the page is left as it was.
+core count, the load average before and after, and the git commit at the start
+(marked when the work tree had uncommitted changes). The rest of the page is left as it was.
 
 Library only; the benchmarks in this folder call it.
 """
@@ -98,6 +98,7 @@ class BenchmarkRun:
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
     started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     load_before: tuple[float, float, float] = field(default_factory=os.getloadavg)
+    commit: str = field(default_factory=git_commit)  # taken at the start: the code that ran
 
     @classmethod
     def start(cls, name: str, argv: list[str] | None = None) -> "BenchmarkRun":
@@ -111,7 +112,7 @@ class BenchmarkRun:
                 f"({(datetime.now(timezone.utc) - self.started).total_seconds() / 60:.1f} min)",
                 f"- host: {cpu_model()}, {os.cpu_count()} cores ({platform.system()} {platform.release()})",
                 f"- load average (1 / 5 / 15 min): {fmt(self.load_before)} before, {fmt(load_after)} after",
-                f"- commit: {git_commit()}"]
+                f"- commit: {self.commit}"]
 
     def render(self, title: str, headers: list[str], rows: list[list[Any]], notes: list[str] = ()) -> str:
         parts = [f"**{title}**", "", markdown_table(headers, rows)]
