@@ -189,6 +189,8 @@ def render_configuration(model: type[BaseModel] = CadenceConfig) -> str:
 def _schema_type(schema: dict) -> str:
     if "$ref" in schema:
         return schema["$ref"].rsplit("/", 1)[-1]
+    if "properties" in schema and "title" in schema:  # a model's schema inlined (core/http_json.py JsonBody.openapi)
+        return schema["title"]
     if "anyOf" in schema:
         return " | ".join(_schema_type(s) for s in schema["anyOf"])
     if "enum" in schema:
@@ -269,6 +271,7 @@ def render_app(app, heading: str) -> str:
         elif isinstance(route, Mount):
             hidden.append(f"`{path}/…` (static files)")
     rows, models = [], []
+    schemas = dict(spec.get("components", {}).get("schemas", {}))
     for path, ops in spec.get("paths", {}).items():
         for method, op in ops.items():
             if (method, path) not in guards:
@@ -284,14 +287,20 @@ def render_app(app, heading: str) -> str:
             if "requestBody" in op:
                 content = op["requestBody"].get("content", {})
                 body = "; ".join(f"{ctype}: `{_schema_type(c.get('schema', {}))}`" for ctype, c in content.items())
-                models += [c["schema"]["$ref"].rsplit("/", 1)[-1] for c in content.values() if "$ref" in c.get("schema", {})]
+                for c in content.values():
+                    schema = c.get("schema", {})
+                    if "$ref" in schema:
+                        models.append(schema["$ref"].rsplit("/", 1)[-1])
+                    elif "properties" in schema and "title" in schema:
+                        schemas.setdefault(schema["title"], schema)
+                        schemas.update(schema.get("$defs", {}))
+                        models.append(schema["title"])
             success = next((code for code in op.get("responses", {}) if code.startswith("2")), "")
             rows.append([method.upper(), f"`{path}`", ", ".join(auth) or "open", "<br>".join(params) or "—", body,
                          success, op.get("summary", "")])
     out = [f"### {heading}\n", table(["method", "path", "auth", "parameters", "request body", "success", "summary"], rows)]
     if hidden:
         out.append("\nOutside the OpenAPI schema: " + ", ".join(hidden) + ".")
-    schemas = spec.get("components", {}).get("schemas", {})
     seen, queue = set(), list(models)
     while queue:
         name = queue.pop(0)
