@@ -163,6 +163,11 @@ def test_http_api_renders_guards_prefixes_and_request_body_models():
     async def open_route(limit: int = 100):
         return {}
 
+    @router.post("/control", openapi_extra={"requestBody": {"content": {"application/json": {
+        "schema": _Body.model_json_schema()}}}})
+    async def control():  # a body read by the handler itself, declared for the schema (core/http_json.JsonBody)
+        return {}
+
     app = FastAPI()
     app.include_router(router, prefix="/api", dependencies=[Depends(require_token)])
     text = gen_docs.render_app(app, "Sample")
@@ -174,6 +179,7 @@ def test_http_api_renders_guards_prefixes_and_request_body_models():
     assert "`limit` (query, integer, default `100`)" in rows["`/api/open`"]
     assert "#### `_Body`" in text and "| `reason` | `string` | yes |  | Why. |" in text
     assert "#### `_Priority`" in text and '| `level` | `string` |  | `"normal"` | high, normal or low. |' in text
+    assert "application/json: `_Body`" in rows["`/api/control`"] and text.count("#### `_Body`") == 1
 
 
 def _named(name):
