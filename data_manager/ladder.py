@@ -15,6 +15,7 @@ first k items of the fixed file) and `set_digest(rung, k)` names that sample's
 version: two results with the same set digest are results on the same items.
 
 ladder.json: {"format": 1, "rungs": {"<skill>/<level>": {"skill", "level", "file", "sha256", "items", "seed", "written_at"}}}
+(model and read/write: core/state/curriculum.py LadderIndex)
 
 Run as: imported by data_manager.manager (no entry point).
 """
@@ -30,7 +31,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from core.atomic_io import atomic_write_json, atomic_write_text, read_json
+from core.atomic_io import atomic_write_text
+from core.state.base import parse_record
+from core.state.curriculum import LadderIndex, read_ladder_index, write_ladder_index
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +84,12 @@ class Ladder:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def index(self) -> dict[str, Any]:
-        data = read_json(self.index_path, None)
-        return data if isinstance(data, dict) and isinstance(data.get("rungs"), dict) else {"format": 1, "rungs": {}}
+        """The index as a dict, checked against LadderIndex (core/state/curriculum.py); StateError when it is torn or
+        invalid (a lost index would let a changed rung pass unchecked)."""
+        record = read_ladder_index(self.index_path)
+        index = record.to_json() if record else {"format": 1, "rungs": {}}
+        index.setdefault("rungs", {})
+        return index
 
     def recorded(self, skill: str, level: int) -> dict | None:
         return self.index()["rungs"].get(f"{skill}/{level}")
@@ -126,7 +133,7 @@ class Ladder:
     def _record(self, index: dict, key: str, skill: str, level: int, path: Path, digest: str, n: int, seed: int | None) -> None:
         index["rungs"][key] = {"skill": skill, "level": level, "file": str(path.relative_to(self.root)), "sha256": digest,
                                "items": n, "seed": seed, "written_at": _now()}
-        atomic_write_json(self.index_path, index)
+        write_ladder_index(self.index_path, parse_record(LadderIndex, index, str(self.index_path)))
 
     @staticmethod
     def _parse(path: Path, data: bytes, skill: str, level: int) -> list[dict[str, Any]]:

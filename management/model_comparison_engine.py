@@ -68,14 +68,16 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.atomic_io import atomic_write_json, atomic_write_text, read_json
+from core.atomic_io import read_json
 from core.manifest import MANIFEST_NAME, ManifestError, content_id
+from core.state.base import parse_record
+from core.state.ledger import Ledger, read_ledger, write_ledger
+from core.state.lifecycle import ChatMessage, ValidationRow, freeze_validation_rows
 from trainer.checkpoint import CheckpointInfo, list_checkpoints
 
 logger = logging.getLogger(__name__)
 
 LOWER_IS_BETTER = ("val_loss", "anchor_loss", "seconds_per_token")
-FROZEN_VALIDATION = "comparison_validation.jsonl"
 
 
 def _now() -> str:
@@ -84,9 +86,11 @@ def _now() -> str:
 
 # ------------------------------------------------------------------ ledger
 def load_ledger(cfg) -> dict:
-    data = read_json(cfg.layout.comparisons, None)
-    if not isinstance(data, dict) or not isinstance(data.get("checkpoints"), dict):
-        data = {"format": 1, "checkpoints": {}, "ranking": [], "champion": None}
+    """The ledger as this engine edits it: a dict checked against core/state/ledger.py's Ledger on every load and
+    save (a new one when nothing was scored yet; StateError when the file is torn or invalid)."""
+    ledger = read_ledger(cfg.layout)
+    data = ledger.to_json() if ledger else {"format": 1, "checkpoints": {}, "ranking": [], "champion": None}
+    data.setdefault("checkpoints", {})
     data["primary_metric"] = cfg.comparison.primary_metric
     data["rule"] = cfg.comparison.rule
     return data
@@ -95,7 +99,7 @@ def load_ledger(cfg) -> dict:
 def save_ledger(cfg, ledger: dict) -> None:
     ledger["updated_at"] = _now()
     ledger["ranking"] = [e["checkpoint"] for e in rank(ledger["checkpoints"].values(), cfg.comparison.primary_metric)]
-    atomic_write_json(cfg.layout.comparisons, ledger)
+    write_ledger(cfg.layout, parse_record(Ledger, ledger, str(cfg.layout.comparisons)))
 
 
 def checkpoint_content_id(path: Path) -> str | None:
@@ -289,16 +293,16 @@ class EvalSource:
         configured = cfg.comparison.validation_file or cfg.training.fixed_validation_file
         if configured:
             return cfg.resolve(configured)
-        frozen = cfg.layout.status / FROZEN_VALIDATION
+        frozen = cfg.layout.comparison_validation
         if frozen.is_file() or self.dm is None:
             return frozen if frozen.is_file() else None
         columns = [samples for _level, samples in self.dm.eval_sets().values() if samples]
-        rows = [{"messages": [{"role": "user", "content": s["user_prompt"]},
-                              {"role": "assistant", "content": s["assistant_response"]}]}
+        rows = [ValidationRow(messages=[ChatMessage(role="user", content=s["user_prompt"]),
+                                        ChatMessage(role="assistant", content=s["assistant_response"])])
                 for group in zip(*columns) for s in group][:max(cfg.comparison.validation_samples, 1)]
         if not rows:
             return None
-        atomic_write_text(frozen, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        freeze_validation_rows(cfg.layout, rows)
         logger.info("no validation file configured: froze %d held-out eval rows into %s", len(rows), frozen)
         return frozen
 

@@ -39,6 +39,8 @@ if __package__ in (None, ""):
 
 from core.atomic_io import atomic_write_json, fsync_dir, read_json
 from core.manifest import METADATA_FILE, MANIFEST_NAME, TRAINING_STATE_DIR, ManifestError, content_id, entry_digest
+from core.state.base import StateError
+from core.state.lifecycle import VersionMetadata, read_version_metadata, write_version_metadata
 from core.version_label import check_label
 from trainer.checkpoint import CheckpointInfo, latest_checkpoint, publish_checkpoint
 
@@ -64,16 +66,20 @@ def list_versions(cfg) -> list[dict]:
             m = VERSION_RE.match(p.name)
             if not m or not p.is_dir() or not (p / MANIFEST_NAME).is_file():
                 continue
-            meta = read_json(p / METADATA_FILE, {}) or {}
+            try:
+                meta = read_version_metadata(p) or VersionMetadata()
+            except StateError as exc:  # the version is still listed (its manifest names its content)
+                logger.warning("%s", exc)
+                meta = VersionMetadata()
             manifest = read_json(p / MANIFEST_NAME, {}) or {}
             try:
-                cid = meta.get("content_id") or content_id(manifest)
+                cid = meta.content_id or content_id(manifest)
             except (ManifestError, KeyError, TypeError, AttributeError):  # an empty or partial manifest has no id
                 cid = None
-            out.append({"name": p.name, "number": int(m.group(1)), "path": str(p), "step": meta.get("step"),
+            out.append({"name": p.name, "number": int(m.group(1)), "path": str(p), "step": meta.step,
                         "content_id": cid,
-                        "created_at": meta.get("consolidated_at"), "checkpoint": meta.get("checkpoint"),
-                        "val_loss": meta.get("val_loss"), "final_loss": meta.get("final_loss")})
+                        "created_at": meta.consolidated_at, "checkpoint": meta.checkpoint,
+                        "val_loss": meta.val_loss, "final_loss": meta.final_loss})
     return sorted(out, key=lambda v: v["number"])
 
 
@@ -81,13 +87,13 @@ def find_version(cfg, name_or_cid: str) -> dict | None:
     return next((v for v in list_versions(cfg) if name_or_cid in (v["name"], v["content_id"])), None)
 
 
-def training_metadata(cfg, ckpt: CheckpointInfo, manifest: dict, cid: str) -> dict:
+def training_metadata(cfg, ckpt: CheckpointInfo, manifest: dict, cid: str) -> VersionMetadata:
     state = ckpt.trainer_state()
     last = state.get("last_file") or {}
     t = cfg.training
     started = state.get("run_started_at")
     files = state.get("files_done") or []
-    return {
+    return VersionMetadata.model_validate({
         "base_model": cfg.model.base_model, "model_name": cfg.model.model_name, "checkpoint": ckpt.path.name,
         "step": ckpt.step, "files_trained": len(files), "files": files[-50:],
         "examples_trained": state.get("examples_seen"), "tokens_trained": state.get("tokens_seen"),
@@ -103,7 +109,7 @@ def training_metadata(cfg, ckpt: CheckpointInfo, manifest: dict, cid: str) -> di
         "consolidated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "content_id": cid,
         "file_digests": {rel: entry_digest(meta) for rel, meta in manifest["files"].items()},
-    }
+    })
 
 
 def create_version(cfg, checkpoint: str | Path | None = None, desc: str | None = None) -> dict:
@@ -144,7 +150,7 @@ def create_version(cfg, checkpoint: str | Path | None = None, desc: str | None =
         manifest = {**{k: v for k, v in src_manifest.items() if k != "files"}, "files": model_files,
                     "version": name, "global_step": ckpt.step}
         atomic_write_json(tmp / MANIFEST_NAME, manifest)
-        atomic_write_json(tmp / METADATA_FILE, training_metadata(cfg, ckpt, manifest, cid))
+        write_version_metadata(tmp, training_metadata(cfg, ckpt, manifest, cid))
         os.rename(tmp, root / name)
         fsync_dir(root)
     except BaseException:
