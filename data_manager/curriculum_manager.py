@@ -39,7 +39,7 @@ from typing import Any, Iterator
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.state.base import parse_record
+from core.state.base import StateError, parse_record
 from core.state.curriculum import CurriculumState, read_curriculum, write_curriculum
 
 logger = logging.getLogger(__name__)
@@ -104,8 +104,12 @@ class Curriculum:
 
     def load(self) -> dict[str, Any]:
         """The state as the rule edits it: a dict checked against CurriculumState (core/state/curriculum.py) on every
-        load and save; StateError when the file is torn or invalid (never a silent reset of every level)."""
-        record = read_curriculum(self.path)
+        load and save. A torn or invalid file is not trusted: every skill starts at level 1 again (logged)."""
+        try:
+            record = read_curriculum(self.path)
+        except StateError as exc:
+            logger.warning("%s: starting the curriculum afresh", exc)
+            record = None
         state = record.to_json() if record else {"version": STATE_VERSION, "seq": 0, "skills": {}}
         state.setdefault("seq", 0)
         state.setdefault("skills", {})

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from core.atomic_io import atomic_write_text
-from core.state.base import parse_record
+from core.state.base import StateError, parse_record
 from core.state.curriculum import LadderIndex, read_ladder_index, write_ladder_index
 
 logger = logging.getLogger(__name__)
@@ -84,9 +84,13 @@ class Ladder:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def index(self) -> dict[str, Any]:
-        """The index as a dict, checked against LadderIndex (core/state/curriculum.py); StateError when it is torn or
-        invalid (a lost index would let a changed rung pass unchecked)."""
-        record = read_ladder_index(self.index_path)
+        """The index as a dict, checked against LadderIndex (core/state/curriculum.py). A torn or invalid index is
+        rebuilt: the rung files present are adopted as they are (logged)."""
+        try:
+            record = read_ladder_index(self.index_path)
+        except StateError as exc:
+            logger.warning("%s: the rungs on disk are adopted again", exc)
+            record = None
         index = record.to_json() if record else {"format": 1, "rungs": {}}
         index.setdefault("rungs", {})
         return index

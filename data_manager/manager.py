@@ -50,7 +50,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.atomic_io import atomic_write_json, atomic_write_text, fsync_dir, read_json
-from core.state.base import parse_record
+from core.state.base import StateError, parse_record
 from core.state.curriculum import DataManagerState, read_data_manager_state, write_data_manager_state
 from data_manager.curriculum_manager import Curriculum, Decision
 from data_manager.ladder import Ladder, LadderError, Rung
@@ -155,8 +155,13 @@ class DataManager:
     def load_state(self) -> dict[str, Any]:
         """status/data_manager.json as a dict, checked against DataManagerState (core/state/curriculum.py) on every
         load and save."""
-        record = read_data_manager_state(self.state_path) or DataManagerState(
-            rotation_index=0, last_attempt_at=None, last_generation_at=None, batches_generated=0)
+        try:
+            record = read_data_manager_state(self.state_path)
+        except StateError as exc:  # only the rotation and the cooldown clock are lost
+            logger.warning("%s: starting afresh", exc)
+            record = None
+        record = record or DataManagerState(rotation_index=0, last_attempt_at=None, last_generation_at=None,
+                                            batches_generated=0)
         return record.to_json()
 
     def _save_state(self, state: dict[str, Any]) -> None:

@@ -12,13 +12,16 @@ Library only.
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 from core.atomic_io import append_jsonl
-from core.state.base import parse_record
+from core.state.base import StateError, parse_record
 from core.state.deployment import (TERMINAL_EVENTS, DeploymentEvent, DeploymentState, append_deployment_event,  # noqa: F401
                                    deployment_events, read_deployment_state, write_deployment_state)
+
+logger = logging.getLogger(__name__)
 
 STATE_NAME = "deployment_state.json"
 
@@ -27,10 +30,18 @@ def state_path(cfg) -> Path:
     return cfg.layout.deployment_state
 
 
+def _read(cfg) -> DeploymentState:
+    try:
+        return read_deployment_state(cfg.layout)
+    except StateError as exc:  # as before the state package: a torn or invalid file counts as no deployment
+        logger.error("%s: treated as empty", exc)
+        return DeploymentState()
+
+
 def load_state(cfg) -> dict:
     """The state as the orchestrator's transaction edits it: a dict checked against DeploymentState on every load
     and save (core/state/deployment.py), always with `targets` and `in_progress`."""
-    state = read_deployment_state(cfg.layout).to_json()
+    state = _read(cfg).to_json()
     state.setdefault("targets", {})
     state.setdefault("in_progress", None)
     return state
@@ -60,7 +71,7 @@ def history(cfg) -> list[dict]:
 def tried_content_ids(cfg) -> set[str]:
     """Content that was promoted, failed or rolled back, is active, or is being deployed: never picked again."""
     ids = {e.content_id for e in deployment_events(cfg.layout) if e.event in TERMINAL_EVENTS and e.content_id}
-    state = read_deployment_state(cfg.layout)
+    state = _read(cfg)
     ids.update(t.active.content_id for t in state.targets.values() if t.active)
     if state.in_progress:
         ids.add(state.in_progress.content_id)
@@ -70,13 +81,13 @@ def tried_content_ids(cfg) -> set[str]:
 def active_content_id(cfg) -> str | None:
     """Content id deployed on the primary target."""
     primary = cfg.deploy.targets[0].name if cfg.deploy.targets else None
-    active = read_deployment_state(cfg.layout).active(primary)
+    active = _read(cfg).active(primary)
     return active.content_id if active else None
 
 
 def deployed_versions(cfg) -> list[str]:
     """Active and previous version names on every target (retention and the disk manager keep these)."""
-    state = read_deployment_state(cfg.layout)
+    state = _read(cfg)
     names = [v.version for t in state.targets.values() for v in (t.active, t.previous) if v]
     if state.in_progress:
         names.append(state.in_progress.version)
@@ -84,7 +95,7 @@ def deployed_versions(cfg) -> list[str]:
 
 
 def deployed_checkpoints(cfg) -> list[str]:
-    state = read_deployment_state(cfg.layout)
+    state = _read(cfg)
     names = [v.checkpoint for t in state.targets.values() for v in (t.active, t.previous) if v and v.checkpoint]
     if state.in_progress and state.in_progress.checkpoint:
         names.append(state.in_progress.checkpoint)

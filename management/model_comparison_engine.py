@@ -70,7 +70,7 @@ if __package__ in (None, ""):
 
 from core.atomic_io import read_json
 from core.manifest import MANIFEST_NAME, ManifestError, content_id
-from core.state.base import parse_record
+from core.state.base import StateError, parse_record
 from core.state.ledger import Ledger, read_ledger, write_ledger
 from core.state.lifecycle import ChatMessage, ValidationRow, freeze_validation_rows
 from trainer.checkpoint import CheckpointInfo, list_checkpoints
@@ -87,8 +87,12 @@ def _now() -> str:
 # ------------------------------------------------------------------ ledger
 def load_ledger(cfg) -> dict:
     """The ledger as this engine edits it: a dict checked against core/state/ledger.py's Ledger on every load and
-    save (a new one when nothing was scored yet; StateError when the file is torn or invalid)."""
-    ledger = read_ledger(cfg.layout)
+    save (a new one when nothing was scored yet, or when the file is torn or invalid: logged, then re-scored)."""
+    try:
+        ledger = read_ledger(cfg.layout)
+    except StateError as exc:
+        logger.error("%s: starting a new ledger", exc)
+        ledger = None
     data = ledger.to_json() if ledger else {"format": 1, "checkpoints": {}, "ranking": [], "champion": None}
     data.setdefault("checkpoints", {})
     data["primary_metric"] = cfg.comparison.primary_metric

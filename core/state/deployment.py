@@ -26,7 +26,7 @@ class DeployedVersion(RecordPart):
     version: str
     content_id: str
     checkpoint: str | None = None
-    path: str  # the folder as the target's server sees it
+    path: str | None = None  # the folder as the target's server sees it (always written by the orchestrator)
     deployed_at: float | None = None
 
 
