@@ -25,14 +25,12 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.atomic_io import atomic_write_json, fsync_dir, read_json
-from core.manifest import MANIFEST_NAME, ManifestError, build_manifest, verify_manifest
+from core.atomic_io import fsync_dir
+from core.manifest import ManifestError, read_manifest, verify_manifest, write_manifest
 from core.state.base import StateError
-from core.state.lifecycle import BACKUP_INFO_NAME, BackupInfo, read_backup_info, write_backup_info
+from core.state.lifecycle import BackupInfo, read_backup_info, write_backup_info
 
 logger = logging.getLogger(__name__)
-
-INFO_FILE = BACKUP_INFO_NAME
 
 
 class BackupError(RuntimeError):
@@ -73,11 +71,10 @@ def create_backup(cfg, source: str | Path, label: str | None = None) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         link_or_copy_tree(source, tmp)
-        src_manifest = read_json(source / MANIFEST_NAME)
-        if isinstance(src_manifest, dict) and isinstance(src_manifest.get("files"), dict):
+        if read_manifest(source) is not None:
             verify_manifest(tmp)  # the copy matches the source's own hashes
         else:
-            atomic_write_json(tmp / MANIFEST_NAME, build_manifest(tmp))
+            write_manifest(tmp)
         write_backup_info(tmp, BackupInfo(source=str(source), label=label, created_at=time.time()))
         os.rename(tmp, final)
         fsync_dir(root)

@@ -68,8 +68,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.atomic_io import read_json
-from core.manifest import MANIFEST_NAME, ManifestError, content_id
+from core.manifest import ManifestError, content_id, read_manifest
 from core.state.base import StateError, parse_record
 from core.state.ledger import Ledger, read_ledger, write_ledger
 from core.state.lifecycle import ChatMessage, ValidationRow, freeze_validation_rows
@@ -107,8 +106,8 @@ def save_ledger(cfg, ledger: dict) -> None:
 
 
 def checkpoint_content_id(path: Path) -> str | None:
-    manifest = read_json(Path(path) / MANIFEST_NAME)
-    if not (isinstance(manifest, dict) and isinstance(manifest.get("files"), dict)):
+    manifest = read_manifest(path)
+    if manifest is None:
         return None
     try:
         return content_id(manifest)

@@ -37,8 +37,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.atomic_io import atomic_write_json, fsync_dir, read_json
-from core.manifest import METADATA_FILE, MANIFEST_NAME, TRAINING_STATE_DIR, ManifestError, content_id, entry_digest
+from core.atomic_io import atomic_write_json, fsync_dir
+from core.manifest import (METADATA_FILE, MANIFEST_NAME, TRAINING_STATE_DIR, ManifestError, content_id, entry_digest,
+                           read_manifest, save_manifest)
 from core.state.base import StateError
 from core.state.lifecycle import VersionMetadata, read_version_metadata, write_version_metadata
 from core.version_label import check_label
@@ -71,7 +72,7 @@ def list_versions(cfg) -> list[dict]:
             except StateError as exc:  # the version is still listed (its manifest names its content)
                 logger.warning("%s", exc)
                 meta = VersionMetadata()
-            manifest = read_json(p / MANIFEST_NAME, {}) or {}
+            manifest = read_manifest(p) or {}
             try:
                 cid = meta.content_id or content_id(manifest)
             except (ManifestError, KeyError, TypeError, AttributeError):  # an empty or partial manifest has no id
@@ -125,7 +126,9 @@ def create_version(cfg, checkpoint: str | Path | None = None, desc: str | None =
         if not (path / MANIFEST_NAME).is_file() or not m:
             raise VersionError(f"{path}: not a published checkpoint")
         ckpt = CheckpointInfo(path, int(m.group(1)))
-    src_manifest = read_json(ckpt.path / MANIFEST_NAME)
+    src_manifest = read_manifest(ckpt.path)
+    if src_manifest is None:
+        raise VersionError(f"{ckpt.path}: manifest unreadable")
     model_files = {rel: meta for rel, meta in src_manifest["files"].items() if rel.split("/", 1)[0] != TRAINING_STATE_DIR}
     cid = content_id(src_manifest)
     existing = find_version(cfg, cid)
@@ -149,7 +152,7 @@ def create_version(cfg, checkpoint: str | Path | None = None, desc: str | None =
                 shutil.copy2(ckpt.path / rel, target)
         manifest = {**{k: v for k, v in src_manifest.items() if k != "files"}, "files": model_files,
                     "version": name, "global_step": ckpt.step}
-        atomic_write_json(tmp / MANIFEST_NAME, manifest)
+        save_manifest(tmp, manifest)
         write_version_metadata(tmp, training_metadata(cfg, ckpt, manifest, cid))
         os.rename(tmp, root / name)
         fsync_dir(root)

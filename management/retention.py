@@ -29,8 +29,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.atomic_io import atomic_write_json, read_json
-from core.manifest import MANIFEST_NAME, TRAINING_STATE_DIR
+from core.manifest import TRAINING_STATE_DIR, read_manifest, save_manifest
 from core.state.base import StateError
 from core.state.ledger import read_ledger
 from core.state.lifecycle import ProtectedCheckpoints, read_protected
@@ -95,12 +94,12 @@ def strip_optimizer_state(ckpt: CheckpointInfo, dry_run: bool = False) -> int:
     freed = sum(f.stat().st_size for f in files)
     if dry_run:
         return freed
-    manifest = read_json(ckpt.path / MANIFEST_NAME)
-    if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict):
+    manifest = read_manifest(ckpt.path)
+    if manifest is not None:
         for f in files:
             manifest["files"].pop(f"{TRAINING_STATE_DIR}/{f.name}", None)
         manifest["optimizer_state_removed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        atomic_write_json(ckpt.path / MANIFEST_NAME, manifest)
+        save_manifest(ckpt.path, manifest)
     for f in files:
         f.unlink(missing_ok=True)
     logger.info("removed optimizer state of %s (%.1f MB)", ckpt.path.name, freed / 1e6)

@@ -23,10 +23,11 @@ import os
 from pathlib import Path
 
 from core.atomic_io import atomic_write_bytes
+from core.manifest import METADATA_FILE
 from core.state.base import RecordPart, SparseRecord, StateFile, read_record, read_records, write_record
 
 PROTECTED_NAME = "protected.json"
-VERSION_METADATA_NAME = "training_metadata.json"  # core.manifest.METADATA_FILE: the manifest's coverage check skips it
+VERSION_METADATA_NAME = METADATA_FILE  # beside the manifest; the manifest's coverage check skips it
 BACKUP_INFO_NAME = "backup.json"
 ARCHIVED_NAME = "ARCHIVED.json"
 
@@ -200,16 +201,19 @@ class ModelManifest(SparseRecord):
     optimizer_state_removed_at: str | None = None  # retention stripped the optimizer state
 
 
+# Order matters where patterns overlap (fnmatch's `*` crosses folders): the adapter's metadata before the versions'.
 FILES = [
-    StateFile(pattern="models/current_model/protected.json", model=ProtectedCheckpoints,
+    StateFile(pattern="models/**/protected.json", model=ProtectedCheckpoints,
               writers=("management.retention",), readers=("management.retention", "trainer.checkpoint"),
-              description="Checkpoint names retention must keep: deployed, champion, best, newest."),
-    StateFile(pattern="models/versions/*/training_metadata.json", model=VersionMetadata,
-              writers=("management.model_versioner",), readers=("management.model_versioner",),
-              description="What a consolidated version was trained on and how, with its content id."),
-    StateFile(pattern="models/current_model/checkpoint-*/adapter/training_metadata.json", model=AdapterMetadata,
+              description="Checkpoint names retention must keep: deployed, champion, best, newest (in "
+                          "models/current_model/, and in an archived run that took it along)."),
+    StateFile(pattern="models/**/adapter/training_metadata.json", model=AdapterMetadata,
               writers=("trainer.engine",), readers=(),
               description="A LoRA checkpoint's adapter metadata (rank, alpha, base model, losses)."),
+    StateFile(pattern="models/**/training_metadata.json", model=VersionMetadata,
+              writers=("management.model_versioner",), readers=("management.model_versioner",),
+              description="What a consolidated version (models/versions/*/) was trained on and how, with its "
+                          "content id."),
     StateFile(pattern="models/backups/*/backup.json", model=BackupInfo,
               writers=("management.backup_manager",), readers=("management.backup_manager",),
               description="Where a hash-verified backup came from and when it was taken."),
@@ -221,9 +225,8 @@ FILES = [
               description="The frozen validation set (chat rows) made once from held-out eval items when no "
                           "validation file is configured."),
     StateFile(pattern="models/**/manifest.json", model=ModelManifest,
-              writers=("core.manifest", "management.model_versioner", "management.retention",
-                       "management.backup_manager"),
-              readers=("core.manifest", "inference.loader", "management.model_comparison_engine"),
+              writers=("core.manifest",), readers=("core.manifest", "inference.loader"),
               description="Content manifest (blake3 + size per file) of every checkpoint, version and backup; "
-                          "format and verification: core/manifest.py."),
+                          "format, reading and writing: core/manifest.py (read_manifest, save_manifest, "
+                          "write_manifest)."),
 ]
