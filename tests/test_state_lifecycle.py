@@ -368,14 +368,52 @@ def test_frozen_validation_rows_are_chat_rows_without_schema_version(layout, cap
                for r in caplog.records)
 
 
-def test_every_files_entry_names_a_record_model_and_a_layout_path():
+def test_every_files_entry_names_a_record_model_and_owns_its_layout_path():
+    from core.state.registry import owner_of
+
     entries = deployment.FILES + ledger.FILES + curriculum.FILES + lifecycle.FILES
     assert all(isinstance(f, StateFile) and issubclass(f.model, StateRecord) for f in entries)
     assert all(f.kind in ("json", "jsonl") for f in entries)
-    patterns = [f.pattern for f in entries]
-    assert len(patterns) == len(set(patterns))
     layout = Layout.from_base(Path("/base"))
-    for path in (layout.deployment_state, layout.deployments, layout.comparisons, layout.curriculum,
-                 layout.ladder_index, layout.data_manager_state, layout.protected, layout.comparison_validation):
+    expected = {layout.deployment_state: deployment.DeploymentState, layout.deployments: deployment.DeploymentEvent,
+                layout.comparisons: ledger.Ledger, layout.curriculum: curriculum.CurriculumState,
+                layout.ladder_index: curriculum.LadderIndex, layout.data_manager_state: curriculum.DataManagerState,
+                layout.protected: lifecycle.ProtectedCheckpoints, layout.comparison_validation: lifecycle.ValidationRow,
+                layout.evals / "binary" / "level_3.jsonl": curriculum.RungItem,
+                layout.versions / "v001_20261201_step10" / "training_metadata.json": lifecycle.VersionMetadata,
+                layout.versions / "v001_20261201_step10" / "manifest.json": lifecycle.ModelManifest,
+                layout.versions / "v001_20261201_step10" / "adapter" / "training_metadata.json": lifecycle.AdapterMetadata,
+                layout.current_model / "checkpoint-10" / "adapter" / "training_metadata.json": lifecycle.AdapterMetadata,
+                layout.current_model / "checkpoint-10" / "manifest.json": lifecycle.ModelManifest,
+                layout.backups / "20261201T000000Z_checkpoint-10" / "backup.json": lifecycle.BackupInfo,
+                layout.previous_runs / "run_20261201_000000" / "ARCHIVED.json": lifecycle.ArchivedRun,
+                layout.previous_runs / "run_20261201_000000" / "protected.json": lifecycle.ProtectedCheckpoints}
+    for path, model in expected.items():
         rel = path.relative_to(layout.base_dir).as_posix()
-        assert rel in patterns, rel
+        spec = owner_of(rel, entries)
+        assert spec is not None and spec.model is model, (rel, spec)
+
+
+def test_a_demo_run_validates_against_the_models(tmp_path):
+    """monitoring/demo.py writes a ledger, deployment state and history, curriculum and queue files: each of the
+    records this module owns validates (the queue's and the process records are other modules')."""
+    from core.config import from_dict
+    from core.state.registry import owner_of
+    from monitoring.demo import write_run
+
+    cfg = from_dict({"paths": {"base_dir": str(tmp_path)}}, tmp_path)
+    write_run(cfg, steps=1200)
+    mine = deployment.FILES + ledger.FILES + curriculum.FILES + lifecycle.FILES
+    checked = []
+    for path in sorted(tmp_path.rglob("*.json*")):
+        rel = path.relative_to(tmp_path).as_posix()
+        spec = owner_of(rel, mine)
+        if spec is None:
+            continue
+        if spec.kind == "jsonl":
+            list(read_records_strict(spec.model, path))
+        else:
+            read_record(spec.model, path)
+        checked.append(rel)
+    assert {"status/comparisons.json", "status/deployment_state.json", "status/deployments.jsonl",
+            "status/curriculum.json"} <= set(checked), checked
