@@ -224,7 +224,8 @@ def run_one(preset: str, model_dir: Path | None, args) -> dict:
 def lifecycle_path(cfg, poll: float, saved: float, url: str) -> dict:
     """What the lifecycle worker does for one new checkpoint, timed phase by phase (wall clock, time.time())."""
     from management.deployment_orchestrator import Orchestrator, active_content_id, history, load_state, tried_content_ids
-    from management.model_comparison_engine import load_ledger, pick_champion, score_new_checkpoints, unscored
+    from management.champion_rule import pick_champion
+    from management.model_comparison_engine import load_ledger, score_new_checkpoints, unscored
     from management.model_versioner import create_version
 
     # detect: the worker polls; the checkpoint appears at a random point of its interval (half an interval on average)

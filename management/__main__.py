@@ -53,7 +53,8 @@ class LifecycleWorker:
 
     def champion_and_deploy(self) -> dict | None:
         from management.deployment_orchestrator import Orchestrator, active_content_id, tried_content_ids
-        from management.model_comparison_engine import load_ledger, pick_champion, record_champion, record_verdicts
+        from management.champion_rule import pick_champion
+        from management.model_comparison_engine import load_ledger, record_champion, record_verdicts
 
         cfg = self.cfg
         baseline = active_content_id(cfg)
