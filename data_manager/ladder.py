@@ -14,8 +14,7 @@ its predecessors were tested on.
 first k items of the fixed file) and `set_digest(rung, k)` names that sample's
 version: two results with the same set digest are results on the same items.
 
-ladder.json: {"format": 1, "rungs": {"<skill>/<level>": {"skill", "level", "file", "sha256", "items", "seed", "written_at"}}}
-(model and read/write: core/state/curriculum.py LadderIndex)
+ladder.json: core/state/curriculum.py's LadderIndex ({"rungs": {"<skill>/<level>": RungRecord}}), read and written there.
 
 Run as: imported by data_manager.manager (no entry point).
 """

@@ -35,20 +35,8 @@ wins. Both rules are evaluated for every candidate against the deployed version
 and kept in the entry's `verdicts` (so a run under one rule shows what the other
 would have done, and when a better checkpoint first existed).
 
-comparisons.json:
-    {"format": 1, "primary_metric": "val_loss", "rule": "paired"|"margin", "updated_at": ISO,
-     "checkpoints": {"checkpoint-120": {"checkpoint", "step", "content_id", "status": "scored"|"failed",
-                     "error", "scored_at", "score_seconds", "timings",
-                     "metrics": {"val_loss", "val_rows", "anchor_loss", "accuracy_mean", "seconds_per_token",
-                                 "accuracy:<skill>", ...},
-                     "accuracy": {"<skill>": {"level", "accuracy", "correct", "total", "scorer", "example"}},
-                     "sets": {"ladder:binary:L2": {"kind", "skill", "level", "digest", "n", "accuracy", "mean_loss",
-                                                   "token_loss", "exact": "0110…", "loss": [...], "scorer"}, ...},
-                     "baseline_scored": {"<set id>": ISO},   # sets scored later, as the deployed version
-                     "verdicts": [{"baseline", "at", "paired": {"accepted", "reason"}, "margin": {...}}],
-                     "training": {"files_done", "final_loss", "val_loss"}}},
-     "ranking": [names, best first],
-     "champion": {"checkpoint", "content_id", "step", "decided_at", "reason", "rule", "baseline"} | null}
+comparisons.json: one record, core/state/ledger.py's Ledger ({"checkpoints": {name: LedgerEntry}, "ranking",
+"champion"}); this engine edits it as a dict that the model checks on every load and save.
 
 Run as:
     python3 management/model_comparison_engine.py status [--json]

@@ -25,6 +25,7 @@ from core.system_metrics import disk_stats, gpu_stats, ram_stats
 from core.live_status import live_status
 from core.queue_store import PRIORITIES, STATES, TERMINAL, TrainingQueue, stem_of
 from core.state.base import StateError
+from core.state.curriculum import read_curriculum
 from core.state.deployment import DeployEvent, DeploymentState, read_deployment_state, recent_deployment_events
 from core.state.ledger import LedgerEntry, read_ledger
 
@@ -313,10 +314,13 @@ def curriculum(cfg) -> dict:
     cur = Curriculum.from_config(cfg)
     skills = [s.name for s in cfg.data_manager.skills]
     out = cur.status(skills)
-    state = cur.load()
+    try:
+        state = read_curriculum(cur.path)
+    except StateError as exc:  # the levels above are the curriculum's own fallback (level 1); the page says why
+        state, out["error"] = None, _state_error("curriculum", exc)
     for name, entry in out["skills"].items():
-        hist = (state["skills"].get(name) or {}).get("history") or []
-        entry["history"] = hist[-50:]
+        progress = state.skills.get(name) if state else None
+        entry["history"] = [h.model_dump(mode="json") for h in progress.history[-50:]] if progress else []
     out["present"] = cur.path.exists()
     return out
 

@@ -417,3 +417,28 @@ def test_a_demo_run_validates_against_the_models(tmp_path):
         checked.append(rel)
     assert {"status/comparisons.json", "status/deployment_state.json", "status/deployments.jsonl",
             "status/curriculum.json"} <= set(checked), checked
+
+
+def test_the_monitor_reads_one_shape_and_reports_another_instead_of_guessing(tmp_path):
+    """A ledger in some other container and promotion-like words in the history are not guessed at: the ledger is
+    reported as invalid (file and field named, no 500), and only `promoted` counts as a promotion."""
+    from core.config import from_dict
+    from monitoring import sources
+
+    cfg = from_dict({"paths": {"base_dir": str(tmp_path)}}, tmp_path)
+    layout = cfg.layout.ensure()
+    layout.comparisons.write_text(json.dumps({"results": [{"name": "checkpoint-10", "val_loss": 1.0}]}))
+    ranks = sources.rankings(cfg)
+    assert ranks["records"] == [] and ranks["champion"] is None and not ranks["present"]
+    assert str(layout.comparisons) in ranks["error"] and "results" in ranks["error"]
+    lines = [{"ts": 1.0, "event": "deployed", "checkpoint": "checkpoint-10"},
+             {"ts": 2.0, "outcome": "success", "event": "loaded", "checkpoint": "checkpoint-20"},
+             {"ts": 3.0, "event": "promoted", "checkpoint": "checkpoint-30", "version": "v1"}]
+    layout.deployments.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = sources.deployments(cfg)
+    assert [p["checkpoint"] for p in out["promotions"]] == ["checkpoint-30"] and out["deployed"] == "checkpoint-30"
+    assert [d["event"] for d in out["deployments"]] == ["promoted", "loaded"]  # the unknown event was skipped
+    layout.deployment_state.write_text('{"targets": {"local": {"active": {"version": "v1"')
+    out = sources.deployments(cfg)
+    assert str(layout.deployment_state) in out["error"] and out["targets"] is None
+    assert out["deployed"] == "checkpoint-30"  # the history still answers
