@@ -167,8 +167,11 @@ def tail_records(model: type[R], path: str | os.PathLike, limit: int, max_bytes:
     lines = [ln for ln in lines if ln.strip()][-limit:] if limit > 0 else []
     out = []
     for back, line in zip(range(len(lines), 0, -1), lines):
+        where = f"{path}: line {back} from the end"
         try:
-            out.append(parse_record(model, json.loads(line), f"{path}: line {back} from the end"))
-        except (StateError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            logger.warning("skipping %s: line %d from the end: %s", path, back, exc)
+            out.append(parse_record(model, json.loads(line), where))
+        except StateError as exc:  # names the place already
+            logger.warning("skipping %s", exc)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            logger.warning("skipping %s: not JSON (%s)", where, exc)
     return out
