@@ -88,13 +88,13 @@ def find_version(cfg, name_or_cid: str) -> dict | None:
     return next((v for v in list_versions(cfg) if name_or_cid in (v["name"], v["content_id"])), None)
 
 
-def training_metadata(cfg, ckpt: CheckpointInfo, manifest: dict, cid: str) -> VersionMetadata:
+def training_metadata(cfg, ckpt: CheckpointInfo, manifest: dict, cid: str) -> dict:
     state = ckpt.trainer_state()
     last = state.get("last_file") or {}
     t = cfg.training
     started = state.get("run_started_at")
     files = state.get("files_done") or []
-    return VersionMetadata.model_validate({
+    return {
         "base_model": cfg.model.base_model, "model_name": cfg.model.model_name, "checkpoint": ckpt.path.name,
         "step": ckpt.step, "files_trained": len(files), "files": files[-50:],
         "examples_trained": state.get("examples_seen"), "tokens_trained": state.get("tokens_seen"),
@@ -110,7 +110,7 @@ def training_metadata(cfg, ckpt: CheckpointInfo, manifest: dict, cid: str) -> Ve
         "consolidated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "content_id": cid,
         "file_digests": {rel: entry_digest(meta) for rel, meta in manifest["files"].items()},
-    })
+    }
 
 
 def create_version(cfg, checkpoint: str | Path | None = None, desc: str | None = None) -> dict:
@@ -153,7 +153,7 @@ def create_version(cfg, checkpoint: str | Path | None = None, desc: str | None =
         manifest = {**{k: v for k, v in src_manifest.items() if k != "files"}, "files": model_files,
                     "version": name, "global_step": ckpt.step}
         save_manifest(tmp, manifest)
-        write_version_metadata(tmp, training_metadata(cfg, ckpt, manifest, cid))
+        write_version_metadata(tmp, VersionMetadata.model_validate(training_metadata(cfg, ckpt, manifest, cid)))
         os.rename(tmp, root / name)
         fsync_dir(root)
     except BaseException:

@@ -725,7 +725,7 @@ class TrainerEngine:
 
 
 def write_adapter_metadata(adapter_dir: Path, cfg: CadenceConfig, state: dict) -> None:
-    """Per-adapter training metadata, as the original system's LoRA pipeline kept it (core/state/lifecycle.py)."""
+    """Per-adapter training metadata, as the original system's LoRA pipeline kept it."""
     from core.state.lifecycle import AdapterMetadata, write_adapter_metadata as write_record
 
     lc, t = cfg.training.lora, cfg.training
