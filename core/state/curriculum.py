@@ -22,52 +22,52 @@ from core.state.base import RecordPart, SparseRecord, StateFile, read_record, wr
 class CurriculumEval(RecordPart):
     """One recorded eval, tagged with the level actually tested (only evals of the current level count)."""
 
-    seq: int
-    level: int
-    accuracy: float
-    step: int | None = None
-    checkpoint: str | None = None
-    n: int | None = None
-    at: str
+    seq: int = Field(description="Order of the eval among all evals of every skill.")
+    level: int = Field(description="The level tested.")
+    accuracy: float = Field(description="Share of the level's items answered right.")
+    step: int | None = Field(None, description="The checkpoint's global step.")
+    checkpoint: str | None = Field(None, description="The checkpoint evaluated.")
+    n: int | None = Field(None, description="Items scored.")
+    at: str = Field(description="When (ISO time).")
 
 
 class LevelChange(RecordPart):
     """A promotion by the rule (with the mean and the evals that decided it) or an operator override (`reason`)."""
 
-    from_level: int = Field(alias="from")
-    to: int
-    at: str
-    step: int | None = None
-    mean: float | None = None
-    evals: list[int] | None = None
-    reason: str | None = None
+    from_level: int = Field(alias="from", description="The level before (key `from` on disk).")
+    to: int = Field(description="The level after.")
+    at: str = Field(description="When (ISO time).")
+    step: int | None = Field(None, description="The global step of the eval that decided it.")
+    mean: float | None = Field(None, description="Mean accuracy over the window that decided it.")
+    evals: list[int] | None = Field(None, description="The seqs of those evals.")
+    reason: str | None = Field(None, description="An operator override's reason.")
 
 
 class RungAccuracy(RecordPart):
     """The newest accuracy on a lower ladder rung (rehearsal: a level below the bar is forgotten)."""
 
-    accuracy: float
-    step: int | None = None
-    checkpoint: str | None = None
-    at: str | None = None
+    accuracy: float = Field(description="The newest accuracy on the rung.")
+    step: int | None = Field(None, description="The checkpoint's global step.")
+    checkpoint: str | None = Field(None, description="The checkpoint.")
+    at: str | None = Field(None, description="When (ISO time).")
 
 
 class SkillProgress(RecordPart):
-    level: int = 1  # the level trained and evaluated (mastered + 1)
-    entered_seq: int = 0  # evals with a higher seq count toward this level
-    entered_at: str | None = None
-    history: list[CurriculumEval] = []  # the last 100
-    promotions: list[LevelChange] = []
-    ladder: dict[str, RungAccuracy] | None = None  # str(level) -> newest accuracy on that rung
+    level: int = Field(1, description="the level trained and evaluated (mastered + 1)")
+    entered_seq: int = Field(0, description="evals with a higher seq count toward this level")
+    entered_at: str | None = Field(None, description="When the skill reached its level (ISO time).")
+    history: list[CurriculumEval] = Field([], description="the last 100")
+    promotions: list[LevelChange] = Field([], description="Level changes: by the rule, or an operator override.")
+    ladder: dict[str, RungAccuracy] | None = Field(None, description="str(level) -> newest accuracy on that rung")
 
 
 class CurriculumState(SparseRecord):
-    version: int = 1  # the format number the file had before schema_version
-    seq: int = 0
-    skills: dict[str, SkillProgress] = {}
-    threshold: float | None = None
-    window: int | None = None
-    updated_at: str | None = None
+    version: int = Field(1, description="the format number the file had before schema_version")
+    seq: int = Field(0, description="The last eval's seq.")
+    skills: dict[str, SkillProgress] = Field({}, description="Per skill: its level, history, promotions, lower-rung accuracies.")
+    threshold: float | None = Field(None, description="data_manager.threshold when last written.")
+    window: int | None = Field(None, description="data_manager.window when last written.")
+    updated_at: str | None = Field(None, description="When the file was last written (ISO time).")
 
 
 def read_curriculum(path: str | os.PathLike) -> CurriculumState | None:
@@ -82,18 +82,18 @@ def write_curriculum(path: str | os.PathLike, state: CurriculumState) -> None:
 class RungRecord(RecordPart):
     """A rung as first written: its file's sha256 is fixed from then on (a changed file is refused, never remade)."""
 
-    skill: str
-    level: int
-    file: str  # relative to status/evals/
-    sha256: str
-    items: int
-    seed: int | None = None
-    written_at: str
+    skill: str = Field(description="The skill.")
+    level: int = Field(description="The level.")
+    file: str = Field(description="relative to status/evals/")
+    sha256: str = Field(description="Digest of the rung file's bytes when written: a file that no longer matches is refused.")
+    items: int = Field(description="Items in the rung.")
+    seed: int | None = Field(None, description="The Skill API seed the items were generated with (never a training seed).")
+    written_at: str = Field(description="When (ISO time).")
 
 
 class LadderIndex(SparseRecord):
-    format: int = 1
-    rungs: dict[str, RungRecord] = {}  # "<skill>/<level>" -> rung
+    format: int = Field(1, description="The format number the file had before schema_version.")
+    rungs: dict[str, RungRecord] = Field({}, description="\"<skill>/<level>\" -> rung")
 
 
 def read_ladder_index(path: str | os.PathLike) -> LadderIndex | None:
@@ -110,8 +110,8 @@ class RungItemMeta(RecordPart):
 
     model_config = ConfigDict(extra="allow")
 
-    skill: str
-    level: int
+    skill: str = Field(description="The skill (the ladder refuses an item of another one).")
+    level: int = Field(description="The level (the ladder refuses an item of another one).")
 
 
 class RungItem(SparseRecord):
@@ -119,9 +119,9 @@ class RungItem(SparseRecord):
     sha256 in ladder.json, so the lines carry no schema_version (they are the Skill API's format, written once by
     data_manager/ladder.py and read back only there)."""
 
-    user_prompt: str
-    assistant_response: str
-    metadata: RungItemMeta
+    user_prompt: str = Field(description="The prompt.")
+    assistant_response: str = Field(description="The expected answer.")
+    metadata: RungItemMeta = Field(description="skill, level and the skill's own fields.")
 
     def to_json(self) -> dict:
         return self.model_dump(mode="json", exclude_unset=True, by_alias=True, exclude={"schema_version"})
@@ -129,36 +129,36 @@ class RungItem(SparseRecord):
 
 # ------------------------------------------------------------------ status/data_manager.json
 class BatchSizing(RecordPart):
-    examples_per_second: float
-    file_seconds: float
-    count: int
+    examples_per_second: float = Field(description="Training rate measured on the last completed generated files.")
+    file_seconds: float = Field(description="data_manager.file_seconds.")
+    count: int = Field(description="Samples of the batch's own skill.")
 
 
 class LastBatch(RecordPart):
-    skill: str
-    level: int
-    seed: int
-    count: int
-    replayed: dict[str, int] = {}  # other skill -> samples mixed in at its current level
-    rehearsed: dict[str, int] = {}  # "skill:level" -> samples of a lower level mixed in
-    sized: BatchSizing | None = None  # None: batch_size (nothing measured yet, or sizing off)
-    file: str
-    at: str
+    skill: str = Field(description="The skill generated.")
+    level: int = Field(description="At this level.")
+    seed: int = Field(description="With this training seed.")
+    count: int = Field(description="Samples in the file (with rehearsal and replay).")
+    replayed: dict[str, int] = Field({}, description="other skill -> samples mixed in at its current level")
+    rehearsed: dict[str, int] = Field({}, description="\"skill:level\" -> samples of a lower level mixed in")
+    sized: BatchSizing | None = Field(None, description="None: batch_size (nothing measured yet, or sizing off)")
+    file: str = Field(description="The file written to inbox/.")
+    at: str = Field(description="When (ISO time).")
 
 
 class LastError(RecordPart):
-    message: str
-    at: str
+    message: str = Field(description="What failed (skill server, quality check).")
+    at: str = Field(description="When (ISO time).")
 
 
 class DataManagerState(SparseRecord):
-    rotation_index: int = 0
-    last_attempt_at: float | None = None  # cooldown is measured from here
-    last_generation_at: float | None = None
-    batches_generated: int = 0
-    last_batch: LastBatch | None = None
-    last_error: LastError | None = None
-    updated_at: str | None = None
+    rotation_index: int = Field(0, description="Which skill is next in rotation (modulo the number of skills).")
+    last_attempt_at: float | None = Field(None, description="cooldown is measured from here")
+    last_generation_at: float | None = Field(None, description="When the last batch was written (epoch seconds).")
+    batches_generated: int = Field(0, description="Batches written so far.")
+    last_batch: LastBatch | None = Field(None, description="The last batch written.")
+    last_error: LastError | None = Field(None, description="The last generation failure (None after a success).")
+    updated_at: str | None = Field(None, description="When the file was last written (ISO time).")
 
 
 def read_data_manager_state(path: str | os.PathLike) -> DataManagerState | None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Iterator
 
+from pydantic import Field
+
 from core.state.base import (RecordPart, SparseRecord, StateFile, append_record, read_record, read_records,
                              tail_records, write_record)
 
@@ -23,16 +25,16 @@ from core.state.base import (RecordPart, SparseRecord, StateFile, append_record,
 class DeployedVersion(RecordPart):
     """A version a target serves (active) or served before it (previous, the rollback target)."""
 
-    version: str
-    content_id: str
-    checkpoint: str | None = None
-    path: str | None = None  # the folder as the target's server sees it (always written by the orchestrator)
-    deployed_at: float | None = None
+    version: str = Field(description="The version's name (its folder on the target, the served label).")
+    content_id: str = Field(description="Hash of the model files (core/manifest.py content_id): the same weights have the same id anywhere.")
+    checkpoint: str | None = Field(None, description="The checkpoint the version was consolidated from.")
+    path: str | None = Field(None, description="the folder as the target's server sees it (always written by the orchestrator)")
+    deployed_at: float | None = Field(None, description="When it became active (epoch seconds).")
 
 
 class TargetState(RecordPart):
-    active: DeployedVersion | None = None
-    previous: DeployedVersion | None = None
+    active: DeployedVersion | None = Field(None, description="What the target serves.")
+    previous: DeployedVersion | None = Field(None, description="What it served before (the rollback target).")
 
 
 class Stage(StrEnum):
@@ -50,35 +52,35 @@ class Stage(StrEnum):
 class ServedBaseline(RecordPart):
     """What the target served before the load (the server-side rollback target)."""
 
-    version: str | None = None
-    content_id: str | None = None
+    version: str | None = Field(None, description="The served version's label.")
+    content_id: str | None = Field(None, description="The served version's content id.")
 
 
 class DeploymentInProgress(RecordPart):
-    deploy_id: str
-    version: str
-    content_id: str
-    checkpoint: str | None = None
-    source: str  # the version folder on this box
-    started_at: float | None = None
-    target: str | None  # the target being deployed to; None once every target is done
-    stage: Stage
-    targets_done: list[str] = []
-    attempts: int = 0  # resumptions after a crash (abandoned after 3)
-    timings: dict[str, dict[str, float | None]] = {}  # target -> phase -> seconds
-    results: dict[str, str] = {}  # target -> promoted | failed | rolled_back
-    linked: dict[str, bool] = {}  # target -> the copy was hard-linked (nothing to verify)
-    baseline: ServedBaseline | None = None
-    failure: str | None = None
+    deploy_id: str = Field(description="Random id shared by every history line of this deployment.")
+    version: str = Field(description="The version being deployed.")
+    content_id: str = Field(description="Its content id.")
+    checkpoint: str | None = Field(None, description="The checkpoint it came from.")
+    source: str = Field(description="the version folder on this box")
+    started_at: float | None = Field(None, description="When the deployment started (epoch seconds).")
+    target: str | None = Field(description="the target being deployed to; None once every target is done")
+    stage: Stage = Field(description="The stage to run (or resume) next on `target`.")
+    targets_done: list[str] = Field([], description="Targets finished, in order.")
+    attempts: int = Field(0, description="resumptions after a crash (abandoned after 3)")
+    timings: dict[str, dict[str, float | None]] = Field({}, description="target -> phase -> seconds")
+    results: dict[str, str] = Field({}, description="target -> promoted | failed | rolled_back")
+    linked: dict[str, bool] = Field({}, description="target -> the copy was hard-linked (nothing to verify)")
+    baseline: ServedBaseline | None = Field(None, description="What the target served before the load (the server-side rollback target).")
+    failure: str | None = Field(None, description="Why the deployment failed, once it did.")
 
 
 class DeploymentState(SparseRecord):
     """`status/deployment_state.json`: every target's active and previous version, and the deployment in progress
     (written before each stage starts, so a restart resumes it)."""
 
-    targets: dict[str, TargetState] = {}
-    in_progress: DeploymentInProgress | None = None
-    updated_at: float | None = None
+    targets: dict[str, TargetState] = Field({}, description="Per configured target: its active and previous version.")
+    in_progress: DeploymentInProgress | None = Field(None, description="The deployment being run (None when none is).")
+    updated_at: float | None = Field(None, description="When the file was last written (epoch seconds).")
 
     def active(self, target: str | None) -> DeployedVersion | None:
         t = self.targets.get(target) if target is not None else None
@@ -111,36 +113,36 @@ TERMINAL_EVENTS = (DeployEvent.promoted, DeployEvent.failed, DeployEvent.rolled_
 class DeploymentEvent(SparseRecord):
     """One line of `status/deployments.jsonl`: the deployment it belongs to and what the stage reported."""
 
-    ts: float
-    event: DeployEvent
-    deploy_id: str | None = None
-    version: str | None = None
-    content_id: str | None = None
-    checkpoint: str | None = None
-    target: str | None = None
-    targets: list[str] | dict[str, str] | None = None  # started: the targets; failed: target -> outcome
-    stage: str | None = None
-    attempt: int | None = None
-    reason: str | None = None
-    note: str | None = None
-    outcome: str | None = None
-    seconds: float | None = None
-    server_load_seconds: float | None = None
-    previous_version: str | None = None
-    previous: str | None = None  # promoted: the version it replaced
-    timings: dict[str, float | None] | None = None
-    status: int | None = None  # the server's HTTP status (load_rejected, converged)
-    code: str | None = None
-    message: str | None = None
-    still_serving: str | None = None
-    error: Any = None  # converged: the server's error body
-    served_before: str | None = None
-    serving: str | None = None
-    probes: int | None = None
-    errors: int | None = None
-    median_latency_s: float | None = None
-    removed: list[str] | None = None
-    kept: list[str] | None = None
+    ts: float = Field(description="When (epoch seconds).")
+    event: DeployEvent = Field(description="What happened (a DeployEvent).")
+    deploy_id: str | None = Field(None, description="The deployment the line belongs to.")
+    version: str | None = Field(None, description="The version deployed (or converged, rolled back to).")
+    content_id: str | None = Field(None, description="Its content id.")
+    checkpoint: str | None = Field(None, description="The checkpoint it came from.")
+    target: str | None = Field(None, description="The target the stage ran on.")
+    targets: list[str] | dict[str, str] | None = Field(None, description="started: the targets; failed: target -> outcome")
+    stage: str | None = Field(None, description="resumed / failed: the stage the deployment was at.")
+    attempt: int | None = Field(None, description="resumed: how many times it was resumed.")
+    reason: str | None = Field(None, description="Why (failed, health_failed, rolled_back, skipped).")
+    note: str | None = Field(None, description="loaded: a remark (e.g. the load finished while the orchestrator was down).")
+    outcome: str | None = Field(None, description="rolled_back: what the rollback did.")
+    seconds: float | None = Field(None, description="copied / verified / loaded: how long the stage took.")
+    server_load_seconds: float | None = Field(None, description="loaded: the server's own load time.")
+    previous_version: str | None = Field(None, description="loaded: what the server served before.")
+    previous: str | None = Field(None, description="promoted: the version it replaced")
+    timings: dict[str, float | None] | None = Field(None, description="promoted: seconds per stage on this target.")
+    status: int | None = Field(None, description="the server's HTTP status (load_rejected, converged)")
+    code: str | None = Field(None, description="load_rejected: the server's error code.")
+    message: str | None = Field(None, description="load_rejected: the server's error message (first 500 characters).")
+    still_serving: str | None = Field(None, description="load_rejected: the version the server kept serving.")
+    error: Any = Field(None, description="converged: the server's error body")
+    served_before: str | None = Field(None, description="converged: what the server served before the active version was loaded again.")
+    serving: str | None = Field(None, description="rolled_back: what the server serves after the rollback.")
+    probes: int | None = Field(None, description="health_ok / health_failed: probes sent.")
+    errors: int | None = Field(None, description="health_ok / health_failed: probes that failed.")
+    median_latency_s: float | None = Field(None, description="health_ok / health_failed: median probe latency.")
+    removed: list[str] | None = Field(None, description="cleanup: folders removed on the target.")
+    kept: list[str] | None = Field(None, description="cleanup: versions kept (active, previous).")
 
 
 def read_deployment_state(layout) -> DeploymentState:

@@ -22,6 +22,8 @@ import json
 import os
 from pathlib import Path
 
+from pydantic import Field
+
 from core.atomic_io import atomic_write_bytes
 from core.manifest import METADATA_FILE
 from core.state.base import RecordPart, SparseRecord, StateFile, read_record, read_records, write_record
@@ -36,10 +38,10 @@ ARCHIVED_NAME = "ARCHIVED.json"
 class ProtectedCheckpoints(SparseRecord):
     """Checkpoint names nothing may delete: only the keys with a value are written."""
 
-    deployed: list[str] | None = None  # active, previous and in-progress checkpoints of every target
-    champion: str | None = None
-    best: list[str] | None = None  # the retention.keep_best best-ranked
-    newest: str | None = None
+    deployed: list[str] | None = Field(None, description="active, previous and in-progress checkpoints of every target")
+    champion: str | None = Field(None, description="The champion checkpoint.")
+    best: list[str] | None = Field(None, description="the retention.keep_best best-ranked")
+    newest: str | None = Field(None, description="The newest complete checkpoint.")
 
     def names(self) -> set[str]:
         return set(self.deployed or []) | set(self.best or []) | {n for n in (self.champion, self.newest) if n}
@@ -55,38 +57,38 @@ def write_protected(checkpoint_root: str | os.PathLike, protected: ProtectedChec
 
 # ------------------------------------------------------------------ versions
 class Hyperparameters(RecordPart):
-    mode: str | None = None
-    learning_rate: float | None = None
-    lr_schedule: str | None = None
-    warmup_steps: int | None = None
-    weight_decay: float | None = None
-    micro_batch_tokens: int | None = None
-    gradient_accumulation_steps: int | None = None
-    epochs: int | float | None = None
-    max_length: int | None = None
-    seed: int | None = None
+    mode: str | None = Field(None, description="training.mode.")
+    learning_rate: float | None = Field(None, description="training.learning_rate.")
+    lr_schedule: str | None = Field(None, description="training.lr_schedule.")
+    warmup_steps: int | None = Field(None, description="training.warmup_steps.")
+    weight_decay: float | None = Field(None, description="training.weight_decay.")
+    micro_batch_tokens: int | None = Field(None, description="training.micro_batch_tokens.")
+    gradient_accumulation_steps: int | None = Field(None, description="training.gradient_accumulation_steps.")
+    epochs: int | float | None = Field(None, description="training.epochs.")
+    max_length: int | None = Field(None, description="model.max_length.")
+    seed: int | None = Field(None, description="training.seed.")
 
 
 class VersionMetadata(SparseRecord):
     """What a consolidated version was trained on and how (its content id matches its manifest's)."""
 
-    base_model: str | None = None
-    model_name: str | None = None
-    checkpoint: str | None = None
-    step: int | None = None
-    files_trained: int | None = None
-    files: list[str] | None = None  # the last 50 trained files
-    examples_trained: int | None = None
-    tokens_trained: int | None = None
-    final_loss: float | None = None
-    val_loss: float | None = None
-    hyperparameters: Hyperparameters | None = None
-    training_time_s: float | None = None
-    config_hash: str | None = None
-    trained_at: str | None = None
-    consolidated_at: str | None = None
-    content_id: str | None = None
-    file_digests: dict[str, str] | None = None
+    base_model: str | None = Field(None, description="model.base_model.")
+    model_name: str | None = Field(None, description="model.model_name.")
+    checkpoint: str | None = Field(None, description="The checkpoint consolidated.")
+    step: int | None = Field(None, description="Its global step.")
+    files_trained: int | None = Field(None, description="Files trained up to it.")
+    files: list[str] | None = Field(None, description="the last 50 trained files")
+    examples_trained: int | None = Field(None, description="Examples trained up to it.")
+    tokens_trained: int | None = Field(None, description="Tokens trained up to it.")
+    final_loss: float | None = Field(None, description="Training loss at the end of the last file.")
+    val_loss: float | None = Field(None, description="Validation loss of the last file.")
+    hyperparameters: Hyperparameters | None = Field(None, description="The training settings.")
+    training_time_s: float | None = Field(None, description="Seconds from the run's start to the checkpoint.")
+    config_hash: str | None = Field(None, description="Hash of the critical config keys it was trained with.")
+    trained_at: str | None = Field(None, description="When the checkpoint was saved (ISO time).")
+    consolidated_at: str | None = Field(None, description="When the version was made (ISO time).")
+    content_id: str | None = Field(None, description="Hash of its model files (equals its manifest's content id).")
+    file_digests: dict[str, str] | None = Field(None, description="Per model file: its digest.")
 
 
 def read_version_metadata(version_dir: str | os.PathLike) -> VersionMetadata | None:
@@ -100,21 +102,21 @@ def write_version_metadata(version_dir: str | os.PathLike, meta: VersionMetadata
 class AdapterMetadata(SparseRecord):
     """A LoRA checkpoint's adapter/training_metadata.json."""
 
-    base_model: str
-    model_name: str | None = None
-    lora_r: int
-    lora_alpha: int | float
-    lora_dropout: float
-    target_modules: list[str]
-    learning_rate: float
-    epochs: int | float
-    global_step: int | None = None
-    training_examples: int | None = None
-    files_trained: int | None = None
-    final_loss: float | None = None
-    val_loss: float | None = None
-    training_time_s: float | None = None
-    trained_at: str | None = None
+    base_model: str = Field(description="The base model the adapter applies to.")
+    model_name: str | None = Field(None, description="model.model_name.")
+    lora_r: int = Field(description="training.lora.rank.")
+    lora_alpha: int | float = Field(description="training.lora.alpha.")
+    lora_dropout: float = Field(description="training.lora.dropout.")
+    target_modules: list[str] = Field(description="training.lora.target_modules.")
+    learning_rate: float = Field(description="training.learning_rate.")
+    epochs: int | float = Field(description="training.epochs.")
+    global_step: int | None = Field(None, description="The checkpoint's global step.")
+    training_examples: int | None = Field(None, description="Examples trained.")
+    files_trained: int | None = Field(None, description="Files trained.")
+    final_loss: float | None = Field(None, description="Training loss at the end of the last file.")
+    val_loss: float | None = Field(None, description="Validation loss of the last file.")
+    training_time_s: float | None = Field(None, description="Seconds since the run started.")
+    trained_at: str | None = Field(None, description="When (ISO time).")
 
 
 def read_adapter_metadata(adapter_dir: str | os.PathLike) -> AdapterMetadata | None:
@@ -127,9 +129,9 @@ def write_adapter_metadata(adapter_dir: str | os.PathLike, meta: AdapterMetadata
 
 # ------------------------------------------------------------------ backups, archived runs
 class BackupInfo(SparseRecord):
-    source: str  # the folder that was backed up
-    label: str | None = None
-    created_at: float
+    source: str = Field(description="the folder that was backed up")
+    label: str | None = Field(None, description="The label given (else the source folder's name is in the backup's name).")
+    created_at: float = Field(description="When (epoch seconds).")
 
 
 def read_backup_info(backup_dir: str | os.PathLike) -> BackupInfo | None:
@@ -143,8 +145,8 @@ def write_backup_info(backup_dir: str | os.PathLike, info: BackupInfo) -> None:
 class ArchivedRun(SparseRecord):
     """Why models/current_model was moved aside (critical settings changed: a new run starts from the base model)."""
 
-    reason: str
-    archived_at: float
+    reason: str = Field(description="Why the run was archived.")
+    archived_at: float = Field(description="When (epoch seconds).")
 
 
 def read_archived_run(run_dir: str | os.PathLike) -> ArchivedRun | None:
@@ -157,15 +159,15 @@ def write_archived_run(run_dir: str | os.PathLike, archived: ArchivedRun) -> Non
 
 # ------------------------------------------------------------------ frozen validation set
 class ChatMessage(RecordPart):
-    role: str
-    content: str
+    role: str = Field(description="user or assistant.")
+    content: str = Field(description="The text.")
 
 
 class ValidationRow(SparseRecord):
     """One row of the frozen validation set. The file is training data in chat format (the scorer reads it like any
     validation file), so its rows carry no schema_version: a row is a chat_sft_v1 example, versioned by that schema."""
 
-    messages: list[ChatMessage]
+    messages: list[ChatMessage] = Field(description="A held-out prompt and its expected answer.")
 
     def to_json(self) -> dict:
         return self.model_dump(mode="json", exclude_unset=True, by_alias=True, exclude={"schema_version"})
@@ -183,22 +185,22 @@ def read_validation_rows(layout) -> list[ValidationRow]:
 
 # ------------------------------------------------------------------ manifest.json (owner: core/manifest.py)
 class ManifestFile(RecordPart):
-    blake3: str | None = None
-    sha256: str | None = None  # manifests written before blake3
-    size: int
+    blake3: str | None = Field(None, description="BLAKE3 digest (new manifests).")
+    sha256: str | None = Field(None, description="manifests written before blake3")
+    size: int = Field(description="Bytes.")
 
 
 class ModelManifest(SparseRecord):
     """The shape core/manifest.py writes (and verifies): this model only lets the shared-file checks validate it;
     reading, writing and verifying manifests stays in core/manifest.py."""
 
-    format: int = 1
-    created_at: str | None = None
-    files: dict[str, ManifestFile]
-    global_step: int | None = None  # checkpoints and versions
-    version: str | None = None  # versions: the served label
-    exported_from: str | None = None  # exports
-    optimizer_state_removed_at: str | None = None  # retention stripped the optimizer state
+    format: int = Field(1, description="The manifest format (1).")
+    created_at: str | None = Field(None, description="When (ISO time).")
+    files: dict[str, ManifestFile] = Field(description="Per relative path: digest and size.")
+    global_step: int | None = Field(None, description="checkpoints and versions")
+    version: str | None = Field(None, description="versions: the served label")
+    exported_from: str | None = Field(None, description="exports")
+    optimizer_state_removed_at: str | None = Field(None, description="retention stripped the optimizer state")
 
 
 # Order matters where patterns overlap (fnmatch's `*` crosses folders): the adapter's metadata before the versions'.
