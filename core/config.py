@@ -398,6 +398,16 @@ class Layout:
     events = property(lambda s: s.base_dir / "status" / "events.jsonl")
     comparisons = property(lambda s: s.base_dir / "status" / "comparisons.json")
     deployments = property(lambda s: s.base_dir / "status" / "deployments.jsonl")
+    # model-lifecycle and curriculum records (owner: core/state/deployment.py, ledger.py, curriculum.py, lifecycle.py)
+    deployment_state = property(lambda s: s.base_dir / "status" / "deployment_state.json")
+    comparison_validation = property(lambda s: s.base_dir / "status" / "comparison_validation.jsonl")
+    curriculum = property(lambda s: s.base_dir / "status" / "curriculum.json")
+    data_manager_state = property(lambda s: s.base_dir / "status" / "data_manager.json")
+    evals = property(lambda s: s.base_dir / "status" / "evals")  # the held-out ladder's rungs
+    ladder_index = property(lambda s: s.base_dir / "status" / "evals" / "ladder.json")
+    protected = property(lambda s: s.base_dir / "models" / "current_model" / "protected.json")
+    backups = property(lambda s: s.base_dir / "models" / "backups")
+    previous_runs = property(lambda s: s.base_dir / "models" / "previous_runs")
 
     def queue_dir(self, state: str) -> Path:
         return self.queue / state

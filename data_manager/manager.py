@@ -51,9 +51,11 @@ from typing import Any, Callable
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.atomic_io import atomic_write_json, atomic_write_text, fsync_dir, read_json
+from core.atomic_io import fsync_dir
 from core.queue_store import PRIORITIES, QueueError, TrainingQueue
 from core.state.queue_records import JOB_SUFFIX, JobSidecar, write_job_sidecar
+from core.state.base import StateError, parse_record
+from core.state.curriculum import DataManagerState, read_data_manager_state, write_data_manager_state
 from data_manager.curriculum_manager import Curriculum, Decision
 from data_manager.ladder import Ladder, LadderError, Rung
 from data_manager.quality import QualityError, QualityReport, check_quality, tokenizer_counter  # noqa: F401 (re-exported)
@@ -127,8 +129,8 @@ class DataManager:
         self.curriculum = curriculum or Curriculum.from_config(cfg, max_levels)
         self._count_tokens = count_tokens
         self.clock = clock
-        self.state_path = self.layout.status / "data_manager.json"
-        self.ladder = Ladder(self.layout.status / "evals")
+        self.state_path = self.layout.data_manager_state
+        self.ladder = Ladder(self.layout.evals)
 
     # -- plumbing ---------------------------------------------------------
     @property
@@ -154,13 +156,20 @@ class DataManager:
             client.close()
 
     def load_state(self) -> dict[str, Any]:
-        state = read_json(self.state_path, None)
-        return state if isinstance(state, dict) else {"rotation_index": 0, "last_attempt_at": None,
-                                                      "last_generation_at": None, "batches_generated": 0}
+        """status/data_manager.json as a dict, checked against DataManagerState (core/state/curriculum.py) on every
+        load and save."""
+        try:
+            record = read_data_manager_state(self.state_path)
+        except StateError as exc:  # only the rotation and the cooldown clock are lost
+            logger.warning("%s: starting afresh", exc)
+            record = None
+        record = record or DataManagerState(rotation_index=0, last_attempt_at=None, last_generation_at=None,
+                                            batches_generated=0)
+        return record.to_json()
 
     def _save_state(self, state: dict[str, Any]) -> None:
         state["updated_at"] = _utcnow()
-        atomic_write_json(self.state_path, state)
+        write_data_manager_state(self.state_path, parse_record(DataManagerState, state, str(self.state_path)))
 
     # -- gating -----------------------------------------------------------
     def should_generate(self, now: float | None = None) -> tuple[bool, str]:

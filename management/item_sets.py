@@ -116,11 +116,11 @@ def file_sets(cfg) -> list[ItemSet]:
         out.append(ItemSet(f"{kind}:{path.stem}", kind, _digest(_file_digest(path), cc.validation_samples), rows,
                            meta={"file": str(path)}))
     if cc.eval_samples > 0:
-        from management.model_comparison_engine import _file_samples
+        from management.eval_source import file_samples
 
         for rel in cc.eval_files:
             path = cfg.resolve(rel)
-            samples = _file_samples(path)[:cc.eval_samples] if path.is_file() else []
+            samples = file_samples(path)[:cc.eval_samples] if path.is_file() else []
             if samples:
                 out.append(ItemSet(f"eval:{path.stem}", "eval", _digest(_file_digest(path), cc.eval_samples),
                                    [_chat_row(s) for s in samples], samples, meta={"file": str(path)}))
