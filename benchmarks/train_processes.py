@@ -44,12 +44,12 @@ from pathlib import Path
 MB = 1e6
 GB = 1e9
 
-# Host memory of one run, in bytes per parameter (fp32 weights, AdamW), with slack for torch and the allocator:
+# Host memory of one run at its peak, in bytes per parameter (fp32 weights, AdamW), with slack for the allocator:
 #   1 process: weights 4 + gradients 4 + moments 8, + 2.
 #   DDP, per rank: the same + 4 for the reducer's gradient buckets, + 1.
-#   FSDP2, whole group: every rank's shards of weights, gradients and moments (16 in all), rank 0's full gather
-#   of weights and moments for the checkpoint (12), + 2 per rank.
-BYTES_PER_PARAM = {"none": lambda world: 18, "ddp": lambda world: 21 * world, "fsdp": lambda world: 28 + 2 * world}
+#   FSDP2, whole group: the end-of-file checkpoint, where rank 0 holds the full weights and moments it gathered (12)
+#   beside every rank's shards of them (12 in all; the gradients are freed by then), + 1 per rank.
+BYTES_PER_PARAM = {"none": lambda world: 18, "ddp": lambda world: 21 * world, "fsdp": lambda world: 24 + world}
 BASE_BYTES_PER_PROCESS = int(0.7 * GB)  # interpreter, torch, transformers
 
 
@@ -362,7 +362,7 @@ def _goal(runs: dict, full_layers: int, fit_layers: list[int], too_big: list[str
     for mode, n in (("fsdp", world), ("none", 1), ("ddp", world)):
         for rank in range(n):
             for key, label in (("optimizer_state_mb", "optim"), ("held_mb", "P+G+O"), ("rss_steps_mb", "RSS steps"),
-                               ("peak_rss_mb", "peak end")):
+                               ("peak_rss_before_checkpoint_mb", "peak<ckpt"), ("peak_rss_mb", "peak end")):
                 points = {layers: runs[(mode, layers)]["ranks"][rank][key] for layers in fit_layers}
                 value, slope = extrapolate(points, full_layers)
                 measured = runs.get((mode, full_layers))

@@ -387,7 +387,7 @@ def worker(spec_path: Path) -> int:
         out = {"hf": run_hf, "trl": run_trl, "cadence": run_cadence}[spec["job"]](spec, examples)
     import resource
 
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out.setdefault("peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # a probe's: MB of 1e6
     rank = int(os.environ.get("RANK", "0"))
     Path(spec["result_path"] + (f".rank{rank}" if rank else "")).write_text(json.dumps(out))
     return 0
