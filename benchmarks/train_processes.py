@@ -22,13 +22,15 @@ Per run: the host's peak used memory (MemTotal - MemAvailable, sampled every
 0.2 s, other jobs on the box included) and the peak sum of the ranks' RSS.
 
 Memory safety (the box is shared): before a run its host memory is estimated
-from the parameter count (`BYTES_PER_PARAM`); a run whose estimate does not fit
-in MemAvailable minus --memory-headroom-gb is not started at full depth. Then
-every mode is measured at --fit-layers (the preset's widths, fewer layers) and
-the full-depth figures of the run that did not fit are extrapolated linearly in
-the number of layers, and labelled so. The modes that did run at full depth give
-the error of that extrapolation. The sampler kills the run's own ranks if
-MemAvailable falls below --min-available-gb.
+from the parameter count (`BYTES_PER_PARAM`). A run whose estimate does not fit
+in MemAvailable minus --memory-headroom-gb runs at full depth without its
+end-of-file checkpoint if that fits (`BYTES_PER_PARAM_STEPS`: FSDP2's rank-0
+gather for the checkpoint is its peak; labelled "no ckpt"), else not at full
+depth. Then every mode is measured at --fit-layers (the preset's widths, fewer
+layers, checkpoint included) and the full-depth figures of what did not run are
+extrapolated linearly in the number of layers, and labelled so; the modes that
+did run at full depth give the error of that extrapolation. The sampler kills
+the run's own ranks if MemAvailable falls below --min-available-gb.
 """
 from __future__ import annotations
 
@@ -50,6 +52,9 @@ GB = 1e9
 #   FSDP2, whole group: the end-of-file checkpoint, where rank 0 holds the full weights and moments it gathered (12)
 #   beside every rank's shards of them (12 in all; the gradients are freed by then), + 1 per rank.
 BYTES_PER_PARAM = {"none": lambda world: 18, "ddp": lambda world: 21 * world, "fsdp": lambda world: 24 + world}
+# The same without the end-of-file checkpoint (only FSDP2 differs): the shards of weights, gradients and moments
+# (16 in all) or, while the model loads, a full copy on every rank (4 each), + 1 per rank.
+BYTES_PER_PARAM_STEPS = dict(BYTES_PER_PARAM, fsdp=lambda world: max(16, 4 * world + 8) + world)
 BASE_BYTES_PER_PROCESS = int(0.7 * GB)  # interpreter, torch, transformers
 
 
@@ -213,8 +218,9 @@ def spawn_ranks(script: Path, name: str, spec: dict, workdir: Path, verbose: boo
             "min_available_mb": (watch.min_available or 0) / MB, "world": world}
 
 
-def estimate_bytes(mode: str, world: int, params: int) -> int:
-    return BYTES_PER_PARAM[mode](world) * params + BASE_BYTES_PER_PROCESS * world
+def estimate_bytes(mode: str, world: int, params: int, checkpoint: bool = True) -> int:
+    table = BYTES_PER_PARAM if checkpoint else BYTES_PER_PARAM_STEPS
+    return table[mode](world) * params + BASE_BYTES_PER_PROCESS * world
 
 
 def extrapolate(points: dict[int, float], layers: int) -> tuple[float, float]:
@@ -270,30 +276,42 @@ def processes_mode(args, workdir: Path, script: Path, helpers) -> int:
     too_big: list[str] = []
     port = args.master_port
 
-    def run(mode: str, n: int, layers: int) -> None:
+    def run(mode: str, n: int, layers: int, checkpoint: bool = True) -> None:
         nonlocal port
-        name = f"{run_label(mode, n)} L{layers}"
+        name = f"{run_label(mode, n)} L{layers}" + ("" if checkpoint else " no-ckpt")
         print(f"running {name} (MemAvailable {available_bytes() / GB:.1f} GB, load "
               f"{os.getloadavg()[0]:.1f}) ...", flush=True)
         dist_spec = dict(spec, model_dir=str(model_at(layers)), distributed="ddp" if mode == "none" else mode,
-                         processes=n)
-        runs[(mode, layers)] = spawn_ranks(script, name, dist_spec, workdir, args.verbose, n, port, floor,
-                                           args.run_timeout)
+                         processes=n, skip_final_checkpoint=not checkpoint)
+        runs[(mode, layers)] = dict(spawn_ranks(script, name, dist_spec, workdir, args.verbose, n, port, floor,
+                                                args.run_timeout), checkpoint=checkpoint)
         port += 1
+        if args.json:  # every run kept as soon as it ends: a later one may be cut short
+            Path(args.json + ".partial").write_text(json.dumps({f"{m} L{x}": r for (m, x), r in runs.items()}))
         import shutil
 
         shutil.rmtree(workdir / f"run-{name.replace(' ', '_')}", ignore_errors=True)  # the 0.6B checkpoint: ~7 GB
 
+    no_checkpoint: list[str] = []
     for mode, n in plan:
         need, have = estimate_bytes(mode, n, flops["params"]), available_bytes()
-        if need + headroom > have:
-            print(f"{run_label(mode, n)} at {full_layers} layers needs ~{need / GB:.1f} GB (estimate); "
-                  f"MemAvailable {have / GB:.1f} GB - headroom {args.memory_headroom_gb:g} GB: not run at full "
-                  f"depth, extrapolated from {args.fit_layers}", flush=True)
-            too_big.append(mode)
+        steps_only = estimate_bytes(mode, n, flops["params"], checkpoint=False)
+        if need + headroom <= have:
+            run(mode, n, full_layers)
             continue
-        run(mode, n, full_layers)
-    if too_big:
+        if steps_only + headroom <= have:
+            print(f"{run_label(mode, n)} at {full_layers} layers needs ~{need / GB:.1f} GB with its end-of-file "
+                  f"checkpoint, ~{steps_only / GB:.1f} GB without (estimates); MemAvailable {have / GB:.1f} GB - "
+                  f"headroom {args.memory_headroom_gb:g} GB: run without the checkpoint, whose figures are "
+                  f"extrapolated from {args.fit_layers}", flush=True)
+            no_checkpoint.append(mode)
+            run(mode, n, full_layers, checkpoint=False)
+            continue
+        print(f"{run_label(mode, n)} at {full_layers} layers needs ~{steps_only / GB:.1f} GB (estimate); "
+              f"MemAvailable {have / GB:.1f} GB - headroom {args.memory_headroom_gb:g} GB: not run at full "
+              f"depth, extrapolated from {args.fit_layers}", flush=True)
+        too_big.append(mode)
+    if too_big or no_checkpoint:
         for layers in args.fit_layers:
             for mode, n in plan:
                 run(mode, n, layers)
@@ -301,13 +319,13 @@ def processes_mode(args, workdir: Path, script: Path, helpers) -> int:
     _throughput_table(runs, full_layers, flops, helpers)
     print()
     _memory_table(runs, world)
-    fsdp_opt, ddp_opt, ddp_source = _goal(runs, full_layers, args.fit_layers, too_big, world)
+    fsdp_opt, ddp_opt, ddp_source = _goal(runs, full_layers, args.fit_layers, too_big + no_checkpoint, world)
     ok = all(f < d for f, d in zip(fsdp_opt, ddp_opt))
     print(f"FSDP2 holds less optimizer state per rank than DDP at {full_layers} layers: {'yes' if ok else 'NO'} "
           f"(FSDP2 {', '.join(f'{x:.0f}' for x in fsdp_opt)} MB vs DDP {', '.join(f'{x:.0f}' for x in ddp_opt)} MB "
           f"per rank, DDP {ddp_source})")
     if args.json:
-        Path(args.json).write_text(json.dumps({"flops": flops, "too_big": too_big, "runs": {
+        Path(args.json).write_text(json.dumps({"flops": flops, "too_big": too_big, "no_checkpoint": no_checkpoint, "runs": {
             f"{run_label(m, runs[(m, layers)]['world'])} L{layers}": r for (m, layers), r in runs.items()}}, indent=2))
     return 0 if ok else 1
 
@@ -342,8 +360,10 @@ def _memory_table(runs: dict, world: int) -> None:
     for (mode, layers), r in runs.items():
         for rank, values in enumerate(r["ranks"]):
             host = (f" {r['host_peak_used_mb']:>9.0f} {r['ranks_rss_sum_peak_mb']:>9.0f}" if rank == 0 else "")
-            print(f"{run_label(mode, r['world']) + f' L{layers}':16} {rank:>4} "
-                  + " ".join(f"{values[k]:>9.0f}" for k, _label in FIELDS) + host)
+            cells = [f"{values[k]:>9.0f}" for k, _label in FIELDS]
+            if not r.get("checkpoint", True):
+                cells[-1] = f"{'no ckpt':>9}"
+            print(f"{run_label(mode, r['world']) + f' L{layers}':16} {rank:>4} " + " ".join(cells) + host)
 
 
 def _goal(runs: dict, full_layers: int, fit_layers: list[int], too_big: list[str], world: int):
@@ -367,6 +387,8 @@ def _goal(runs: dict, full_layers: int, fit_layers: list[int], too_big: list[str
                 value, slope = extrapolate(points, full_layers)
                 measured = runs.get((mode, full_layers))
                 m = measured["ranks"][rank][key] if measured else None
+                if measured and not measured["checkpoint"] and key == "peak_rss_mb":
+                    m = None  # that run skipped the checkpoint this figure includes
                 err = f"{(value - m) / m:>+6.1%}" if m else ""
                 print(f"{run_label(mode, n):12} {rank:>4} {label:>10} {slope:>11.1f} {value:>12.0f} "
                       f"{(f'{m:.0f}' if m else 'not run'):>9} {err:>7}")
