@@ -50,11 +50,12 @@ GB = 1e9
 #   1 process: weights 4 + gradients 4 + moments 8, + 2.
 #   DDP, per rank: the same + 4 for the reducer's gradient buckets, + 1.
 #   FSDP2, whole group: the end-of-file checkpoint, where rank 0 holds the full weights and moments it gathered (12)
-#   beside every rank's shards of them (12 in all; the gradients are freed by then), + 1 per rank.
-BYTES_PER_PARAM = {"none": lambda world: 18, "ddp": lambda world: 21 * world, "fsdp": lambda world: 24 + world}
+#   beside every rank's shards of them (12 in all; the gradients are freed by then), + 2 per rank for the layer and
+#   embedding a rank unshards in a step (seen: ~6.6 GB per rank in the steps for qwen3-0.6b on 2 ranks), + 4.
+BYTES_PER_PARAM = {"none": lambda world: 18, "ddp": lambda world: 21 * world, "fsdp": lambda world: 28 + 2 * world}
 # The same without the end-of-file checkpoint (only FSDP2 differs): the shards of weights, gradients and moments
-# (16 in all) or, while the model loads, a full copy on every rank (4 each), + 1 per rank.
-BYTES_PER_PARAM_STEPS = dict(BYTES_PER_PARAM, fsdp=lambda world: max(16, 4 * world + 8) + world)
+# (16 in all), + 2 per rank (above); a rank's full copy while the model loads (4 each) is less.
+BYTES_PER_PARAM_STEPS = dict(BYTES_PER_PARAM, fsdp=lambda world: 16 + 2 * world)
 BASE_BYTES_PER_PROCESS = int(0.7 * GB)  # interpreter, torch, transformers
 
 
