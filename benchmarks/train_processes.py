@@ -46,16 +46,16 @@ from pathlib import Path
 MB = 1e6
 GB = 1e9
 
-# Host memory of one run at its peak, in bytes per parameter (fp32 weights, AdamW), with slack for the allocator:
-#   1 process: weights 4 + gradients 4 + moments 8, + 2.
-#   DDP, per rank: the same + 4 for the reducer's gradient buckets, + 1.
-#   FSDP2, whole group: the end-of-file checkpoint, where rank 0 holds the full weights and moments it gathered (12)
-#   beside every rank's shards of them (12 in all; the gradients are freed by then), + 2 per rank for the layer and
-#   embedding a rank unshards in a step (seen: ~6.6 GB per rank in the steps for qwen3-0.6b on 2 ranks), + 4.
-BYTES_PER_PARAM = {"none": lambda world: 18, "ddp": lambda world: 21 * world, "fsdp": lambda world: 28 + 2 * world}
-# The same without the end-of-file checkpoint (only FSDP2 differs): the shards of weights, gradients and moments
-# (16 in all), + 2 per rank (above); a rank's full copy while the model loads (4 each) is less.
-BYTES_PER_PARAM_STEPS = dict(BYTES_PER_PARAM, fsdp=lambda world: 16 + 2 * world)
+# Host memory of one run at its peak, in bytes per parameter (fp32 weights, AdamW), from the qwen3-0.6b runs here
+# (1 process: 13.3 GB peak; FSDP2 on 2 ranks without the checkpoint: 17.7 GB for both ranks together):
+#   1 process: weights 4 + gradients 4 + moments 8, + 6 seen (activations, the loaded file, the allocator).
+#   DDP, per rank: the same + 4 for the reducer's gradient buckets.
+#   FSDP2, per rank: its shards (16 / world) + ~6 at world 2 (the unsharded layer, embedding and their gradients,
+#   the collectives' buffers): 14; and the end-of-file checkpoint adds, on rank 0, the full weights and moments it
+#   gathers (12).
+BYTES_PER_PARAM = {"none": lambda world: 22, "ddp": lambda world: 26 * world, "fsdp": lambda world: 14 * world + 12}
+# The same without the end-of-file checkpoint (only FSDP2 differs).
+BYTES_PER_PARAM_STEPS = dict(BYTES_PER_PARAM, fsdp=lambda world: 14 * world)
 BASE_BYTES_PER_PROCESS = int(0.7 * GB)  # interpreter, torch, transformers
 
 
@@ -253,6 +253,9 @@ def processes_mode(args, workdir: Path, script: Path, helpers) -> int:
     models: dict[int, Path] = {}
 
     def model_at(layers: int) -> Path:
+        folder = workdir / f"model-{layers}"
+        if layers not in models and args.reuse and (folder / "config.json").is_file():  # same seed: the same model
+            models[layers] = folder
         if layers not in models:
             print(f"building {args.preset} with {layers} layers ...", flush=True)
             models[layers] = build_model(workdir / f"model-{layers}", preset=args.preset, seed=args.seed,
@@ -277,9 +280,18 @@ def processes_mode(args, workdir: Path, script: Path, helpers) -> int:
     too_big: list[str] = []
     port = args.master_port
 
+    reused = {}
+    if args.reuse:  # runs of an earlier invocation (its --json's .partial file), same arguments: not run again
+        reused = {(key.split()[0], int(key.split()[1][1:])): r for key, r in json.loads(Path(args.reuse).read_text()).items()}
+
     def run(mode: str, n: int, layers: int, checkpoint: bool = True) -> None:
         nonlocal port
         name = f"{run_label(mode, n)} L{layers}" + ("" if checkpoint else " no-ckpt")
+        earlier = reused.get((mode, layers))
+        if earlier is not None and earlier["checkpoint"] == checkpoint:
+            print(f"{name}: reused from {args.reuse}", flush=True)
+            runs[(mode, layers)] = earlier
+            return
         print(f"running {name} (MemAvailable {available_bytes() / GB:.1f} GB, load "
               f"{os.getloadavg()[0]:.1f}) ...", flush=True)
         dist_spec = dict(spec, model_dir=str(model_at(layers)), distributed="ddp" if mode == "none" else mode,
@@ -295,6 +307,12 @@ def processes_mode(args, workdir: Path, script: Path, helpers) -> int:
 
     no_checkpoint: list[str] = []
     for mode, n in plan:
+        if (mode, full_layers) in reused:
+            checkpoint = reused[(mode, full_layers)]["checkpoint"]
+            if not checkpoint:
+                no_checkpoint.append(mode)
+            run(mode, n, full_layers, checkpoint)
+            continue
         need, have = estimate_bytes(mode, n, flops["params"]), available_bytes()
         steps_only = estimate_bytes(mode, n, flops["params"], checkpoint=False)
         if need + headroom <= have:

@@ -710,6 +710,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-available-gb", type=float, default=1.5,
                         help="--processes: kill a run's ranks if the host's MemAvailable falls below this")
     parser.add_argument("--run-timeout", type=float, default=3600, help="--processes: seconds per run")
+    parser.add_argument("--reuse", default=None,
+                        help="--processes: take the runs an earlier invocation with the same arguments kept in its "
+                             "JSON_PATH.partial instead of running them again")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

@@ -57,6 +57,13 @@ def make_accelerator(cfg, precision: str, cpu: bool):
     # peer is noticed by the launcher, which kills the group, long before.
     kwargs = [InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.training.distributed_timeout))]
     if mode == "ddp":
+        # The engine compiles its per-layer functions itself, before wrapping, and DDP's reducer syncs the gradients
+        # through autograd hooks. dynamo's DDP optimizer would also split those compiled graphs at DDP's bucket
+        # boundaries; with the layers of qwen3-0.6b (several 25 MB buckets a layer) the code it generated failed at
+        # run time (NameError inside inductor's output, torch 2.13, benchmarks/train_throughput.py --processes).
+        import torch._dynamo
+
+        torch._dynamo.config.optimize_ddp = "no_optimization"
         return Accelerator(mixed_precision=precision, cpu=cpu, kwargs_handlers=kwargs)
     plugin = FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=True,
                                             auto_wrap_policy="transformer_based_wrap",
