@@ -361,9 +361,10 @@ def _throughput_table(runs: dict, full_layers: int, flops: dict, helpers) -> Non
     for mode, r in full.items():
         r0 = r["ranks"][0]
         mfu = r0["tokens_per_s"] * flops["flops_per_token"] / (peak * 1e9 * r["world"])
+        best3 = f"{r0['best_window_tokens_per_s'] / base3:.2f}x" if base3 else "n/a: fewer than 3 timed steps"
         print(f"{run_label(mode, r['world']):14} {r0['steps']:>5} {r0['tokens_per_s']:>17.0f} "
               f"{r0['best_window_tokens_per_s']:>11.0f} {r0['tokens_per_s'] / base:>8.2f}x {mfu:>6.1%}   "
-              f"(best3 {r0['best_window_tokens_per_s'] / base3:.2f}x)")
+              f"(best3 {best3})")
     print(f"(tok/s counts the tokens of every rank's micro-batches; MFU against world x the matmul peak measured now "
           f"({peak:.1f} GFLOP/s) per process)")
 
