@@ -23,6 +23,7 @@ Run as:
     python benchmarks/deploy.py --presets tiny --json out.json
     python benchmarks/deploy.py --presets qwen3-0.6b --model-dir /tmp/qwen3-0.6b-random
     python benchmarks/deploy.py --presets tiny --engine vllm                 # the same path onto vLLM
+    python benchmarks/deploy.py --presets tiny --write-docs                  # and put the table into docs/benchmarks.md
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
+
+from benchmarks.report import BenchmarkRun  # noqa: E402
 
 ADMIN_TOKEN = "bench-admin-token"
 
@@ -223,8 +226,10 @@ def run_one(preset: str, model_dir: Path | None, args) -> dict:
 
 def lifecycle_path(cfg, poll: float, saved: float, url: str) -> dict:
     """What the lifecycle worker does for one new checkpoint, timed phase by phase (wall clock, time.time())."""
-    from management.deployment_orchestrator import Orchestrator, active_content_id, history, load_state, tried_content_ids
-    from management.model_comparison_engine import load_ledger, pick_champion, score_new_checkpoints, unscored
+    from core.state.deployment import deployment_events, read_deployment_state
+    from management.champion_rule import pick_champion
+    from management.deployment_orchestrator import Orchestrator, active_content_id, tried_content_ids
+    from management.model_comparison_engine import load_ledger, score_new_checkpoints, unscored
     from management.model_versioner import create_version
 
     # detect: the worker polls; the checkpoint appears at a random point of its interval (half an interval on average)
@@ -261,10 +266,10 @@ def lifecycle_path(cfg, poll: float, saved: float, url: str) -> dict:
         marks["versioned"] = time.time()
         result = orch.deploy(champ["checkpoint"])
     watcher.join(5)
-    events = {h["event"]: h for h in history(cfg) if h.get("content_id") == champ["content_id"]}
+    events = {e.event.value: e for e in deployment_events(cfg.layout) if e.content_id == champ["content_id"]}
     for name in ("copied", "verified", "loaded", "health_ok", "promoted"):
         if name in events:
-            marks[name] = events[name]["ts"]
+            marks[name] = events[name].ts
     server_load = (result["timings"].get("local") or {}).get("server_load")
     t = {"detect": marks["detected"] - saved, "score": marks["scored"] - marks["detected"],
          "version": marks["versioned"] - marks["scored"]}
@@ -282,7 +287,8 @@ def lifecycle_path(cfg, poll: float, saved: float, url: str) -> dict:
     t["status"] = result["status"]
     t["server_load"] = server_load
     t["score_detail"] = entry.get("timings")
-    t["active"] = (load_state(cfg)["targets"].get("local") or {}).get("active", {}).get("version")
+    active = read_deployment_state(cfg.layout).active("local")
+    t["active"] = active.version if active else None
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in t.items()}
 
 
@@ -307,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--engine", choices=["builtin", "vllm"], default="builtin",
                         help="inference.engine of the server under test (vllm: needs scripts/setup.sh --vllm)")
+    parser.add_argument("--write-docs", action="store_true", help="write the result table into docs/benchmarks.md")
     args = parser.parse_args(argv)
+    run = BenchmarkRun.start("deploy", argv=None if argv is None else [__file__, *argv])
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -326,6 +334,17 @@ def main(argv: list[str] | None = None) -> int:
               f"requests ok {r['requests_ok']} failed {r['requests_failed']} versions {r['versions_seen']}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+    if args.write_docs:
+        phases = ("detect", "score", "version", "copy", "verify", "pre_load", "load", "flip", "health", "promote")
+        secs = lambda v: f"{v:.2f} s" if isinstance(v, (int, float)) else "-"
+        run.write_docs(f"Checkpoint saved -> served (engine {args.engine}, {args.clients} client(s) sending requests)",
+                       ["model", "saved -> served", "saved -> promoted", "requests ok / failed", "status",
+                        "phases"],
+                       [[f"{r['preset']} ({r['model_bytes'] / 1e9:.2f} GB)", secs(r["saved_to_served"]),
+                         secs(r["saved_to_promoted"]), f"{r['requests_ok']} / {r['requests_failed']}", r["status"],
+                         ", ".join(f"{k} {secs(r.get(k))}" for k in phases)] for r in results],
+                       ["load = the server's verify + load + checks + smoke; flip = the rest of that request's round "
+                        "trip. Goal: 0 failed requests, saved -> served <= 30 s for the Qwen3-0.6B size."])
     return 0 if all(r["requests_failed"] == 0 and r["status"] == "promoted" for r in results) else 1
 
 
