@@ -545,27 +545,3 @@ def schema_reference() -> str:
 
     walk(CadenceConfig, "")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Validate config.json and print the effective configuration.")
-    add_config_args(parser)
-    parser.add_argument("--schema", action="store_true", help="print every field with its default and description")
-    parser.add_argument("extra", nargs="*", metavar="KEY=VALUE", help="overrides, same as --set")
-    args = parser.parse_args(argv)
-    if args.schema:
-        print(schema_reference())
-        return 0
-    try:
-        cfg = load_config(args.config, args.overrides + args.extra)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(cfg.to_json(), end="")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

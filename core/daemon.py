@@ -455,20 +455,3 @@ def _log_tail(path: Path, n_bytes: int = 16_384) -> str:
             return fh.read().decode("utf-8", "replace")
     except FileNotFoundError:
         return ""
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Cadence's 24/7 training daemon (supervisor; training runs in a child).")
-    add_config_args(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    try:
-        daemon = TrainingDaemon(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return daemon.run()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -65,8 +65,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.atomic_io import atomic_write_json, atomic_write_text, read_json
 from core.manifest import MANIFEST_NAME, ManifestError, content_id
@@ -534,46 +532,3 @@ def _print_table(ledger: dict) -> None:
     failed = [n for n, e in entries.items() if e.get("status") == "failed"]
     for name in failed:
         print(f"   -  {name:<22} failed: {entries[name].get('error')}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from core.config import add_config_args, config_or_exit
-
-    parser = argparse.ArgumentParser(description="Score checkpoints, rank them and show the champion (status/comparisons.json).")
-    add_config_args(parser)
-    parser.add_argument("command", choices=["status", "score", "champion"], nargs="?", default="status")
-    parser.add_argument("--checkpoint", help="score only this checkpoint (score)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    cfg = config_or_exit(args)
-    if args.command == "score":
-        os.nice(cfg.comparison.nice) if cfg.comparison.nice else None
-        entries = score_new_checkpoints(cfg, only=args.checkpoint)
-        if args.json:
-            print(json.dumps(entries, indent=2, default=str))
-        else:
-            print(f"scored {len(entries)} checkpoint(s)")
-            _print_table(load_ledger(cfg))
-        return 0
-    ledger = load_ledger(cfg)
-    if args.command == "champion":
-        from management.deployment_orchestrator import active_content_id, tried_content_ids
-
-        base = active_content_id(cfg)
-        entry, decision = pick_champion(cfg, ledger, base, tried_content_ids(cfg))
-        out = {"champion": entry and entry["checkpoint"], "decision": decision and decision.to_dict(), "deployed_content_id": base}
-        print(json.dumps(out, indent=2) if args.json else
-              f"champion: {out['champion'] or 'none'} ({decision.reason if decision else 'no scored checkpoints'})")
-        return 0
-    if args.json:
-        print(json.dumps(ledger, indent=2, default=str))
-    else:
-        _print_table(ledger)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -26,8 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.atomic_io import atomic_write_json, read_json
 from core.manifest import MANIFEST_NAME, TRAINING_STATE_DIR
@@ -154,30 +152,3 @@ def apply_retention(cfg, dry_run: bool = False, now: float | None = None) -> dic
         actions.append({"action": "delete_backup", "path": path, "bytes": 0})
     return {"dry_run": dry_run, "actions": actions, "freed_bytes": sum(a["bytes"] for a in actions),
             "protected": protected_checkpoints(cfg)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from core.config import add_config_args, config_or_exit
-
-    parser = argparse.ArgumentParser(description="Apply checkpoint retention (latest N + best K + deployed; optimizer state on the latest M).")
-    add_config_args(parser)
-    parser.add_argument("--dry-run", action="store_true", help="list what would go, remove nothing")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    cfg = config_or_exit(args)
-    out = apply_retention(cfg, args.dry_run)
-    if args.json:
-        print(json.dumps(out, indent=2, default=str))
-    else:
-        print(f"protected: {out['protected']}")
-        for a in out["actions"]:
-            print(f"{'would ' if args.dry_run else ''}{a['action']}: {a['path']} ({a['bytes'] / 1e6:.1f} MB)")
-        print(f"{'would free' if args.dry_run else 'freed'} {out['freed_bytes'] / 1e9:.2f} GB")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

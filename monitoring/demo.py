@@ -158,21 +158,3 @@ def write_run(cfg, steps: int = 3000, live_pid: int | None = None, now: float | 
         for name in ("daemon", "trainer"):
             layout.pid_file(name).write_text(f"{live_pid}\n")
     return {"steps": steps, "checkpoints": ckpt_steps, "champion": champion, "deployed": deployed}
-
-
-def main(argv: list[str] | None = None) -> int:
-    from core.config import from_dict
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base-dir", required=True, help="folder to fill (created)")
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--live-pid", type=int, default=None, help="pid to record as daemon and trainer (default: none)")
-    args = parser.parse_args(argv)
-    base = Path(args.base_dir).resolve()
-    cfg = from_dict({"paths": {"base_dir": str(base)}}, base)
-    print(json.dumps(write_run(cfg, args.steps, args.live_pid)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

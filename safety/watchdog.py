@@ -127,16 +127,3 @@ class Watchdog:
             lock.release()
             self.event("watchdog_stopped")
         return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Restart the training daemon when it dies (by recorded pid).")
-    add_config_args(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    cfg = config_or_exit(args)
-    return Watchdog(cfg, args.config, args.overrides).run()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

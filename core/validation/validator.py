@@ -20,8 +20,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import hashlib
 import json
@@ -373,34 +371,3 @@ def percentile(sorted_values, q: float) -> float:
         return 0.0
     k = max(0, min(len(sorted_values) - 1, math.ceil(q / 100 * len(sorted_values)) - 1))
     return float(sorted_values[k])
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from core.config import add_config_args, config_from_args
-
-    parser = argparse.ArgumentParser(description="Validate a JSONL training file and print its report.")
-    add_config_args(parser)
-    parser.add_argument("file")
-    parser.add_argument("--schema", default=None, help="dataset spec id (default: daemon.default_schema)")
-    parser.add_argument("--level", choices=["quick", "standard", "deep"], default="quick")
-    parser.add_argument("--json", action="store_true", help="print the machine-readable report")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    cfg = config_from_args(args)
-    validator = DataValidator(cfg)
-    schema = args.schema or cfg.daemon.default_schema
-    rep = validator.quick(args.file, schema)
-    if rep.ok and args.level != "quick":
-        rep.merge(getattr(validator, args.level)(args.file, schema))
-        rep.level = args.level
-    print(json.dumps(rep.to_dict(), indent=2) if args.json else rep.summary())
-    return 0 if rep.ok else 1
-
-
-if __name__ == "__main__":
-    # run the importable module's main, so its classes are the ones every other module sees
-    from core.validation.validator import main as _main
-
-    sys.exit(_main())
