@@ -6,8 +6,8 @@ has a description (shown by `python3 core/config.py --schema`), unknown keys
 are an error, and every problem is reported at once with its key path.
 
 Run as:
-    python3 core/config.py [--config config.json] [key=value ...]   # print the effective config
-    python3 core/config.py --schema                                 # field reference
+    cadence config [--config config.json] [key=value ...]   # print the effective config
+    cadence config --schema                                 # field reference
 """
 from __future__ import annotations
 

@@ -17,12 +17,12 @@ latest checkpoint is mid-way through is claimed before any other. Every state ch
 checkpoints and exits; the file goes back to the front of its queue.
 
 Run as:
-    python3 core/training_daemon.py [--config config.json] [--set key=value]
-    (normally started by scripts/start_all.sh under safety/daemon_watchdog.py)
+    cadence daemon [--config config.json] [--set key=value]
+    python3 core/training_daemon.py ...       (the seed path; the watchdog starts the daemon this way)
+    (normally started by `cadence start` under the watchdog)
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 from core.atomic_io import append_jsonl, read_json
 from core import launch
-from core.config import CadenceConfig, ConfigError, add_config_args, load_config
+from core.config import CadenceConfig, ConfigError, load_config
 from core.control import consume_skip, consume_stop_after_file, read_control, request
 from core.procs import AlreadyRunning, InstanceLock, live_pid, remove_pid, terminate, write_pid
 from core.queue_store import QueueEntry, TrainingQueue

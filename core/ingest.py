@@ -16,11 +16,10 @@ The daemon calls:
     standard_gate(cfg, queue, entry, validator) -> bool   # after claim, before training
 
 Run as:
-    python3 core/ingest.py [--once] [--config config.json]     # watch inbox/ (Ctrl-C stops)
+    cadence ingest [--once] [--config config.json]     # watch inbox/ (Ctrl-C stops)
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 

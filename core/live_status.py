@@ -12,19 +12,16 @@ boundary (a request made while the daemon is down applies when it starts):
   status             what is really running (stale status files and dead pids are shown as such)
 
 Run as:
-    python3 core/training_controller.py pause|resume|stop|skip|clear|status [--json] [--reason TEXT]
+    cadence control pause|resume|stop|skip|clear|status [--json] [--reason TEXT]     (cadence pause|resume also work)
+    python3 core/training_controller.py ...        (the seed path, the same command)
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
 from core.atomic_io import read_json
-from core.config import CadenceConfig, add_config_args, config_or_exit
-from core.control import read_control, request
+from core.config import CadenceConfig
+from core.control import read_control
 from core.procs import live_pid
 from core.queue_store import TrainingQueue
 from safety.crash_detector import fault_streak, streak_path

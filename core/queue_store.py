@@ -15,22 +15,21 @@ id of a file is the sha256 of its content; the same content queued again is a
 duplicate (named in the error) unless forced.
 
 Run as:
-    python3 core/training_queue.py add FILE [--priority high|normal|low] [--schema ID] [--force] [--json]
-    python3 core/training_queue.py status [--json]
-    python3 core/training_queue.py list [--state STATE] [--json]
-    python3 core/training_queue.py show NAME [--json]
-    python3 core/training_queue.py set-priority NAME high|normal|low
-    python3 core/training_queue.py retry NAME [--priority P]
-    python3 core/training_queue.py remove NAME
+    cadence queue add FILE [--priority high|normal|low] [--schema ID] [--force] [--json]
+    cadence queue status [--json]
+    cadence queue list [--state STATE] [--json]
+    cadence queue show NAME [--json]
+    cadence queue set-priority NAME high|normal|low
+    cadence queue retry NAME [--priority P]
+    cadence queue remove NAME
+    python3 core/training_queue.py ...        (the seed path, the same command)
 """
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from dataclasses import dataclass
@@ -518,12 +517,3 @@ def _row(e: QueueEntry) -> dict:
             "retry_at": m.get("retry_at") if m.get("not_before") else None,
             "last_error": (", ".join(v["error_rules"]) if v.get("error_rules")
                            else (m.get("errors") or [{}])[-1].get("error", "")[:80] if m.get("errors") else None)}
-
-
-def _positive_int(text: str) -> int:
-    import argparse
-
-    value = int(text)
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError("must be between 1 and 1000")
-    return value

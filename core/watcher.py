@@ -15,11 +15,10 @@ watchdog's inotify observer wakes the loop; without inotify (or with
 `core.ingest.Ingestor` takes what this module reports as ready.
 
 Run as:
-    python3 core/watcher.py [--once] [--config config.json]     # same as python3 core/ingest.py
+    imported by core.ingest (no entry point; `cadence ingest` watches inbox/)
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 

@@ -9,22 +9,19 @@ eval set after each chunk of steps: an honest, stand-alone learnability
 estimate. Not part of the test suite (it takes minutes of CPU).
 
 Run as:
-    python3 data_manager/check_learnability.py                          # token lengths only (seconds)
-    python3 data_manager/check_learnability.py --train-seconds 240 --threads 2 [--skill binary]
+    cadence skills learnability                          # token lengths only (seconds)
+    cadence skills learnability --train-seconds 240 --threads 2 [--skill binary]
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 
 from data_manager.manager import EVAL_SEED_BASE
-from data_manager.skills import BUILTIN_SKILLS, get_skill
+from data_manager.skills import get_skill
 
 logger = logging.getLogger(__name__)
 

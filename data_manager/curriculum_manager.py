@@ -22,15 +22,14 @@ newest accuracy falls below the threshold is "forgotten" (`forgetting`) and the
 data manager rehearses it more, in proportion to how far below the bar it is.
 
 Run as:
-    python3 data_manager/curriculum_manager.py status [--json]
-    python3 data_manager/curriculum_manager.py set SKILL LEVEL     # operator override, logged in the state
+    cadence curriculum status [--json]
+    cadence curriculum set SKILL LEVEL     # operator override, logged in the state
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import logging
-import sys
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path

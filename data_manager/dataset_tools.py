@@ -18,7 +18,7 @@
 * `file_stats`: counts, turns, roles, and token lengths with the model's
   tokenizer through STANDARD (min/median/p95/p99/max, supervised tokens).
 
-Run as: python3 scripts/dataset.py validate|fix|dedupe|stats FILE ... (this module is its library).
+Run as: cadence dataset validate|fix|dedupe|stats FILE ... (this module is its library).
 """
 from __future__ import annotations
 

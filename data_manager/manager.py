@@ -28,9 +28,9 @@ gets more), and is sized by time (file_seconds at the measured training rate)
 so a file of a level just passed never trains for long.
 
 Run as:
-    python3 data_manager/manager.py status [--json]
-    python3 data_manager/manager.py generate [--force] [--count N] [--skill NAME]
-    python3 data_manager/manager.py tick | prune | evalsets
+    cadence data status [--json]
+    cadence data generate [--force] [--count N] [--skill NAME]
+    cadence data tick | prune | evalsets
 """
 from __future__ import annotations
 
@@ -39,7 +39,6 @@ import logging
 import os
 import random
 import secrets
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -47,7 +46,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-from core.atomic_io import atomic_write_json, atomic_write_text, fsync_dir, read_json
+from core.atomic_io import atomic_write_json, fsync_dir, read_json
 from data_manager.curriculum_manager import Curriculum, Decision
 from data_manager.ladder import Ladder, LadderError, Rung
 from data_manager.quality import QualityError, QualityReport, check_quality, tokenizer_counter  # noqa: F401 (re-exported)

@@ -9,15 +9,13 @@ built in, else with a generic exact match (JSON compared parsed, text with
 whitespace normalised). `LocalSkillClient` offers the same methods on an
 in-process Skill, for tests and as a fallback when a built-in server is down.
 
-Run as: imported by data_manager.manager; `python3 data_manager/skill_api_client.py URL [LEVEL]` probes a server.
+Run as: imported by data_manager.manager; `cadence skills probe URL [LEVEL]` probes a server.
 """
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 

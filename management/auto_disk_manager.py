@@ -20,15 +20,13 @@ The training daemon calls `free_space(cfg)` when a file is refused for lack of
 disk; the lifecycle worker calls `check(cfg)` every retention.disk_check_interval.
 
 Run as:
-    python3 management/auto_disk_manager.py status [--json]
-    python3 management/auto_disk_manager.py free [--dry-run] [--json]
+    cadence disk status [--json]
+    cadence disk free [--dry-run] [--json]
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Callable

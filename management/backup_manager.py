@@ -8,17 +8,15 @@ when it has one. Only a verified backup counts; a failed one is removed and
 the caller's destructive step must not run (BackupError).
 
 Run as:
-    python3 management/backup_manager.py list [--json]
-    python3 management/backup_manager.py create PATH [--label NAME] [--json]
-    python3 management/backup_manager.py prune [--json]
+    cadence backup list [--json]
+    cadence backup create PATH [--label NAME] [--json]
+    cadence backup prune [--json]
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 

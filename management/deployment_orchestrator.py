@@ -31,20 +31,18 @@ deployment_state.json: {"targets": {name: {"active": {version, content_id, check
                                         targets_done, baseline, attempts, timings} | null}
 
 Run as:
-    python3 management/deployment_orchestrator.py status [--json]
-    python3 management/deployment_orchestrator.py deploy [--checkpoint checkpoint-120] [--json]
-    python3 management/deployment_orchestrator.py recover [--json]
-    python3 management/deployment_orchestrator.py rollback [--target NAME] [--json]
-    python3 management/deployment_orchestrator.py history [--json]
+    cadence deploy status [--json]
+    cadence deploy deploy [--checkpoint checkpoint-120] [--json]
+    cadence deploy recover [--json]
+    cadence deploy rollback [--target NAME] [--json]
+    cadence deploy history [--json]
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import statistics
-import sys
 import threading
 import time
 import uuid

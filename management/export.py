@@ -25,17 +25,15 @@ TEMPLATE in Go-template form, stop "<|im_end|>"). k-quants (Q4_K_M, Q5_K_M,
 Q4_K_M` on the f16 export. Everything is written to a temp folder and renamed.
 
 Run as:
-    python3 management/export.py latest --out exports/hf --format hf
-    python3 management/export.py v003 --out exports/gguf --format gguf --quant q8_0 --ollama
-    python3 management/export.py path/to/adapter --base models/base --out exports/merged --format hf
+    cadence export latest --out exports/hf --format hf
+    cadence export v003 --out exports/gguf --format gguf --quant q8_0 --ollama
+    cadence export path/to/adapter --base models/base --out exports/merged --format hf
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 
-import argparse
 import json
 import logging
 import re

@@ -14,18 +14,12 @@ Run as:
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import signal
-import sys
 import threading
 import time
-from pathlib import Path
 
 
-from core.config import add_config_args, config_or_exit
-from core.procs import AlreadyRunning, InstanceLock, remove_pid, write_pid
+from core.procs import AlreadyRunning
 
 logger = logging.getLogger("management")
 

@@ -50,17 +50,15 @@ comparisons.json:
      "champion": {"checkpoint", "content_id", "step", "decided_at", "reason", "rule", "baseline"} | null}
 
 Run as:
-    python3 management/model_comparison_engine.py status [--json]
-    python3 management/model_comparison_engine.py score [--checkpoint checkpoint-120] [--json]
-    python3 management/model_comparison_engine.py champion [--json]
+    cadence compare status [--json]
+    cadence compare score [--checkpoint checkpoint-120] [--json]
+    cadence compare champion [--json]
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path

@@ -17,20 +17,18 @@ and fresh optimizer moments. Nothing is deleted. Delete refuses the deployed
 and previous versions and the newest one.
 
 Run as:
-    python3 management/model_versioner.py list [--json]
-    python3 management/model_versioner.py create [--checkpoint checkpoint-120] [--desc NAME] [--json]
-    python3 management/model_versioner.py restore VERSION [--json]
-    python3 management/model_versioner.py rollback [--json]          # restore the version before the newest
-    python3 management/model_versioner.py delete VERSION --yes [--json]
+    cadence versions list [--json]
+    cadence versions create [--checkpoint checkpoint-120] [--desc NAME] [--json]
+    cadence versions restore VERSION [--json]
+    cadence versions rollback [--json]          # restore the version before the newest
+    cadence versions delete VERSION --yes [--json]
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import shutil
-import sys
 import time
 from pathlib import Path
 

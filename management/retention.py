@@ -14,15 +14,13 @@ still verifies (an extra file is harmless, a missing listed one is not). The
 trainer resumes from such a checkpoint with fresh AdamW moments.
 
 Run as:
-    python3 management/retention.py [--dry-run] [--json]
+    cadence retention [--dry-run] [--json]
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 

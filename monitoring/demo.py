@@ -8,16 +8,14 @@ manifest (listed like real ones, but without weights); a ranking ledger and
 deployment history in the shape the design contract describes.
 
 Run as:
-    python -m monitoring.demo --base-dir /tmp/cadence-demo [--steps 3000] [--live-pid PID]
-    python -m monitoring --set paths.base_dir=/tmp/cadence-demo
+    cadence monitor-demo --base-dir /tmp/cadence-demo [--steps 3000] [--live-pid PID]
+    cadence monitor --set paths.base_dir=/tmp/cadence-demo
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
-import sys
 import time
 from pathlib import Path
 

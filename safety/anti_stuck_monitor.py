@@ -9,7 +9,7 @@ daemon requeues the file with the attempt counted. The daemon runs this check
 every tick; the CLI runs it once against the recorded trainer pid.
 
 Run as:
-    python3 safety/anti_stuck_monitor.py [--kill]
+    cadence stuck [--kill]
 """
 from __future__ import annotations
 
@@ -18,14 +18,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.atomic_io import read_json  # noqa: E402
+from core.atomic_io import read_json
 
 logger = logging.getLogger(__name__)
 

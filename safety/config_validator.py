@@ -8,21 +8,19 @@ models/previous_runs/, never deleting them). Range checks are the config
 model's own (pydantic); this adds the checks that need the disk.
 
 Run as:
-    python3 safety/config_validator.py [--json]          # check config.json against the run on disk
-    python3 safety/config_validator.py --start-new-run   # archive current checkpoints; next training starts from base_model
+    cadence check-config [--json]          # check config.json against the run on disk
+    cadence check-config --start-new-run   # archive current checkpoints; next training starts from base_model
 """
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.atomic_io import read_json  # noqa: E402
-from core.config import CadenceConfig  # noqa: E402
+from core.atomic_io import read_json
+from core.config import CadenceConfig
 
 ARCH_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
 

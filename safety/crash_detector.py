@@ -12,21 +12,19 @@ system faults in a row (kept in `status/fault_streak.json`, so a restarted daemo
 goes on counting) it pauses itself with an alert naming the cause.
 
 Run as:
-    python3 safety/crash_detector.py history [--json] [-n 20]
+    cadence crashes [--json] [-n 20]
 """
 from __future__ import annotations
 
 import json
 import re
 import signal
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.atomic_io import append_jsonl, atomic_write_json, read_json  # noqa: E402
+from core.atomic_io import append_jsonl, atomic_write_json, read_json
 
 CATEGORIES = ("cuda_oom", "cpu_oom", "cuda_error", "nan_loss", "disk_full", "data_error", "config_error",
               "import_error", "killed", "segfault", "stuck", "unknown")

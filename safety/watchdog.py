@@ -9,12 +9,12 @@ training_status.json), and waits for an operator action (any controller
 request) before trying again.
 
 Run as:
-    python3 safety/daemon_watchdog.py [--config config.json] [--set key=value]
-    (scripts/start_all.sh starts it; it starts the daemon)
+    cadence watchdog [--config config.json] [--set key=value]
+    python3 safety/daemon_watchdog.py ...     (the seed path)
+    (`cadence start` starts it; it starts the daemon)
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -28,7 +28,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 from core.atomic_io import append_jsonl
-from core.config import add_config_args, config_or_exit
 from core.control import read_control
 from core.procs import AlreadyRunning, InstanceLock, live_pid, remove_pid, terminate, write_pid
 from trainer.status import StatusWriter

@@ -23,12 +23,11 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.atomic_io import atomic_write_json  # noqa: E402
-from core.config import ConfigError, add_config_args, config_from_args  # noqa: E402
-from core.control import read_control  # noqa: E402
-from core.procs import remove_pid, set_parent_death_signal, write_pid  # noqa: E402
+from core.atomic_io import atomic_write_json
+from core.config import ConfigError, add_config_args, config_from_args
+from core.control import read_control
+from core.procs import remove_pid, set_parent_death_signal, write_pid
 
 logger = logging.getLogger("trainer.child")
 

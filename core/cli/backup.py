@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""`cadence backup`: the command line of management.backup_manager (hash-verified backups of model folders, taken before any destructive operation, kept by count and age.)
+
+Run as:
+    cadence backup list [--json]
+    cadence backup create PATH [--label NAME] [--json]
+    cadence backup prune [--json]
+"""
 from __future__ import annotations
 
 import argparse

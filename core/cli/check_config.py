@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""`cadence check-config`: the command line of safety.config_validator (guard the configuration: critical parameters frozen once checkpoints exist, writable paths, free disk.)
+
+Run as:
+    cadence check-config [--json]          # check config.json against the run on disk
+    cadence check-config --start-new-run   # archive current checkpoints; next training starts from base_model
+"""
 from __future__ import annotations
 
 import argparse

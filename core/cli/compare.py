@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""`cadence compare`: the command line of management.model_comparison_engine (comparison engine: score every new checkpoint once, rank them, and decide the champion.)
+
+Run as:
+    cadence compare status [--json]
+    cadence compare score [--checkpoint checkpoint-120] [--json]
+    cadence compare champion [--json]
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +14,7 @@ import os
 import sys
 
 from core.config import add_config_args, config_or_exit
+from management.deployment_orchestrator import active_content_id, tried_content_ids
 from management.model_comparison_engine import _print_table, load_ledger, pick_champion, score_new_checkpoints
 
 
@@ -31,8 +38,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 0
     ledger = load_ledger(cfg)
     if args.command == "champion":
-        from management.deployment_orchestrator import active_content_id, tried_content_ids
-
         base = active_content_id(cfg)
         entry, decision = pick_champion(cfg, ledger, base, tried_content_ids(cfg))
         out = {"champion": entry and entry["checkpoint"], "decision": decision and decision.to_dict(), "deployed_content_id": base}

@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""`cadence config`: the command line of core.config (one validated configuration for every Cadence process.)
+
+Run as:
+    cadence config [--config config.json] [key=value ...]   # print the effective config
+    cadence config --schema                                 # field reference
+"""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""`cadence control`: the command line of core.live_status (control the training daemon: pause, resume, stop, skip, status. Works whether or not the daemon is up.)
+
+Run as:
+    cadence control pause|resume|stop|skip|clear|status [--json] [--reason TEXT]
+"""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""`cadence crashes`: the command line of safety.crash_detector (classify every training-child exit and decide what the daemon does about it.)
+
+Run as:
+    cadence crashes [--json] [-n 20]
+"""
 from __future__ import annotations
 
 import argparse

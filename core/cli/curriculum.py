@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""`cadence curriculum`: the command line of data_manager.curriculum_manager (the curriculum: the training level of each skill, and when it goes up.)
+
+Run as:
+    cadence curriculum status [--json]
+    cadence curriculum set SKILL LEVEL     # operator override, logged in the state
+"""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""`cadence daemon`: the command line of core.daemon (the 24/7 training daemon: a supervisor that never imports torch.)
+
+Run as:
+    cadence daemon [--config config.json] [--set key=value]
+    (normally started by scripts/start_all.sh under safety/daemon_watchdog.py)
+"""
 from __future__ import annotations
 
 import argparse

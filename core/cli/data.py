@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""`cadence data`: the command line of data_manager.manager (data manager: keeps the queue fed with curriculum data and gives the comparison engine its eval sets.)
+
+Run as:
+    cadence data status [--json]
+    cadence data generate [--force] [--count N] [--skill NAME]
+    cadence data tick | prune | evalsets
+"""
 from __future__ import annotations
 
 import argparse

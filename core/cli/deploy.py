@@ -1,4 +1,12 @@
-"""TODO docstring."""
+"""`cadence deploy`: the command line of management.deployment_orchestrator (deployment orchestrator: champion -> version -> every target, verified, health-checked, promoted or rolled back.)
+
+Run as:
+    cadence deploy status [--json]
+    cadence deploy deploy [--checkpoint checkpoint-120] [--json]
+    cadence deploy recover [--json]
+    cadence deploy rollback [--target NAME] [--json]
+    cadence deploy history [--json]
+"""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""`cadence disk`: the command line of management.auto_disk_manager (free disk space in a safe order when it runs low; never touch what Cadence cannot lose.)
+
+Run as:
+    cadence disk status [--json]
+    cadence disk free [--dry-run] [--json]
+"""
 from __future__ import annotations
 
 import argparse

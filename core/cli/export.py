@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""`cadence export`: the command line of management.export (take a model out of Cadence: a merged HF safetensors folder, or a GGUF for llama.cpp / Ollama.)
+
+Run as:
+    cadence export latest --out exports/hf --format hf
+    cadence export v003 --out exports/gguf --format gguf --quant q8_0 --ollama
+    cadence export path/to/adapter --base models/base --out exports/merged --format hf
+"""
 from __future__ import annotations
 
 import argparse

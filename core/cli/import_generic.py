@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""`cadence import generic`: the command line of data_manager.importers.generic (generic CSV / TSV / JSON / JSONL instruction data -> chat_sft_v1 JSONL.)
+
+Run as:
+    cadence import generic data.csv --out data.jsonl
+    cadence import generic sharegpt.json --skip-bad --inbox --priority high
+"""
 from __future__ import annotations
 
 import argparse

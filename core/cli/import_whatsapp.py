@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""`cadence import whatsapp`: the command line of data_manager.importers.whatsapp (whatsApp chat export (.txt) -> chat_sft_v1 conversations in one person's voice.)
+
+Run as:
+    cadence import whatsapp CHAT.txt --me "Alice" --out alice.jsonl
+    cadence import whatsapp CHAT.txt --me "Alice" --partner "Bob" --silence-hours 4 --inbox
+"""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""`cadence ingest`: the command line of core.ingest (ingest: take ready files from inbox/, validate them (spec + QUICK), queue or reject them.)
+
+Run as:
+    cadence ingest [--once] [--config config.json]     # watch inbox/ (Ctrl-C stops)
+"""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""`cadence skills learnability`: the command line of data_manager.check_learnability (hand-run check that level 1 of each built-in skill suits the tiny default model.)
+
+Run as:
+    cadence skills learnability                          # token lengths only (seconds)
+    cadence skills learnability --train-seconds 240 --threads 2 [--skill binary]
+"""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +26,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2, like the demo box)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    # lazy: torch, transformers and the model builder load only when the check runs, not for --help
     import torch
     from transformers import AutoTokenizer
 

@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""`cadence monitor-demo`: the command line of monitoring.demo (write a realistic Cadence run into a base_dir, to try the monitor without training (and for its tests).)
+
+Run as:
+    cadence monitor-demo --base-dir /tmp/cadence-demo [--steps 3000] [--live-pid PID]
+    cadence monitor --set paths.base_dir=/tmp/cadence-demo
+"""
 from __future__ import annotations
 
 import argparse

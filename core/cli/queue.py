@@ -1,4 +1,14 @@
-"""TODO docstring."""
+"""`cadence queue`: the command line of core.queue_store (the training queue on disk: one folder per state, a state change is a rename.)
+
+Run as:
+    cadence queue add FILE [--priority high|normal|low] [--schema ID] [--force] [--json]
+    cadence queue status [--json]
+    cadence queue list [--state STATE] [--json]
+    cadence queue show NAME [--json]
+    cadence queue set-priority NAME high|normal|low
+    cadence queue retry NAME [--priority P]
+    cadence queue remove NAME
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +18,15 @@ import sys
 
 from core.atomic_io import read_json
 from core.config import add_config_args, config_or_exit
-from core.queue_store import PRIORITIES, STATES, QueueError, TrainingQueue, _positive_int, _row, _table
+from core.ingest import Ingestor
+from core.queue_store import PRIORITIES, STATES, QueueError, TrainingQueue, _row, _table
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError("must be between 1 and 1000")
+    return value
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -43,8 +61,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     out = lambda obj, text: print(json.dumps(obj, indent=2, default=str) if args.json else text)  # noqa: E731
     try:
         if args.cmd == "add":
-            from core.ingest import Ingestor
-
             result = Ingestor(cfg, queue).ingest_path(args.file, priority=args.priority, schema_id=args.schema,
                                                       epochs=args.epochs, force=args.force, copy=True)
             out(result.to_dict(), result.message)

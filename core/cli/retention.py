@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""`cadence retention`: the command line of management.retention (checkpoint retention: latest N + best K + deployed (+ champion), optimizer state only on the latest M; versions and backups by count.)
+
+Run as:
+    cadence retention [--dry-run] [--json]
+"""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""`cadence start|stop|status`: the command line of core.services (start, stop and inspect Cadence's processes by recorded pid (the engine behind start_all/stop_all/status.sh).)
+
+Run as:
+    cadence start [--no-inference] [--only NAME ...]
+    cadence stop [--timeout 60]
+    cadence status [--json]
+"""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""`cadence skills probe`: the command line of data_manager.skill_api_client (client for Skill API servers, built-in and external alike (data_manager/SKILL_API.md).)
+
+Run as:
+    cadence skills probe URL [LEVEL]
+"""
 from __future__ import annotations
 
 import argparse

@@ -1,8 +1,14 @@
-"""TODO docstring."""
+"""`cadence stuck`: the command line of safety.anti_stuck_monitor (detect a training child that stopped making progress, dump its stacks, and kill it.)
+
+Run as:
+    cadence stuck [--kill]
+"""
 from __future__ import annotations
 
 import argparse
 import logging
+
+import psutil
 
 from core.config import add_config_args, config_or_exit
 from core.procs import live_pid, terminate
@@ -20,8 +26,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if pid is None:
         print("no training child running")
         return 0
-    import psutil
-
     verdict = check(cfg, pid, psutil.Process(pid).create_time())
     if verdict is None:
         print(f"trainer {pid}: making progress")

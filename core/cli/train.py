@@ -1,15 +1,22 @@
-"""TODO docstring."""
+"""`cadence train`: train one JSONL file standalone (no daemon) with the daemon's engine (core.train).
+
+Continues from the newest checkpoint and resumes mid-file; Ctrl-C checkpoints
+at the step boundary and the same command again resumes. Exit codes: 0 done,
+1 not completed, 2 no such file, 3 bad data.
+
+Run as:
+    cadence train inbox/my_data.jsonl [--schema chat_sft_v1] [--epochs N] [--set training.learning_rate=1e-4]
+    cadence train --demo            # generate a small sample file and train on it
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import signal
 import sys
 from pathlib import Path
 
 from core.config import add_config_args, config_or_exit
-from core.train import write_demo_file
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -26,30 +33,20 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     cfg = config_or_exit(args)
     cfg.layout.ensure()
     path = Path(args.file) if args.file else None
+    if path is None and not args.demo:
+        parser.error("a FILE (or --demo) is required")
+    # lazy: core.train imports torch, which `cadence train --help` must not load
+    from core.train import train_standalone, write_demo_file
+    from trainer import DataError
+
     if args.demo:
         path = cfg.layout.inbox.parent / "status" / "demo_sample.jsonl"
         write_demo_file(path)
-    if path is None:
-        parser.error("a FILE (or --demo) is required")
     if not path.is_file():
         print(f"error: {path}: no such file", file=sys.stderr)
         return 2
-
-    from trainer import DataError, TrainerEngine, TrainingHooks
-
-    class CtrlC(TrainingHooks):
-        stop = False
-
-        def control(self):
-            return "stop" if self.stop else None
-
-    hooks = CtrlC()
-    signal.signal(signal.SIGINT, lambda *_: setattr(hooks, "stop", True))
-    signal.signal(signal.SIGTERM, lambda *_: setattr(hooks, "stop", True))
-    engine = TrainerEngine(cfg, hooks, new_run=args.new_run).setup()
     try:
-        result = engine.train_file(path, schema_id=args.schema or cfg.daemon.default_schema, epochs=args.epochs)
-        engine.leave_group()  # under `accelerate launch` / several ranks: all leave together
+        result = train_standalone(cfg, path, args.schema, args.epochs, new_run=args.new_run)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""`cadence validate`: the command line of core.validation.validator (dataValidator: QUICK on arrival, STANDARD before training, DEEP on request.)
+
+Run as:
+    cadence validate FILE [--schema chat_sft_v1] [--level quick|standard|deep] [--json]
+"""
 from __future__ import annotations
 
 import argparse

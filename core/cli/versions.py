@@ -1,4 +1,12 @@
-"""TODO docstring."""
+"""`cadence versions`: the command line of management.model_versioner (model versions: consolidate a checkpoint into `models/versions/vNNN_YYYYMMDD_<desc>/`, list, restore, roll back, delete.)
+
+Run as:
+    cadence versions list [--json]
+    cadence versions create [--checkpoint checkpoint-120] [--desc NAME] [--json]
+    cadence versions restore VERSION [--json]
+    cadence versions rollback [--json]          # restore the version before the newest
+    cadence versions delete VERSION --yes [--json]
+"""
 from __future__ import annotations
 
 import argparse

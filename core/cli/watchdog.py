@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""`cadence watchdog`: the command line of safety.watchdog (keep the training daemon alive: restart it when its recorded pid is dead, never look it up by name.)
+
+Run as:
+    cadence watchdog [--config config.json] [--set key=value]
+    (scripts/start_all.sh starts it; it starts the daemon)
+"""
 from __future__ import annotations
 
 import argparse

@@ -13,11 +13,10 @@ with errors rejects the file. Nothing here raises on bad input: every problem
 becomes a rule with a line number.
 
 Run as:
-    python3 core/validation/validator.py FILE [--schema chat_sft_v1] [--level quick|standard|deep] [--json]
+    cadence validate FILE [--schema chat_sft_v1] [--level quick|standard|deep] [--json]
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 

@@ -7,5 +7,5 @@
 Each is a CLI (`python3 -m data_manager.importers.<name> --help`) writing to
 `--out PATH` or straight into the inbox (`--inbox`, sidecar first, then rename).
 
-Run as: python3 -m data_manager.importers.whatsapp | generic ...
+Run as: cadence import whatsapp | generic ...
 """

@@ -22,22 +22,20 @@ Not handled: multimodal content (image parts), tool/function-call turns,
 preference pairs (chosen/rejected), nested JSON other than one top-level list.
 
 Run as:
-    python3 -m data_manager.importers.generic data.csv --out data.jsonl
-    python3 -m data_manager.importers.generic sharegpt.json --skip-bad --inbox --priority high
+    cadence import generic data.csv --out data.jsonl
+    cadence import generic sharegpt.json --skip-bad --inbox --priority high
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import logging
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
-from data_manager.importers.common import (ImportFailed, ImportResult, Problem, add_output_args, emit, normalise_role,
+from data_manager.importers.common import (ImportFailed, ImportResult, Problem, normalise_role,
                                            row_problems)
 
 logger = logging.getLogger(__name__)

@@ -35,22 +35,19 @@ sees who said what; with `partner`, only that person's messages are kept as
 Placeholders and system phrases are recognised in English only.
 
 Run as:
-    python3 -m data_manager.importers.whatsapp CHAT.txt --me "Alice" --out alice.jsonl
-    python3 -m data_manager.importers.whatsapp CHAT.txt --me "Alice" --partner "Bob" --silence-hours 4 --inbox
+    cadence import whatsapp CHAT.txt --me "Alice" --out alice.jsonl
+    cadence import whatsapp CHAT.txt --me "Alice" --partner "Bob" --silence-hours 4 --inbox
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import re
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from data_manager.importers.common import (ImportFailed, ImportResult, Problem, add_output_args, emit,
-                                           row_problems)
+from data_manager.importers.common import (ImportFailed, ImportResult, Problem, row_problems)
 
 logger = logging.getLogger(__name__)
 
