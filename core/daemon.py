@@ -38,9 +38,11 @@ REPO = Path(__file__).resolve().parent.parent
 from core.atomic_io import append_jsonl, read_json
 from core import launch
 from core.config import CadenceConfig, ConfigError, load_config
+from core.ingest import Ingestor
 from core.control import consume_skip, consume_stop_after_file, read_control, request
 from core.procs import AlreadyRunning, InstanceLock, live_pid, remove_pid, terminate, write_pid
 from core.queue_store import QueueEntry, TrainingQueue
+from management.auto_disk_manager import free_space
 from safety import anti_stuck_monitor, crash_detector
 from safety.config_validator import critical_problems, disk_problems
 from trainer.checkpoint import latest_checkpoint  # no torch: lazy package
@@ -152,11 +154,6 @@ class TrainingDaemon:
             log_event(self.cfg, "recovered", file=e.name, counted_as_attempt=False)
 
     def _start_ingest(self) -> None:
-        try:
-            from core.watcher import Ingestor
-        except ImportError:  # ingest not installed: the queue can still be fed by training_queue.py add
-            logger.warning("core.watcher not available: inbox/ is not watched")
-            return
         self.ingestor = Ingestor(self.cfg, self.queue)
         self._ingest_stop = threading.Event()
         self._ingest_thread = threading.Thread(target=self._ingest_loop, name="ingest", daemon=True)
@@ -275,10 +272,6 @@ class TrainingDaemon:
         return False
 
     def _free_disk(self) -> None:
-        try:
-            from management.auto_disk_manager import free_space
-        except ImportError:
-            return
         try:
             freed = free_space(self.cfg)
             log_event(self.cfg, "disk_freed", detail=freed)

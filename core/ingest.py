@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 import json
 import logging
 import os

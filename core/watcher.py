@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 import logging
 import os
 import re
@@ -301,12 +300,3 @@ class InboxWatcher:
         due = prev.since + wait  # its close event wakes the loop earlier
         self.next_due = due if self.next_due is None else min(self.next_due, due)
         return False
-
-
-def __getattr__(name: str):
-    # the ingest entry points used to live here; keep `from core.watcher import Ingestor` working
-    if name in ("Ingestor", "IngestResult", "standard_gate"):
-        from core import ingest
-
-        return getattr(ingest, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,6 @@ import statistics
 import time
 from pathlib import Path
 
-
 from data_manager.manager import EVAL_SEED_BASE
 from data_manager.skills import get_skill
 

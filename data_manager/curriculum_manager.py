@@ -35,7 +35,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-
 from core.atomic_io import atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)

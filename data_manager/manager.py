@@ -45,7 +45,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-
 from core.atomic_io import atomic_write_json, fsync_dir, read_json
 from data_manager.curriculum_manager import Curriculum, Decision
 from data_manager.ladder import Ladder, LadderError, Rung

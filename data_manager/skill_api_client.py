@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-
 import httpx
 
 from data_manager.skills import BUILTIN_SKILLS, Skill, generic_score, get_skill

@@ -284,5 +284,5 @@ def create_app(cfg, load_model: bool = True) -> FastAPI:
     app.include_router(build_router())
     if cfg.inference.engine == "vllm":
         from inference.vllm_proxy import passthrough_router
-        app.include_router(passthrough_router())  # vLLM's other POST /v1/* routes, after Cadence's own
+        app.include_router(passthrough_router(require_api_key))  # vLLM's other POST /v1/* routes, after Cadence's own
     return app

@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-
 from management import retention
 from trainer.checkpoint import list_checkpoints
 

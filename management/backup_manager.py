@@ -20,7 +20,6 @@ import shutil
 import time
 from pathlib import Path
 
-
 from core.atomic_io import atomic_write_json, fsync_dir, read_json
 from core.manifest import MANIFEST_NAME, ManifestError, build_manifest, verify_manifest
 

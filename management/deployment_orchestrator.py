@@ -48,7 +48,6 @@ import time
 import uuid
 from pathlib import Path
 
-
 from core.auth import admin_token
 from core.manifest import ManifestError, verify_manifest
 from core.procs import InstanceLock

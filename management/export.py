@@ -31,15 +31,15 @@ Run as:
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-
 import json
 import logging
 import re
 import shutil
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+
+from core.extras import require
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +126,7 @@ def _copy_model_files(src: Path, dst: Path) -> None:
 def merge_adapter(adapter: Path, base: Path, dst: Path) -> None:
     """base + LoRA adapter -> one plain model folder (peft merge_and_unload), with the tokenizer."""
     import torch
+    require("peft", why="merging a LoRA adapter")
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -176,7 +177,7 @@ def _rope_theta(config: dict) -> float:
 
 def tokenizer_vocab(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[str]]:
     """(tokens by id padded to vocab_size, token types, merges) of a byte-level BPE fast tokenizer, as llama.cpp reads them."""
-    import gguf
+    gguf = require("gguf", why="a GGUF export")
 
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     model = state["model"]
@@ -222,7 +223,7 @@ def _pretokenizer_regexes(tokenizer) -> list[str]:
 
 def write_gguf(hf_dir: Path, out_file: Path, quant: str = "f16", name: str | None = None) -> dict:
     """Write a llama.cpp "qwen3" GGUF of the HF folder; returns a summary (tensors, types, metadata)."""
-    import gguf
+    gguf = require("gguf", why="a GGUF export")
     import numpy as np
     import torch
     from transformers import AutoTokenizer

@@ -116,11 +116,9 @@ def file_sets(cfg) -> list[ItemSet]:
         out.append(ItemSet(f"{kind}:{path.stem}", kind, _digest(_file_digest(path), cc.validation_samples), rows,
                            meta={"file": str(path)}))
     if cc.eval_samples > 0:
-        from management.model_comparison_engine import _file_samples
-
         for rel in cc.eval_files:
             path = cfg.resolve(rel)
-            samples = _file_samples(path)[:cc.eval_samples] if path.is_file() else []
+            samples = file_samples(path)[:cc.eval_samples] if path.is_file() else []
             if samples:
                 out.append(ItemSet(f"eval:{path.stem}", "eval", _digest(_file_digest(path), cc.eval_samples),
                                    [_chat_row(s) for s in samples], samples, meta={"file": str(path)}))
@@ -131,3 +129,21 @@ def build_sets(cfg, dm, since_step: int | None, until_step: int | None = None) -
     """Every set a checkpoint at `until_step` is scored on, given the deployed version's step `since_step`."""
     sets = ladder_sets(cfg, dm) if dm is not None else []
     return sets + trained_sets(cfg, since_step, until_step) + file_sets(cfg)
+
+
+def file_samples(path: Path) -> list[dict]:
+    """An eval file's chat rows as scoring samples (last user turn -> assistant answer); [] when unreadable."""
+    from trainer.data import DataError, chat_prompt_and_answer, read_jsonl  # lazy: trainer.data loads transformers
+
+    try:
+        rows = read_jsonl(path)
+    except (OSError, DataError) as exc:
+        logger.error("eval file %s unreadable: %s", path, exc)
+        return []
+    out = []
+    for row in rows:
+        split = chat_prompt_and_answer(row)
+        if split and split[0] and split[0][-1].get("role") == "user":
+            out.append({"user_prompt": split[0][-1]["content"], "assistant_response": split[1],
+                        "metadata": {"skill": path.stem, "level": 0}})
+    return out

@@ -18,7 +18,6 @@ import logging
 import threading
 import time
 
-
 from core.procs import AlreadyRunning
 
 logger = logging.getLogger("management")

@@ -63,7 +63,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-
 from core.atomic_io import atomic_write_json, atomic_write_text, read_json
 from core.manifest import MANIFEST_NAME, ManifestError, content_id
 from trainer.checkpoint import CheckpointInfo, list_checkpoints
@@ -327,23 +326,6 @@ class EvalSource:
                 continue
             out[skill] = decision.reason
         return out
-
-
-def _file_samples(path: Path) -> list[dict]:
-    from trainer.data import DataError, chat_prompt_and_answer, read_jsonl
-
-    try:
-        rows = read_jsonl(path)
-    except (OSError, DataError) as exc:
-        logger.error("eval file %s unreadable: %s", path, exc)
-        return []
-    out = []
-    for row in rows:
-        split = chat_prompt_and_answer(row)
-        if split and split[0] and split[0][-1].get("role") == "user":
-            out.append({"user_prompt": split[0][-1]["content"], "assistant_response": split[1],
-                        "metadata": {"skill": path.stem, "level": 0}})
-    return out
 
 
 def current_level_accuracy(sets: dict) -> dict:

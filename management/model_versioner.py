@@ -32,7 +32,6 @@ import shutil
 import time
 from pathlib import Path
 
-
 from core.atomic_io import atomic_write_json, fsync_dir, read_json
 from core.manifest import METADATA_FILE, MANIFEST_NAME, TRAINING_STATE_DIR, ManifestError, content_id, entry_digest
 from core.version_label import check_label
@@ -189,7 +188,7 @@ def rollback_version(cfg) -> dict:
 
 def protected_versions(cfg) -> set[str]:
     """Version names that must stay: the deployed and previous ones on any target, and the newest."""
-    from management.deployment_orchestrator import deployed_versions
+    from management.deployment_state import deployed_versions
 
     names = set(deployed_versions(cfg))
     versions = list_versions(cfg)

@@ -24,7 +24,6 @@ import shutil
 import time
 from pathlib import Path
 
-
 from core.atomic_io import atomic_write_json, read_json
 from core.manifest import MANIFEST_NAME, TRAINING_STATE_DIR
 from trainer.checkpoint import PROTECTED_FILE, CheckpointInfo, list_checkpoints, optimizer_state_files, protected_names

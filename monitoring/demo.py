@@ -73,7 +73,7 @@ def write_metrics(path: Path, steps: int, start_ts: float, **kw) -> int:
 
 def write_run(cfg, steps: int = 3000, live_pid: int | None = None, now: float | None = None) -> dict:
     """A whole demo base_dir. With `live_pid`, .pids/daemon.pid and trainer.pid name it (a stand-in daemon)."""
-    from core.watcher import Ingestor
+    from core.ingest import Ingestor
     from data_manager.curriculum_manager import Curriculum
 
     layout = cfg.layout.ensure()

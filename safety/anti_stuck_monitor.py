@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from core.atomic_io import read_json
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,6 @@ import os
 import time
 from pathlib import Path
 
-
 from core.atomic_io import read_json
 from core.config import CadenceConfig
 

@@ -23,7 +23,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-
 from core.atomic_io import append_jsonl, atomic_write_json, read_json
 
 CATEGORIES = ("cuda_oom", "cpu_oom", "cuda_error", "nan_loss", "disk_full", "data_error", "config_error",

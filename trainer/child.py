@@ -23,7 +23,6 @@ from pathlib import Path
 
 import psutil
 
-
 from core.atomic_io import atomic_write_json
 from core.config import ConfigError, add_config_args, config_from_args
 from core.control import read_control
@@ -249,7 +248,7 @@ def _standard_gate(cfg, path: Path) -> bool:
     tokenizer and the daemon never imports torch. A file outside queue/processing/ (a manual run) is not gated."""
     from core.queue_store import QueueError, TrainingQueue
     from core.validation.validator import DataValidator
-    from core.watcher import standard_gate
+    from core.ingest import standard_gate
 
     if path.parent.resolve() != cfg.layout.queue_dir("processing").resolve():
         return True

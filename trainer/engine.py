@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from core.config import CadenceConfig
+from core.extras import require
 from core.manifest import ManifestCheck, ManifestError
 from core.system_metrics import gpu_stats, ram_stats
 from trainer import attention, distributed, optim_state
@@ -240,6 +241,7 @@ class TrainerEngine:
 
     def _wrap_lora(self, model, ckpt: CheckpointInfo | None):
         """LoRA mode: a fresh adapter on the base model, or the checkpoint's adapter (trainable) to continue."""
+        require("peft", why="training.mode=lora")
         from peft import LoraConfig, PeftModel, get_peft_model
 
         lc = self.cfg.training.lora
