@@ -19,7 +19,7 @@ both on the same held-out binary level-2 problems by greedy generation and the
 skill's exact-match scorer.
 
 Run as:
-    python3 benchmarks/curriculum.py [--minutes 5] [--rule both] [--budget 90] [--skip-loop] [--skip-equal]
+    python3 -m benchmarks.curriculum [--minutes 5] [--rule both] [--budget 90] [--skip-loop] [--skip-equal]
 """
 from __future__ import annotations
 
@@ -35,7 +35,6 @@ from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -19,10 +19,10 @@ requests failed during it (the goal is 0, and <= 30 s saved -> served for the
 Qwen3-0.6B-sized model).
 
 Run as:
-    python benchmarks/deploy.py                                   # tiny and Qwen3-0.6B-sized (built in /tmp)
-    python benchmarks/deploy.py --presets tiny --json out.json
-    python benchmarks/deploy.py --presets qwen3-0.6b --model-dir /tmp/qwen3-0.6b-random
-    python benchmarks/deploy.py --presets tiny --engine vllm                 # the same path onto vLLM
+    python -m benchmarks.deploy                                   # tiny and Qwen3-0.6B-sized (built in /tmp)
+    python -m benchmarks.deploy --presets tiny --json out.json
+    python -m benchmarks.deploy --presets qwen3-0.6b --model-dir /tmp/qwen3-0.6b-random
+    python -m benchmarks.deploy --presets tiny --engine vllm                 # the same path onto vLLM
 """
 from __future__ import annotations
 
@@ -39,9 +39,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-import httpx  # noqa: E402
+import httpx
 
 ADMIN_TOKEN = "bench-admin-token"
 

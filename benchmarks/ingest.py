@@ -13,14 +13,13 @@
    (`tokenizer(texts)` with the same batch size). Goal >= 0.8.
 
 Run as:
-    python3 benchmarks/ingest.py [--latency-runs 5] [--lines 100000] [--standard-rows 20000] [--preset tiny]
+    python3 -m benchmarks.ingest [--latency-runs 5] [--lines 100000] [--standard-rows 20000] [--preset tiny]
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 import json

@@ -14,7 +14,7 @@ then measures:
   4. start-up: cold (index built from the file) and warm (index saved in status/.monitor-index/)
 
 Run as:
-    python benchmarks/monitor.py [--points 1000000] [--clients 20] [--seconds 15] [--keep DIR]
+    python -m benchmarks.monitor [--points 1000000] [--clients 20] [--seconds 15] [--keep DIR]
 """
 from __future__ import annotations
 
@@ -31,13 +31,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-import httpx  # noqa: E402
-import psutil  # noqa: E402
+import httpx
+import psutil
 
-from core.atomic_io import append_jsonl  # noqa: E402
-from monitoring.demo import write_metrics  # noqa: E402
+from core.atomic_io import append_jsonl
+from monitoring.demo import write_metrics
 
 
 def pct(values, p):

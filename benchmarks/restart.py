@@ -7,7 +7,7 @@ new child; also kill -9 of the training child -> next training step. The
 original system needed up to 60 s for (a); the goal is <= 10 s.
 
 Run as:
-    python3 benchmarks/restart.py [--rounds 3]
+    python3 -m benchmarks.restart [--rounds 3]
 """
 from __future__ import annotations
 
@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from core.atomic_io import read_json  # noqa: E402
-from core.procs import live_pid, pid_alive  # noqa: E402
+from core.atomic_io import read_json
+from core.procs import live_pid, pid_alive
 
 
 def wait(pred, timeout=120.0):

@@ -25,12 +25,12 @@ limit and under one that admits them) against the same stream alone, with the
 server's RSS (issue 14; goal: no more than 2x).
 
 Run as:
-    python benchmarks/serve.py                                  # tiny model built in a temp dir
-    python benchmarks/serve.py --model models/base --concurrency 1 8 32 --max-tokens 64
-    python benchmarks/serve.py --backends cadence --json out.json
-    python benchmarks/serve.py --big-request-only --threads 0         # only the big-request line
-    python benchmarks/serve.py --backends cadence vllm cadence+vllm --threads 0 --swap-versions 0   # engines + front overhead
-    python benchmarks/serve.py --front-overhead 3      # the front vs its own vLLM server, alternating, same run
+    python -m benchmarks.serve                                  # tiny model built in a temp dir
+    python -m benchmarks.serve --model models/base --concurrency 1 8 32 --max-tokens 64
+    python -m benchmarks.serve --backends cadence --json out.json
+    python -m benchmarks.serve --big-request-only --threads 0         # only the big-request line
+    python -m benchmarks.serve --backends cadence vllm cadence+vllm --threads 0 --swap-versions 0   # engines + front overhead
+    python -m benchmarks.serve --front-overhead 3      # the front vs its own vLLM server, alternating, same run
 """
 from __future__ import annotations
 
@@ -50,10 +50,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-import httpx  # noqa: E402
+import httpx
 
 PROMPT = ("You are a careful assistant. Explain, step by step, how to add two binary numbers such as "
           "1011 and 0110, and say what the carry bit does in each column.")

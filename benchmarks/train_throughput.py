@@ -54,10 +54,10 @@ against 1 process, and per rank the peak RSS and the optimizer state it holds
 expect no speed-up: the point is correctness and the cost of the collectives.
 
 Run as:
-    .venv/bin/python benchmarks/train_throughput.py                       # tiny model, ~4 min on 2 idle cores
-    .venv/bin/python benchmarks/train_throughput.py --examples 300 --contenders cadence,trl
-    .venv/bin/python benchmarks/train_throughput.py --preset qwen3-0.6b   # step time + checkpoint save/load
-    .venv/bin/python benchmarks/train_throughput.py --processes 2         # 1 vs 2 processes, ddp and fsdp
+    .venv/bin/python -m benchmarks.train_throughput                       # tiny model, ~4 min on 2 idle cores
+    .venv/bin/python -m benchmarks.train_throughput --examples 300 --contenders cadence,trl
+    .venv/bin/python -m benchmarks.train_throughput --preset qwen3-0.6b   # step time + checkpoint save/load
+    .venv/bin/python -m benchmarks.train_throughput --processes 2         # 1 vs 2 processes, ddp and fsdp
 """
 from __future__ import annotations
 
@@ -73,8 +73,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

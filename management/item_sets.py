@@ -24,6 +24,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainer.data import DataError, chat_prompt_and_answer, read_jsonl
+
 logger = logging.getLogger(__name__)
 
 
@@ -133,8 +135,6 @@ def build_sets(cfg, dm, since_step: int | None, until_step: int | None = None) -
 
 def file_samples(path: Path) -> list[dict]:
     """An eval file's chat rows as scoring samples (last user turn -> assistant answer); [] when unreadable."""
-    from trainer.data import DataError, chat_prompt_and_answer, read_jsonl  # lazy: trainer.data loads transformers
-
     try:
         rows = read_jsonl(path)
     except (OSError, DataError) as exc:
