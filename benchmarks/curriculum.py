@@ -1,6 +1,6 @@
 """Curriculum benchmark: minutes to each level in the closed loop, and accuracy at equal wall-clock vs TRL.
 
-Part A runs the whole embedded default (scripts/services.py start on a fresh base
+Part A runs the whole embedded default (`cadence start` on a fresh base
 dir with the repo's config.json, ports moved) for --minutes per champion rule
 (--rule paired|margin|both) and reports, per skill, the minutes from start to
 each level the curriculum promoted it to; how many versions were promoted; the

@@ -2,7 +2,7 @@
 
 `config.json` at the repository root is parsed once by each entry point into
 `CadenceConfig` and passed down; no other module reads the file. Every field
-has a description (shown by `python3 core/config.py --schema`), unknown keys
+has a description (shown by `cadence config --schema`), unknown keys
 are an error, and every problem is reported at once with its key path.
 
 Run as:

@@ -7,7 +7,7 @@ boundary (a request made while the daemon is down applies when it starts):
   resume             continue the same file where it stopped (also restarts a daemon stopped by `stop`)
   stop               checkpoint at the next step and exit; the file goes back to the FRONT of its queue with its progress
   stop --after-file  finish the current file, then stop
-  skip               set the current file aside (queue/failed/, with the reason; `training_queue.py retry` brings it back)
+  skip               set the current file aside (queue/failed/, with the reason; `cadence queue retry` brings it back)
   clear              forget every pending request
   status             what is really running (stale status files and dead pids are shown as such)
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from core.atomic_io import append_jsonl, atomic_write_json, fsync_dir, read_json
+from core.manifest import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -460,7 +461,6 @@ class TrainingQueue:
         for name, state in where.items():
             if not self._sidecar(state, name, "meta").exists():
                 # a data file without any sidecar (crash right after the rename, or put there by hand)
-                from core.manifest import sha256_file
 
                 t = time.time()
                 meta = {"id": sha256_file(self.dir(state) / name), "name": name, "original_name": name,

@@ -34,6 +34,7 @@ Run as:
 """
 from __future__ import annotations
 
+import calendar
 import json
 import logging
 import os
@@ -52,6 +53,7 @@ from data_manager.quality import QualityError, QualityReport, check_quality, tok
 from data_manager.queue_files import QUEUE_PRIORITIES, is_data_file, queue_depth, queued_skill_level, sidecars_of  # noqa: F401
 from data_manager.skill_api_client import LocalSkillClient, SkillAPIError, SkillClient, local_score
 from data_manager.skills import BUILTIN_SKILLS, get_skill
+from core.queue_store import TrainingQueue
 
 logger = logging.getLogger(__name__)
 
@@ -265,10 +267,6 @@ class DataManager:
 
     def training_rate(self, last: int = 5) -> float | None:
         """Examples per second of wall time (claim to completion) over the last completed generated files."""
-        import calendar
-
-        from core.queue_store import TrainingQueue
-
         rates = []
         try:
             done = TrainingQueue(self.cfg).entries(["recently_completed"])

@@ -33,6 +33,8 @@ from typing import Callable
 
 from management import retention
 from trainer.checkpoint import list_checkpoints
+from management.backup_manager import list_backups, prune_backups
+from management.model_versioner import list_versions, prune_versions
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +97,6 @@ def free_space(cfg, dry_run: bool = False, free_bytes: Callable[[], int] | None 
                 continue
             take("checkpoint", c.path, retention.delete_checkpoint(c, dry_run))
     if not enough():  # step 3: versions and backups beyond keep
-        from management.backup_manager import list_backups, prune_backups
-        from management.model_versioner import list_versions, prune_versions
-
         sizes = {v["name"]: (Path(v["path"]), retention.dir_size(Path(v["path"]))) for v in list_versions(cfg)}
         for name in prune_versions(cfg, dry_run):
             take("version", sizes[name][0], sizes[name][1])

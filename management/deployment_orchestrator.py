@@ -55,6 +55,7 @@ from management import deploy_transport as transport
 from management.deployment_state import (  # noqa: F401 (re-exported: the orchestrator's public API)
     STATE_NAME, TERMINAL_EVENTS, active_content_id, deployed_checkpoints, deployed_versions, history, load_state, record,
     save_state, state_path, tried_content_ids)
+from management.model_versioner import VERSION_RE, create_version
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +106,6 @@ class Orchestrator:
     # -- entry points -------------------------------------------------------
     def deploy(self, checkpoint: str | None = None, desc: str | None = None) -> dict:
         """Deploy a checkpoint (default: the newest) to every target; finishes any interrupted deployment first."""
-        from management.model_versioner import create_version
-
         self.recover()
         version = create_version(self.cfg, checkpoint, desc)
         if version["content_id"] in tried_content_ids(self.cfg):
@@ -366,8 +365,6 @@ class Orchestrator:
 
     def cleanup_target(self, target, tstate: dict | None = None, dest=None) -> list[str]:
         """Keep the newest keep_remote_versions version folders on the target; never the active or previous one."""
-        from management.model_versioner import VERSION_RE
-
         dest = dest or transport.parse_destination(self.cfg, target.destination)
         tstate = tstate if tstate is not None else load_state(self.cfg)["targets"].get(target.name, {})
         keep = {(tstate.get(k) or {}).get("version") for k in ("active", "previous")} - {None}

@@ -40,6 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.extras import require
+from core.manifest import MANIFEST_NAME, ManifestError, verify_manifest, write_manifest
+from management.model_versioner import list_versions
+from trainer.checkpoint import list_checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +98,6 @@ def resolve_source(spec: str, cfg=None, base: str | Path | None = None) -> Sourc
 
 def _find_named(spec: str, cfg) -> Path:
     """A version by name, content id or number (v003 / 3), or a published checkpoint by name or 'latest'."""
-    from management.model_versioner import list_versions
-    from trainer.checkpoint import list_checkpoints
-
     versions = list_versions(cfg)
     m = re.fullmatch(r"v?(\d+)", spec)
     for v in versions:
@@ -327,8 +327,6 @@ Then point the Modelfile's FROM line at the new file and run: ollama create NAME
 def export(source: Source, out: str | Path, fmt: str = "hf", quant: str = "f16", ollama: bool = False,
            force: bool = False, name: str | None = None) -> dict:
     """Export `source` to the folder `out` (written to a temp folder, then renamed); returns a summary."""
-    from core.manifest import MANIFEST_NAME, ManifestError, verify_manifest, write_manifest
-
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if ollama and fmt != "gguf":

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.data import DataError, chat_prompt_and_answer, read_jsonl
+from core.queue_store import TrainingQueue
+from data_manager.skill_api_client import SkillAPIError
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +57,6 @@ def _file_digest(path: Path) -> str:
 
 
 def ladder_sets(cfg, dm) -> list[ItemSet]:
-    from data_manager.skill_api_client import SkillAPIError
-
     out = []
     k = cfg.comparison.ladder_items
     for skill in dm.skills:
@@ -74,9 +74,7 @@ def ladder_sets(cfg, dm) -> list[ItemSet]:
 
 def trained_sets(cfg, since_step: int | None, until_step: int | None) -> list[ItemSet]:
     """Held-out rows of the files trained after `since_step` (the deployed version's step) up to `until_step`."""
-    from core.queue_store import TrainingQueue
-    from trainer.data import DataError, read_jsonl
-    from trainer.packing import held_out_indices
+    from trainer.packing import held_out_indices  # lazy: pulls torch, which this module's importers must not load
 
     cc, t = cfg.comparison, cfg.training
     if cc.trained_files <= 0 or since_step is None:
@@ -102,7 +100,7 @@ def trained_sets(cfg, since_step: int | None, until_step: int | None) -> list[It
 
 
 def file_sets(cfg) -> list[ItemSet]:
-    from management.scoring import sample_rows
+    from management.scoring import sample_rows  # lazy: pulls torch, which this module's importers must not load
 
     cc = cfg.comparison
     out = []

@@ -19,6 +19,12 @@ import threading
 import time
 
 from core.procs import AlreadyRunning
+from data_manager.manager import DataManager
+from management.auto_disk_manager import check
+from management.deployment_orchestrator import Orchestrator, active_content_id, tried_content_ids
+from management.model_comparison_engine import load_ledger, pick_champion, record_champion, record_verdicts, score_new_checkpoints
+from management.retention import apply_retention
+from trainer.checkpoint import list_checkpoints
 
 logger = logging.getLogger("management")
 
@@ -30,22 +36,15 @@ class LifecycleWorker:
         self._last_disk_check = 0.0
 
     def recover(self) -> None:
-        from management.deployment_orchestrator import Orchestrator
-
         if self.cfg.deploy.enabled and self.cfg.deploy.targets:
             with Orchestrator(self.cfg) as orch:
                 orch.recover()
 
     def score(self) -> None:
-        from management.model_comparison_engine import score_new_checkpoints
-
         if self.cfg.comparison.enabled:
             score_new_checkpoints(self.cfg)
 
     def champion_and_deploy(self) -> dict | None:
-        from management.deployment_orchestrator import Orchestrator, active_content_id, tried_content_ids
-        from management.model_comparison_engine import load_ledger, pick_champion, record_champion, record_verdicts
-
         cfg = self.cfg
         baseline = active_content_id(cfg)
         tried = tried_content_ids(cfg)
@@ -66,13 +65,9 @@ class LifecycleWorker:
         return result
 
     def retention(self) -> None:
-        from management.retention import apply_retention
-
         apply_retention(self.cfg)
 
     def disk(self) -> None:
-        from management.auto_disk_manager import check
-
         if time.monotonic() - self._last_disk_check >= self.cfg.retention.disk_check_interval:
             self._last_disk_check = time.monotonic()
             check(self.cfg)
@@ -80,7 +75,6 @@ class LifecycleWorker:
     def data_manager(self) -> None:
         if not self.cfg.data_manager.enabled:
             return
-        from data_manager.manager import DataManager
 
         DataManager(self.cfg).tick()
 
@@ -97,8 +91,6 @@ class LifecycleWorker:
                 logger.exception("lifecycle step %s failed", name)
 
     def _published(self) -> tuple[str, ...]:
-        from trainer.checkpoint import list_checkpoints
-
         return tuple(c.path.name for c in list_checkpoints(self.cfg.layout.current_model))
 
     def run(self, once: bool = False) -> None:

@@ -66,6 +66,12 @@ from pathlib import Path
 from core.atomic_io import atomic_write_json, atomic_write_text, read_json
 from core.manifest import MANIFEST_NAME, ManifestError, content_id
 from trainer.checkpoint import CheckpointInfo, list_checkpoints
+from data_manager.manager import DataManager
+from data_manager.skill_api_client import local_score
+from management.deployment_state import active_content_id
+from management.item_sets import build_sets
+from management.model_versioner import find_version
+from management.paired_test import paired_decision
 
 logger = logging.getLogger(__name__)
 
@@ -163,8 +169,6 @@ def champion_decision(candidate: dict, baseline: dict | None, cc, rule: str | No
 
 
 def paired_champion_decision(candidate: dict, baseline: dict | None, cc) -> Decision:
-    from management.paired_test import paired_decision
-
     if candidate.get("status") != "scored" or not candidate.get("sets"):
         return Decision(False, f"no item-set results for {candidate.get('checkpoint')}", rule="paired")
     broken = [sid for sid, r in candidate["sets"].items() if r.get("nonfinite")]
@@ -266,13 +270,9 @@ class EvalSource:
         self.cfg = cfg
         self.dm = None
         if cfg.data_manager.enabled and cfg.data_manager.skills:
-            from data_manager.manager import DataManager
-
             self.dm = DataManager(cfg)
 
     def sets(self, since_step: int | None, until_step: int | None = None) -> list:
-        from management.item_sets import build_sets
-
         cc = self.cfg.comparison
         dm = self.dm if cc.eval_samples > 0 and cc.ladder_items > 0 else None
         return build_sets(self.cfg, dm, since_step, until_step)
@@ -300,8 +300,6 @@ class EvalSource:
     def score(self, item_set, answers: list[str]) -> tuple[list[bool], str]:
         """Per-item correctness of `answers` to the set's samples (the skill's scorer; exact match for eval files)."""
         if item_set.kind != "ladder" or self.dm is None:
-            from data_manager.skill_api_client import local_score
-
             report = local_score(None, item_set.samples, answers)
             return [bool(r["correct"]) for r in report.results], report.scorer
         result = self.dm.evaluate_answers(item_set.skill, item_set.level, item_set.samples, answers)
@@ -343,7 +341,7 @@ def current_level_accuracy(sets: dict) -> dict:
 def score_checkpoint(cfg, ckpt: CheckpointInfo, source: EvalSource | None = None, since_step: int | None = None,
                      sets: list | None = None) -> dict:
     """Measure one checkpoint and return its ledger entry (status scored, or failed with the error)."""
-    from management.scoring import score_model
+    from management.scoring import score_model  # lazy: pulls torch, which this module's importers must not load
 
     source = source or EvalSource(cfg)
     state = ckpt.trainer_state()
@@ -376,8 +374,6 @@ def score_checkpoint(cfg, ckpt: CheckpointInfo, source: EvalSource | None = None
 
 def baseline_model_path(cfg, entry: dict) -> Path | None:
     """Where the deployed version's weights are: its checkpoint while on disk, else its consolidated version."""
-    from management.model_versioner import find_version
-
     path = cfg.layout.current_model / entry["checkpoint"]
     if path.is_dir() and checkpoint_content_id(path) == entry.get("content_id"):
         return path
@@ -388,7 +384,7 @@ def baseline_model_path(cfg, entry: dict) -> Path | None:
 def fill_baseline(cfg, source: EvalSource, sets: list, baseline_content_id: str | None) -> list[str]:
     """Score the deployed version on every set in `sets` it has no result for (same id and digest); cached in its
     ledger entry, so each set version costs the deployed model one scoring. Returns the set ids scored."""
-    from management.scoring import CheckpointScorer, score_sets
+    from management.scoring import CheckpointScorer, score_sets  # lazy: pulls torch, which this module's importers must not load
 
     ledger = load_ledger(cfg)
     baseline = entry_for_content(ledger, baseline_content_id)
@@ -431,8 +427,6 @@ def unscored(cfg, ledger: dict) -> list[CheckpointInfo]:
 
 
 def _deployed_content_id(cfg) -> str | None:
-    from management.deployment_state import active_content_id
-
     return active_content_id(cfg)
 
 

@@ -36,6 +36,8 @@ from core.atomic_io import atomic_write_json, fsync_dir, read_json
 from core.manifest import METADATA_FILE, MANIFEST_NAME, TRAINING_STATE_DIR, ManifestError, content_id, entry_digest
 from core.version_label import check_label
 from trainer.checkpoint import CheckpointInfo, latest_checkpoint, publish_checkpoint
+from management.backup_manager import create_backup
+from management.deployment_state import deployed_versions
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +153,6 @@ def create_version(cfg, checkpoint: str | Path | None = None, desc: str | None =
 
 def restore_version(cfg, name: str) -> dict:
     """Put a version's weights back into training as a new checkpoint (after backing up the newest one)."""
-    from management.backup_manager import create_backup
-
     version = find_version(cfg, name)
     if version is None:
         raise VersionError(f"no version {name}")
@@ -188,8 +188,6 @@ def rollback_version(cfg) -> dict:
 
 def protected_versions(cfg) -> set[str]:
     """Version names that must stay: the deployed and previous ones on any target, and the newest."""
-    from management.deployment_state import deployed_versions
-
     names = set(deployed_versions(cfg))
     versions = list_versions(cfg)
     if versions:

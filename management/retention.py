@@ -27,6 +27,10 @@ from pathlib import Path
 from core.atomic_io import atomic_write_json, read_json
 from core.manifest import MANIFEST_NAME, TRAINING_STATE_DIR
 from trainer.checkpoint import PROTECTED_FILE, CheckpointInfo, list_checkpoints, optimizer_state_files, protected_names
+from management.backup_manager import prune_backups
+from management.deployment_orchestrator import deployed_checkpoints
+from management.model_comparison_engine import best_checkpoints, load_ledger
+from management.model_versioner import prune_versions
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +50,6 @@ def dir_size(path: Path) -> int:
 
 def protected_checkpoints(cfg) -> dict:
     """{"deployed": [...], "champion": name|None, "best": [...], "newest": name|None} of checkpoint names."""
-    from management.deployment_orchestrator import deployed_checkpoints
-    from management.model_comparison_engine import best_checkpoints, load_ledger
-
     ckpts = list_checkpoints(cfg.layout.current_model)
     champion = (load_ledger(cfg).get("champion") or {}).get("checkpoint")
     return {"deployed": sorted(set(deployed_checkpoints(cfg))), "champion": champion,
@@ -140,9 +141,6 @@ def apply_retention(cfg, dry_run: bool = False, now: float | None = None) -> dic
         actions.append({"action": "strip_optimizer", "path": str(c.path), "bytes": strip_optimizer_state(c, dry_run)})
     for c in checkpoints_beyond_retention(cfg, now):
         actions.append({"action": "delete_checkpoint", "path": str(c.path), "bytes": delete_checkpoint(c, dry_run)})
-    from management.backup_manager import prune_backups
-    from management.model_versioner import prune_versions
-
     for name in prune_versions(cfg, dry_run):  # keep_versions, never a deployed, previous or the newest one
         actions.append({"action": "delete_version", "path": str(cfg.layout.versions / name), "bytes": 0})
     for path in prune_backups(cfg, dry_run, now):

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 from core.atomic_io import append_jsonl, atomic_write_json
+from core.ingest import Ingestor
+from data_manager.curriculum_manager import Curriculum
 
 PROMPTS = [("What is ①⓪ + ①①?", "①⓪①"), ("Decrement ①⓪⓪.", "⓪①①"), ("Convert 6 to binary.", "①①⓪"),
            ("What is ①① × ①⓪?", "①①⓪"), ("What is ①①① - ⓪①⓪?", "①⓪①")]
@@ -73,9 +75,6 @@ def write_metrics(path: Path, steps: int, start_ts: float, **kw) -> int:
 
 def write_run(cfg, steps: int = 3000, live_pid: int | None = None, now: float | None = None) -> dict:
     """A whole demo base_dir. With `live_pid`, .pids/daemon.pid and trainer.pid name it (a stand-in daemon)."""
-    from core.ingest import Ingestor
-    from data_manager.curriculum_manager import Curriculum
-
     layout = cfg.layout.ensure()
     now = time.time() if now is None else now
     start = now - steps * 1.3 - 5

@@ -24,6 +24,8 @@ from core.atomic_io import read_json
 from core.system_metrics import disk_stats, gpu_stats, ram_stats
 from core.live_status import live_status
 from core.queue_store import PRIORITIES, STATES, TERMINAL, TrainingQueue, stem_of
+from data_manager.curriculum_manager import Curriculum
+from trainer.checkpoint import list_checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -306,8 +308,6 @@ def deployed_checkpoint(cfg) -> str | None:
 
 def checkpoints(cfg) -> dict:
     """Checkpoints on disk (newest first) joined with their ranking; champion and deployed marked."""
-    from trainer.checkpoint import list_checkpoints
-
     ranks = rankings(cfg)
     by_name = {r["name"]: r for r in ranks["records"] if r["name"]}
     out = []
@@ -349,8 +349,6 @@ def deployments(cfg, limit: int = 100) -> dict:
 
 # ---------------------------------------------------------------- curriculum
 def curriculum(cfg) -> dict:
-    from data_manager.curriculum_manager import Curriculum
-
     cur = Curriculum.from_config(cfg)
     skills = [s.name for s in cfg.data_manager.skills]
     out = cur.status(skills)

@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 from core.atomic_io import read_json
 from core.config import CadenceConfig
+from trainer.checkpoint import latest_checkpoint
 
 ARCH_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
 
 
 def _latest_state(cfg: CadenceConfig) -> tuple[Path | None, dict]:
-    from trainer.checkpoint import latest_checkpoint  # light: no torch import
-
     ckpt = latest_checkpoint(cfg.layout.current_model)
     return (ckpt.path, ckpt.trainer_state()) if ckpt else (None, {})
 
@@ -65,8 +65,6 @@ def path_problems(cfg: CadenceConfig) -> list[str]:
 
 def disk_problems(cfg: CadenceConfig) -> tuple[list[str], list[str]]:
     """(errors, warnings) for free disk at base_dir."""
-    import shutil
-
     free_gb = shutil.disk_usage(cfg.layout.base_dir).free / 1e9
     errors, warnings = [], []
     if free_gb < cfg.safety.min_free_disk_gb:

@@ -90,7 +90,7 @@ class Watchdog:
         if len(self.restarts) >= self.cfg.safety.max_restarts:
             reason = (f"daemon died {len(self.restarts)} times within {self.cfg.safety.restart_window:.0f}s: "
                       f"crash loop, staying down; see logs/daemon.log, then run "
-                      f"`python3 core/training_controller.py resume` to try again")
+                      f"`cadence resume` to try again")
             self.gave_up_at_control = control.get("updated_at")
             self.event("crash_loop", reason=reason)
             StatusWriter(self.layout.training_status, self.layout.metrics).update(state="crashed", reason=reason)

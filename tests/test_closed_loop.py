@@ -1,6 +1,6 @@
 """The closed loop, end to end, with the repository's own config.json: generate -> train -> evaluate -> level up -> deploy.
 
-Every process is real (scripts/services.py start, as scripts/start_all.sh does), on a fresh base dir with the
+Every process is real (`cadence start`, as scripts/start_all.sh does), on a fresh base dir with the
 ports moved out of the way. Passes when the tiny model has mastered binary level 1 (the curriculum moved it to
 level 2), the deployed version changed at least twice, and the monitor's API reports both.
 """

@@ -1,7 +1,19 @@
-"""`cadence control`: the command line of core.live_status (control the training daemon: pause, resume, stop, skip, status. Works whether or not the daemon is up.)
+"""`cadence control`: pause, resume, stop, skip or inspect the training daemon (core.live_status), up or not.
+
+Requests are written to control/state.json and applied at the next step
+boundary (a request made while the daemon is down applies when it starts):
+
+  pause              checkpoint at the next step, then wait (model kept or released per daemon.release_model_on_pause)
+  resume             continue the same file where it stopped (also restarts a daemon stopped by `stop`)
+  stop               checkpoint at the next step and exit; the file goes back to the FRONT of its queue with its progress
+  stop --after-file  finish the current file, then stop
+  skip               set the current file aside (queue/failed/, with the reason; `cadence queue retry` brings it back)
+  clear              forget every pending request
+  status             what is really running (stale status files and dead pids are shown as such)
 
 Run as:
-    cadence control pause|resume|stop|skip|clear|status [--json] [--reason TEXT]
+    cadence control pause|resume|stop|skip|clear|status [--json] [--reason TEXT]     (cadence pause|resume also work)
+    python3 core/training_controller.py ...        (the seed path, the same command)
 """
 from __future__ import annotations
 

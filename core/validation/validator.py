@@ -30,6 +30,9 @@ from typing import Any, Iterator
 
 from core.validation.report import Policies, ValidationReport
 from core.validation.spec import DatasetSpec, UnknownSchemaError, get_spec
+from core.validation.deep import run_deep
+from core.validation.standard import run_standard
+from trainer.data import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -280,8 +283,6 @@ class DataValidator:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from trainer.data import load_tokenizer
-
             self._tokenizer = load_tokenizer(self.cfg.resolve(self.cfg.model.base_model),
                                              trust_remote_code=self.cfg.model.trust_remote_code)
         return self._tokenizer
@@ -289,8 +290,6 @@ class DataValidator:
     def standard(self, path: str | os.PathLike, schema_id: str, name: str | None = None,
                  batch_size: int = 1024) -> ValidationReport:
         """Every example through the trainer's encoder; token-length statistics and thresholds."""
-        from core.validation.standard import run_standard
-
         path = Path(path)
         rep = self.new_report(name or path.name, "standard", schema_id)
         try:
@@ -310,8 +309,6 @@ class DataValidator:
 
     # ------------------------------------------------------------------- DEEP
     def deep(self, path: str | os.PathLike, schema_id: str, name: str | None = None) -> ValidationReport:
-        from core.validation.deep import run_deep
-
         path = Path(path)
         rep = self.new_report(name or path.name, "deep", schema_id)
         try:

@@ -23,7 +23,7 @@ def get_skill(name: str, **options) -> Skill:
 
 
 def create_app(skill: Skill):
-    from data_manager.skills.server import create_app as _create_app
+    from data_manager.skills.server import create_app as _create_app  # lazy: pulls fastapi, fastapi.exceptions, fastapi.responses, which this module's importers must not load
 
     return _create_app(skill)
 
