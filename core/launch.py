@@ -26,7 +26,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 from core.atomic_io import read_json
@@ -176,6 +175,3 @@ def orphan_pids(layout) -> list[int]:
     stem = pid_name(1)[:-1]  # "trainer.rank"
     return [pid for path in sorted(layout.pids.glob(f"{stem}*.pid")) if (pid := live_pid(path))]
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("core/launch.py is a library (used by core/training_daemon.py)")
