@@ -1,1 +1,1 @@
-"""Speed and behaviour benchmarks, run from the repository root as modules: `python -m benchmarks.NAME --help`."""
+"""Speed benchmarks, each a script run from the repository root: `python benchmarks/NAME.py --help`."""

@@ -65,15 +65,15 @@ fi
 
 # 2. training throughput on the Qwen3-0.6B preset (random weights, the real architecture, fp32 for everyone):
 #    HF Trainer, TRL SFTTrainer and Cadence on the same examples, tok/s and MFU
-run_step train-0.6b 150 "$PY" -m benchmarks.train_throughput --preset qwen3-0.6b --throughput --examples 96 \
+run_step train-0.6b 150 "$PY" benchmarks/train_throughput.py --preset qwen3-0.6b --throughput --examples 96 \
     --contenders hf,trl,cadence --json "$OUT/train-0.6b.json"
 
 # 3. serving on both engines (vLLM needs scripts/setup.sh --vllm: the .venv-vllm venv), the front's overhead
-run_step serve 100 "$PY" -m benchmarks.serve --backends cadence cadence+vllm --concurrency 1 8 --max-tokens 32 \
+run_step serve 100 "$PY" benchmarks/serve.py --backends cadence cadence+vllm --concurrency 1 8 --max-tokens 32 \
     --threads 0 --swap-versions 0 --max-level-seconds 30 --json "$OUT/serve.json"
 
 # 4. a swap under load: versions deployed back to back while clients stream (0 failed requests expected)
-run_step swap 60 "$PY" -m benchmarks.serve --backends cadence --concurrency 8 --max-tokens 32 --threads 0 \
+run_step swap 60 "$PY" benchmarks/serve.py --backends cadence --concurrency 8 --max-tokens 32 --threads 0 \
     --swap-versions 3 --max-level-seconds 20 --json "$OUT/swap.json"
 
 echo

@@ -25,14 +25,16 @@ limit and under one that admits them) against the same stream alone, with the
 server's RSS (issue 14; goal: no more than 2x).
 
 Run as:
-    python -m benchmarks.serve                                  # tiny model built in a temp dir
-    python -m benchmarks.serve --model models/base --concurrency 1 8 32 --max-tokens 64
-    python -m benchmarks.serve --backends cadence --json out.json
-    python -m benchmarks.serve --big-request-only --threads 0         # only the big-request line
-    python -m benchmarks.serve --backends cadence vllm cadence+vllm --threads 0 --swap-versions 0   # engines + front overhead
-    python -m benchmarks.serve --front-overhead 3      # the front vs its own vLLM server, alternating, same run
+    python benchmarks/serve.py                                  # tiny model built in a temp dir
+    python benchmarks/serve.py --model models/base --concurrency 1 8 32 --max-tokens 64
+    python benchmarks/serve.py --backends cadence --json out.json
+    python benchmarks/serve.py --big-request-only --threads 0         # only the big-request line
+    python benchmarks/serve.py --backends cadence vllm cadence+vllm --threads 0 --swap-versions 0   # engines + front overhead
+    python benchmarks/serve.py --front-overhead 3      # the front vs its own vLLM server, alternating, same run
 """
 from __future__ import annotations
+
+import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])  # run as `python benchmarks/serve.py`: the repo root, not benchmarks/
 
 import argparse
 import asyncio

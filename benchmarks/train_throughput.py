@@ -54,12 +54,14 @@ against 1 process, and per rank the peak RSS and the optimizer state it holds
 expect no speed-up: the point is correctness and the cost of the collectives.
 
 Run as:
-    .venv/bin/python -m benchmarks.train_throughput                       # tiny model, ~4 min on 2 idle cores
-    .venv/bin/python -m benchmarks.train_throughput --examples 300 --contenders cadence,trl
-    .venv/bin/python -m benchmarks.train_throughput --preset qwen3-0.6b   # step time + checkpoint save/load
-    .venv/bin/python -m benchmarks.train_throughput --processes 2         # 1 vs 2 processes, ddp and fsdp
+    .venv/bin/python benchmarks/train_throughput.py                       # tiny model, ~4 min on 2 idle cores
+    .venv/bin/python benchmarks/train_throughput.py --examples 300 --contenders cadence,trl
+    .venv/bin/python benchmarks/train_throughput.py --preset qwen3-0.6b   # step time + checkpoint save/load
+    .venv/bin/python benchmarks/train_throughput.py --processes 2         # 1 vs 2 processes, ddp and fsdp
 """
 from __future__ import annotations
+
+import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])  # run as `python benchmarks/train_throughput.py`: the repo root, not benchmarks/
 
 import argparse
 import json

@@ -178,18 +178,28 @@ def test_no_import_circle_among_in_tree_modules():
     assert _cycles(graph) == [], "import circles: " + "; ".join(" <-> ".join(c) for c in _cycles(graph))
 
 
+def _benchmark_shim(rel: str, node: ast.AST, source: str) -> bool:
+    """A benchmark script's one documented line: `python benchmarks/NAME.py` puts the repo root, not benchmarks/,
+    in sys.path[0] (an assignment, not an insertion), like the seed shims."""
+    line = source.splitlines()[node.lineno - 1]
+    return rel.startswith("benchmarks/") and line.startswith(
+        "import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])  # run as `python benchmarks/")
+
+
 def test_no_sys_path_edit_outside_the_seed_shims():
     offenders = []
     for f in sorted(REPO.glob("*/**/*.py")):
         rel = f.relative_to(REPO).as_posix()
         if rel.startswith((".venv", "node_modules")) or rel in SHIMS:
             continue
-        for node in ast.walk(ast.parse(f.read_text(), rel)):
+        source = f.read_text()
+        for node in ast.walk(ast.parse(source, rel)):
             target = node.func.value if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) else \
                 node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
             if isinstance(target, ast.Subscript):
                 target = target.value
-            if isinstance(target, ast.Attribute) and ast.unparse(target) == "sys.path":
+            if isinstance(target, ast.Attribute) and ast.unparse(target) == "sys.path" \
+                    and not _benchmark_shim(rel, node, source):
                 offenders.append(f"{rel}:{node.lineno}")
     assert offenders == [], f"sys.path edited outside the seed shims: {offenders}"
 

@@ -17,6 +17,7 @@ import time
 
 from core.config import add_config_args, config_or_exit
 from core.procs import AlreadyRunning
+from management.deploy_faults import DeployFaults
 from management.deployment_orchestrator import DeployError, Orchestrator
 from management.deployment_state import history, load_state
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         out = load_state(cfg) if args.command == "status" else {"history": history(cfg)[-50:]}
     else:
         try:
-            with Orchestrator(cfg) as orch:
+            with Orchestrator(cfg, faults=DeployFaults.from_environment()) as orch:
                 if args.command == "deploy":
                     out = orch.deploy(args.checkpoint)
                 elif args.command == "recover":
