@@ -1,6 +1,6 @@
 """Curriculum benchmark: minutes to each level in the closed loop, and accuracy at equal wall-clock vs TRL.
 
-Part A runs the whole embedded default (scripts/services.py start on a fresh base
+Part A runs the whole embedded default (`cadence start` on a fresh base
 dir with the repo's config.json, ports moved) for --minutes per champion rule
 (--rule paired|margin|both) and reports, per skill, the minutes from start to
 each level the curriculum promoted it to; how many versions were promoted; the
@@ -23,6 +23,8 @@ Run as:
 """
 from __future__ import annotations
 
+import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])  # run as `python benchmarks/curriculum.py`: the repo root, not benchmarks/
+
 import argparse
 import json
 import os
@@ -35,16 +37,15 @@ from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchmarks.report import BenchmarkRun  # noqa: E402
-from core.state.queue_records import DATA_SUFFIX, META_SUFFIX, read_queue_meta  # noqa: E402
-from core.config import Layout  # noqa: E402
-from core.state.curriculum import CurriculumState, read_curriculum  # noqa: E402
-from core.state.deployment import DeployEvent, deployment_events  # noqa: E402
-from core.state.ledger import ScoreStatus, read_ledger  # noqa: E402
+from benchmarks.report import BenchmarkRun
+from core.state.queue_records import DATA_SUFFIX, META_SUFFIX, read_queue_meta
+from core.config import Layout
+from core.state.curriculum import CurriculumState, read_curriculum
+from core.state.deployment import DeployEvent, deployment_events
+from core.state.ledger import ScoreStatus, read_ledger
 
 
 # ------------------------------------------------------------------------------------------- part A

@@ -27,6 +27,8 @@ Run as:
 """
 from __future__ import annotations
 
+import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])  # run as `python benchmarks/deploy.py`: the repo root, not benchmarks/
+
 import argparse
 import json
 import os
@@ -40,11 +42,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-import httpx  # noqa: E402
+import httpx
 
-from benchmarks.report import BenchmarkRun  # noqa: E402
+from benchmarks.report import BenchmarkRun
 
 ADMIN_TOKEN = "bench-admin-token"
 

@@ -64,6 +64,8 @@ Run as:
 """
 from __future__ import annotations
 
+import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])  # run as `python benchmarks/train_throughput.py`: the repo root, not benchmarks/
+
 import argparse
 import json
 import os
@@ -76,8 +78,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

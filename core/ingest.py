@@ -16,15 +16,9 @@ The daemon calls:
     standard_gate(cfg, queue, entry, validator) -> bool   # after claim, before training
 
 Run as:
-    python3 core/ingest.py [--once] [--config config.json]     # watch inbox/ (Ctrl-C stops)
+    cadence ingest [--once] [--config config.json]     # watch inbox/ (Ctrl-C stops)
 """
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import logging
 import os
@@ -33,6 +27,7 @@ import stat
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from core.atomic_io import append_jsonl
 from core.queue_store import DATA_SUFFIX, DuplicateError, QueueEntry, TrainingQueue, now_iso, stem_of
@@ -389,34 +384,3 @@ def standard_gate(cfg, queue: TrainingQueue, entry: QueueEntry, validator: DataV
     queue.update_meta(entry.name, validation=summary)
     queue.reject(entry.name, rep)
     return False
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from core.config import add_config_args, config_from_args
-
-    parser = argparse.ArgumentParser(description="Watch inbox/ and queue or reject every file dropped there.")
-    add_config_args(parser)
-    parser.add_argument("--once", action="store_true", help="take what is complete now and exit")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = config_from_args(args)
-    ingestor = Ingestor(cfg)
-    if args.once:
-        for r in ingestor.scan_once():
-            print(f"{r.outcome:9} {r.original_name} -> {r.state or '-'}/{r.name or '-'}  {r.message}")
-        return 0
-    stop = threading.Event()
-    try:
-        ingestor.run_forever(stop)
-    except KeyboardInterrupt:
-        stop.set()
-    return 0
-
-
-if __name__ == "__main__":
-    # run the importable module's main, so its classes are the ones every other module sees
-    from core.ingest import main as _main
-
-    sys.exit(_main())

@@ -26,11 +26,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 from core.atomic_io import read_json
 from core.procs import live_pid
+from safety import anti_stuck_monitor
+from trainer.child import heartbeat_path, pid_name, result_path
 
 GRACE_S = 10.0
 CLEAN_EXITS = (0, 3)  # completed, interrupted: a rank that exits so waits for its peers
@@ -149,8 +150,6 @@ def rank_pids(proc) -> list[int]:
 
 def child_result(layout, proc) -> dict | None:
     """status/child_result[.rank<r>].json of the rank whose exit is the child's, if that process wrote it."""
-    from trainer.child import result_path  # no torch: the child imports it lazily
-
     rank = proc.failed_rank if isinstance(proc, RankGroup) and proc.failed_rank is not None else 0
     result = read_json(result_path(layout, rank), None)
     pid = rank_pids(proc)[rank]
@@ -158,17 +157,12 @@ def child_result(layout, proc) -> dict | None:
 
 
 def clear_results(layout, proc_count: int) -> None:
-    from trainer.child import result_path
-
     for r in range(proc_count):
         result_path(layout, r).unlink(missing_ok=True)
 
 
 def check_stuck(cfg, proc, started_at: float):
     """The anti-stuck verdict of the first silent rank (each rank writes its own heartbeat), else None."""
-    from safety import anti_stuck_monitor
-    from trainer.child import heartbeat_path
-
     for rank, pid in enumerate(rank_pids(proc)):
         verdict = anti_stuck_monitor.check(cfg, pid, started_at, beat_path=heartbeat_path(cfg.layout, rank))
         if verdict is not None:
@@ -178,11 +172,6 @@ def check_stuck(cfg, proc, started_at: float):
 
 def orphan_pids(layout) -> list[int]:
     """Live pids named by the rank pid files a previous daemon's group left (rank 0's is trainer.pid)."""
-    from trainer.child import pid_name
-
     stem = pid_name(1)[:-1]  # "trainer.rank"
     return [pid for path in sorted(layout.pids.glob(f"{stem}*.pid")) if (pid := live_pid(path))]
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("core/launch.py is a library (used by core/training_daemon.py)")

@@ -26,6 +26,7 @@ Library only; wired up by inference/app.py when cfg.inference.engine == "vllm".
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import gc
 import logging
 import math
@@ -86,7 +87,6 @@ def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the thread that started it dies (the front killed with -9 must not
     leave a vLLM server holding memory and a port). Linux only; elsewhere the front's own shutdown stops it."""
     try:
-        import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass

@@ -216,11 +216,10 @@ def cadence_families(metrics, active, draining: list) -> str:
     return "\n".join(out) + "\n"
 
 
-def passthrough_router():
-    """POST /v1/<anything else> (responses, embeddings, ...) relayed to the active version with the same pinning."""
+def passthrough_router(require_api_key):
+    """POST /v1/<anything else> (responses, embeddings, ...) relayed to the active version with the same pinning;
+    `require_api_key` is the app's API-key dependency (passed in: this module is imported by inference.app)."""
     from fastapi import APIRouter, Depends
-
-    from inference.app import require_api_key
 
     router = APIRouter()
 

@@ -8,22 +8,17 @@ when it has one. Only a verified backup counts; a failed one is removed and
 the caller's destructive step must not run (BackupError).
 
 Run as:
-    python3 management/backup_manager.py list [--json]
-    python3 management/backup_manager.py create PATH [--label NAME] [--json]
-    python3 management/backup_manager.py prune [--json]
+    cadence backup list [--json]
+    cadence backup create PATH [--label NAME] [--json]
+    cadence backup prune [--json]
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.atomic_io import fsync_dir
 from core.manifest import ManifestError, read_manifest, verify_manifest, write_manifest
@@ -119,45 +114,3 @@ def prune_backups(cfg, dry_run: bool = False, now: float | None = None) -> list[
             shutil.rmtree(b["path"], ignore_errors=True)
             logger.info("removed backup %s", b["name"])
     return [b["path"] for b in doomed]
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from core.config import add_config_args, config_or_exit
-
-    parser = argparse.ArgumentParser(description="Hash-verified backups of model folders (models/backups/).")
-    add_config_args(parser)
-    parser.add_argument("command", choices=["list", "create", "prune"])
-    parser.add_argument("path", nargs="?", help="folder to back up (create)")
-    parser.add_argument("--label")
-    parser.add_argument("--dry-run", action="store_true")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    cfg = config_or_exit(args)
-    if args.command == "create":
-        if not args.path:
-            parser.error("create needs PATH")
-        try:
-            out = {"backup": str(create_backup(cfg, cfg.resolve(args.path), args.label))}
-        except BackupError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-    elif args.command == "prune":
-        out = {"removed": prune_backups(cfg, args.dry_run), "dry_run": args.dry_run}
-    else:
-        out = {"backups": list_backups(cfg)}
-    if args.json:
-        print(json.dumps(out, indent=2, default=str))
-    elif args.command == "list":
-        for b in out["backups"]:
-            print(f"{b['name']}  from {b['source']}")
-        print(f"{len(out['backups'])} backup(s)")
-    else:
-        print(json.dumps(out, indent=2, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

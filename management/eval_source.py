@@ -81,19 +81,3 @@ class EvalSource:
             out[skill] = decision.reason
         return out
 
-
-def file_samples(path: Path) -> list[dict]:
-    from trainer.data import DataError, chat_prompt_and_answer, read_jsonl
-
-    try:
-        rows = read_jsonl(path)
-    except (OSError, DataError) as exc:
-        logger.error("eval file %s unreadable: %s", path, exc)
-        return []
-    out = []
-    for row in rows:
-        split = chat_prompt_and_answer(row)
-        if split and split[0] and split[0][-1].get("role") == "user":
-            out.append({"user_prompt": split[0][-1]["content"], "assistant_response": split[1],
-                        "metadata": {"skill": path.stem, "level": 0}})
-    return out

@@ -39,31 +39,27 @@ comparisons.json: one record, core/state/ledger.py's Ledger ({"checkpoints": {na
 "champion"}); this engine edits it as a dict that the model checks on every load and save.
 
 Run as:
-    python3 management/model_comparison_engine.py status [--json]
-    python3 management/model_comparison_engine.py score [--checkpoint checkpoint-120] [--json]
-    python3 management/model_comparison_engine.py champion [--json]
+    cadence compare status [--json]
+    cadence compare score [--checkpoint checkpoint-120] [--json]
+    cadence compare champion [--json]
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
-import sys
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.manifest import ManifestError, content_id, read_manifest
 from core.state.base import StateError, parse_record
 from core.state.ledger import Ledger, read_ledger, write_ledger
-from management.champion_rule import (Decision, candidates, champion_decision, entry_for_content, metric_value,
-                                     pick_champion, rank)
+from management.champion_rule import Decision, candidates, champion_decision, entry_for_content, metric_value, rank
 from management.eval_source import EvalSource
 from trainer.checkpoint import CheckpointInfo, list_checkpoints
+from management.deployment_state import active_content_id
+from management.model_versioner import find_version
 
 logger = logging.getLogger(__name__)
+
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -140,7 +136,7 @@ def current_level_accuracy(sets: dict) -> dict:
 def score_checkpoint(cfg, ckpt: CheckpointInfo, source: EvalSource | None = None, since_step: int | None = None,
                      sets: list | None = None) -> dict:
     """Measure one checkpoint and return its ledger entry (status scored, or failed with the error)."""
-    from management.scoring import score_model
+    from management.scoring import score_model  # lazy: pulls torch, which this module's importers must not load
 
     source = source or EvalSource(cfg)
     state = ckpt.trainer_state()
@@ -173,8 +169,6 @@ def score_checkpoint(cfg, ckpt: CheckpointInfo, source: EvalSource | None = None
 
 def baseline_model_path(cfg, entry: dict) -> Path | None:
     """Where the deployed version's weights are: its checkpoint while on disk, else its consolidated version."""
-    from management.model_versioner import find_version
-
     path = cfg.layout.current_model / entry["checkpoint"]
     if path.is_dir() and checkpoint_content_id(path) == entry.get("content_id"):
         return path
@@ -185,7 +179,7 @@ def baseline_model_path(cfg, entry: dict) -> Path | None:
 def fill_baseline(cfg, source: EvalSource, sets: list, baseline_content_id: str | None) -> list[str]:
     """Score the deployed version on every set in `sets` it has no result for (same id and digest); cached in its
     ledger entry, so each set version costs the deployed model one scoring. Returns the set ids scored."""
-    from management.scoring import CheckpointScorer, score_sets
+    from management.scoring import CheckpointScorer, score_sets  # lazy: pulls torch, which this module's importers must not load
 
     ledger = load_ledger(cfg)
     baseline = entry_for_content(ledger, baseline_content_id)
@@ -228,8 +222,6 @@ def unscored(cfg, ledger: dict) -> list[CheckpointInfo]:
 
 
 def _deployed_content_id(cfg) -> str | None:
-    from management.deployment_state import active_content_id
-
     return active_content_id(cfg)
 
 
@@ -309,46 +301,3 @@ def _print_table(ledger: dict) -> None:
     failed = [n for n, e in entries.items() if e.get("status") == "failed"]
     for name in failed:
         print(f"   -  {name:<22} failed: {entries[name].get('error')}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from core.config import add_config_args, config_or_exit
-
-    parser = argparse.ArgumentParser(description="Score checkpoints, rank them and show the champion (status/comparisons.json).")
-    add_config_args(parser)
-    parser.add_argument("command", choices=["status", "score", "champion"], nargs="?", default="status")
-    parser.add_argument("--checkpoint", help="score only this checkpoint (score)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    cfg = config_or_exit(args)
-    if args.command == "score":
-        os.nice(cfg.comparison.nice) if cfg.comparison.nice else None
-        entries = score_new_checkpoints(cfg, only=args.checkpoint)
-        if args.json:
-            print(json.dumps(entries, indent=2, default=str))
-        else:
-            print(f"scored {len(entries)} checkpoint(s)")
-            _print_table(load_ledger(cfg))
-        return 0
-    ledger = load_ledger(cfg)
-    if args.command == "champion":
-        from management.deployment_orchestrator import active_content_id, tried_content_ids
-
-        base = active_content_id(cfg)
-        entry, decision = pick_champion(cfg, ledger, base, tried_content_ids(cfg))
-        out = {"champion": entry and entry["checkpoint"], "decision": decision and decision.to_dict(), "deployed_content_id": base}
-        print(json.dumps(out, indent=2) if args.json else
-              f"champion: {out['champion'] or 'none'} ({decision.reason if decision else 'no scored checkpoints'})")
-        return 0
-    if args.json:
-        print(json.dumps(ledger, indent=2, default=str))
-    else:
-        _print_table(ledger)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

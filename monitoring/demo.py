@@ -8,22 +8,22 @@ manifest (listed like real ones, but without weights); a ranking ledger and
 deployment history through their models (core/state/ledger.py, core/state/deployment.py).
 
 Run as:
-    python -m monitoring.demo --base-dir /tmp/cadence-demo [--steps 3000] [--live-pid PID]
-    python -m monitoring --set paths.base_dir=/tmp/cadence-demo
+    cadence monitor-demo --base-dir /tmp/cadence-demo [--steps 3000] [--live-pid PID]
+    cadence monitor --set paths.base_dir=/tmp/cadence-demo
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
-import sys
 import time
 from pathlib import Path
 
 from core.atomic_io import append_jsonl, atomic_write_json
 from core.state.deployment import DeploymentEvent, DeploymentState, append_deployment_event, write_deployment_state
 from core.state.ledger import Ledger, write_ledger
+from core.ingest import Ingestor
+from data_manager.curriculum_manager import Curriculum
 
 PROMPTS = [("What is ①⓪ + ①①?", "①⓪①"), ("Decrement ①⓪⓪.", "⓪①①"), ("Convert 6 to binary.", "①①⓪"),
            ("What is ①① × ①⓪?", "①①⓪"), ("What is ①①① - ⓪①⓪?", "①⓪①")]
@@ -81,9 +81,6 @@ def write_metrics(path: Path, steps: int, start_ts: float, **kw) -> int:
 
 def write_run(cfg, steps: int = 3000, live_pid: int | None = None, now: float | None = None) -> dict:
     """A whole demo base_dir. With `live_pid`, .pids/daemon.pid and trainer.pid name it (a stand-in daemon)."""
-    from core.watcher import Ingestor
-    from data_manager.curriculum_manager import Curriculum
-
     layout = cfg.layout.ensure()
     now = time.time() if now is None else now
     start = now - steps * 1.3 - 5
@@ -163,21 +160,3 @@ def write_run(cfg, steps: int = 3000, live_pid: int | None = None, now: float | 
         for name in ("daemon", "trainer"):
             layout.pid_file(name).write_text(f"{live_pid}\n")
     return {"steps": steps, "checkpoints": ckpt_steps, "champion": champion, "deployed": deployed}
-
-
-def main(argv: list[str] | None = None) -> int:
-    from core.config import from_dict
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base-dir", required=True, help="folder to fill (created)")
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--live-pid", type=int, default=None, help="pid to record as daemon and trainer (default: none)")
-    args = parser.parse_args(argv)
-    base = Path(args.base_dir).resolve()
-    cfg = from_dict({"paths": {"base_dir": str(base)}}, base)
-    print(json.dumps(write_run(cfg, args.steps, args.live_pid)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -29,6 +29,8 @@ from core.state.curriculum import read_curriculum
 from core.state.deployment import DeployEvent, DeploymentState, read_deployment_state, recent_deployment_events
 from core.state.ledger import LedgerEntry, read_ledger
 from core.state.queue_records import read_job_sidecar
+from data_manager.curriculum_manager import Curriculum
+from trainer.checkpoint import list_checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -276,8 +278,6 @@ def deployed_checkpoint(cfg, state: DeploymentState | None = None) -> str | None
 
 def checkpoints(cfg) -> dict:
     """Checkpoints on disk (newest first) joined with their ranking; champion and deployed marked."""
-    from trainer.checkpoint import list_checkpoints
-
     ranks = rankings(cfg)
     by_name = {r["name"]: r for r in ranks["records"] if r["name"]}
     out = []
@@ -319,8 +319,6 @@ def deployments(cfg, limit: int = 100) -> dict:
 
 # ---------------------------------------------------------------- curriculum
 def curriculum(cfg) -> dict:
-    from data_manager.curriculum_manager import Curriculum
-
     cur = Curriculum.from_config(cfg)
     skills = [s.name for s in cfg.data_manager.skills]
     out = cur.status(skills)

@@ -245,7 +245,7 @@ def _train_standalone(base, model_dir, data, world: int, port: int, **training) 
         cfg["training"].update(distributed="ddp", num_processes=world)
     base.mkdir(parents=True)
     (base / "config.json").write_text(json.dumps(cfg))
-    cmd = [sys.executable, str(REPO / "core/train.py"), str(data), "--config", str(base / "config.json")]
+    cmd = [sys.executable, "-m", "core.cli", "train", str(data), "--config", str(base / "config.json")]
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
     log = open(base / "train.log", "wb")
     procs = [subprocess.Popen(cmd, cwd=REPO, env=rank_env(env, r, world, _port(port)) if world > 1 else env,

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from datetime import timedelta
 
 import torch
 import torch.nn as nn
@@ -46,7 +48,6 @@ def make_accelerator(cfg, precision: str, cpu: bool):
     """The Accelerator for `training.distributed` in the world the launcher set up."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, InitProcessGroupKwargs
-    from datetime import timedelta
 
     mode = cfg.training.distributed
     if mode == "none" or world_size() == 1:
@@ -135,8 +136,6 @@ def agree(local: str | None, device) -> str | None:
 def wait_for_peers(beat, interval: float = 0.2) -> None:
     """A barrier that keeps this rank's heartbeat going (`beat()`) while it waits, e.g. for rank 0 to write a
     checkpoint: a rank blocked silently in a collective would look stuck to the anti-stuck monitor."""
-    import time
-
     import torch.distributed as dist
 
     work = dist.barrier(async_op=True)
