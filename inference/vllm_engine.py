@@ -82,6 +82,42 @@ def _has_cuda() -> bool:
         return False
 
 
+def cpu_thread_env(configured: dict[str, str]) -> dict[str, str]:
+    """vLLM-CPU's thread placement for one version's server, unless inference.vllm_env sets its own.
+
+    By default (VLLM_CPU_OMP_THREADS_BIND=auto) vLLM-CPU gives its worker the first cores of the machine, keeps
+    one core for its front end, and exports OMP_PLACES / OMP_PROC_BIND=true to the worker. libgomp applies that
+    binding to the worker's *initial thread* when torch loads it, so the whole worker process (its imports, its
+    model load, its warm-up) is pinned, not only its OpenMP team. Every server on the box computes the same
+    list, so during a swap the standby's worker is pinned to the one core the active worker already saturates
+    under load (core 0 on a 2-core box): the kernel cannot move it to the other core, and its start-up crawls on
+    a slice of that core (3.5 min between "OpenMP thread binding" and the worker's first line here at load ~12,
+    50 s unpinned; over the 600 s start budget under the swap test's load). Two versions must run side by side
+    for a transactional swap, so the servers are left unpinned ("nobind") with the thread count vLLM's auto
+    mode would have chosen (the usable physical cores less the one it keeps), set as OMP_NUM_THREADS so the
+    worker's torch uses exactly that many.
+    """
+    if "VLLM_CPU_OMP_THREADS_BIND" in configured:
+        return {}
+    env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    if "OMP_NUM_THREADS" not in configured:
+        env["OMP_NUM_THREADS"] = str(cpu_compute_threads())
+    return env
+
+
+def cpu_compute_threads() -> int:
+    """The usable physical cores less one (what vLLM-CPU's auto binding gives one worker on x86), at least 1."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in allowed:
+        try:
+            topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+            cores.add(((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip()))
+        except OSError:
+            cores.add(("", str(cpu)))
+    return max(1, len(cores) - 1)
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the thread that started it dies (the front killed with -9 must not
     leave a vLLM server holding memory and a port). Linux only; elsewhere the front's own shutdown stops it."""
@@ -134,6 +170,8 @@ class VllmVersion:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
         env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
                     "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"})
+        if not _has_cuda():
+            env.update(cpu_thread_env(self.cfg.inference.vllm_env))
         env.update(self.cfg.inference.vllm_env)
         python = vllm_python(self.cfg)
         if not python.exists():
