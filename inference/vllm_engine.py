@@ -145,6 +145,8 @@ class VllmVersion:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.served_id = f"{cfg.model.model_name}@{version}"
         self.accepted_fields: dict[str, frozenset[str]] = {}
+        self.message_fields: frozenset[str] | None = None  # keys vLLM's schema allows on a chat message
+        self.template_reads: frozenset[str] = frozenset()  # request parts the chat template renders (see below)
         self.process: subprocess.Popen | None = None
         self.log_path = cfg.layout.logs / f"vllm-{re.sub(r'[^A-Za-z0-9._-]', '_', version)}.log"  # a label is no path
         self._stopped = threading.Event()
@@ -217,6 +219,9 @@ class VllmVersion:
             props = components.get(name, {}).get("properties")
             if props:
                 self.accepted_fields[kind] = frozenset(props)
+        messages = components.get("ChatCompletionRequest", {}).get("properties", {}).get("messages", {})
+        keys = _union_properties(messages.get("items", {}), components)
+        self.message_fields = frozenset(keys) if keys else None
 
     def smoke(self) -> int:
         """One chat request with the config's smoke prompt; returns the tokens generated. Raises ModelLoadError."""
@@ -267,6 +272,44 @@ class VllmVersion:
         logger.info("vLLM for %s stopped", self.version)
 
 
+def _union_properties(schema: dict, components: dict, depth: int = 0) -> set[str]:
+    """The property names of every object schema in `schema`'s union (anyOf/oneOf, $ref resolved)."""
+    if depth > 8:
+        return set()
+    if "$ref" in schema:
+        return _union_properties(components.get(schema["$ref"].rsplit("/", 1)[-1], {}), components, depth + 1)
+    out = set(schema.get("properties", {}))
+    for key in ("anyOf", "oneOf", "allOf"):
+        for sub in schema.get(key, []):
+            out |= _union_properties(sub, components, depth + 1)
+    return out
+
+
+# A request part vLLM hands to the chat template: if rendering with it gives the same prompt as without, the
+# model never sees it, and the front refuses it by name (inference/vllm_proxy.py) instead of letting it be ignored.
+_PROBE_TOOL = {"type": "function", "function": {"name": "cadence_probe", "description": "probe",
+                                                "parameters": {"type": "object", "properties": {}}}}
+
+
+def chat_template_reads(tokenizer) -> frozenset[str]:
+    """Which of `tools`, `reasoning_effort` and a message's `name` change the prompt this tokenizer's chat
+    template renders (measured by rendering with and without each)."""
+    user = [{"role": "user", "content": "hi"}]
+
+    def render(messages=user, **kwargs) -> str | None:
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+        except Exception:  # a template that fails on the part does not render it
+            return None
+
+    plain = render()
+    if plain is None:
+        return frozenset()
+    probes = {"tools": render(tools=[_PROBE_TOOL]), "reasoning_effort": render(reasoning_effort="low"),
+              "name": render([{"role": "user", "content": "hi", "name": "cadence_probe"}])}
+    return frozenset(k for k, text in probes.items() if text is not None and text != plain)
+
+
 def load_vllm_version(path, version: str | None, cfg, require_manifest: bool | None = None,
                       launcher=None) -> tuple[VllmVersion, dict]:
     """The registry's loader for engine=vllm: verify the folder, start its vLLM server, smoke it. Returns
@@ -282,6 +325,13 @@ def load_vllm_version(path, version: str | None, cfg, require_manifest: bool | N
     report["verify_seconds"] = round(time.monotonic() - t0, 3)
     served = VllmVersion(cfg, folder, verified.version, _global_step(folder, manifest),
                          content_id(manifest) if manifest else None, max_context)
+    tokenizer = verified.tokenizer
+    args = list(cfg.inference.vllm_args)
+    if "--chat-template" in args[:-1]:  # vLLM then renders with this template, not the folder's
+        given = args[args.index("--chat-template") + 1]
+        path = cfg.resolve(Path(given))
+        tokenizer.chat_template = path.read_text() if path.is_file() else given
+    served.template_reads = chat_template_reads(tokenizer)
     del verified  # the HF copy was only for the checks: vLLM loads its own
     gc.collect()
     t_start = time.monotonic()
