@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 
 from core.atomic_io import append_jsonl, atomic_write_json, read_json
-from core.training_queue import DATA_SUFFIX, DuplicateError, QueueEntry, TrainingQueue, now_iso, stem_of
+from core.queue_store import DATA_SUFFIX, DuplicateError, QueueEntry, TrainingQueue, now_iso, stem_of
 from core.validation.report import ValidationReport
 from core.validation.spec import parse_job_sidecar
 from core.validation.validator import DataValidator

@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from core.training_queue import DATA_SUFFIX, stem_of
+from core.queue_store import DATA_SUFFIX, stem_of
 
 logger = logging.getLogger(__name__)
 

@@ -111,7 +111,7 @@ def validate_file(path: str | os.PathLike, cfg, *, schema_id: str | None = None,
         rep.merge(validator.deep(path, schema_id, name=path.name))
         rep.level = "deep"
     if check_queue and rep.stats.get("sha256"):
-        from core.training_queue import TrainingQueue
+        from core.queue_store import TrainingQueue
 
         entry = TrainingQueue(cfg).find_by_id(rep.stats["sha256"])
         if entry is not None:

@@ -271,7 +271,7 @@ class DataManager:
         """Examples per second of wall time (claim to completion) over the last completed generated files."""
         import calendar
 
-        from core.training_queue import TrainingQueue
+        from core.queue_store import TrainingQueue
 
         rates = []
         try:

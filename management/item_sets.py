@@ -72,7 +72,7 @@ def ladder_sets(cfg, dm) -> list[ItemSet]:
 
 def trained_sets(cfg, since_step: int | None, until_step: int | None) -> list[ItemSet]:
     """Held-out rows of the files trained after `since_step` (the deployed version's step) up to `until_step`."""
-    from core.training_queue import TrainingQueue
+    from core.queue_store import TrainingQueue
     from trainer.data import DataError, read_jsonl
     from trainer.packing import held_out_indices
 

@@ -6,7 +6,7 @@ change and publishes what did:
   metric          each new line of status/metrics.jsonl (train / eval / checkpoint)
   metrics_reset   metrics.jsonl was rewound after a crash-resume, or replaced
   event           each new line of status/events.jsonl
-  status          the honest status (core.training_controller.live_status + liveness) when it changes,
+  status          the honest status (core.live_status.live_status + liveness) when it changes,
                   and every few seconds anyway so ages stay true
   system          a CPU/RAM/disk/GPU sample every monitor.system_sample_interval
   changed         {"what": queue | checkpoints | rankings | deployments | curriculum}: refetch that panel
@@ -36,7 +36,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.training_queue import STATES, TrainingQueue
+from core.queue_store import STATES, TrainingQueue
 from monitoring import sources
 from monitoring.metrics_index import MetricsIndex
 

@@ -22,8 +22,8 @@ import psutil
 
 from core.atomic_io import read_json
 from core.system_metrics import disk_stats, gpu_stats, ram_stats
-from core.training_controller import live_status
-from core.training_queue import PRIORITIES, STATES, TERMINAL, TrainingQueue, stem_of
+from core.live_status import live_status
+from core.queue_store import PRIORITIES, STATES, TERMINAL, TrainingQueue, stem_of
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.atomic_io import read_json  # noqa: E402
 from core.config import add_config_args, config_or_exit  # noqa: E402
-from core.training_controller import live_status  # noqa: E402
+from core.live_status import live_status  # noqa: E402
 
 
 def line(cfg) -> str:

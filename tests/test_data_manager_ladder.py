@@ -110,7 +110,7 @@ def test_the_comparison_engine_feeds_mastery_from_the_fixed_items_and_lower_rung
 
 
 def test_generated_files_are_sized_by_the_measured_training_rate(make_config, tmp_path):
-    from core.training_queue import TrainingQueue
+    from core.queue_store import TrainingQueue
     from tests.management_support import write_chat_rows
 
     cfg = make_config({"data_manager.batch_size": 2000, "data_manager.file_seconds": 60, "data_manager.replay_fraction": 0.5,

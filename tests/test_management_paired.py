@@ -227,7 +227,7 @@ def test_ledger_keeps_per_level_results_and_the_deployed_version_is_scored_once_
 
 
 def test_held_out_rows_of_files_trained_since_the_deployed_version_are_a_set(make_config, tmp_path):
-    from core.training_queue import TrainingQueue
+    from core.queue_store import TrainingQueue
     from management.item_sets import trained_sets
     from trainer.packing import held_out_indices
 

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from core.atomic_io import atomic_write_json, read_json
 from core.control import read_control
-from core.training_queue import TrainingQueue
+from core.queue_store import TrainingQueue
 from monitoring.app import create_app, node_modules_dir
 from monitoring.demo import write_run
 

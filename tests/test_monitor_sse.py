@@ -63,7 +63,7 @@ def test_metric_event_and_status_pushed_within_a_second(live):
         cfg.layout.pid_file("daemon").write_text("999999999\n")
         ev = next_event(events, "status", 3, lambda e: json.loads(e.data)["liveness"]["label"] == "daemon not running")
         # the queue panel is told to refresh when a file moves
-        from core.training_queue import TrainingQueue
+        from core.queue_store import TrainingQueue
 
         TrainingQueue(cfg).set_priority("syllo_L2.jsonl", "low")
         next_event(events, "changed", 3, lambda e: json.loads(e.data)["what"] == "queue")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core.training_queue import DuplicateError, QueueError, TrainingQueue, main as queue_main
+from core.queue_store import DuplicateError, QueueError, TrainingQueue, main as queue_main
 from core.validation.report import ValidationReport
 
 REPO = Path(__file__).resolve().parent.parent
@@ -213,7 +213,7 @@ def test_skip_reject_remove_set_priority(make_config, tmp_path):
 def _claim_worker(base_cfg_json: str, barrier, out, rounds: int) -> None:
     sys.path.insert(0, str(REPO))
     from core.config import from_dict
-    from core.training_queue import TrainingQueue
+    from core.queue_store import TrainingQueue
 
     data = json.loads(base_cfg_json)
     q = TrainingQueue(from_dict(data, Path(data["paths"]["base_dir"])))

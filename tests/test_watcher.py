@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from ingest_corpus import BAD, GOOD, ORIGINAL, good_lines, make_subfolder_good
 
-from core.training_queue import PRIORITIES, TrainingQueue
+from core.queue_store import PRIORITIES, TrainingQueue
 from core.ingest import Ingestor, standard_gate
 from core.watcher import name_problem, queue_name
 

@@ -248,7 +248,7 @@ def _run(cfg, args, hooks: DaemonHooks) -> int:
 def _standard_gate(cfg, path: Path) -> bool:
     """STANDARD validation (the model's own tokenizer and template) of a queued file, here because it needs the
     tokenizer and the daemon never imports torch. A file outside queue/processing/ (a manual run) is not gated."""
-    from core.training_queue import QueueError, TrainingQueue
+    from core.queue_store import QueueError, TrainingQueue
     from core.validation.validator import DataValidator
     from core.watcher import standard_gate
 

@@ -1,0 +1,125 @@
+"""Control the training daemon: pause, resume, stop, skip, status. Works whether or not the daemon is up.
+
+Requests are written to control/state.json and applied at the next step
+boundary (a request made while the daemon is down applies when it starts):
+
+  pause              checkpoint at the next step, then wait (model kept or released per daemon.release_model_on_pause)
+  resume             continue the same file where it stopped (also restarts a daemon stopped by `stop`)
+  stop               checkpoint at the next step and exit; the file goes back to the FRONT of its queue with its progress
+  stop --after-file  finish the current file, then stop
+  skip               set the current file aside (queue/failed/, with the reason; `training_queue.py retry` brings it back)
+  clear              forget every pending request
+  status             what is really running (stale status files and dead pids are shown as such)
+
+Run as:
+    python3 core/training_controller.py pause|resume|stop|skip|clear|status [--json] [--reason TEXT]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from core.atomic_io import read_json
+from core.config import CadenceConfig, add_config_args, config_or_exit
+from core.control import read_control, request
+from core.procs import live_pid
+from core.queue_store import TrainingQueue
+from safety.crash_detector import fault_streak, streak_path
+
+
+def live_status(cfg: CadenceConfig) -> dict:
+    """The honest picture: training_status.json corrected by pid liveness and staleness."""
+    layout = cfg.layout
+    status = read_json(layout.training_status, {}) or {}
+    daemon_pid = live_pid(layout.pid_file("daemon"))
+    trainer_pid = live_pid(layout.pid_file("trainer"))
+    watchdog_pid = live_pid(layout.pid_file("watchdog"))
+    heartbeat = read_json(layout.status / "heartbeat.json", {}) or {}
+    age = time.time() - float(status.get("updated_at", 0) or 0)
+    reported = status.get("state", "unknown")
+    if daemon_pid is None:
+        state = "not running"
+        if trainer_pid:
+            state = "not running (orphaned trainer pid %d)" % trainer_pid
+    elif reported == "training" and trainer_pid is None:
+        state = "starting" if age < cfg.monitor.stale_after_seconds else "idle"
+    else:
+        state = reported
+    control = read_control(layout)
+    deploy_state = read_json(layout.status / "deployment_state.json", {}) or {}
+    actives = [t.get("active") for t in (deploy_state.get("targets") or {}).values() if isinstance(t, dict) and t.get("active")]
+    deployed_version = actives[0].get("version") if actives else None
+    tq = TrainingQueue(cfg)
+    queue = {p: tq.count(p) for p in ("high", "normal", "low", "processing")}
+    streak = fault_streak(streak_path(layout))
+    return {
+        "state": state, "reported_state": reported, "status_age_s": round(age, 1),
+        "daemon_pid": daemon_pid, "trainer_pid": trainer_pid, "watchdog_pid": watchdog_pid,
+        "desired": control["desired"], "stop_after_file": control.get("stop_after_file"),
+        "pending_skip": bool(control.get("skip")), "control_reason": control.get("reason"),
+        "global_step": status.get("global_step"), "file": status.get("file"), "file_step": status.get("file_step"),
+        "file_total_steps": status.get("file_total_steps"), "loss": status.get("loss"), "val_loss": status.get("val_loss"),
+        "lr": status.get("lr"), "tokens_per_s": status.get("tokens_per_s"), "eta_s": status.get("eta_s"),
+        "last_checkpoint": status.get("last_checkpoint"), "heartbeat_age_s":
+            round(time.time() - heartbeat["ts"], 1) if heartbeat.get("ts") else None,
+        "heartbeat_phase": heartbeat.get("phase"), "queue": queue, "blocked_reason": status.get("reason"),
+        "deployed_version": deployed_version, "system_faults_in_a_row": streak["count"],
+        "next_start_after": streak["retry_at"],
+    }
+
+
+def format_status(s: dict) -> str:
+    lines = [f"state:        {s['state']}" + (f"  (status file says {s['reported_state']!r}, {s['status_age_s']}s old)"
+                                              if s["state"] != s["reported_state"] else "")]
+    lines.append(f"desired:      {s['desired']}" + ("  (stop after this file)" if s["stop_after_file"] else "")
+                 + ("  (skip pending)" if s["pending_skip"] else ""))
+    if s.get("control_reason"):
+        lines.append(f"reason:       {s['control_reason']}")
+    if s.get("blocked_reason") and s["blocked_reason"] != s.get("control_reason"):
+        lines.append(f"blocked:      {s['blocked_reason']}")
+    if s.get("system_faults_in_a_row"):
+        lines.append(f"faults:       {s['system_faults_in_a_row']} system fault(s) in a row (safety.crash_loop_faults pauses)")
+    lines.append(f"daemon pid:   {s['daemon_pid'] or '-'}   trainer pid: {s['trainer_pid'] or '-'}   watchdog pid: {s['watchdog_pid'] or '-'}")
+    if s.get("file"):
+        lines.append(f"file:         {s['file']}  step {s['file_step']}/{s['file_total_steps']}")
+    fmt = lambda v, f: (f % v) if isinstance(v, (int, float)) else "-"
+    lines.append(f"global step:  {s['global_step'] if s['global_step'] is not None else '-'}   loss {fmt(s['loss'], '%.4f')}   "
+                 f"val {fmt(s['val_loss'], '%.4f')}   lr {fmt(s['lr'], '%.2e')}   {fmt(s['tokens_per_s'], '%.0f')} tok/s   "
+                 f"eta {fmt(s['eta_s'], '%.0fs')}")
+    lines.append(f"checkpoint:   {s['last_checkpoint'] or '-'}   deployed: {s.get('deployed_version') or '-'}")
+    q = s["queue"]
+    lines.append(f"queue:        high {q['high']}  normal {q['normal']}  low {q['low']}  processing {q['processing']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Control the Cadence training daemon (works whether or not it is running).",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("action", choices=["pause", "resume", "stop", "skip", "clear", "status"])
+    parser.add_argument("--after-file", action="store_true", help="stop: finish the current file first")
+    parser.add_argument("--reason", default=None, help="recorded with the request (and with a skipped file)")
+    parser.add_argument("--json", action="store_true", help="status: machine-readable output")
+    add_config_args(parser)
+    args = parser.parse_args(argv)
+    cfg = config_or_exit(args)
+    cfg.layout.control.mkdir(parents=True, exist_ok=True)
+    if args.action == "status":
+        s = live_status(cfg)
+        print(json.dumps(s, indent=2) if args.json else format_status(s))
+        return 0
+    action = "stop_after_file" if args.action == "stop" and args.after_file else args.action
+    state = request(cfg.layout, action, args.reason)
+    running = live_pid(cfg.layout.pid_file("daemon")) is not None
+    when = "at the next step boundary" if running else "when the daemon starts (it is not running)"
+    if args.json:
+        print(json.dumps({"requested": action, "applies": when, "control": state}, indent=2))
+    else:
+        print(f"{action} requested; applies {when}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""What every shared record has in common: a schema version, strict fields, atomic writes, honest reads.
+
+A record is a pydantic model. Writers build the model (so a wrong field is an error where it is made, not a
+surprise in another process) and write it atomically (temp file, fsync, rename: core/atomic_io.py). Readers get the
+model back or a StateError naming the file and the field; a missing file is `None`, never a guess. Older files
+on disk (written before this package existed, without `schema_version`) still validate: a model upgrades them in
+its own `_upgrade` hook, which is the one place that knows an older shape.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from core.atomic_io import append_jsonl, atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R", bound="StateRecord")
+
+
+class StateError(ValueError):
+    """A shared file that exists but is not a valid record: names the file (and line) and what is wrong."""
+
+
+class StateRecord(BaseModel):
+    """Base of every shared record. Subclasses set SCHEMA_VERSION and may override `_upgrade(data)`."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    schema_version: int = 1
+
+    @model_validator(mode="before")
+    @classmethod
+    def _versioned(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            version = data.get("schema_version", 0)
+            if isinstance(version, int) and version < cls.SCHEMA_VERSION:
+                data = cls._upgrade(dict(data), version)
+                data["schema_version"] = cls.SCHEMA_VERSION
+            elif isinstance(version, int) and version > cls.SCHEMA_VERSION:
+                raise ValueError(f"schema_version {version} is newer than this Cadence reads ({cls.SCHEMA_VERSION})")
+        return data
+
+    @classmethod
+    def _upgrade(cls, data: dict, version: int) -> dict:
+        """Bring a file of an older `version` (0: written before the state package) to the current shape."""
+        return data
+
+    def to_json(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(record)'}: {e['msg']}" for e in exc.errors())
+
+
+def parse_record(model: type[R], data: Any, where: str) -> R:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise StateError(f"{where}: not a valid {model.__name__}: {_describe(exc)}") from None
+
+
+def read_record(model: type[R], path: str | os.PathLike) -> R | None:
+    """The record at `path`, None when there is no file; StateError when the file is torn or invalid."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StateError(f"{path}: not JSON ({exc})") from None
+    return parse_record(model, data, str(path))
+
+
+def write_record(path: str | os.PathLike, record: StateRecord, durable: bool = True) -> None:
+    """Replace `path` with `record` atomically (durable=False: no fsync, for heartbeats and other disposable state)."""
+    data = json.dumps(record.to_json(), indent=2, ensure_ascii=False) + "\n"
+    atomic_write_bytes(path, data.encode("utf-8"), durable=durable)
+
+
+def append_record(path: str | os.PathLike, record: StateRecord) -> None:
+    """Append one record as a JSON line (a single write(2) on O_APPEND: whole lines with several writers)."""
+    append_jsonl(path, record.to_json())
+
+
+def read_records(model: type[R], path: str | os.PathLike, strict: bool = False) -> Iterator[R]:
+    """The records of a JSONL file in order. A bad line (a torn last line after a crash, a hand edit) is skipped
+    with a warning naming the file and line, or raised as StateError with strict=True."""
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield parse_record(model, json.loads(line), f"{path}:{lineno}")
+            except (StateError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                if strict:
+                    raise StateError(f"{path}:{lineno}: {exc}") from None
+                logger.warning("skipping %s:%d: %s", path, lineno, exc)
+
+
+class StateFile(BaseModel):
+    """One shared file (or family of files) and the model its content validates against: every topic module lists
+    its own in a module-level `FILES`, which the docs generator (docs/shared-files.md) and the ownership tests read."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    pattern: str  # glob relative to paths.base_dir, e.g. "status/heartbeat.json", "queue/*/*.meta.json"
+    model: type[StateRecord]
+    kind: str = "json"  # "json": one record per file; "jsonl": one record per line
+    writers: tuple[str, ...] = ()  # the modules that write it (through this package), for the docs
+    readers: tuple[str, ...] = ()
+    description: str = ""
