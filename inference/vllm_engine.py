@@ -329,8 +329,8 @@ def load_vllm_version(path, version: str | None, cfg, require_manifest: bool | N
     args = list(cfg.inference.vllm_args)
     if "--chat-template" in args[:-1]:  # vLLM then renders with this template, not the folder's
         given = args[args.index("--chat-template") + 1]
-        path = cfg.resolve(Path(given))
-        tokenizer.chat_template = path.read_text() if path.is_file() else given
+        template_file = cfg.resolve(Path(given))
+        tokenizer.chat_template = template_file.read_text() if template_file.is_file() else given
     served.template_reads = chat_template_reads(tokenizer)
     del verified  # the HF copy was only for the checks: vLLM loads its own
     gc.collect()
