@@ -226,8 +226,10 @@ def run_one(preset: str, model_dir: Path | None, args) -> dict:
 
 def lifecycle_path(cfg, poll: float, saved: float, url: str) -> dict:
     """What the lifecycle worker does for one new checkpoint, timed phase by phase (wall clock, time.time())."""
-    from management.deployment_orchestrator import Orchestrator, active_content_id, history, load_state, tried_content_ids
-    from management.model_comparison_engine import load_ledger, pick_champion, score_new_checkpoints, unscored
+    from core.state.deployment import deployment_events, read_deployment_state
+    from management.champion_rule import pick_champion
+    from management.deployment_orchestrator import Orchestrator, active_content_id, tried_content_ids
+    from management.model_comparison_engine import load_ledger, score_new_checkpoints, unscored
     from management.model_versioner import create_version
 
     # detect: the worker polls; the checkpoint appears at a random point of its interval (half an interval on average)
@@ -264,10 +266,10 @@ def lifecycle_path(cfg, poll: float, saved: float, url: str) -> dict:
         marks["versioned"] = time.time()
         result = orch.deploy(champ["checkpoint"])
     watcher.join(5)
-    events = {h["event"]: h for h in history(cfg) if h.get("content_id") == champ["content_id"]}
+    events = {e.event.value: e for e in deployment_events(cfg.layout) if e.content_id == champ["content_id"]}
     for name in ("copied", "verified", "loaded", "health_ok", "promoted"):
         if name in events:
-            marks[name] = events[name]["ts"]
+            marks[name] = events[name].ts
     server_load = (result["timings"].get("local") or {}).get("server_load")
     t = {"detect": marks["detected"] - saved, "score": marks["scored"] - marks["detected"],
          "version": marks["versioned"] - marks["scored"]}
@@ -285,7 +287,8 @@ def lifecycle_path(cfg, poll: float, saved: float, url: str) -> dict:
     t["status"] = result["status"]
     t["server_load"] = server_load
     t["score_detail"] = entry.get("timings")
-    t["active"] = (load_state(cfg)["targets"].get("local") or {}).get("active", {}).get("version")
+    active = read_deployment_state(cfg.layout).active("local")
+    t["active"] = active.version if active else None
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in t.items()}
 
 

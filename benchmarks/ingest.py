@@ -34,6 +34,7 @@ import time
 
 from benchmarks.report import BenchmarkRun
 from core.config import from_dict
+from core.state.queue_records import sidecar_path
 
 WORDS = ("the a is of and to in that it for on with as you at this but by from they we say her she or will my one all "
          "would there what so up out if about who get which go me when make can like time no just him know take "
@@ -90,7 +91,7 @@ def bench_latency(work: Path, model_dir: Path, runs: int) -> dict:
                 while fh.read(1 << 20):
                     pass
             read_floor.append(time.perf_counter() - t)
-            meta = cfg.layout.queue_dir("normal") / f"drop{r}.meta.json"
+            meta = sidecar_path(cfg.layout.queue_dir("normal") / f"drop{r}.jsonl", "meta")
             with open(src, "rb") as fin, open(cfg.layout.inbox / f"drop{r}.jsonl", "wb") as fout:
                 shutil.copyfileobj(fin, fout, 1 << 20)
                 fout.flush()

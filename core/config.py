@@ -398,6 +398,16 @@ class Layout:
     events = property(lambda s: s.base_dir / "status" / "events.jsonl")
     comparisons = property(lambda s: s.base_dir / "status" / "comparisons.json")
     deployments = property(lambda s: s.base_dir / "status" / "deployments.jsonl")
+    # model-lifecycle and curriculum records (owner: core/state/deployment.py, ledger.py, curriculum.py, lifecycle.py)
+    deployment_state = property(lambda s: s.base_dir / "status" / "deployment_state.json")
+    comparison_validation = property(lambda s: s.base_dir / "status" / "comparison_validation.jsonl")
+    curriculum = property(lambda s: s.base_dir / "status" / "curriculum.json")
+    data_manager_state = property(lambda s: s.base_dir / "status" / "data_manager.json")
+    evals = property(lambda s: s.base_dir / "status" / "evals")  # the held-out ladder's rungs
+    ladder_index = property(lambda s: s.base_dir / "status" / "evals" / "ladder.json")
+    protected = property(lambda s: s.base_dir / "models" / "current_model" / "protected.json")
+    backups = property(lambda s: s.base_dir / "models" / "backups")
+    previous_runs = property(lambda s: s.base_dir / "models" / "previous_runs")
 
     def queue_dir(self, state: str) -> Path:
         return self.queue / state
@@ -406,9 +416,11 @@ class Layout:
         return self.pids / f"{name}.pid"
 
     def ensure(self) -> "Layout":
+        from core.state.queue_records import STATES  # the queue's folders, named once
+
         for d in (self.inbox, self.models, self.status, self.control, self.logs, self.pids):
             d.mkdir(parents=True, exist_ok=True)
-        for state in ("high", "normal", "low", "processing", "recently_completed", "failed", "rejected"):
+        for state in STATES:
             self.queue_dir(state).mkdir(parents=True, exist_ok=True)
         return self
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,11 @@ from core.config import CadenceConfig, add_config_args, config_or_exit
 from core.control import read_control, request
 from core.procs import live_pid
 from core.queue_store import TrainingQueue
+from core.state.base import StateError
+from core.state.deployment import read_deployment_state
 from safety.crash_detector import fault_streak, streak_path
+
+logger = logging.getLogger(__name__)
 
 
 def live_status(cfg: CadenceConfig) -> dict:
@@ -49,9 +54,12 @@ def live_status(cfg: CadenceConfig) -> dict:
     else:
         state = reported
     control = read_control(layout)
-    deploy_state = read_json(layout.status / "deployment_state.json", {}) or {}
-    actives = [t.get("active") for t in (deploy_state.get("targets") or {}).values() if isinstance(t, dict) and t.get("active")]
-    deployed_version = actives[0].get("version") if actives else None
+    try:
+        actives = [t.active for t in read_deployment_state(layout).targets.values() if t.active]
+    except StateError as exc:  # the status must answer; the broken file is named in the log
+        logger.error("%s", exc)
+        actives = []
+    deployed_version = actives[0].version if actives else None
     tq = TrainingQueue(cfg)
     queue = {p: tq.count(p) for p in ("high", "normal", "low", "processing")}
     streak = fault_streak(streak_path(layout))

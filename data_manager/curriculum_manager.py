@@ -39,7 +39,8 @@ from typing import Any, Iterator
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.atomic_io import atomic_write_json, read_json
+from core.state.base import StateError, parse_record
+from core.state.curriculum import CurriculumState, read_curriculum, write_curriculum
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class Curriculum:
     @classmethod
     def from_config(cls, cfg, max_levels: dict[str, int] | None = None) -> "Curriculum":
         dm = cfg.data_manager
-        return cls(cfg.layout.status / "curriculum.json", dm.threshold, dm.window, max_levels)
+        return cls(cfg.layout.curriculum, dm.threshold, dm.window, max_levels)
 
     # -- state ------------------------------------------------------------
     @contextlib.contextmanager
@@ -102,14 +103,21 @@ class Curriculum:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def load(self) -> dict[str, Any]:
-        state = read_json(self.path, None)
-        if not isinstance(state, dict) or not isinstance(state.get("skills"), dict):
-            state = {"version": STATE_VERSION, "seq": 0, "skills": {}}
+        """The state as the rule edits it: a dict checked against CurriculumState (core/state/curriculum.py) on every
+        load and save. A torn or invalid file is not trusted: every skill starts at level 1 again (logged)."""
+        try:
+            record = read_curriculum(self.path)
+        except StateError as exc:
+            logger.warning("%s: starting the curriculum afresh", exc)
+            record = None
+        state = record.to_json() if record else {"version": STATE_VERSION, "seq": 0, "skills": {}}
+        state.setdefault("seq", 0)
+        state.setdefault("skills", {})
         return state
 
     def _save(self, state: dict[str, Any]) -> None:
         state["threshold"], state["window"], state["updated_at"] = self.threshold, self.window, _now()
-        atomic_write_json(self.path, state)
+        write_curriculum(self.path, parse_record(CurriculumState, state, str(self.path)))
 
     @staticmethod
     def _skill(state: dict[str, Any], skill: str) -> dict[str, Any]:

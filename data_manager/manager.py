@@ -1,8 +1,10 @@
 """Data manager: keeps the queue fed with curriculum data and gives the comparison engine its eval sets.
 
 One `tick()` (called by the training daemon's loop, or by `generate` here):
-  1. prune: queued files of a skill below its current curriculum level move
-     to queue/deferred/ with their sidecars (never lost, never trained stale);
+  1. prune: queued files of a skill below its current curriculum level are
+     deferred by the queue (TrainingQueue.defer: queue/deferred/ with their
+     sidecars, a history entry and an event; never lost, never trained stale;
+     `training_queue.py retry NAME` brings one back);
   2. gate: generate only when fewer than `min_queue_depth` files wait
      (queue/high, normal, low, plus data files not yet ingested from inbox/)
      and `cooldown_seconds` have passed since the last attempt;
@@ -49,11 +51,15 @@ from typing import Any, Callable
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.atomic_io import atomic_write_json, atomic_write_text, fsync_dir, read_json
+from core.atomic_io import fsync_dir
+from core.queue_store import PRIORITIES, QueueError, TrainingQueue
+from core.state.queue_records import JOB_SUFFIX, JobSidecar, write_job_sidecar
+from core.state.base import StateError, parse_record
+from core.state.curriculum import DataManagerState, read_data_manager_state, write_data_manager_state
 from data_manager.curriculum_manager import Curriculum, Decision
 from data_manager.ladder import Ladder, LadderError, Rung
 from data_manager.quality import QualityError, QualityReport, check_quality, tokenizer_counter  # noqa: F401 (re-exported)
-from data_manager.queue_files import QUEUE_PRIORITIES, is_data_file, queue_depth, queued_skill_level, sidecars_of  # noqa: F401
+from data_manager.queue_files import queue_depth, queued_skill_level
 from data_manager.skill_api_client import LocalSkillClient, SkillAPIError, SkillClient, local_score
 from data_manager.skills import BUILTIN_SKILLS, get_skill
 
@@ -123,9 +129,8 @@ class DataManager:
         self.curriculum = curriculum or Curriculum.from_config(cfg, max_levels)
         self._count_tokens = count_tokens
         self.clock = clock
-        self.state_path = self.layout.status / "data_manager.json"
-        self.deferred_dir = self.layout.queue / "deferred"
-        self.ladder = Ladder(self.layout.status / "evals")
+        self.state_path = self.layout.data_manager_state
+        self.ladder = Ladder(self.layout.evals)
 
     # -- plumbing ---------------------------------------------------------
     @property
@@ -151,13 +156,20 @@ class DataManager:
             client.close()
 
     def load_state(self) -> dict[str, Any]:
-        state = read_json(self.state_path, None)
-        return state if isinstance(state, dict) else {"rotation_index": 0, "last_attempt_at": None,
-                                                      "last_generation_at": None, "batches_generated": 0}
+        """status/data_manager.json as a dict, checked against DataManagerState (core/state/curriculum.py) on every
+        load and save."""
+        try:
+            record = read_data_manager_state(self.state_path)
+        except StateError as exc:  # only the rotation and the cooldown clock are lost
+            logger.warning("%s: starting afresh", exc)
+            record = None
+        record = record or DataManagerState(rotation_index=0, last_attempt_at=None, last_generation_at=None,
+                                            batches_generated=0)
+        return record.to_json()
 
     def _save_state(self, state: dict[str, Any]) -> None:
         state["updated_at"] = _utcnow()
-        atomic_write_json(self.state_path, state)
+        write_data_manager_state(self.state_path, parse_record(DataManagerState, state, str(self.state_path)))
 
     # -- gating -----------------------------------------------------------
     def should_generate(self, now: float | None = None) -> tuple[bool, str]:
@@ -271,8 +283,6 @@ class DataManager:
         """Examples per second of wall time (claim to completion) over the last completed generated files."""
         import calendar
 
-        from core.queue_store import TrainingQueue
-
         rates = []
         try:
             done = TrainingQueue(self.cfg).entries(["recently_completed"])
@@ -280,16 +290,16 @@ class DataManager:
             return None
         for e in done:
             meta = e.meta
-            if not str(meta.get("original_name") or e.name).startswith("dm_"):
+            if not (meta.original_name or e.name).startswith("dm_"):
                 continue
-            examples = (meta.get("validation") or {}).get("examples")
+            examples = meta.validation.examples
             try:
-                seconds = (calendar.timegm(time.strptime(meta["finished_at"], "%Y-%m-%dT%H:%M:%SZ"))
-                           - calendar.timegm(time.strptime(meta["started_at"], "%Y-%m-%dT%H:%M:%SZ")))
-            except (KeyError, TypeError, ValueError):
+                seconds = (calendar.timegm(time.strptime(meta.finished_at, "%Y-%m-%dT%H:%M:%SZ"))
+                           - calendar.timegm(time.strptime(meta.started_at, "%Y-%m-%dT%H:%M:%SZ")))
+            except (TypeError, ValueError):
                 continue
-            if isinstance(examples, int) and examples > 0 and seconds > 0:
-                rates.append((meta["finished_at"], examples / seconds))
+            if examples and examples > 0 and seconds > 0:
+                rates.append((meta.finished_at, examples / seconds))
         rates = [r for _, r in sorted(rates)[-last:]]
         return sorted(rates)[len(rates) // 2] if rates else None
 
@@ -361,12 +371,12 @@ class DataManager:
         inbox.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         name = f"dm_{skill}_L{level:02d}_{stamp}_{seed}"
-        job = {"schema_id": SCHEMA_ID, "priority": self.dm.priority,
-               "tags": [GENERATED_TAG, f"skill:{skill}", f"level:{level}"],
-               "notes": f"generated by data_manager: {skill} level {level}, seed {seed}, {len(samples)} samples"
-                        + (f", {dropped} dropped as held-out eval prompts" if dropped else "")}
-        job_path = inbox / f"{name}.job.json"
-        atomic_write_json(job_path, job)  # before the data: the watcher must find it when NAME.jsonl appears
+        job = JobSidecar(schema_id=SCHEMA_ID, priority=self.dm.priority,
+                         tags=[GENERATED_TAG, f"skill:{skill}", f"level:{level}"],
+                         notes=f"generated by data_manager: {skill} level {level}, seed {seed}, {len(samples)} samples"
+                               + (f", {dropped} dropped as held-out eval prompts" if dropped else ""))
+        job_path = inbox / f"{name}{JOB_SUFFIX}"
+        write_job_sidecar(job_path, job)  # before the data: the watcher must find it when NAME.jsonl appears
         data_path = inbox / f"{name}.jsonl"
         tmp = inbox / f".{name}.jsonl.tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -380,48 +390,22 @@ class DataManager:
 
     # -- pruning ----------------------------------------------------------
     def prune_stale(self) -> list[Path]:
-        """Move queued files of a known skill below its current level (and their sidecars) to queue/deferred/."""
+        """Defer queued files of a known skill below its current level (TrainingQueue.defer: to queue/deferred/ with
+        their sidecars, a history entry and an event). Returns where each went."""
         levels = self.curriculum.levels(self.skills)
+        queue = TrainingQueue(self.cfg)
         moved = []
-        for prio in QUEUE_PRIORITIES:
-            folder = self.layout.queue_dir(prio)
-            if not folder.is_dir():
+        for entry in queue.entries(PRIORITIES):
+            skill, level = queued_skill_level(entry.path, entry.meta)
+            if skill not in levels or level is None or level >= levels[skill]:
                 continue
-            for data_file in sorted(folder.iterdir()):
-                if not is_data_file(data_file):
-                    continue
-                skill, level = queued_skill_level(data_file)
-                if skill not in levels or level is None or level >= levels[skill]:
-                    continue
-                dest = self._defer(data_file, f"{skill} level {level} is below the current level {levels[skill]}")
-                if dest:
-                    moved.append(dest)
-        return moved
-
-    def _defer(self, data_file: Path, reason: str) -> Path | None:
-        self.deferred_dir.mkdir(parents=True, exist_ok=True)
-        dest = self.deferred_dir / data_file.name
-        if dest.exists():
-            dest = self.deferred_dir / f"{data_file.stem}.{int(self.clock())}{data_file.suffix}"
-        sidecars = sidecars_of(data_file)
-        try:
-            os.rename(data_file, dest)  # the data first: once it is gone the queue cannot claim it
-        except FileNotFoundError:
-            return None  # claimed for training meanwhile
-        for side in sidecars:
-            side_dest = dest.with_name(dest.stem + side.name[len(data_file.stem):]) if side.name.startswith(data_file.stem + ".") else dest.with_name(side.name)
+            reason = f"{skill} level {level} is below the current level {levels[skill]}"
             try:
-                os.rename(side, side_dest)
-            except FileNotFoundError:
+                moved.append(queue.defer(entry.name, reason).path)
+            except QueueError:  # claimed for training (or moved by the operator) meanwhile
                 continue
-            if side_dest.name.endswith(".meta.json"):
-                meta = read_json(side_dest, None)
-                if isinstance(meta, dict):
-                    meta.update(state="deferred", deferred_at=_utcnow(), deferred_reason=reason)
-                    atomic_write_json(side_dest, meta)
-        fsync_dir(self.deferred_dir)
-        logger.info("deferred %s: %s", data_file.name, reason)
-        return dest
+            logger.info("deferred %s: %s", entry.name, reason)
+        return moved
 
     # -- evaluation (the comparison engine's side) --------------------------
     def eval_set_path(self, skill: str, level: int) -> Path:
@@ -496,7 +480,7 @@ class DataManager:
         now = self.clock() if now is None else now
         state = self.load_state()
         ok, reason = self.should_generate(now)
-        deferred = sum(1 for p in self.deferred_dir.iterdir() if is_data_file(p)) if self.deferred_dir.is_dir() else 0
+        deferred = TrainingQueue(self.cfg).count("deferred")
         return {"enabled": self.dm.enabled, "queue": queue_depth(self.layout), "min_queue_depth": self.dm.min_queue_depth,
                 "would_generate": ok, "reason": reason, "next_skill": self.next_skill() if self.skills else None,
                 "levels": self.curriculum.levels(self.skills), "deferred_files": deferred, **state}
@@ -517,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     p_gen.add_argument("--count", type=int, default=None, help="samples in the batch (default data_manager.batch_size)")
     p_gen.add_argument("--skill", default=None, help="skill to generate (default: next in rotation)")
     sub.add_parser("tick", help="one daemon step: prune, then generate if the gate opens")
-    sub.add_parser("prune", help="move queued files below the current level to queue/deferred/")
+    sub.add_parser("prune", help="defer queued files below the current level (queue/deferred/; the queue's retry brings one back)")
     sub.add_parser("evalsets", help="write the held-out eval set of every skill at its current level")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

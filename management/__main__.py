@@ -52,8 +52,9 @@ class LifecycleWorker:
             score_new_checkpoints(self.cfg)
 
     def champion_and_deploy(self) -> dict | None:
+        from management.champion_rule import pick_champion
         from management.deployment_orchestrator import Orchestrator, active_content_id, tried_content_ids
-        from management.model_comparison_engine import load_ledger, pick_champion, record_champion, record_verdicts
+        from management.model_comparison_engine import load_ledger, record_champion, record_verdicts
 
         cfg = self.cfg
         baseline = active_content_id(cfg)

@@ -25,12 +25,12 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.atomic_io import atomic_write_json, fsync_dir, read_json
-from core.manifest import MANIFEST_NAME, ManifestError, build_manifest, verify_manifest
+from core.atomic_io import fsync_dir
+from core.manifest import ManifestError, read_manifest, verify_manifest, write_manifest
+from core.state.base import StateError
+from core.state.lifecycle import BackupInfo, read_backup_info, write_backup_info
 
 logger = logging.getLogger(__name__)
-
-INFO_FILE = "backup.json"
 
 
 class BackupError(RuntimeError):
@@ -38,7 +38,7 @@ class BackupError(RuntimeError):
 
 
 def backups_dir(cfg) -> Path:
-    return cfg.layout.models / "backups"
+    return cfg.layout.backups
 
 
 def link_or_copy_tree(src: Path, dst: Path, skip_top: tuple[str, ...] = ()) -> None:
@@ -71,12 +71,11 @@ def create_backup(cfg, source: str | Path, label: str | None = None) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         link_or_copy_tree(source, tmp)
-        src_manifest = read_json(source / MANIFEST_NAME)
-        if isinstance(src_manifest, dict) and isinstance(src_manifest.get("files"), dict):
+        if read_manifest(source) is not None:
             verify_manifest(tmp)  # the copy matches the source's own hashes
         else:
-            atomic_write_json(tmp / MANIFEST_NAME, build_manifest(tmp))
-        atomic_write_json(tmp / INFO_FILE, {"source": str(source), "label": label, "created_at": time.time()})
+            write_manifest(tmp)
+        write_backup_info(tmp, BackupInfo(source=str(source), label=label, created_at=time.time()))
         os.rename(tmp, final)
         fsync_dir(root)
     except (OSError, ManifestError) as exc:
@@ -92,9 +91,13 @@ def list_backups(cfg) -> list[dict]:
     if root.is_dir():
         for p in sorted(root.iterdir()):
             if p.is_dir() and not p.name.startswith("."):
-                info = read_json(p / INFO_FILE, {}) or {}
-                out.append({"name": p.name, "path": str(p), "source": info.get("source"),
-                            "created_at": info.get("created_at") or p.stat().st_mtime})
+                try:
+                    info = read_backup_info(p)
+                except StateError as exc:  # still listed (and pruned by age) by its folder's time
+                    logger.warning("%s", exc)
+                    info = None
+                out.append({"name": p.name, "path": str(p), "source": info.source if info else None,
+                            "created_at": info.created_at if info else p.stat().st_mtime})
     return sorted(out, key=lambda b: b["created_at"])
 
 

@@ -37,8 +37,11 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.atomic_io import atomic_write_json, fsync_dir, read_json
-from core.manifest import METADATA_FILE, MANIFEST_NAME, TRAINING_STATE_DIR, ManifestError, content_id, entry_digest
+from core.atomic_io import atomic_write_json, fsync_dir
+from core.manifest import (METADATA_FILE, MANIFEST_NAME, TRAINING_STATE_DIR, ManifestError, content_id, entry_digest,
+                           read_manifest, save_manifest)
+from core.state.base import StateError
+from core.state.lifecycle import VersionMetadata, read_version_metadata, write_version_metadata
 from core.version_label import check_label
 from trainer.checkpoint import CheckpointInfo, latest_checkpoint, publish_checkpoint
 
@@ -64,16 +67,20 @@ def list_versions(cfg) -> list[dict]:
             m = VERSION_RE.match(p.name)
             if not m or not p.is_dir() or not (p / MANIFEST_NAME).is_file():
                 continue
-            meta = read_json(p / METADATA_FILE, {}) or {}
-            manifest = read_json(p / MANIFEST_NAME, {}) or {}
             try:
-                cid = meta.get("content_id") or content_id(manifest)
+                meta = read_version_metadata(p) or VersionMetadata()
+            except StateError as exc:  # the version is still listed (its manifest names its content)
+                logger.warning("%s", exc)
+                meta = VersionMetadata()
+            manifest = read_manifest(p) or {}
+            try:
+                cid = meta.content_id or content_id(manifest)
             except (ManifestError, KeyError, TypeError, AttributeError):  # an empty or partial manifest has no id
                 cid = None
-            out.append({"name": p.name, "number": int(m.group(1)), "path": str(p), "step": meta.get("step"),
+            out.append({"name": p.name, "number": int(m.group(1)), "path": str(p), "step": meta.step,
                         "content_id": cid,
-                        "created_at": meta.get("consolidated_at"), "checkpoint": meta.get("checkpoint"),
-                        "val_loss": meta.get("val_loss"), "final_loss": meta.get("final_loss")})
+                        "created_at": meta.consolidated_at, "checkpoint": meta.checkpoint,
+                        "val_loss": meta.val_loss, "final_loss": meta.final_loss})
     return sorted(out, key=lambda v: v["number"])
 
 
@@ -119,7 +126,9 @@ def create_version(cfg, checkpoint: str | Path | None = None, desc: str | None =
         if not (path / MANIFEST_NAME).is_file() or not m:
             raise VersionError(f"{path}: not a published checkpoint")
         ckpt = CheckpointInfo(path, int(m.group(1)))
-    src_manifest = read_json(ckpt.path / MANIFEST_NAME)
+    src_manifest = read_manifest(ckpt.path)
+    if src_manifest is None:
+        raise VersionError(f"{ckpt.path}: manifest unreadable")
     model_files = {rel: meta for rel, meta in src_manifest["files"].items() if rel.split("/", 1)[0] != TRAINING_STATE_DIR}
     cid = content_id(src_manifest)
     existing = find_version(cfg, cid)
@@ -143,8 +152,8 @@ def create_version(cfg, checkpoint: str | Path | None = None, desc: str | None =
                 shutil.copy2(ckpt.path / rel, target)
         manifest = {**{k: v for k, v in src_manifest.items() if k != "files"}, "files": model_files,
                     "version": name, "global_step": ckpt.step}
-        atomic_write_json(tmp / MANIFEST_NAME, manifest)
-        atomic_write_json(tmp / METADATA_FILE, training_metadata(cfg, ckpt, manifest, cid))
+        save_manifest(tmp, manifest)
+        write_version_metadata(tmp, VersionMetadata.model_validate(training_metadata(cfg, ckpt, manifest, cid)))
         os.rename(tmp, root / name)
         fsync_dir(root)
     except BaseException:

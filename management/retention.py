@@ -29,9 +29,12 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.atomic_io import atomic_write_json, read_json
-from core.manifest import MANIFEST_NAME, TRAINING_STATE_DIR
-from trainer.checkpoint import PROTECTED_FILE, CheckpointInfo, list_checkpoints, optimizer_state_files, protected_names
+from core.manifest import TRAINING_STATE_DIR, read_manifest, save_manifest
+from core.state.base import StateError
+from core.state.ledger import read_ledger
+from core.state.lifecycle import ProtectedCheckpoints, read_protected
+from core.state.lifecycle import write_protected as write_protected_record
+from trainer.checkpoint import CheckpointInfo, list_checkpoints, optimizer_state_files, protected_names
 
 logger = logging.getLogger(__name__)
 
@@ -52,20 +55,25 @@ def dir_size(path: Path) -> int:
 def protected_checkpoints(cfg) -> dict:
     """{"deployed": [...], "champion": name|None, "best": [...], "newest": name|None} of checkpoint names."""
     from management.deployment_orchestrator import deployed_checkpoints
-    from management.model_comparison_engine import best_checkpoints, load_ledger
+    from management.model_comparison_engine import best_checkpoints
 
     ckpts = list_checkpoints(cfg.layout.current_model)
-    champion = (load_ledger(cfg).get("champion") or {}).get("checkpoint")
+    ledger = read_ledger(cfg.layout)
+    champion = ledger.champion.checkpoint if ledger and ledger.champion else None
     return {"deployed": sorted(set(deployed_checkpoints(cfg))), "champion": champion,
             "best": best_checkpoints(cfg, cfg.retention.keep_best), "newest": ckpts[-1].path.name if ckpts else None}
 
 
 def write_protected(cfg) -> dict:
     protected = protected_checkpoints(cfg)
-    data = {k: v for k, v in protected.items() if v}
-    path = cfg.layout.current_model / PROTECTED_FILE
-    if read_json(path) != data:
-        atomic_write_json(path, data)
+    record = ProtectedCheckpoints(**{k: v for k, v in protected.items() if v})
+    try:
+        on_disk = read_protected(cfg.layout.current_model)
+        unchanged = on_disk is not None and on_disk.to_json() == record.to_json()
+    except StateError:
+        unchanged = False  # a torn or hand-broken file is replaced by the current answer
+    if not unchanged:
+        write_protected_record(cfg.layout.current_model, record)
     return protected
 
 
@@ -86,12 +94,12 @@ def strip_optimizer_state(ckpt: CheckpointInfo, dry_run: bool = False) -> int:
     freed = sum(f.stat().st_size for f in files)
     if dry_run:
         return freed
-    manifest = read_json(ckpt.path / MANIFEST_NAME)
-    if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict):
+    manifest = read_manifest(ckpt.path)
+    if manifest is not None:
         for f in files:
             manifest["files"].pop(f"{TRAINING_STATE_DIR}/{f.name}", None)
         manifest["optimizer_state_removed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        atomic_write_json(ckpt.path / MANIFEST_NAME, manifest)
+        save_manifest(ckpt.path, manifest)
     for f in files:
         f.unlink(missing_ok=True)
     logger.info("removed optimizer state of %s (%.1f MB)", ckpt.path.name, freed / 1e6)

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.atomic_io import read_json  # noqa: E402
 from core.config import CadenceConfig  # noqa: E402
+from core.state.lifecycle import ArchivedRun, write_archived_run  # noqa: E402
 
 ARCH_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
 
@@ -90,10 +91,10 @@ def start_new_run(cfg: CadenceConfig, reason: str = "new run") -> Path | None:
     cur = cfg.layout.current_model
     if not cur.exists() or not any(cur.iterdir()):
         return None
-    dest = cfg.layout.models / "previous_runs" / time.strftime("run_%Y%m%d_%H%M%S")
+    dest = cfg.layout.previous_runs / time.strftime("run_%Y%m%d_%H%M%S")
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.rename(cur, dest)
-    (dest / "ARCHIVED.json").write_text(json.dumps({"reason": reason, "archived_at": time.time()}))
+    write_archived_run(dest, ArchivedRun(reason=reason, archived_at=time.time()))
     return dest
 
 

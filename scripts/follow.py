@@ -12,16 +12,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.atomic_io import read_json  # noqa: E402
 from core.config import add_config_args, config_or_exit  # noqa: E402
 from core.live_status import live_status  # noqa: E402
+from core.state.curriculum import read_curriculum  # noqa: E402
 
 
 def line(cfg) -> str:
     s = live_status(cfg)
-    cur = read_json(cfg.layout.status / "curriculum.json", {}) or {}
-    skills = cur.get("skills") or {}
-    levels = " ".join(f"{k}:L{v.get('level')}" for k, v in skills.items() if isinstance(v, dict))
+    cur = read_curriculum(cfg.layout.curriculum)
+    levels = " ".join(f"{k}:L{v.level}" for k, v in cur.skills.items()) if cur else ""
     deployed = s.get("deployed_version") or "-"
     f = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else "-"
     q = s["queue"]

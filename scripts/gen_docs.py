@@ -7,7 +7,7 @@ whose prose around them is hand-written:
   docs/http-api.md       every route of the inference server and of the monitor, from their
                          apps' OpenAPI (built with a throw-away config in a temp dir, no model loaded)
   docs/shared-files.md   the records that cross a process boundary, from their pydantic models
-                         (shared_files() below: the dataset specs, the job sidecar, and every
+                         (shared_files() below: the dataset specs and every
                          StateFile of the state package, core/state/)
 
 The configuration and shared-files parts never import torch. The HTTP part
@@ -351,20 +351,25 @@ def shared_files() -> list[tuple[str, type[BaseModel], str]]:
     package's topic modules list in their `FILES` (core/state/registry.py `all_files`).
     """
     from core.state.registry import all_files
-    from core.validation.spec import DATASET_SPECS, JobSidecar
+    from core.validation.spec import DATASET_SPECS
 
     rows = [(f"Training file row, `{spec.id}`", spec.row_model,
              f"one line of `inbox/NAME.jsonl` read as `{spec.id}`, {spec.description} (the job sidecar's "
              "`schema_id`, else `daemon.default_schema`)")
             for spec in DATASET_SPECS.values()]
-    rows.append(("Job sidecar", JobSidecar, "`inbox/NAME.job.json`, then beside the file in the queue"))
+    # one section per record: StateFiles that differ only in their folder (the job sidecar in each queue
+    # state) are listed together
+    groups: dict[tuple, list] = {}
     for spec in all_files():
-        where = [f"`{spec.pattern}`, one record per {'line' if spec.kind == 'jsonl' else 'file'}"]
-        if spec.writers:
-            where.append("written by " + ", ".join(f"`{w}`" for w in spec.writers))
-        if spec.readers:
-            where.append("read by " + ", ".join(f"`{r}`" for r in spec.readers))
-        rows.append((spec.description or spec.model.__name__, spec.model, "; ".join(where)))
+        groups.setdefault((spec.model, spec.description, spec.kind, spec.writers, spec.readers), []).append(spec)
+    for (model, description, kind, writers, readers), specs in groups.items():
+        patterns = ", ".join(f"`{s.pattern}`" for s in specs)
+        where = [f"{patterns}, one record per {'line' if kind == 'jsonl' else 'file'}"]
+        if writers:
+            where.append("written by " + ", ".join(f"`{w}`" for w in writers))
+        if readers:
+            where.append("read by " + ", ".join(f"`{r}`" for r in readers))
+        rows.append((description or model.__name__, model, "; ".join(where)))
     return rows
 
 

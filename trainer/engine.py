@@ -726,7 +726,7 @@ class TrainerEngine:
 
 def write_adapter_metadata(adapter_dir: Path, cfg: CadenceConfig, state: dict) -> None:
     """Per-adapter training metadata, as the original system's LoRA pipeline kept it."""
-    import json
+    from core.state.lifecycle import AdapterMetadata, write_adapter_metadata as write_record
 
     lc, t = cfg.training.lora, cfg.training
     last = state.get("last_file") or {}
@@ -737,7 +737,7 @@ def write_adapter_metadata(adapter_dir: Path, cfg: CadenceConfig, state: dict) -
             "final_loss": last.get("final_loss"), "val_loss": last.get("val_loss"),
             "training_time_s": time.time() - float(state.get("run_started_at") or time.time()),
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    (adapter_dir / "training_metadata.json").write_text(json.dumps(meta, indent=2))
+    write_record(adapter_dir, AdapterMetadata.model_validate(meta))
 
 
 class _NoStatus:
