@@ -404,7 +404,7 @@ class Layout:
     curriculum = property(lambda s: s.base_dir / "status" / "curriculum.json")
     data_manager_state = property(lambda s: s.base_dir / "status" / "data_manager.json")
     evals = property(lambda s: s.base_dir / "status" / "evals")  # the held-out ladder's rungs
-    ladder_index = property(lambda s: s.base_dir / "status" / "evals" / "ladder.json")
+    ladder_index = property(lambda s: s.base_dir / "status" / "evals" / "ladder.json")  # core.state.curriculum.LADDER_INDEX_NAME
     protected = property(lambda s: s.base_dir / "models" / "current_model" / "protected.json")
     backups = property(lambda s: s.base_dir / "models" / "backups")
     previous_runs = property(lambda s: s.base_dir / "models" / "previous_runs")

@@ -32,11 +32,10 @@ from typing import Any, Callable, Iterator
 
 from core.atomic_io import atomic_write_text
 from core.state.base import StateError, parse_record
-from core.state.curriculum import LadderIndex, read_ladder_index, write_ladder_index
+from core.state.curriculum import LADDER_INDEX_NAME, LadderIndex, read_ladder_index, write_ladder_index
 
 logger = logging.getLogger(__name__)
 
-INDEX_NAME = "ladder.json"
 
 
 class LadderError(RuntimeError):
@@ -67,7 +66,7 @@ class Ladder:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self.index_path = self.root / INDEX_NAME
+        self.index_path = self.root / LADDER_INDEX_NAME
 
     def path(self, skill: str, level: int) -> Path:
         return self.root / skill / f"level_{level}.jsonl"
@@ -75,7 +74,7 @@ class Ladder:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f".{INDEX_NAME}.lock", "a+") as lock:
+        with open(self.root / f".{LADDER_INDEX_NAME}.lock", "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield

@@ -59,7 +59,7 @@ from core.procs import InstanceLock
 from management import deploy_transport as transport
 from management.deploy_faults import NO_FAULTS, DeployFaults
 from management.deployment_state import (  # noqa: F401 (re-exported: the orchestrator's public API)
-    STATE_NAME, TERMINAL_EVENTS, active_content_id, deployed_checkpoints, deployed_versions, history, load_state, record,
+    TERMINAL_EVENTS, active_content_id, deployed_checkpoints, deployed_versions, history, load_state, record,
     save_state, state_path, tried_content_ids)
 
 logger = logging.getLogger(__name__)

@@ -23,8 +23,6 @@ from core.state.deployment import (TERMINAL_EVENTS, DeploymentEvent, DeploymentS
 
 logger = logging.getLogger(__name__)
 
-STATE_NAME = "deployment_state.json"
-
 
 def state_path(cfg) -> Path:
     return cfg.layout.deployment_state

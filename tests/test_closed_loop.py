@@ -64,3 +64,9 @@ def test_closed_loop_reaches_binary_level_2_and_deploys(tmp_path, tiny_model_dir
                             for m in done), [(m.name, m.global_step_start, m.global_step_end) for m in done]
     finally:
         subprocess.run(services + ["stop", "--config", str(config)], cwd=REPO, env=env, capture_output=True)
+    # Every JSON/JSONL file the loop left under status/, control/, queue/ and models/ is a record owned by a
+    # core/state module and validates against its model (or is named in registry.NOT_RECORDS: data, HF files).
+    from core.state.registry import validate_tree
+
+    problems = validate_tree(base)
+    assert not problems, "\n".join(problems)

@@ -96,6 +96,9 @@ class LadderIndex(SparseRecord):
     rungs: dict[str, RungRecord] = Field({}, description="\"<skill>/<level>\" -> rung")
 
 
+LADDER_INDEX_NAME = "ladder.json"  # inside a ladder's root folder (cfg.layout.evals in a base_dir)
+
+
 def read_ladder_index(path: str | os.PathLike) -> LadderIndex | None:
     return read_record(LadderIndex, path)
 
