@@ -166,7 +166,10 @@ class VllmDirect(Backend):
                 "--dtype", "float32", "--max-num-seqs", str(self.max_batch), *VLLM_DEFAULT_ARGS]
 
     def env(self):
-        return {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1"}
+        from inference.vllm_engine import cpu_thread_env
+
+        # The placement Cadence gives each version's server (unpinned, auto's thread count), so the two compare.
+        return {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", **cpu_thread_env({})}
 
     body = Cadence.body
 
