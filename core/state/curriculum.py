@@ -4,7 +4,7 @@
 
 Writers: data_manager/curriculum_manager.py (Curriculum, under its flock), data_manager/ladder.py (Ladder, under
 its flock: a rung's digest is recorded once and never rewritten) and data_manager/manager.py (DataManager). The
-comparison engine feeds the curriculum through those classes; the monitor and scripts/follow.py read here.
+comparison engine feeds the curriculum through those classes; the monitor and `cadence follow` (core/cli/follow.py) read here.
 
 The functions take the file's path (the classes are built on a path; `cfg.layout.curriculum`,
 `cfg.layout.ladder_index` and `cfg.layout.data_manager_state` are where a Cadence base_dir keeps them).
@@ -175,7 +175,7 @@ def write_data_manager_state(path: str | os.PathLike, state: DataManagerState) -
 FILES = [
     StateFile(pattern="status/curriculum.json", model=CurriculumState,
               writers=("data_manager.curriculum_manager",),
-              readers=("data_manager.curriculum_manager", "monitoring.sources", "scripts.follow",
+              readers=("data_manager.curriculum_manager", "monitoring.sources", "core.cli.follow",
                        "benchmarks.curriculum"),
               description="Each skill's training level, its last 100 evals, promotions and lower-rung accuracies."),
     StateFile(pattern="status/evals/ladder.json", model=LadderIndex,

@@ -343,7 +343,7 @@ FILES: list[StateFile] = [
     # (a refused file keeps its job sidecar as the user wrote it, valid or not: queue/rejected/*.job.json and
     # queue/.ingest/*.job.json are the user's own files, listed in core.state.registry.NOT_RECORDS)
     StateFile(pattern="inbox/**/*.job.json", model=JobSidecar,
-              writers=("users", "data_manager.manager", "data_manager.importers.common", "monitoring.app"),
+              writers=("users", "data_manager.manager", "data_manager.importers.common", "monitoring.routes.upload"),
               readers=("core.ingest", "data_manager.dataset_tools"),
               description="Job sidecar a user drops beside NAME.jsonl: schema_id, priority, epochs, tags, notes. "
                           "Unknown keys are an error."),
