@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -27,19 +28,24 @@ from core.config import CadenceConfig, add_config_args, config_or_exit
 from core.control import read_control, request
 from core.procs import live_pid
 from core.queue_store import TrainingQueue
-from safety.crash_detector import fault_streak, streak_path
+from core.state.base import StateError
+from core.state.faults import FaultStreak, fault_streak_path, read_fault_streak
+from core.state.heartbeat import Heartbeat, read_heartbeat
+from core.state.training_status import TrainingStatus, read_training_status
+
+logger = logging.getLogger(__name__)
 
 
 def live_status(cfg: CadenceConfig) -> dict:
     """The honest picture: training_status.json corrected by pid liveness and staleness."""
     layout = cfg.layout
-    status = read_json(layout.training_status, {}) or {}
+    status = _read_or_none(read_training_status, layout) or TrainingStatus()
     daemon_pid = live_pid(layout.pid_file("daemon"))
     trainer_pid = live_pid(layout.pid_file("trainer"))
     watchdog_pid = live_pid(layout.pid_file("watchdog"))
-    heartbeat = read_json(layout.status / "heartbeat.json", {}) or {}
-    age = time.time() - float(status.get("updated_at", 0) or 0)
-    reported = status.get("state", "unknown")
+    heartbeat: Heartbeat | None = _read_or_none(read_heartbeat, layout)
+    age = time.time() - float(status.updated_at or 0)
+    reported = status.state or "unknown"
     if daemon_pid is None:
         state = "not running"
         if trainer_pid:
@@ -54,21 +60,30 @@ def live_status(cfg: CadenceConfig) -> dict:
     deployed_version = actives[0].get("version") if actives else None
     tq = TrainingQueue(cfg)
     queue = {p: tq.count(p) for p in ("high", "normal", "low", "processing")}
-    streak = fault_streak(streak_path(layout))
+    streak = _read_or_none(lambda lay: read_fault_streak(fault_streak_path(lay)), layout) or FaultStreak()
     return {
         "state": state, "reported_state": reported, "status_age_s": round(age, 1),
         "daemon_pid": daemon_pid, "trainer_pid": trainer_pid, "watchdog_pid": watchdog_pid,
-        "desired": control["desired"], "stop_after_file": control.get("stop_after_file"),
-        "pending_skip": bool(control.get("skip")), "control_reason": control.get("reason"),
-        "global_step": status.get("global_step"), "file": status.get("file"), "file_step": status.get("file_step"),
-        "file_total_steps": status.get("file_total_steps"), "loss": status.get("loss"), "val_loss": status.get("val_loss"),
-        "lr": status.get("lr"), "tokens_per_s": status.get("tokens_per_s"), "eta_s": status.get("eta_s"),
-        "last_checkpoint": status.get("last_checkpoint"), "heartbeat_age_s":
-            round(time.time() - heartbeat["ts"], 1) if heartbeat.get("ts") else None,
-        "heartbeat_phase": heartbeat.get("phase"), "queue": queue, "blocked_reason": status.get("reason"),
-        "deployed_version": deployed_version, "system_faults_in_a_row": streak["count"],
-        "next_start_after": streak["retry_at"],
+        "desired": control.desired, "stop_after_file": control.stop_after_file,
+        "pending_skip": bool(control.skip), "control_reason": control.reason,
+        "global_step": status.global_step, "file": status.file, "file_step": status.file_step,
+        "file_total_steps": status.file_total_steps, "loss": status.loss, "val_loss": status.val_loss,
+        "lr": status.lr, "tokens_per_s": status.tokens_per_s, "eta_s": status.eta_s,
+        "last_checkpoint": status.last_checkpoint, "heartbeat_age_s":
+            round(time.time() - heartbeat.ts, 1) if heartbeat and heartbeat.ts else None,
+        "heartbeat_phase": heartbeat.phase if heartbeat else None, "queue": queue, "blocked_reason": status.reason,
+        "deployed_version": deployed_version, "system_faults_in_a_row": streak.count,
+        "next_start_after": streak.retry_at,
     }
+
+
+def _read_or_none(read, layout):
+    """A status view shows what it can: a broken file (named in the log) reads as no file."""
+    try:
+        return read(layout)
+    except StateError as exc:
+        logger.warning("%s", exc)
+        return None
 
 
 def format_status(s: dict) -> str:
@@ -115,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     running = live_pid(cfg.layout.pid_file("daemon")) is not None
     when = "at the next step boundary" if running else "when the daemon starts (it is not running)"
     if args.json:
-        print(json.dumps({"requested": action, "applies": when, "control": state}, indent=2))
+        print(json.dumps({"requested": action, "applies": when, "control": state.to_json()}, indent=2))
     else:
         print(f"{action} requested; applies {when}")
     return 0

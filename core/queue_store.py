@@ -36,7 +36,8 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from core.atomic_io import append_jsonl, atomic_write_json, fsync_dir, read_json
+from core.atomic_io import atomic_write_json, fsync_dir, read_json
+from core.state.events import append_event
 
 logger = logging.getLogger(__name__)
 
@@ -194,10 +195,9 @@ class TrainingQueue:
 
     # ---------------------------------------------------------- transitions
     def _event(self, event: str, entry: QueueEntry, **extra) -> None:
-        rec = {"ts": time.time(), "at": now_iso(), "source": "queue", "event": event, "file": entry.name, "state": entry.state,
-               "id": entry.id, **extra}
         try:
-            append_jsonl(self.layout.events, rec)
+            append_event(self.layout, event, source="queue", at=now_iso(), file=entry.name, state=entry.state, id=entry.id,
+                         **extra)
         except OSError:
             logger.warning("cannot append to %s", self.layout.events, exc_info=True)
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from core.atomic_io import append_jsonl, atomic_write_json, read_json
+from core.state.events import append_event
 
 STATE_NAME = "deployment_state.json"
 TERMINAL_EVENTS = ("promoted", "failed", "rolled_back")
@@ -46,7 +47,7 @@ def record(cfg, event: str, ip: dict | None = None, **fields) -> None:
                     checkpoint=ip.get("checkpoint"))
     line.update(fields)
     append_jsonl(cfg.layout.deployments, line)
-    append_jsonl(cfg.layout.events, {"ts": line["ts"], "source": "deploy", **{k: v for k, v in line.items() if k != "ts"}})
+    append_event(cfg.layout, event, source="deploy", ts=line["ts"], **{k: v for k, v in line.items() if k not in ("ts", "event")})
 
 
 def history(cfg) -> list[dict]:

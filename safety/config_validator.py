@@ -23,15 +23,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.atomic_io import read_json  # noqa: E402
 from core.config import CadenceConfig  # noqa: E402
+from core.state.trainer_state import TrainerState  # noqa: E402
 
 ARCH_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
 
 
-def _latest_state(cfg: CadenceConfig) -> tuple[Path | None, dict]:
+def _latest_state(cfg: CadenceConfig) -> tuple[Path | None, TrainerState]:
     from trainer.checkpoint import latest_checkpoint  # light: no torch import
 
     ckpt = latest_checkpoint(cfg.layout.current_model)
-    return (ckpt.path, ckpt.trainer_state()) if ckpt else (None, {})
+    return (ckpt.path, ckpt.trainer_state()) if ckpt else (None, TrainerState())
 
 
 def critical_problems(cfg: CadenceConfig) -> list[str]:
@@ -39,7 +40,7 @@ def critical_problems(cfg: CadenceConfig) -> list[str]:
     if ckpt is None:
         return []
     problems = []
-    old = state.get("critical") or {}
+    old = state.critical or {}
     for key, value in cfg.critical_values().items():
         if key in old and old[key] != value:
             problems.append(f"{key}: checkpoints in {ckpt.parent} were trained with {old[key]!r}, config.json now says "
