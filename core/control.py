@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from core.config import Layout
-from core.state.control import DESIRED, ControlState, SkipRequest, control_path, read_control, write_control  # noqa: F401
+from core.state.control import ControlState, SkipRequest, read_control, write_control
 
 ACTIONS = ("pause", "resume", "stop", "stop_after_file", "skip", "clear")
 

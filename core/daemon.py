@@ -37,11 +37,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 from core import launch
 from core.config import CadenceConfig, ConfigError, add_config_args, load_config
-from core.control import consume_skip, consume_stop_after_file, read_control, request
+from core.control import consume_skip, consume_stop_after_file, request
 from core.procs import AlreadyRunning, InstanceLock, live_pid, remove_pid, terminate, write_pid
 from core.queue_store import QueueEntry, TrainingQueue
 from core.state.base import StateError
 from core.state.child_result import TrainedFile, exit_kind
+from core.state.control import read_control
 from core.state.events import append_event
 from core.state.faults import crash_history_path
 from core.state.heartbeat import Heartbeat, read_heartbeat

@@ -25,10 +25,11 @@ from pathlib import Path
 
 from core.atomic_io import read_json
 from core.config import CadenceConfig, add_config_args, config_or_exit
-from core.control import read_control, request
+from core.control import request
 from core.procs import live_pid
 from core.queue_store import TrainingQueue
 from core.state.base import StateError
+from core.state.control import read_control
 from core.state.faults import FaultStreak, fault_streak_path, read_fault_streak
 from core.state.heartbeat import Heartbeat, read_heartbeat
 from core.state.training_status import TrainingStatus, read_training_status

@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 from core.config import add_config_args, config_or_exit
-from core.control import read_control
+from core.state.control import read_control
 from core.procs import AlreadyRunning, InstanceLock, live_pid, remove_pid, terminate, write_pid
 from core.state.events import append_event
 from trainer.status import StatusWriter

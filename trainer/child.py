@@ -27,7 +27,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.config import ConfigError, add_config_args, config_from_args  # noqa: E402
-from core.control import read_control  # noqa: E402
+from core.state.control import read_control  # noqa: E402
 from core.procs import remove_pid, set_parent_death_signal, write_pid  # noqa: E402
 from core.state.child_result import ChildResult, ExitCode, TrainedFile, write_child_result  # noqa: E402
 from core.state.faults import claim_fault_marker  # noqa: E402

@@ -57,9 +57,11 @@ def append_event(layout, event: str, *, source: str, ts: float | None = None, **
 def _decode(line: bytes, where: str) -> Event | None:
     try:
         return parse_record(Event, json.loads(line), where)
-    except (StateError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        logger.warning("skipping %s: %s", where, exc)
-        return None
+    except StateError as exc:
+        logger.warning("skipping %s", exc)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        logger.warning("skipping %s: not JSON (%s)", where, exc)
+    return None
 
 
 def read_events(path: str | Path) -> list[Event]:
