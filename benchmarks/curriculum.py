@@ -126,6 +126,8 @@ def ladder_now(base: Path) -> dict:
 def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int) -> None:
     base = Path(tempfile.mkdtemp(prefix=f"cadence-curriculum-{rule}-"))
     shutil.copytree(model_dir, base / "models" / "base")
+    from core.config import Layout
+    from core.state.metrics import read_metrics
     from scripts.services import shifted_config
 
     cfg = shifted_config(0, min_free_disk_gb=0.5, warn_free_disk_gb=1)
@@ -148,8 +150,7 @@ def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int) -> N
         load1 = os.getloadavg()[0]
         subprocess.run(services + ["stop", "--config", str(base / "config.json")], cwd=REPO, stdout=subprocess.DEVNULL)
     cur = json.loads((base / "status" / "curriculum.json").read_text()) if (base / "status" / "curriculum.json").exists() else {"skills": {}}
-    steps = [json.loads(l).get("global_step", 0) for l in (base / "status" / "metrics.jsonl").read_text().splitlines()[-50:]] \
-        if (base / "status" / "metrics.jsonl").exists() else []
+    steps = [m.global_step for m in read_metrics(Layout.from_base(base).metrics)][-50:]
     print(f"\nA. closed loop, rule {rule}, {minutes:g} min on the embedded default (base dir {base}); "
           f"load average {load0:.1f} at start, {load1:.1f} at end")
     print(f"{'skill':<8} {'level':>5}  minutes to each level")

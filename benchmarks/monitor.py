@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 
-from core.atomic_io import append_jsonl  # noqa: E402
+from core.state.metrics import Metric, append_metric  # noqa: E402
 from monitoring.demo import write_metrics  # noqa: E402
 
 
@@ -201,8 +201,7 @@ def main(argv=None) -> int:
 
         def write_one():
             step[0] += 1
-            append_jsonl(metrics, {"ts": time.time(), "type": "train", "global_step": step[0], "loss": 0.3,
-                                   "lr": 2e-4, "tokens_per_s": 12000.0})
+            append_metric(metrics, Metric(type="train", global_step=step[0], loss=0.3, lr=2e-4, tokens_per_s=12000.0))
 
         results["cpu_pct_idle_0_clients"] = round(measure_cpu(proc, args.seconds), 1)
         print(f"server CPU, 0 clients, idle:            {results['cpu_pct_idle_0_clients']:5.1f} % of one core")
