@@ -85,8 +85,8 @@ class EventLog:
         if reset:
             with self.lock:
                 self.events.clear()
-                self.events.extend(e.to_json() for e in history)
-        fresh = [e.to_json() for e in new]
+                self.events.extend(e.view() for e in history)
+        fresh = [e.view() for e in new]
         with self.lock:
             self.events.extend(fresh)
         return fresh

@@ -3,8 +3,9 @@
 It loads the engine, trains the file (resuming mid-file when the checkpoint says
 so), writes a heartbeat at every step and during long phases, polls the
 operator's requests at step boundaries, and exits with a code the crash detector
-understands (core/state/child_result.py ExitCode); details go to `status/child_result.json`. It asks the kernel for
-SIGTERM if the daemon dies, so it can never train on as an orphan.
+understands (core/state/child_result.py: ExitCode); details go to
+`status/child_result.json`. It asks the kernel for SIGTERM if the daemon dies,
+so it can never train on as an orphan.
 
 Run as (by the daemon):
     python -m trainer.child --file queue/processing/x.jsonl --file-id SHA --schema chat_sft_v1 [--config C] [--set k=v]

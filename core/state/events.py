@@ -42,6 +42,12 @@ class Event(StateRecord):
         return {"schema_version": self.schema_version, "ts": self.ts, "source": self.source, "event": self.event,
                 **{k: v for k, v in self.model_dump(mode="json")["fields"].items()}}
 
+    def view(self) -> dict:
+        """The event as the monitor shows it (its API and page): the line without the file's schema_version."""
+        data = self.to_json()
+        del data["schema_version"]
+        return data
+
     def get(self, name: str, default: Any = None) -> Any:
         """One of the event's own fields."""
         return self.fields.get(name, default)
