@@ -40,7 +40,7 @@ class Event(StateRecord):
 
     def to_json(self) -> dict:
         return {"schema_version": self.schema_version, "ts": self.ts, "source": self.source, "event": self.event,
-                **{k: v for k, v in self.model_dump(mode="json")["fields"].items()}}
+                **self.model_dump(mode="json", include={"fields"}, fallback=str)["fields"]}  # str(): as before
 
     def view(self) -> dict:
         """The event as the monitor shows it (its API and page): the line without the file's schema_version."""
