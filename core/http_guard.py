@@ -29,8 +29,7 @@ Errors keep each server's shape: the guard's own answers go through
 the app while it reads the body, are raised as `GuardRejection` (an
 HTTPException) and answered by the app's own handler.
 
-`parse_json_object(body)` is the one JSON-body parser of the hand-parsed
-routes (admin, monitor controls): depth-limited, strict UTF-8, no NaN.
+What a JSON body must be once it has arrived is core/http_json.py's job.
 
 Library only.
 """
@@ -41,7 +40,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-import pydantic_core
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -59,28 +57,6 @@ class GuardRejection(StarletteHTTPException):
     def __init__(self, status: int, message: str, code: str):
         super().__init__(status, message)
         self.code = code
-
-
-class JsonBodyError(ValueError):
-    """A request body that is not one JSON object; the message says why."""
-
-    def __init__(self, message: str, code: str = "invalid_json"):
-        super().__init__(message)
-        self.code = code
-
-
-def parse_json_object(body: bytes) -> dict:
-    """The body as a dict ({} when empty). Depth is limited by the parser (jiter), so a 100k-deep body is a
-    JsonBodyError, not a RecursionError; bytes that are not UTF-8, NaN/Infinity and non-objects are refused."""
-    if not body.strip():
-        return {}
-    try:
-        data = pydantic_core.from_json(body, allow_inf_nan=False)
-    except ValueError as exc:
-        raise JsonBodyError(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise JsonBodyError("request body must be a JSON object", "invalid_value")
-    return data
 
 
 def allowed_hosts(bind_host: str, configured: list[str]) -> frozenset[str]:

@@ -9,8 +9,9 @@ within `inference.drain_timeout`, then stops the scheduler.
 
 Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /v1/models/{id},
 GET /health, GET /ready, GET /metrics; admin (token required):
-GET /admin/models, POST /admin/models/load {path, version?},
-POST /admin/models/rollback {version?}.
+GET /admin/models, POST /admin/models/load (LoadRequest {path, version?}),
+POST /admin/models/rollback (RollbackRequest {version?}). Typed bodies follow
+core/http_json.py; the models are in inference/protocol.py.
 
 Every request first passes core/http_guard.py (Host allow-list, JSON
 Content-Type on POST, inference.max_body_bytes, inference.read_timeout,
@@ -27,6 +28,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,12 +36,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.auth import admin_token, bearer_token, token_matches
-from core.http_guard import GuardPolicy, JsonBodyError, allowed_hosts, install_guard, parse_json_object
+from core.http_guard import GuardPolicy, allowed_hosts, install_guard
+from core.http_json import JsonBody, JsonBodyError
 from core.version_label import InvalidLabel, check_label
 from inference.load_policy import InvalidPath, check_load_folder, check_path_text
 from inference.loader import ModelLoadError
 from inference.metrics import Metrics
-from inference.protocol import error_body
+from inference.protocol import LoadRequest, RollbackRequest, error_body
 from inference.registry import ModelRegistry
 from inference.scheduler import Scheduler
 from inference.serving import OpenAIServing, RequestError
@@ -83,13 +86,6 @@ async def require_admin(request: Request) -> None:
                            type_="authentication_error")
 
 
-async def _json_object(request: Request) -> dict:
-    try:
-        return parse_json_object(await request.body())
-    except JsonBodyError as exc:
-        raise RequestError(400, str(exc), code=exc.code) from None
-
-
 def _label(value, key: str = "version") -> str | None:
     try:
         return None if value is None else check_label(value, f"`{key}`")
@@ -97,11 +93,8 @@ def _label(value, key: str = "version") -> str | None:
         raise RequestError(400, str(exc), param=key, code="invalid_version") from None
 
 
-def _optional_str(data: dict, key: str) -> str | None:
-    value = data.get(key)
-    if value is not None and (not isinstance(value, str) or not value.strip()):
-        raise RequestError(400, f"`{key}` must be a non-empty string", param=key, code="invalid_value")
-    return value
+LOAD_BODY = JsonBody(LoadRequest)
+ROLLBACK_BODY = JsonBody(RollbackRequest)
 
 
 def build_router() -> APIRouter:
@@ -155,25 +148,20 @@ def build_router() -> APIRouter:
     async def admin_models(request: Request):
         return _state(request).registry.describe()
 
-    @router.post("/admin/models/load", dependencies=[Depends(require_admin)])
-    async def admin_load(request: Request):
+    @router.post("/admin/models/load", dependencies=[Depends(require_admin)], openapi_extra=LOAD_BODY.openapi)
+    async def admin_load(request: Request, body: Annotated[LoadRequest, Depends(LOAD_BODY)]):
         state = _state(request)
-        data = await _json_object(request)
-        path = _optional_str(data, "path")
-        if path is None:
-            raise RequestError(400, "`path` is required", param="path", code="invalid_value")
         try:
-            check_path_text(path)
+            check_path_text(body.path)
         except InvalidPath as exc:
             raise RequestError(400, str(exc), param="path", code="invalid_value") from None
-        version = _label(data.get("version"))
-        return await _run_load(state, lambda: state.registry.load(check_load_folder(state.cfg, path), version))
+        version = _label(body.version)
+        return await _run_load(state, lambda: state.registry.load(check_load_folder(state.cfg, body.path), version))
 
-    @router.post("/admin/models/rollback", dependencies=[Depends(require_admin)])
-    async def admin_rollback(request: Request):
+    @router.post("/admin/models/rollback", dependencies=[Depends(require_admin)], openapi_extra=ROLLBACK_BODY.openapi)
+    async def admin_rollback(request: Request, body: Annotated[RollbackRequest, Depends(ROLLBACK_BODY)]):
         state = _state(request)
-        data = await _json_object(request)
-        version = _label(data.get("version"))
+        version = _label(body.version)
         return await _run_load(state, lambda: state.registry.rollback(version))
 
     return router
@@ -195,6 +183,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError):
         return exc.response()
+
+    @app.exception_handler(JsonBodyError)
+    async def _body_error(request: Request, exc: JsonBodyError):
+        return RequestError.from_body(exc).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):

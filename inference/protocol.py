@@ -15,6 +15,9 @@ is either implemented or refused, never ignored:
 beyond OpenAI, as vLLM spells them: `top_k`, `ignore_eos`; Cadence's own:
 `think_penalty`, `post_stop_penalty` (the original system's logit penalties).
 
+The admin API's bodies (LoadRequest, RollbackRequest) are core/http_json.py
+RequestBody models. Every body of this server is read by core/http_json.py.
+
 Library only.
 """
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+
+from core.http_json import RequestBody
 
 MAX_TOP_LOGPROBS = 20
 ENGINE_HINT = "set inference.engine=vllm for the full OpenAI API"
@@ -296,6 +301,30 @@ class CompletionRequest(_Request):
     @property
     def token_budget(self) -> int | None:
         return self.max_tokens
+
+
+# ---- admin API (admin token required; inference/app.py) ----------------------------------------------------------
+class LoadRequest(RequestBody):
+    """POST /admin/models/load: verify a model folder, smoke-test it and serve it (transactional swap)."""
+
+    path: str = Field(description="the model folder: absolute or relative to paths.base_dir, inside a load root "
+                                  "(inference/load_policy.py)")
+    version: str | None = Field(None, description="the version label to serve it as (core/version_label.py); "
+                                                  "default: the manifest's `version`, else the folder name")
+
+    @field_validator("path")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be a non-empty string")
+        return v
+
+
+class RollbackRequest(RequestBody):
+    """POST /admin/models/rollback: serve an earlier version again, through the same checks as a load."""
+
+    version: str | None = Field(None, description="the version to go back to; default: the one served before the "
+                                                  "current one")
 
 
 def new_id(prefix: str) -> str:

@@ -25,8 +25,8 @@ import threading
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ValidationError
 
+from core.http_json import JsonBodyError, read_json_body
 from inference.engine import Event, SamplingParams, Sequence, TokenLogprob
 from inference.prompt_limits import max_prompt_chars
 from inference.protocol import ENGINE_HINT, ChatCompletionRequest, CompletionRequest, error_body, new_id, now
@@ -34,9 +34,9 @@ from inference.scheduler import QueueFull
 
 logger = logging.getLogger(__name__)
 
-# pydantic error types that are OpenAI error codes of their own
-_CODES = {"unsupported_parameter": "unsupported_parameter", "extra_forbidden": "unknown_parameter"}
-OFF_LOOP_PARSE_BYTES = 256 * 1024
+# core/http_json.py's codes that OpenAI spells its own way
+OPENAI_CODES = {"unknown_field": "unknown_parameter"}
+UNKNOWN_PARAMETER = f"unknown field, not an OpenAI parameter the builtin engine knows ({ENGINE_HINT})"
 
 
 class RequestError(Exception):
@@ -47,27 +47,14 @@ class RequestError(Exception):
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type_
         super().__init__(message)
 
+    @classmethod
+    def from_body(cls, exc: JsonBodyError, unknown_field: str = "unknown field") -> RequestError:
+        """A request body the route does not take (core/http_json.py), in OpenAI's terms."""
+        return cls(exc.status, exc.describe(unknown_field), param=exc.field, code=OPENAI_CODES.get(exc.code, exc.code))
+
     def response(self, headers: dict | None = None) -> JSONResponse:
         return JSONResponse(error_body(self.message, self.type, self.param, self.code), status_code=self.status,
                             headers=headers)
-
-
-def validation_error(exc: ValidationError) -> RequestError:
-    errs = exc.errors()
-    first = errs[0] if errs else {}
-    if first.get("type") == "json_invalid":
-        return RequestError(400, f"request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}",
-                            code="invalid_json")
-    parts = []
-    for e in errs:
-        loc = ".".join(str(p) for p in e.get("loc", ())) or "(body)"
-        if e.get("type") == "extra_forbidden":
-            parts.append(f"{loc}: unknown field, not an OpenAI parameter the builtin engine knows ({ENGINE_HINT})")
-        else:
-            parts.append(f"{loc}: {e.get('msg')}")
-    param = ".".join(str(p) for p in first.get("loc", ())) or None
-    code = _CODES.get(first.get("type"), "invalid_value")
-    return RequestError(400, "; ".join(parts), param=param, code=code)
 
 
 class LoopBridge:
@@ -224,16 +211,12 @@ class OpenAIServing(ModelLookup):
         return out
 
     async def handle(self, request: Request, kind: str):
-        body = await request.body()
         model_cls = ChatCompletionRequest if kind == "chat" else CompletionRequest
         try:
             try:
-                if len(body) > OFF_LOOP_PARSE_BYTES:  # a multi-MB body would hold the event loop for tens of ms
-                    req = await asyncio.to_thread(model_cls.model_validate_json, body)
-                else:
-                    req = model_cls.model_validate_json(body or b"")
-            except ValidationError as exc:
-                raise validation_error(exc) from None
+                req = await read_json_body(request, model_cls, allow_empty=False)
+            except JsonBodyError as exc:
+                raise RequestError.from_body(exc, UNKNOWN_PARAMETER) from None
             if self.state.shutting_down:
                 raise RequestError(503, "server is shutting down", type_="service_unavailable", code="shutting_down")
             if self.state.scheduler.active is None:

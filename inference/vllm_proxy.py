@@ -26,6 +26,7 @@ import httpx
 from fastapi import Request
 from fastapi.responses import Response
 
+from core.http_json import JsonBodyError, read_json_body
 from inference.protocol import error_body
 from inference.serving import ModelLookup, RequestError
 
@@ -148,14 +149,11 @@ class VllmProxy(ModelLookup):
         return await self.relay(request, kind, ROUTES[kind])
 
     async def relay(self, request: Request, kind: str, path: str):
-        body = await request.body()
         try:
             try:
-                data = json.loads(body or b"")
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise RequestError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
-            if not isinstance(data, dict):
-                raise RequestError(400, "request body must be a JSON object", code="invalid_value")
+                data = await read_json_body(request, allow_empty=False)
+            except JsonBodyError as exc:
+                raise RequestError.from_body(exc) from None
             if self.state.shutting_down:
                 raise RequestError(503, "server is shutting down", type_="service_unavailable", code="shutting_down")
             if self.state.scheduler.active is None:
@@ -171,7 +169,7 @@ class VllmProxy(ModelLookup):
             pool.release(served)
             self.state.metrics.count_rejected(exc.code or str(exc.status))
             return exc.response({"X-Model-Version": served.version})
-        return UpstreamResponse(self.client, served, path, rewritten or body, pool.release)
+        return UpstreamResponse(self.client, served, path, rewritten or await request.body(), pool.release)
 
     async def metrics_text(self) -> str:
         """The active vLLM's /metrics, then Cadence's families."""

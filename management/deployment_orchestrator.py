@@ -18,9 +18,10 @@ file from its stage, asking the server what it serves rather than assuming:
 a load that completed while the orchestrator was dead is detected by content
 id, a rollback likewise. Each content id is deployed at most once: once it is
 promoted, failed or rolled back it is never picked again (`tried_content_ids`).
-Set CADENCE_DEPLOY_FAULT=<point> to SIGKILL the orchestrator at a named point
-(mid_copy, after_copy, mid_verify, mid_flip, after_flip, mid_rollback,
-after_promote): the tests use it.
+Each stage is one method (STAGES); it returns the next stage, saved before
+that one runs, or the target's outcome. The crash tests SIGKILL the
+orchestrator at named points through an injected `DeployFaults`
+(management/deploy_faults.py), built from CADENCE_DEPLOY_FAULT by the CLI below.
 
 deployments.jsonl line: {"ts", "deploy_id", "event", "target", "version", "content_id", "checkpoint", ...}
   events: started, copied, verified, loaded, load_rejected, health_ok, health_failed, promoted,
@@ -41,47 +42,49 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import statistics
 import sys
-import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.auth import admin_token
+from core.config import DeployTarget
 from core.manifest import ManifestError, verify_manifest
 from core.procs import InstanceLock
 from management import deploy_transport as transport
+from management.deploy_faults import NO_FAULTS, DeployFaults
 from management.deployment_state import (  # noqa: F401 (re-exported: the orchestrator's public API)
     STATE_NAME, TERMINAL_EVENTS, active_content_id, deployed_checkpoints, deployed_versions, history, load_state, record,
     save_state, state_path, tried_content_ids)
 
 logger = logging.getLogger(__name__)
 
-FAULT_ENV = "CADENCE_DEPLOY_FAULT"
-
 
 class DeployError(RuntimeError):
     """A deployment that cannot go on (message says why)."""
 
 
-def fault(point: str) -> None:
-    """Test hook: die exactly here, as kill -9 would."""
-    if os.environ.get(FAULT_ENV) == point:
-        logger.warning("fault injection: SIGKILL at %s", point)
-        logging.shutdown()
-        os.kill(os.getpid(), signal.SIGKILL)
+@dataclass
+class TargetRun:
+    """What every stage of one target's deployment works on."""
+    state: dict          # the whole deployment_state.json, saved as stages advance
+    ip: dict             # state["in_progress"]
+    target: DeployTarget
+    tstate: dict         # state["targets"][target.name]: active and previous version
+    dest: transport.Destination
+    client: transport.ServerClient
 
 
 # ------------------------------------------------------------------ the orchestrator
 class Orchestrator:
-    def __init__(self, cfg):
+    def __init__(self, cfg, faults: DeployFaults = NO_FAULTS):
         self.cfg = cfg
+        self.faults = faults
         self.dc = cfg.deploy
         self.targets = {t.name: t for t in self.dc.targets}
         self.lock = InstanceLock(cfg.layout.status / "deployment.lock")
@@ -192,102 +195,103 @@ class Orchestrator:
         ip["timings"].setdefault(target.name, {})[phase] = round(seconds, 3)
 
     def _run_target(self, state: dict, ip: dict, target) -> str:
+        """Walk `target` through the stages from ip["stage"] until one returns an outcome (promoted, rolled_back,
+        failed); each stage's successor is saved in the state file before it runs."""
         dest = transport.parse_destination(self.cfg, target.destination)
         tstate = state["targets"].setdefault(target.name, {"active": None, "previous": None})
-        version, client = ip["version"], self.client(target)
+        run = TargetRun(state, ip, target, tstate, dest, self.client(target))
         while True:
-            stage = ip["stage"]
-            if stage == "copy":
-                t0 = time.perf_counter()
-                slow = int(os.environ.get("CADENCE_DEPLOY_BWLIMIT", "0")) or None
-                started = None
-                if os.environ.get(FAULT_ENV) == "mid_copy":
-                    started = lambda: threading.Timer(0.5, fault, args=("mid_copy",)).start()  # noqa: E731
-                linked = (self.dc.link_local and dest.kind == "local" and not slow
-                          and transport.same_filesystem(Path(ip["source"]), Path(dest.location)))
-                ip.setdefault("linked", {})[target.name] = linked
+            stage = STAGES.get(ip["stage"])
+            if stage is None:
+                raise DeployError(f"unknown stage {ip['stage']}")
+            step = stage(self, run)
+            if step in OUTCOMES:
+                return step
+            self._set_stage(state, ip, step)
+
+    def _copy(self, run: TargetRun) -> str:
+        ip, target, dest = run.ip, run.target, run.dest
+        t0 = time.perf_counter()
+        slow = self.faults.copy_bwlimit_kb
+        linked = (self.dc.link_local and dest.kind == "local" and not slow
+                  and transport.same_filesystem(Path(ip["source"]), Path(dest.location)))
+        ip.setdefault("linked", {})[target.name] = linked
+        try:
+            transport.copy_version(self.cfg, dest, Path(ip["source"]), ip["version"], self.dc.rsync_timeout,
+                                   bwlimit_kb=slow, on_started=self.faults.copy_started(), link=linked)
+        except transport.TransportError as exc:
+            return self._fail(run.state, ip, target, f"copy failed: {exc}")
+        self._timed(ip, target, "copy", time.perf_counter() - t0)
+        record(self.cfg, "copied", ip, target=target.name, seconds=ip["timings"][target.name]["copy"])
+        self.faults.at("after_copy")
+        return "verify"
+
+    def _verify(self, run: TargetRun) -> str:
+        ip, target, dest, version = run.ip, run.target, run.dest, run.ip["version"]
+        t0 = time.perf_counter()
+        self.faults.at("mid_verify")
+        if dest.kind == "local":
+            root = Path(dest.location)
+            folder = root / (transport.STAGING_PREFIX + version)
+            if not folder.is_dir():
+                folder = root / version
+            if not folder.is_dir():
+                return "copy"  # neither staged nor committed (lost with a crash): copy again
+            if self.dc.verify_staging and not (ip.get("linked") or {}).get(target.name):
                 try:
-                    transport.copy_version(self.cfg, dest, Path(ip["source"]), version, self.dc.rsync_timeout,
-                                           bwlimit_kb=slow, on_started=started, link=linked)
-                except transport.TransportError as exc:
-                    return self._fail(state, ip, target, f"copy failed: {exc}")
-                self._timed(ip, target, "copy", time.perf_counter() - t0)
-                record(self.cfg, "copied", ip, target=target.name, seconds=ip["timings"][target.name]["copy"])
-                fault("after_copy")
-                self._set_stage(state, ip, "verify")
-            elif stage == "verify":
-                t0 = time.perf_counter()
-                fault("mid_verify")
-                if dest.kind == "local":
-                    root = Path(dest.location)
-                    folder = root / (transport.STAGING_PREFIX + version)
-                    if not folder.is_dir():
-                        folder = root / version
-                    if not folder.is_dir():
-                        self._set_stage(state, ip, "copy")
-                        continue
-                    if self.dc.verify_staging and not (ip.get("linked") or {}).get(target.name):
-                        try:
-                            verify_manifest(folder, model_only=True)
-                        except ManifestError as exc:
-                            transport.remove_remote(dest, folder.name)
-                            return self._fail(state, ip, target, f"staged copy does not match its manifest: {exc}")
-                try:
-                    transport.commit_version(dest, version, self.dc.rsync_timeout)
-                except transport.TransportError as exc:
-                    return self._fail(state, ip, target, f"rename into place failed: {exc}")
-                self._timed(ip, target, "verify", time.perf_counter() - t0)
-                record(self.cfg, "verified", ip, target=target.name, seconds=ip["timings"][target.name]["verify"])
-                served = client.served()
-                ip["baseline"] = {"version": (served or {}).get("version"), "content_id": (served or {}).get("content_id")}
-                self._set_stage(state, ip, "load")
-            elif stage == "load":
-                client.wait_idle(self.dc.request_timeout)  # a load sent before a crash may still be running
-                served = client.served()
-                if served and served.get("content_id") == ip["content_id"]:
-                    record(self.cfg, "loaded", ip, target=target.name, note="already served (load finished while we were down)")
-                    self._set_stage(state, ip, "health")
-                    continue
-                t0 = time.perf_counter()
-                path = transport.server_path(self.cfg, target, version)
-                if os.environ.get(FAULT_ENV) == "mid_flip":
-                    threading.Thread(target=client.load, args=(path, version), daemon=True).start()
-                    time.sleep(0.3)
-                    fault("mid_flip")
-                status, body = client.load(path, version)
-                self._timed(ip, target, "load", time.perf_counter() - t0)
-                if status == 0 or status >= 500 or (status == 409 and (body.get("error") or {}).get("code") == "busy"):
-                    # the server is down or busy: not a verdict on this version; the deployment stays in progress
-                    raise DeployError(f"target {target.name}: load not answered ({status} {body.get('error')}); will retry")
-                if status != 200:
-                    err = body.get("error") or {}
-                    record(self.cfg, "load_rejected", ip, target=target.name, status=status, code=err.get("code"),
-                           message=str(err.get("message"))[:500], still_serving=err.get("active_version"))
-                    if status == 422:  # the server refused this folder; what it served is untouched
-                        transport.remove_remote(dest, version)
-                    return self._fail(state, ip, target, f"server refused the load ({status} {err.get('code')})")
-                ip["timings"][target.name]["server_load"] = body.get("load_seconds")
-                record(self.cfg, "loaded", ip, target=target.name, seconds=ip["timings"][target.name]["load"],
-                       server_load_seconds=body.get("load_seconds"), previous_version=body.get("previous_version"))
-                fault("after_flip")
-                self._set_stage(state, ip, "health")
-            elif stage == "health":
-                t0 = time.perf_counter()
-                ok, why, stats = self._health(client, ip)
-                self._timed(ip, target, "health", time.perf_counter() - t0)
-                if ok:
-                    record(self.cfg, "health_ok", ip, target=target.name, **stats)
-                    self._set_stage(state, ip, "promote")
-                else:
-                    record(self.cfg, "health_failed", ip, target=target.name, reason=why, **stats)
-                    ip["failure"] = why
-                    self._set_stage(state, ip, "rollback")
-            elif stage == "rollback":
-                return self._rollback(state, ip, target, tstate, dest, client)
-            elif stage == "promote":
-                return self._promote(state, ip, target, tstate, dest)
-            else:
-                raise DeployError(f"unknown stage {stage}")
+                    verify_manifest(folder, model_only=True)
+                except ManifestError as exc:
+                    transport.remove_remote(dest, folder.name)
+                    return self._fail(run.state, ip, target, f"staged copy does not match its manifest: {exc}")
+        try:
+            transport.commit_version(dest, version, self.dc.rsync_timeout)
+        except transport.TransportError as exc:
+            return self._fail(run.state, ip, target, f"rename into place failed: {exc}")
+        self._timed(ip, target, "verify", time.perf_counter() - t0)
+        record(self.cfg, "verified", ip, target=target.name, seconds=ip["timings"][target.name]["verify"])
+        served = run.client.served()
+        ip["baseline"] = {"version": (served or {}).get("version"), "content_id": (served or {}).get("content_id")}
+        return "load"
+
+    def _load(self, run: TargetRun) -> str:
+        ip, target, client, version = run.ip, run.target, run.client, run.ip["version"]
+        client.wait_idle(self.dc.request_timeout)  # a load sent before a crash may still be running
+        served = client.served()
+        if served and served.get("content_id") == ip["content_id"]:
+            record(self.cfg, "loaded", ip, target=target.name, note="already served (load finished while we were down)")
+            return "health"
+        t0 = time.perf_counter()
+        path = transport.server_path(self.cfg, target, version)
+        self.faults.while_sent("mid_flip", client.load, path, version)
+        status, body = client.load(path, version)
+        self._timed(ip, target, "load", time.perf_counter() - t0)
+        if status == 0 or status >= 500 or (status == 409 and (body.get("error") or {}).get("code") == "busy"):
+            # the server is down or busy: not a verdict on this version; the deployment stays in progress
+            raise DeployError(f"target {target.name}: load not answered ({status} {body.get('error')}); will retry")
+        if status != 200:
+            err = body.get("error") or {}
+            record(self.cfg, "load_rejected", ip, target=target.name, status=status, code=err.get("code"),
+                   message=str(err.get("message"))[:500], still_serving=err.get("active_version"))
+            if status == 422:  # the server refused this folder; what it served is untouched
+                transport.remove_remote(run.dest, version)
+            return self._fail(run.state, ip, target, f"server refused the load ({status} {err.get('code')})")
+        ip["timings"][target.name]["server_load"] = body.get("load_seconds")
+        record(self.cfg, "loaded", ip, target=target.name, seconds=ip["timings"][target.name]["load"],
+               server_load_seconds=body.get("load_seconds"), previous_version=body.get("previous_version"))
+        self.faults.at("after_flip")
+        return "health"
+
+    def _check_health(self, run: TargetRun) -> str:
+        ip, target = run.ip, run.target
+        t0 = time.perf_counter()
+        ok, why, stats = self._health(run.client, ip)
+        self._timed(ip, target, "health", time.perf_counter() - t0)
+        if ok:
+            record(self.cfg, "health_ok", ip, target=target.name, **stats)
+            return "promote"
+        record(self.cfg, "health_failed", ip, target=target.name, reason=why, **stats)
+        ip["failure"] = why
+        return "rollback"
 
     def _health(self, client, ip: dict) -> tuple[bool, str, dict]:
         served = client.served()
@@ -314,20 +318,22 @@ class Orchestrator:
             return False, f"median latency {statistics.median(latencies):.3f}s > {self.dc.max_latency_seconds}s", stats
         return True, "", stats
 
-    def _promote(self, state, ip, target, tstate, dest) -> str:
+    def _promote(self, run: TargetRun) -> str:
+        ip, target, tstate = run.ip, run.target, run.tstate
         active = tstate.get("active")
         if not active or active["content_id"] != ip["content_id"]:  # not yet swapped (a crash may have come after)
             tstate["previous"] = active
             tstate["active"] = {"version": ip["version"], "content_id": ip["content_id"], "checkpoint": ip.get("checkpoint"),
                                 "path": transport.server_path(self.cfg, target, ip["version"]), "deployed_at": time.time()}
-            save_state(self.cfg, state)
+            save_state(self.cfg, run.state)
             record(self.cfg, "promoted", ip, target=target.name, previous=(active or {}).get("version"),
                    timings=ip["timings"].get(target.name))
-        fault("after_promote")
-        self.cleanup_target(target, tstate, dest)
+        self.faults.at("after_promote")
+        self.cleanup_target(target, tstate, run.dest)
         return "promoted"
 
-    def _rollback(self, state, ip, target, tstate, dest, client) -> str:
+    def _rollback(self, run: TargetRun) -> str:
+        ip, target, tstate, client = run.ip, run.target, run.tstate, run.client
         baseline = ip.get("baseline") or {}
         served = client.served()
         if served is None:
@@ -337,10 +343,7 @@ class Orchestrator:
         if served.get("content_id") != ip["content_id"]:
             outcome = "the server no longer serves it"
         else:
-            if os.environ.get(FAULT_ENV) == "mid_rollback":
-                threading.Thread(target=client.rollback, args=(baseline.get("version"),), daemon=True).start()
-                time.sleep(0.3)
-                fault("mid_rollback")
+            self.faults.while_sent("mid_rollback", client.rollback, baseline.get("version"))
             status, body = client.rollback(baseline.get("version"))
             if status != 200 and tstate.get("active"):
                 status, body = client.load(tstate["active"]["path"], tstate["active"]["version"])
@@ -349,7 +352,7 @@ class Orchestrator:
             outcome = f"rolled back to {body.get('version')}"
         record(self.cfg, "rolled_back", ip, target=target.name, reason=ip.get("failure"), outcome=outcome,
                serving=(client.served() or {}).get("version"))
-        transport.remove_remote(dest, ip["version"])
+        transport.remove_remote(run.dest, ip["version"])
         return "rolled_back"
 
     def _fail(self, state, ip, target, reason: str) -> str:
@@ -416,6 +419,19 @@ class Orchestrator:
         return {"status": "rolled_back", "target": name, "active": prev["version"]}
 
 
+# stage -> what it does; each returns the next stage or an outcome (OUTCOMES), and the next stage is saved before it
+# runs, so a restart resumes exactly there
+STAGES = {
+    "copy": Orchestrator._copy,            # rsync (or hard links) into .staging-<version>/; after a crash, again
+    "verify": Orchestrator._verify,        # manifest of the staged copy, rename into place; staging lost: copy
+    "load": Orchestrator._load,            # POST /admin/models/load, unless the server already serves the content
+    "health": Orchestrator._check_health,  # /v1/models and probes over the health window
+    "promote": Orchestrator._promote,      # active <- new in the state file, then remote cleanup
+    "rollback": Orchestrator._rollback,    # health failed: the server goes back to the baseline
+}
+OUTCOMES = frozenset({"promoted", "rolled_back", "failed"})
+
+
 # ------------------------------------------------------------------ CLI
 def main(argv: list[str] | None = None) -> int:
     import argparse
@@ -436,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         out = load_state(cfg) if args.command == "status" else {"history": history(cfg)[-50:]}
     else:
         try:
-            with Orchestrator(cfg) as orch:
+            with Orchestrator(cfg, faults=DeployFaults.from_environment()) as orch:
                 if args.command == "deploy":
                     out = orch.deploy(args.checkpoint)
                 elif args.command == "recover":
