@@ -47,7 +47,7 @@ def test_every_module_lists_its_files_with_a_model():
                              "status/child_result.rank*.json", "control/state.json", "status/training_status.json",
                              "status/metrics.jsonl", "status/events.jsonl", "status/crash_history.jsonl",
                              "status/fault_streak.json",
-                             "models/current_model/checkpoint-*/training_state/trainer_state.json"}
+                             "models/**/training_state/trainer_state.json"}
 
 
 # ------------------------------------------------------------------ heartbeat
@@ -315,3 +315,24 @@ def test_fault_marker_fires_once(layout):
     assert claim_fault_marker(layout.status, "sleep", 4)
     assert not claim_fault_marker(layout.status, "sleep", 4)
     assert (layout.status / ".fault_fired_sleep").read_text() == "4"
+
+
+def test_a_tree_written_by_these_modules_validates(layout):
+    from core.state.registry import validate_tree
+
+    write_heartbeat(layout, Heartbeat(pid=1, phase="train", global_step=2, ts=1.0))
+    write_heartbeat(layout, Heartbeat(pid=2, phase="checkpoint", global_step=2, ts=1.0), rank=1)
+    child_result.write_child_result(layout, ChildResult(pid=1, exit_code=ExitCode.NAN_LOSS, category="nan_loss",
+                                                        message="nan", finished_at=1.0))
+    write_trainer_state(layout.current_model / "checkpoint-2" / "training_state", TrainerState(global_step=2))
+    write_control(layout, ControlState(desired="paused"))
+    StatusWriter(layout.training_status, layout.metrics).update(state="training", global_step=2)
+    append_metric(layout.metrics, Metric(type="train", global_step=2, loss=1.0))
+    append_event(layout, "training_started", source="daemon", file="a.jsonl")
+    faults.append_crash(faults.crash_history_path(layout), Crash(category="killed", action="retry", exit_code=-9,
+                                                                 signal="SIGKILL", message="m"))
+    faults.write_fault_streak(faults.fault_streak_path(layout), FaultStreak(count=1, retry_at=2.0))
+    assert validate_tree(layout.base_dir) == []
+    with open(layout.metrics, "a") as fh:
+        fh.write('{"type": "train", "global_step": 3}\n')
+    assert [p.split(":")[0] for p in validate_tree(layout.base_dir)] == ["status/metrics.jsonl"]

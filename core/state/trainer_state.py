@@ -80,11 +80,11 @@ def read_trainer_state(state_dir: str | Path) -> TrainerState | None:
 
 
 FILES = [
-    StateFile(pattern=f"models/current_model/checkpoint-*/{TRAINING_STATE_DIR}/{STATE_FILE}", model=TrainerState,
+    StateFile(pattern=f"models/**/{TRAINING_STATE_DIR}/{STATE_FILE}", model=TrainerState,
               writers=("trainer.engine", "management.model_versioner"),
               readers=("trainer.engine", "trainer.checkpoint", "core.daemon", "safety.config_validator",
                        "management.model_versioner", "management.model_comparison_engine", "management.retention",
                        "monitoring.sources", "inference.loader"),
-              description="A checkpoint's resume record: global step, tokens and examples seen, files done, the "
-                          "file in progress and the run's critical config."),
+              description="A checkpoint's resume record (also in its backups under models/backups/): global step, "
+                          "tokens and examples seen, files done, the file in progress, the run's critical config."),
 ]
