@@ -388,7 +388,7 @@ def test_kills_during_startup_pause_the_system_and_keep_files_queued(cadence):
     from monitoring.sources import status as monitor_status
 
     shown = monitor_status(c.cfg)
-    assert shown["control_reason"] == control["reason"] and control["reason"] in shown["liveness"]["detail"]
+    assert shown["control_reason"] == control.reason and control.reason in shown["liveness"]["detail"]
     # resumed, the same files train, each once, counted as their first attempt
     request(c.layout, "resume")
     c.wait(lambda: len(c.files("recently_completed")) == 3, 240, "all three files completed after resume")
