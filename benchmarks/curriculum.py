@@ -19,7 +19,7 @@ both on the same held-out binary level-2 problems by greedy generation and the
 skill's exact-match scorer.
 
 Run as:
-    python3 benchmarks/curriculum.py [--minutes 5] [--rule both] [--budget 90] [--skip-loop] [--skip-equal]
+    python3 benchmarks/curriculum.py [--minutes 5] [--rule both] [--budget 90] [--skip-loop] [--skip-equal] [--write-docs]
 """
 from __future__ import annotations
 
@@ -38,6 +38,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from benchmarks.report import BenchmarkRun  # noqa: E402
+from core.state.queue_records import DATA_SUFFIX, META_SUFFIX, read_queue_meta  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------- part A
@@ -89,10 +92,10 @@ def level_up_lag(base: Path, curriculum: dict) -> list[tuple[str, int, float | N
     files = []
     for folder in ("recently_completed", "processing"):
         d = base / "queue" / folder
-        for meta_path in d.glob("*.meta.json") if d.is_dir() else []:
-            meta = json.loads(meta_path.read_text())
-            data = d / (meta_path.name[:-len(".meta.json")] + ".jsonl")
-            started = _ts(meta.get("started_at"))
+        for meta_path in d.glob(f"*{META_SUFFIX}") if d.is_dir() else []:
+            meta = read_queue_meta(meta_path)
+            data = d / (meta_path.name[:-len(META_SUFFIX)] + DATA_SUFFIX)
+            started = _ts(meta.started_at)
             if started is None or not data.exists():
                 continue
             levels = set()
@@ -123,7 +126,8 @@ def ladder_now(base: Path) -> dict:
                                                  if r.get("kind") == "ladder"}}
 
 
-def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int) -> None:
+def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int) -> dict:
+    """One run of part A; prints its report and returns the figures --write-docs puts in a table."""
     base = Path(tempfile.mkdtemp(prefix=f"cadence-curriculum-{rule}-"))
     shutil.copytree(model_dir, base / "models" / "base")
     from core.config import Layout
@@ -154,16 +158,22 @@ def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int) -> N
     print(f"\nA. closed loop, rule {rule}, {minutes:g} min on the embedded default (base dir {base}); "
           f"load average {load0:.1f} at start, {load1:.1f} at end")
     print(f"{'skill':<8} {'level':>5}  minutes to each level")
+    levels = {}
     for skill, state in cur["skills"].items():
         marks = []
         for p in state.get("promotions", []):
             marks.append(f"L{p['to']} @ {(_ts(p['at']) - started) / 60:.1f} min (step {p['step']})")
         print(f"{skill:<8} {state['level']:>5}  {', '.join(marks) or '-'}")
+        levels[skill] = f"level {state['level']}: " + (", ".join(marks) or "no level-up")
     lag = serving_lag(base, end)
+    summary = {"rule": rule, "minutes": minutes, "load": (load0, load1), "levels": levels,
+               "promotions": lag["promotions"], "global_step": max(steps or [0]), "better": lag["better"],
+               "lag_median_min": None}
     print(f"versions promoted: {lag['promotions']}; global step reached: {max(steps or [0])}")
     waits = [x for _, x, _ in lag["lags"]]
     if waits:
         censored = sum(1 for *_, c in lag["lags"] if c)
+        summary["lag_median_min"] = sorted(waits)[len(waits) // 2] / 60
         print(f"checkpoints better on the paired test than the version then served: {lag['better']}; lag until served "
               f"(or the end): median {sorted(waits)[len(waits) // 2] / 60:.1f} min, max {max(waits) / 60:.1f} min; "
               f"{censored} never served; minutes with a better checkpoint unserved for > 5 min: {lag['minutes_waiting_over_5']}")
@@ -185,6 +195,7 @@ def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int) -> N
         if secs:
             print(f"scoring: {len(secs)} checkpoints, median {sorted(secs)[len(secs) // 2]:.0f}s each; "
                   f"deployed-version scorings of a new set: {fills}")
+    return summary
 
 
 # ------------------------------------------------------------------------------------------- part B
@@ -278,7 +289,8 @@ def run_trl(model_dir: Path, rows, budget: float, workdir: Path, lr: float):
     return seen["steps"], None, gen
 
 
-def equal_compute(budget: float, model_dir: Path, lr: float) -> None:
+def equal_compute(budget: float, model_dir: Path, lr: float) -> dict:
+    """Part B; prints its report and returns {contender: (optimizer steps, held-out accuracy)}."""
     skill, rows, evals = make_data(1500, 100)
     workdir = Path(tempfile.mkdtemp(prefix="cadence-equal-"))
     print(f"\nB. equal wall-clock: {budget:g} s of training each on the same {len(rows)} generated binary L1+L2 rows, "
@@ -291,6 +303,7 @@ def equal_compute(budget: float, model_dir: Path, lr: float) -> None:
     (c_steps, c_acc), (t_steps, t_acc) = res.values()
     print(f"Cadence / TRL: {c_steps / max(1, t_steps):.2f}x optimizer steps in the same time; "
           f"accuracy {c_acc:.0%} vs {t_acc:.0%}")
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,18 +316,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--skip-loop", action="store_true")
     parser.add_argument("--skip-equal", action="store_true")
+    parser.add_argument("--write-docs", action="store_true", help="write the result tables into docs/benchmarks.md")
     args = parser.parse_args(argv)
+    run = BenchmarkRun.start("curriculum", argv=None if argv is None else [__file__, *argv])
     from scripts.make_tiny_model import build_model
 
     model_dir = Path(tempfile.mkdtemp(prefix="cadence-model-")) / "tiny"
     build_model(model_dir, preset="tiny")
     print(f"machine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
+    loops, equal = [], {}
     if not args.skip_loop:
         for i, rule in enumerate(["paired", "margin"] if args.rule == "both" else [args.rule]):
-            closed_loop(args.minutes, model_dir, rule, args.port_base + 20 * i)
+            loops.append(closed_loop(args.minutes, model_dir, rule, args.port_base + 20 * i))
     if not args.skip_equal:
-        equal_compute(args.budget, model_dir, args.lr)
+        equal = equal_compute(args.budget, model_dir, args.lr)
+    if args.write_docs:
+        write_docs(run, loops, equal, args)
     return 0
+
+
+def write_docs(run: BenchmarkRun, loops: list[dict], equal: dict, args) -> None:
+    rows = [[f"A. closed loop, rule {s['rule']}, {s['minutes']:g} min (load {s['load'][0]:.1f} -> {s['load'][1]:.1f})",
+             "; ".join(f"{skill} {text}" for skill, text in s["levels"].items()) or "-",
+             f"{s['promotions']} versions promoted, global step {s['global_step']}; {s['better']} checkpoints better "
+             "on the paired test, median lag until served "
+             + ("-" if s["lag_median_min"] is None else f"{s['lag_median_min']:.1f} min")] for s in loops]
+    rows += [[f"B. equal wall-clock ({args.budget:g} s), held-out binary L2 exact match", name,
+              f"{acc:.0%} after {steps} optimizer steps"] for name, (steps, acc) in equal.items()]
+    run.write_docs("Curriculum: minutes to each level in the closed loop; accuracy at equal wall-clock vs TRL",
+                   ["run", "result", "detail"], rows)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ Run as:
     python benchmarks/deploy.py --presets tiny --json out.json
     python benchmarks/deploy.py --presets qwen3-0.6b --model-dir /tmp/qwen3-0.6b-random
     python benchmarks/deploy.py --presets tiny --engine vllm                 # the same path onto vLLM
+    python benchmarks/deploy.py --presets tiny --write-docs                  # and put the table into docs/benchmarks.md
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
+
+from benchmarks.report import BenchmarkRun  # noqa: E402
 
 ADMIN_TOKEN = "bench-admin-token"
 
@@ -308,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--engine", choices=["builtin", "vllm"], default="builtin",
                         help="inference.engine of the server under test (vllm: needs scripts/setup.sh --vllm)")
+    parser.add_argument("--write-docs", action="store_true", help="write the result table into docs/benchmarks.md")
     args = parser.parse_args(argv)
+    run = BenchmarkRun.start("deploy", argv=None if argv is None else [__file__, *argv])
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -327,6 +332,17 @@ def main(argv: list[str] | None = None) -> int:
               f"requests ok {r['requests_ok']} failed {r['requests_failed']} versions {r['versions_seen']}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+    if args.write_docs:
+        phases = ("detect", "score", "version", "copy", "verify", "pre_load", "load", "flip", "health", "promote")
+        secs = lambda v: f"{v:.2f} s" if isinstance(v, (int, float)) else "-"
+        run.write_docs(f"Checkpoint saved -> served (engine {args.engine}, {args.clients} client(s) sending requests)",
+                       ["model", "saved -> served", "saved -> promoted", "requests ok / failed", "status",
+                        "phases"],
+                       [[f"{r['preset']} ({r['model_bytes'] / 1e9:.2f} GB)", secs(r["saved_to_served"]),
+                         secs(r["saved_to_promoted"]), f"{r['requests_ok']} / {r['requests_failed']}", r["status"],
+                         ", ".join(f"{k} {secs(r.get(k))}" for k in phases)] for r in results],
+                       ["load = the server's verify + load + checks + smoke; flip = the rest of that request's round "
+                        "trip. Goal: 0 failed requests, saved -> served <= 30 s for the Qwen3-0.6B size."])
     return 0 if all(r["requests_failed"] == 0 and r["status"] == "promoted" for r in results) else 1
 
 

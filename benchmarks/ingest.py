@@ -13,7 +13,7 @@
    (`tokenizer(texts)` with the same batch size). Goal >= 0.8.
 
 Run as:
-    python3 benchmarks/ingest.py [--latency-runs 5] [--lines 100000] [--standard-rows 20000] [--preset tiny]
+    python3 benchmarks/ingest.py [--latency-runs 5] [--lines 100000] [--standard-rows 20000] [--preset tiny] [--write-docs]
 """
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ import tempfile
 import threading
 import time
 
+from benchmarks.report import BenchmarkRun
 from core.config import from_dict
+from core.state.queue_records import sidecar_path
 
 WORDS = ("the a is of and to in that it for on with as you at this but by from they we say her she or will my one all "
          "would there what so up out if about who get which go me when make can like time no just him know take "
@@ -89,7 +91,7 @@ def bench_latency(work: Path, model_dir: Path, runs: int) -> dict:
                 while fh.read(1 << 20):
                     pass
             read_floor.append(time.perf_counter() - t)
-            meta = cfg.layout.queue_dir("normal") / f"drop{r}.meta.json"
+            meta = sidecar_path(cfg.layout.queue_dir("normal") / f"drop{r}.jsonl", "meta")
             with open(src, "rb") as fin, open(cfg.layout.inbox / f"drop{r}.jsonl", "wb") as fout:
                 shutil.copyfileobj(fin, fout, 1 << 20)
                 fout.flush()
@@ -181,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1024, help="STANDARD and baseline tokenization batch size")
     parser.add_argument("--preset", default="tiny", help="scripts/make_tiny_model.py preset for the tokenizer")
     parser.add_argument("--model", default=None, help="use this model folder's tokenizer instead of building one")
+    parser.add_argument("--write-docs", action="store_true", help="write the result table into docs/benchmarks.md")
     args = parser.parse_args(argv)
+    run = BenchmarkRun.start("ingest", argv=None if argv is None else [__file__, *argv])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import logging
 
@@ -216,6 +220,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    ratio STANDARD/raw = {std_eps / raw_eps:.2f}  (goal >= 0.8)")
         print(f"    time inside trainer.data.encode_examples: {s['encoder_share']:.0%} of STANDARD "
               f"(the validator's own reading, statistics and checks: {1 - s['encoder_share']:.0%})")
+        if args.write_docs:
+            run.write_docs(
+                f"Ingest (tokenizer of {model_dir.name if args.model else args.preset + ' preset'})",
+                ["what", "Cadence", "baseline in the same run", "ratio"],
+                [[f"drop -> queued, inotify, {lat['size_mb']:.1f} MB, median of {len(ls)} (max)",
+                  f"{statistics.median(ls):.3f} s ({max(ls):.3f} s)",
+                  f"read the file once: {statistics.median(lat['read_floor_s']):.3f} s", "goal <= 2 s"],
+                 [f"QUICK, {q['lines']} lines ({q['size_mb']:.1f} MB)", f"{mbps:.1f} MB/s",
+                  f"json.loads per line: {base_mbps:.1f} MB/s", f"{mbps / base_mbps:.2f}"],
+                 [f"STANDARD, {s['rows']} chat examples, batch {args.batch}", f"{std_eps:.0f} examples/s",
+                  f"raw batched tokenization: {raw_eps:.0f} examples/s", f"{std_eps / raw_eps:.2f} (goal >= 0.8)"]],
+                [f"Time inside trainer.data.encode_examples: {s['encoder_share']:.0%} of STANDARD."])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -14,7 +14,7 @@ then measures:
   4. start-up: cold (index built from the file) and warm (index saved in status/.monitor-index/)
 
 Run as:
-    python benchmarks/monitor.py [--points 1000000] [--clients 20] [--seconds 15] [--keep DIR]
+    python benchmarks/monitor.py [--points 1000000] [--clients 20] [--seconds 15] [--keep DIR] [--write-docs]
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 
+from benchmarks.report import BenchmarkRun  # noqa: E402
 from core.state.metrics import Metric, append_metric  # noqa: E402
 from monitoring.demo import write_metrics  # noqa: E402
 
@@ -130,6 +131,25 @@ def stop_monitor(server: subprocess.Popen) -> None:
             server.kill()
 
 
+def write_docs(run: BenchmarkRun, results: dict, args) -> None:
+    sse, hist = results["sse_latency_ms"], results["history"]
+    rows = [[f"write -> SSE, {sse['deliveries']:,} deliveries to {args.clients} clients",
+             f"p50 {sse['p50']} ms, p95 {sse['p95']} ms, max {sse['max']} ms, {sse['missing']} missing", "", "goal p95 <= 1 s"]]
+    rows += [[f"history: {name}", f"p50 {h['p50_ms']} ms, p95 {h['p95_ms']} ms",
+              f"read + parse the whole file: {results['baseline_full_read_ms']:,} ms" if i == 0 else "",
+              f"{results['history_speedup_vs_full_read']}x faster (goal p95 <= 200 ms)" if i == 0 else ""]
+             for i, (name, h) in enumerate(hist.items())]
+    rows += [["server CPU, 0 clients, idle", f"{results['cpu_pct_idle_0_clients']} % of one core", "", ""],
+             [f"server CPU, {args.clients} clients, idle", f"{results['cpu_pct_idle_clients']} % of one core", "", ""],
+             [f"server CPU, {args.clients} clients, 10 lines/s", f"{results['cpu_pct_clients_10_lines_s']} % of one core", "", ""],
+             ["start-up: cold (index built from the file) / warm (saved index)",
+              f"{results['startup_cold_s']} s / {results['startup_warm_s']} s", "", ""],
+             ["server RSS after the cold start", f"{results['server_rss_mb']} MB", "", ""]]
+    run.write_docs(f"Monitor ({results['points']:,} train points, {results['metrics_file_mb']} MB metrics.jsonl)",
+                   ["what", "Cadence", "baseline in the same run", "ratio / goal"], rows,
+                   ["Goals: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in results["goals_met"].items()) + "."])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--points", type=int, default=1_000_000, help="train steps in the synthetic metrics.jsonl")
@@ -137,7 +157,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=15.0, help="length of each CPU measurement")
     ap.add_argument("--requests", type=int, default=30, help="history requests per kind")
     ap.add_argument("--keep", default=None, help="use/keep this base_dir (the metrics file is reused if present)")
+    ap.add_argument("--write-docs", action="store_true", help="write the result table into docs/benchmarks.md")
     args = ap.parse_args(argv)
+    run = BenchmarkRun.start("monitor", argv=None if argv is None else [__file__, *argv])
 
     base = Path(args.keep or tempfile.mkdtemp(prefix="cadence-monbench-"))
     metrics = base / "status" / "metrics.jsonl"
@@ -240,6 +262,8 @@ def main(argv=None) -> int:
         results["goals_met"] = goals
         print("goals:", ", ".join(f"{k} {'OK' if v else 'MISSED'}" for k, v in goals.items()))
         print(json.dumps(results))
+        if args.write_docs:
+            write_docs(run, results, args)
     finally:
         stop_monitor(server)
         if not args.keep:

@@ -406,9 +406,11 @@ class Layout:
         return self.pids / f"{name}.pid"
 
     def ensure(self) -> "Layout":
+        from core.state.queue_records import STATES  # the queue's folders, named once
+
         for d in (self.inbox, self.models, self.status, self.control, self.logs, self.pids):
             d.mkdir(parents=True, exist_ok=True)
-        for state in ("high", "normal", "low", "processing", "recently_completed", "failed", "rejected"):
+        for state in STATES:
             self.queue_dir(state).mkdir(parents=True, exist_ok=True)
         return self
 

@@ -144,7 +144,7 @@ class TrainingDaemon:
         ckpt = latest_checkpoint(self.layout.current_model)
         step = ckpt.step if ckpt else 0
         for e in self.queue.entries(("processing",)):
-            progressed = step > int(e.meta.get("attempt_step_start", step))
+            progressed = step > (e.meta.attempt_step_start if e.meta.attempt_step_start is not None else step)
             self._note_global_step_start(e, None)
             if progressed:
                 self.queue.requeue_front(e.name, progress={"global_step": step}, reason="recovered: progress made")
@@ -305,12 +305,12 @@ class TrainingDaemon:
         step = ckpt.step if ckpt else 0
         entry = self.queue.update_meta(entry.name, attempt_step_start=step)
         cmd = [sys.executable, "-m", "trainer.child", "--file", str(entry.path), "--file-id", entry.id or entry.name,
-               "--schema", entry.meta.get("schema_id") or self.cfg.daemon.default_schema]
-        if entry.meta.get("epochs"):
-            cmd += ["--epochs", str(int(entry.meta["epochs"]))]
+               "--schema", entry.meta.schema_id or self.cfg.daemon.default_schema]
+        if entry.meta.epochs:
+            cmd += ["--epochs", str(entry.meta.epochs)]
         if self.config_path:
             cmd += ["--config", str(self.config_path)]
-        for item in self.overrides + list(entry.meta.get("overrides") or []):
+        for item in self.overrides + entry.meta.overrides:
             cmd += ["--set", item]
         self.layout.logs.mkdir(parents=True, exist_ok=True)
         log = open(self.layout.logs / "trainer.log", "ab")
@@ -319,7 +319,7 @@ class TrainingDaemon:
         proc = launch.start(self.cfg, cmd, log, env, str(REPO))  # one process, or the group of ranks
         log.close()
         self.child = Child(proc, entry, step)
-        log_event(self.cfg, "training_started", file=entry.name, pid=proc.pid, attempt=entry.meta.get("attempts"),
+        log_event(self.cfg, "training_started", file=entry.name, pid=proc.pid, attempt=entry.meta.attempts,
                   global_step=step, **({"pids": proc.pids} if isinstance(proc, launch.RankGroup) else {}))
         self.status.update(state="training", file=entry.name, daemon_pid=os.getpid(), trainer_pid=proc.pid)
 
@@ -388,7 +388,7 @@ class TrainingDaemon:
     def _note_global_step_start(self, entry: QueueEntry, res: TrainedFile | None) -> None:
         """Set once, when it is durable: the global step of the file's first training step, from the engine's own
         record (the result of a finished or stopped run, else the checkpoint the file is mid-way through)."""
-        if entry.meta.get("global_step_start") is not None:
+        if entry.meta.global_step_start is not None:
             return
         start = res.global_step_start if res is not None and res.steps else None
         if start is None:
@@ -425,7 +425,7 @@ class TrainingDaemon:
         elif action == "shrink_batch_retry":
             entry = self.queue.find(name, ("processing",))
             t = self.cfg.training
-            over = dict(item.split("=", 1) for item in entry.meta.get("overrides") or [])
+            over = dict(item.split("=", 1) for item in entry.meta.overrides)
             micro = int(over.get("training.micro_batch_tokens", t.micro_batch_tokens))
             accum = int(over.get("training.gradient_accumulation_steps", t.gradient_accumulation_steps))
             if micro // 2 < self.cfg.model.max_length:

@@ -26,7 +26,6 @@ from pathlib import Path
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import json
 import logging
 import os
 import shutil
@@ -35,13 +34,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from core.atomic_io import atomic_write_json, read_json
 from core.state.events import append_event
 from core.queue_store import DATA_SUFFIX, DuplicateError, QueueEntry, TrainingQueue, now_iso, stem_of
+from core.state.base import StateError
+from core.state.queue_records import (JOB_SUFFIX, SIDECAR_KINDS, ErrorEntry, IngestClaim, IngestOverrides,
+                                      JobSidecar, QueueMeta, ValidationSummary, load_job_sidecar, read_ingest_claim,
+                                      sidecar_path, write_ingest_claim, write_queue_meta)
 from core.validation.report import ValidationReport
-from core.validation.spec import parse_job_sidecar
 from core.validation.validator import DataValidator
-from core.watcher import JOB_SUFFIX, InboxWatcher, Ready, name_problem, queue_name
+from core.watcher import InboxWatcher, Ready, name_problem, queue_name
 
 logger = logging.getLogger(__name__)
 
@@ -117,12 +118,13 @@ class Ingestor:
             logger.exception("could not take inbox/%s; will retry", item.rel)
 
     # -------------------------------------------------------------- taking
-    def _stage(self, src: Path, original: str, qname: str, job_src: Path | None, overrides: dict) -> Path | None:
+    def _stage(self, src: Path, original: str, qname: str, job_src: Path | None,
+               overrides: IngestOverrides | dict | None = None) -> Path | None:
         """Rename src (and its sidecar) into queue/.ingest/; None when it vanished first."""
         token = f"{time.time_ns()}-{os.getpid()}"
         info = self.staging / f"{token}.ingest.json"
-        atomic_write_json(info, {"original_name": original, "queue_name": qname, "overrides": overrides,
-                                 "taken_at": now_iso(), "pid": os.getpid()})
+        write_ingest_claim(info, IngestClaim(original_name=original, queue_name=qname, taken_at=now_iso(),
+                                             pid=os.getpid(), overrides=overrides or IngestOverrides()))
         staged = self.staging / f"{token}.data"
         try:
             os.rename(src, staged)
@@ -140,7 +142,7 @@ class Ingestor:
         rel = os.path.join(*parts)
         qname = queue_name(parts)
         job_src = self.inbox.joinpath(*job_parts) if job_parts else None
-        staged = self._stage(self.inbox / rel, rel, qname, job_src, {})
+        staged = self._stage(self.inbox / rel, rel, qname, job_src)
         if staged is None:
             logger.info("inbox/%s disappeared before it was taken", rel)
             return IngestResult(rel, "vanished", message=f"inbox/{rel} disappeared before it was taken")
@@ -159,13 +161,13 @@ class Ingestor:
             qname = queue_name(parts[:-1] + [data_name])
         else:
             qname = queue_name(parts)
-        staged = self._stage(self.inbox / rel, rel, qname, None, {})
+        staged = self._stage(self.inbox / rel, rel, qname, None)
         if staged is None:
             return IngestResult(rel, "vanished", message=f"inbox/{rel} disappeared before it was taken")
         if kind == "orphan_sidecar":
             rep = self._report(rel, "orphan_sidecar", f"{parts[-1]} arrived but {data_name} did not within "
                                                       f"{self.cfg.daemon.orphan_sidecar_seconds:.0f}s")
-            result = self._finish_reject(None, staged, qname, rep, {"state": "rejected"})
+            result = self._finish_reject(None, staged, qname, rep, state="rejected")
             try:
                 os.unlink(self.staging / (staged.name[: -len(".data")] + ".ingest.json"))
             except FileNotFoundError:
@@ -181,16 +183,15 @@ class Ingestor:
         """Queue a file from anywhere (the CLI's `add`): a copy (or the file itself) goes through the same checks.
         A `NAME.job.json` beside it is used too; arguments given here win over it."""
         src = Path(path)
-        overrides = {k: v for k, v in {"priority": priority, "schema_id": schema_id, "epochs": epochs,
-                                       "force": force}.items() if v not in (None, False)}
+        overrides = IngestOverrides(priority=priority, schema_id=schema_id, epochs=epochs, force=force or None)
         token = f"{time.time_ns()}-{os.getpid()}"
         staged = self.staging / f"{token}.data"
         qname = queue_name([src.name])
         if not src.is_file():
             return IngestResult(str(src), "rejected", message=f"{src}: not a regular file")
         job = src.with_name(stem_of(src.name) + JOB_SUFFIX)
-        atomic_write_json(self.staging / f"{token}.ingest.json", {
-            "original_name": str(src), "queue_name": qname, "overrides": overrides, "taken_at": now_iso(), "pid": os.getpid()})
+        write_ingest_claim(self.staging / f"{token}.ingest.json", IngestClaim(
+            original_name=str(src), queue_name=qname, overrides=overrides, taken_at=now_iso(), pid=os.getpid()))
         if job.is_file():
             shutil.copyfile(job, self.staging / f"{token}.job.json")
         if copy:
@@ -204,7 +205,8 @@ class Ingestor:
         """Files taken but not finished by a process that died are finished now (nothing stays in queue/.ingest/)."""
         out = []
         for info in sorted(self.staging.glob("*.ingest.json")):
-            owner = (read_json(info) or {}).get("pid")
+            claim = self._claim(info)
+            owner = claim.pid if claim else None
             if owner == os.getpid() and not include_own:
                 continue
             if owner and owner != os.getpid() and _alive(owner):
@@ -215,28 +217,36 @@ class Ingestor:
             else:
                 job = info.with_name(info.name[: -len(".ingest.json")] + ".job.json")
                 if job.exists():
-                    qname = (read_json(info) or {}).get("queue_name", "recovered.jsonl")
+                    qname = claim.queue_name if claim else "recovered.jsonl"
                     self._finish_reject(None, job, qname, self._report(
-                        qname, "orphan_sidecar", "its data file was lost in a crash while ingesting"), {})
+                        qname, "orphan_sidecar", "its data file was lost in a crash while ingesting"))
                 os.unlink(info)
         return out
+
+    @staticmethod
+    def _claim(info: Path) -> IngestClaim | None:
+        try:
+            return read_ingest_claim(info)
+        except StateError as exc:  # torn by a crash while it was written: the data file alone is finished
+            logger.warning("%s", exc)
+            return None
 
     # ---------------------------------------------------------- validating
     def process_staged(self, staged: Path) -> IngestResult:
         """Spec + QUICK (+ configured levels), then enqueue or reject. Never raises."""
         token = staged.name[: -len(".data")]
         info_path = self.staging / f"{token}.ingest.json"
-        info = read_json(info_path) or {}
-        original = info.get("original_name") or staged.name
-        qname = info.get("queue_name") or queue_name([Path(original).name])
-        overrides = info.get("overrides") or {}
+        claim = self._claim(info_path)
+        original = claim.original_name if claim else staged.name
+        qname = claim.queue_name if claim else queue_name([Path(original).name])
+        overrides = claim.overrides if claim else IngestOverrides()
         job_path = self.staging / f"{token}.job.json"
         try:
             return self._validate_and_queue(staged, original, qname, overrides, job_path if job_path.exists() else None)
         except Exception as exc:  # noqa: BLE001 - a bad file must never take the daemon down
             logger.exception("unexpected error ingesting %s", original)
             rep = self._report(original, "ingest_error", f"{type(exc).__name__}: {exc}")
-            return self._finish_reject(staged, job_path if job_path.exists() else None, qname, rep, {})
+            return self._finish_reject(staged, job_path if job_path.exists() else None, qname, rep)
         finally:
             try:
                 os.unlink(info_path)
@@ -252,84 +262,79 @@ class Ingestor:
     def _reject_new(self, staged: Path, original: str, qname: str, rule: str, message: str,
                     validator: str) -> IngestResult:
         token = staged.name.rsplit(".", 1)[0]
-        result = self._finish_reject(staged, None, qname, self._report(original, rule, message, validator), {})
+        result = self._finish_reject(staged, None, qname, self._report(original, rule, message, validator))
         try:
             os.unlink(self.staging / f"{token}.ingest.json")
         except FileNotFoundError:
             pass
         return result
 
-    def _validate_and_queue(self, staged: Path, original: str, qname: str, overrides: dict,
+    def _validate_and_queue(self, staged: Path, original: str, qname: str, overrides: IngestOverrides,
                             job_path: Path | None) -> IngestResult:
         st = os.lstat(staged)
         if not stat.S_ISREG(st.st_mode):
             return self._finish_reject(staged, job_path, qname, self._report(
-                original, "not_regular_file", f"{original} is not a regular file"), {})
-        job: dict = {}
+                original, "not_regular_file", f"{original} is not a regular file"))
+        job = JobSidecar()
         if job_path is not None:
-            try:
-                raw = json.loads(job_path.read_text(encoding="utf-8"))
-            except (ValueError, UnicodeDecodeError) as exc:
-                where = f" at line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else ""
-                return self._finish_reject(staged, job_path, qname, self._report(
-                    original, "job_sidecar", f"{stem_of(Path(original).name)}.job.json is not valid JSON{where}: "
-                    f"{getattr(exc, 'msg', exc)}", line=getattr(exc, "lineno", None)), {})
-            sidecar, problems = parse_job_sidecar(raw)
+            sidecar, problems = load_job_sidecar(job_path)
             if problems:
+                # the staged copy is TOKEN.job.json: the report names the file the user wrote
+                own = f"{stem_of(Path(original).name)}.job.json"
                 rep = self.validator.new_report(original, "arrival", validator="InboxWatcher")
-                for p in problems:
-                    rep.add("job_sidecar", f"{stem_of(Path(original).name)}.job.json: {p}")
-                return self._finish_reject(staged, job_path, qname, rep, {})
-            job = sidecar.model_dump(exclude_none=True)
-        job.update({k: v for k, v in overrides.items() if k in ("priority", "schema_id", "epochs")})
-        schema_id = job.get("schema_id") or self.cfg.daemon.default_schema
-        priority = job.get("priority") or self.cfg.daemon.default_priority
+                for line, msg in problems:
+                    rep.add("job_sidecar", own + msg[len(job_path.name):], line)
+                return self._finish_reject(staged, job_path, qname, rep)
+            job = sidecar or job
+        job = job.model_copy(update={k: v for k, v in overrides.model_dump(exclude_none=True).items()
+                                     if k in ("priority", "schema_id", "epochs")})
+        schema_id = job.schema_id or self.cfg.daemon.default_schema
+        priority = job.priority or self.cfg.daemon.default_priority
         rep = self.validator.quick(staged, schema_id, name=original)
         if rep.ok and self.cfg.validation.standard_on_arrival:
             rep.merge(self.validator.standard(staged, schema_id, name=original))
             rep.level = "standard"
         if rep.ok and self.cfg.validation.deep_on_arrival:
             rep.merge(self.validator.deep(staged, schema_id, name=original))
-        extra = {"schema_id": schema_id, "priority": priority, "id": rep.stats.get("sha256")}
+        extra = {"schema_id": schema_id, "priority": priority, "file_id": rep.stats.get("sha256")}
         if not os.path.lexists(staged):
             rep.add("file_vanished", "the file disappeared while it was being validated")
         if not rep.ok:
-            return self._finish_reject(staged, job_path, qname, rep, extra)
+            return self._finish_reject(staged, job_path, qname, rep, **extra)
         try:
             entry = self.queue.enqueue(staged, file_id=rep.stats["sha256"], original_name=original,
                                        schema_id=schema_id, priority=priority, validation=validation_summary(rep),
-                                       job=job, job_path=job_path, name=qname, force=bool(overrides.get("force")))
+                                       job=job, job_path=job_path, name=qname, force=bool(overrides.force))
         except DuplicateError as exc:
             dup = self._report(original, "duplicate", str(exc), validator="TrainingQueue")
             dup.stats.update(rep.stats, duplicate_of=f"{exc.original.state}/{exc.original.name}")
-            return self._finish_reject(staged, job_path, qname, dup, extra)
+            return self._finish_reject(staged, job_path, qname, dup, **extra)
         except FileNotFoundError:
             return self._finish_reject(staged, job_path, qname, self._report(
-                original, "file_vanished", "the file disappeared before it could be queued"), extra)
+                original, "file_vanished", "the file disappeared before it could be queued"), **extra)
         logger.info("queued %s as %s/%s (%s examples, %d warning(s))", original, entry.state, entry.name,
                     rep.stats.get("examples"), rep.warning_count)
         return IngestResult(original, "queued", entry.name, entry.state, rep.summary(), rep.to_dict(), entry)
 
-    def _finish_reject(self, staged: Path | None, job_path: Path | None, qname: str, rep: ValidationReport,
-                       extra: dict) -> IngestResult:
+    def _finish_reject(self, staged: Path | None, job_path: Path | None, qname: str, rep: ValidationReport, *,
+                       state: str | None = None, file_id: str | None = None, schema_id: str | None = None,
+                       priority: str | None = None) -> IngestResult:
         """Move the file (whatever it is) and its sidecar to queue/rejected/ and write the reason beside it."""
         rejected = self.queue.dir("rejected")
         name = self.queue.unique_name(qname)
         n = 1
-        while any((rejected / f"{stem_of(name)}.{k}.json").exists() for k in ("job", "reason", "meta")):
+        while any(sidecar_path(rejected / name, kind).exists() for kind in SIDECAR_KINDS):
             n += 1
             name = self.queue.unique_name(f"{stem_of(qname)}-{n}{DATA_SUFFIX}")
         present = staged is not None and os.path.lexists(staged)
         # the reason first, then the file: a crash in between leaves the file in staging, finished on restart
-        rep.write(rejected / f"{stem_of(name)}.reason.json")
-        meta = {"id": extra.get("id"), "name": name, "original_name": rep.file, "schema_id": extra.get("schema_id"),
-                "priority": extra.get("priority"), "state": extra.get("state") or ("rejected" if present else "vanished"),
-                "attempts": 0, "enqueued_at": None, "started_at": None, "finished_at": now_iso(),
-                "errors": [{"at": now_iso(), "error": rep.summary()}], "validation": validation_summary(rep),
-                "global_step_start": None, "global_step_end": None}
-        atomic_write_json(rejected / f"{stem_of(name)}.meta.json", meta)
+        rep.write(sidecar_path(rejected / name, "reason"))
+        meta = QueueMeta(id=file_id, name=name, original_name=rep.file, schema_id=schema_id, priority=priority,
+                         state=state or ("rejected" if present else "vanished"), finished_at=now_iso(),
+                         errors=[ErrorEntry(at=now_iso(), error=rep.summary())], validation=validation_summary(rep))
+        write_queue_meta(sidecar_path(rejected / name, "meta"), meta)
         if job_path is not None and job_path.exists():
-            os.replace(job_path, rejected / f"{stem_of(name)}.job.json")
+            os.replace(job_path, sidecar_path(rejected / name, "job"))
         if present:
             os.rename(staged, rejected / name)
         logger.warning("rejected %s", rep.summary())
@@ -338,7 +343,7 @@ class Ingestor:
                          rules=rep.rules("error"), summary=rep.summary())
         except OSError:
             logger.warning("cannot append to %s", self.layout.events)
-        outcome = "rejected" if present or extra.get("state") == "rejected" else "vanished"
+        outcome = "rejected" if present or state == "rejected" else "vanished"
         return IngestResult(rep.file, outcome, name, "rejected", rep.summary(), rep.to_dict())
 
 
@@ -352,23 +357,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def validation_summary(rep: ValidationReport) -> dict:
+def validation_summary(rep: ValidationReport) -> ValidationSummary:
     s = rep.stats
-    return {"level": rep.level, "examples": s.get("examples"), "lines": s.get("lines"), "bytes": s.get("bytes"),
-            "tokens": s.get("tokens"), "errors": rep.error_count, "warnings": rep.warning_count,
-            "warning_rules": rep.rules("warning"), "error_rules": rep.rules("error"),
-            "suggested_max_length": s.get("suggested_max_length")}
+    return ValidationSummary(level=rep.level, examples=s.get("examples"), lines=s.get("lines"), bytes=s.get("bytes"),
+                             tokens=s.get("tokens"), errors=rep.error_count, warnings=rep.warning_count,
+                             warning_rules=rep.rules("warning"), error_rules=rep.rules("error"),
+                             suggested_max_length=s.get("suggested_max_length"))
 
 
 def standard_gate(cfg, queue: TrainingQueue, entry: QueueEntry, validator: DataValidator) -> bool:
     """STANDARD before training: True to train the claimed file; False when it was moved to rejected/."""
-    schema = entry.meta.get("schema_id") or cfg.daemon.default_schema
-    rep = validator.standard(entry.path, schema, name=entry.meta.get("original_name") or entry.name)
-    before = dict(entry.meta.get("validation") or {})
-    summary = dict(before)
-    summary.update({k: v for k, v in validation_summary(rep).items() if v is not None and k != "level"})
-    summary["warnings"] = int(before.get("warnings") or 0) + rep.warning_count
-    summary["warning_rules"] = sorted(set(before.get("warning_rules") or []) | set(rep.rules("warning")))
+    schema = entry.meta.schema_id or cfg.daemon.default_schema
+    rep = validator.standard(entry.path, schema, name=entry.meta.original_name or entry.name)
+    before = entry.meta.validation
+    summary = before.model_dump()
+    summary.update({k: v for k, v in validation_summary(rep).model_dump().items()
+                    if v is not None and k not in ("level", "standard")})
+    summary["warnings"] = (before.warnings or 0) + rep.warning_count
+    summary["warning_rules"] = sorted(set(before.warning_rules) | set(rep.rules("warning")))
     summary["standard"] = {"length": rep.stats.get("length"), "reply_length": rep.stats.get("reply_length"),
                            "over_max_length": rep.stats.get("over_max_length"),
                            "warnings": rep.rules("warning"), "errors": rep.rules("error")}

@@ -6,6 +6,7 @@
     queue/recently_completed/      trained
     queue/failed/                  out of attempts, or skipped (every error kept)
     queue/rejected/                refused by validation (NAME.reason.json says why)
+    queue/deferred/                set aside, not trained yet (a skill level already passed): `retry` brings it back
 
 Each `NAME.jsonl` travels with `NAME.meta.json` (rewritten atomically at each
 transition), and with `NAME.job.json` / `NAME.reason.json` when it has them.
@@ -20,7 +21,7 @@ Run as:
     python3 core/training_queue.py list [--state STATE] [--json]
     python3 core/training_queue.py show NAME [--json]
     python3 core/training_queue.py set-priority NAME high|normal|low
-    python3 core/training_queue.py retry NAME [--priority P]
+    python3 core/training_queue.py retry NAME [--priority P]      # failed, rejected or deferred files
     python3 core/training_queue.py remove NAME
 """
 from __future__ import annotations
@@ -36,26 +37,34 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from core.atomic_io import atomic_write_json, fsync_dir, read_json
+from core.atomic_io import fsync_dir
 from core.state.events import append_event
+from core.state.base import StateError
+from core.state.queue_records import (DATA_SUFFIX, META_SUFFIX, PARKED, PRIORITIES, SIDECAR_KINDS, SIDECAR_SUFFIXES,
+                                      STATES, TERMINAL, ErrorEntry, HistoryEntry, JobSidecar, QueueMeta, RejectReport,
+                                      read_queue_meta, read_reject_report, sidecar_path, stem_of, write_queue_meta)
+
+# the queue's own names (PRIORITIES, STATES, ...) are imported from here by its users
+__all__ = ["PRIORITIES", "STATES", "TERMINAL", "PARKED", "DATA_SUFFIX", "DUPLICATE_STATES", "stem_of", "now_iso",
+           "data_file_names", "QueueError", "DuplicateError", "MovedMeanwhile", "QueueEntry", "TrainingQueue",
+           "place_file", "main"]
 
 logger = logging.getLogger(__name__)
 
-PRIORITIES = ("high", "normal", "low")
-TERMINAL = ("recently_completed", "failed", "rejected")
-STATES = PRIORITIES + ("processing",) + TERMINAL
 # A file already in one of these is what "the same content again" collides with (a rejected one may come back).
-DUPLICATE_STATES = PRIORITIES + ("processing", "recently_completed", "failed")
-SIDECAR_KINDS = ("meta", "job", "reason")
-DATA_SUFFIX = ".jsonl"
+DUPLICATE_STATES = PRIORITIES + ("processing", "recently_completed", "failed") + PARKED
 
 
 def now_iso(t: float | None = None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if t is None else t))
 
 
-def stem_of(name: str) -> str:
-    return name[: -len(DATA_SUFFIX)] if name.endswith(DATA_SUFFIX) else name
+def data_file_names(folder: str | os.PathLike) -> list[str]:
+    """The data files (`NAME.jsonl`, not hidden) in one queue folder, in no particular order."""
+    try:
+        return [e.name for e in os.scandir(folder) if e.name.endswith(DATA_SUFFIX) and not e.name.startswith(".")]
+    except FileNotFoundError:
+        return []
 
 
 class QueueError(Exception):
@@ -67,7 +76,7 @@ class DuplicateError(QueueError):
         self.file_id = file_id
         self.original = original
         super().__init__(f"same content (sha256 {file_id[:12]}) is already {original.state}: "
-                         f"{original.state}/{original.name} (originally {original.meta.get('original_name')!r})")
+                         f"{original.state}/{original.name} (originally {original.meta.original_name!r})")
 
 
 class MovedMeanwhile(QueueError):
@@ -78,19 +87,19 @@ class MovedMeanwhile(QueueError):
 class QueueEntry:
     name: str
     state: str
-    meta: dict
+    meta: QueueMeta
     path: Path
 
     @property
     def id(self) -> str | None:
-        return self.meta.get("id")
+        return self.meta.id
 
     @property
     def priority(self) -> str:
-        return self.meta.get("priority", "normal")
+        return self.meta.priority or "normal"
 
     def sidecar(self, kind: str) -> Path:
-        return self.path.parent / f"{stem_of(self.name)}.{kind}.json"
+        return sidecar_path(self.path, kind)
 
 
 class TrainingQueue:
@@ -108,33 +117,37 @@ class TrainingQueue:
         return self.layout.queue_dir(state)
 
     def _sidecar(self, state: str, name: str, kind: str) -> Path:
-        return self.dir(state) / f"{stem_of(name)}.{kind}.json"
+        return sidecar_path(self.dir(state) / name, kind)
 
     def _names(self, state: str) -> list[str]:
-        try:
-            return [e.name for e in os.scandir(self.dir(state))
-                    if e.name.endswith(DATA_SUFFIX) and not e.name.startswith(".")]
-        except FileNotFoundError:
-            return []
+        return data_file_names(self.dir(state))
 
     def count(self, state: str) -> int:
         """Data files in one state, without reading their sidecars (cheap enough for every daemon tick)."""
         return len(self._names(state))
 
+    def _read_meta(self, state: str, name: str) -> QueueMeta | None:
+        path = self._sidecar(state, name, "meta")
+        try:
+            return read_queue_meta(path)
+        except StateError as exc:
+            logger.warning("ignoring an unreadable queue sidecar: %s", exc)
+            return None
+
     def _entry(self, state: str, name: str) -> QueueEntry:
-        meta = read_json(self._sidecar(state, name, "meta"))
-        if not isinstance(meta, dict):
-            # mid-transition (the sidecar follows the data file) or written by hand: find or synthesise it
-            meta = next((m for s in STATES if isinstance(m := read_json(self._sidecar(s, name, "meta")), dict)), None) \
-                or {"id": None, "original_name": name, "priority": state if state in PRIORITIES else "normal",
-                    "attempts": 0, "errors": []}
+        meta = self._read_meta(state, name)
+        if meta is None:
+            # mid-transition (the sidecar follows the data file), written by hand, or a file an older version
+            # set aside without one (queue/deferred/): find or synthesise it
+            meta = next((m for s in STATES if s != state and (m := self._read_meta(s, name)) is not None), None) \
+                or QueueMeta(original_name=name, priority=state if state in PRIORITIES else "normal")
         return QueueEntry(name, state, meta, self.dir(state) / name)
 
     def entries(self, states: Iterable[str] = STATES) -> list[QueueEntry]:
         out = []
         for state in states:
             items = [self._entry(state, n) for n in self._names(state)]
-            items.sort(key=lambda e: (e.meta.get("order", 0.0), e.name))
+            items.sort(key=lambda e: (e.meta.order, e.name))
             out.extend(items)
         return out
 
@@ -146,7 +159,7 @@ class TrainingQueue:
             if (self.dir(state) / name).is_file():
                 return self._entry(state, name)
         matches = [e for e in self.entries(states)
-                   if e.meta.get("original_name") == key or (len(key) >= 8 and (e.id or "").startswith(key))]
+                   if e.meta.original_name == key or (len(key) >= 8 and (e.id or "").startswith(key))]
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
@@ -155,19 +168,18 @@ class TrainingQueue:
 
     def find_by_id(self, file_id: str, states: Iterable[str] = DUPLICATE_STATES) -> QueueEntry | None:
         for state in states:
-            for p in self.dir(state).glob("*.meta.json"):
-                meta = read_json(p)
-                if isinstance(meta, dict) and meta.get("id") == file_id:
-                    name = p.name[: -len(".meta.json")] + DATA_SUFFIX
-                    if (self.dir(state) / name).exists():
-                        return QueueEntry(name, state, meta, self.dir(state) / name)
+            for p in self.dir(state).glob(f"*{META_SUFFIX}"):
+                name = p.name[: -len(META_SUFFIX)] + DATA_SUFFIX
+                meta = self._read_meta(state, name)
+                if meta is not None and meta.id == file_id and (self.dir(state) / name).exists():
+                    return QueueEntry(name, state, meta, self.dir(state) / name)
         return None
 
     def status(self) -> dict:
         counts = {s: self.count(s) for s in STATES}
         waiting = self.entries(PRIORITIES)
         now = time.time()
-        ready = [e for e in waiting if (e.meta.get("not_before") or 0) <= now]
+        ready = [e for e in waiting if (e.meta.not_before or 0) <= now]
         return {
             "counts": counts,
             "waiting": sum(counts[p] for p in PRIORITIES),
@@ -181,15 +193,15 @@ class TrainingQueue:
         if e is None:
             return None
         m = e.meta
-        return {"name": e.name, "state": e.state, "priority": m.get("priority"), "id": m.get("id"),
-                "original_name": m.get("original_name"), "attempts": m.get("attempts", 0),
-                "examples": (m.get("validation") or {}).get("examples"), "enqueued_at": m.get("enqueued_at")}
+        return {"name": e.name, "state": e.state, "priority": m.priority, "id": m.id,
+                "original_name": m.original_name, "attempts": m.attempts,
+                "examples": m.validation.examples, "enqueued_at": m.enqueued_at}
 
     def _next_ready(self, now: float | None = None) -> QueueEntry | None:
         now = time.time() if now is None else now
         for prio in PRIORITIES:
             for e in self.entries((prio,)):
-                if (e.meta.get("not_before") or 0) <= now:
+                if (e.meta.not_before or 0) <= now:
                     return e
         return None
 
@@ -201,24 +213,28 @@ class TrainingQueue:
         except OSError:
             logger.warning("cannot append to %s", self.layout.events, exc_info=True)
 
-    def _move(self, entry: QueueEntry, dst: str, event: str, **updates) -> QueueEntry:
-        """Rename the data file (the commit point), then write the sidecar beside it and move the others."""
+    def _move(self, entry: QueueEntry, dst: str, event: str, *, reason: str | None = None, new_name: str | None = None,
+              **updates) -> QueueEntry:
+        """Rename the data file (the commit point), then write the sidecar beside it and move the others.
+
+        `new_name` renames the file on the way (a file set aside into a folder that already holds its name: only
+        a file placed by hand or by an older version can collide, because the queue keeps names unique)."""
         src = entry.state
-        src_path, dst_path = self.dir(src) / entry.name, self.dir(dst) / entry.name
-        if dst != src and os.path.lexists(dst_path):
+        name = new_name or entry.name
+        src_path, dst_path = self.dir(src) / entry.name, self.dir(dst) / name
+        if (dst != src or name != entry.name) and os.path.lexists(dst_path):
             # names are unique across states, so this is another process that moved the same file first
-            raise MovedMeanwhile(f"{dst}/{entry.name} already exists")
+            raise MovedMeanwhile(f"{dst}/{name} already exists")
         try:
             os.rename(src_path, dst_path)
         except FileNotFoundError:
             raise MovedMeanwhile(f"{src}/{entry.name} was moved by another process") from None
-        meta = dict(entry.meta)
-        meta.update(updates)
-        meta["state"] = dst
-        meta.setdefault("history", []).append({"at": now_iso(), "from": src, "to": dst, "event": event})
-        new = QueueEntry(entry.name, dst, meta, dst_path)
-        atomic_write_json(self._sidecar(dst, entry.name, "meta"), meta)
-        if dst != src:
+        step = HistoryEntry(at=now_iso(), from_=src, to=dst, event=event, reason=reason)
+        meta = entry.meta.changed(**updates, state=dst, history=[*entry.meta.history, step],
+                                  **({"name": name} if new_name else {}))
+        new = QueueEntry(name, dst, meta, dst_path)
+        write_queue_meta(self._sidecar(dst, name, "meta"), meta)
+        if dst != src or name != entry.name:
             try:
                 os.unlink(self._sidecar(src, entry.name, "meta"))
             except FileNotFoundError:
@@ -226,14 +242,19 @@ class TrainingQueue:
             for kind in ("job", "reason"):
                 p = self._sidecar(src, entry.name, kind)
                 if p.exists():
-                    os.replace(p, self._sidecar(dst, entry.name, kind))
+                    os.replace(p, self._sidecar(dst, name, kind))
         fsync_dir(self.dir(dst))
-        self._event(event, new, **({"from": src} if src != dst else {}))
+        extra = {"from": src} if src != dst else {}
+        if new_name:
+            extra["renamed_from"] = entry.name
+        if reason is not None:
+            extra["reason"] = reason
+        self._event(event, new, **extra)
         return new
 
     def _rewrite(self, entry: QueueEntry, **updates) -> QueueEntry:
-        meta = dict(entry.meta, **updates)
-        atomic_write_json(self._sidecar(entry.state, entry.name, "meta"), meta)
+        meta = entry.meta.changed(**updates)
+        write_queue_meta(self._sidecar(entry.state, entry.name, "meta"), meta)
         return QueueEntry(entry.name, entry.state, meta, entry.path)
 
     def unique_name(self, desired: str) -> str:
@@ -249,7 +270,7 @@ class TrainingQueue:
         return name
 
     def enqueue(self, src: str | os.PathLike, *, file_id: str, original_name: str, schema_id: str,
-                priority: str = "normal", validation: dict | None = None, job: dict | None = None,
+                priority: str = "normal", validation: dict | None = None, job: JobSidecar | None = None,
                 job_path: str | os.PathLike | None = None, name: str | None = None, force: bool = False) -> QueueEntry:
         """Move an accepted file into queue/<priority>/ (DuplicateError if its content is already known)."""
         if priority not in PRIORITIES:
@@ -259,7 +280,7 @@ class TrainingQueue:
             if original is not None:
                 raise DuplicateError(file_id, original)
         t = time.time()
-        job = job or {}
+        job = job or JobSidecar()
         for _ in range(20):
             qname = self.unique_name(name or Path(src).name)
             dst = self.dir(priority) / qname
@@ -268,16 +289,12 @@ class TrainingQueue:
                 place_file(src, dst)
             except FileExistsError:
                 continue  # another process took the name meanwhile
-            meta = {
-                "id": file_id, "name": qname, "original_name": original_name, "schema_id": schema_id,
-                "priority": priority, "state": priority, "attempts": 0, "enqueued_at": now_iso(t),
-                "started_at": None, "finished_at": None, "errors": [], "validation": validation or {},
-                "global_step_start": None, "global_step_end": None, "epochs": job.get("epochs"),
-                "tags": job.get("tags") or [], "notes": job.get("notes"), "order": t, "not_before": None,
-                "progress": None, "forced": force,
-                "history": [{"at": now_iso(t), "from": "inbox", "to": priority, "event": "enqueued"}],
-            }
-            atomic_write_json(self._sidecar(priority, qname, "meta"), meta)
+            meta = QueueMeta(
+                id=file_id, name=qname, original_name=original_name, schema_id=schema_id, priority=priority,
+                state=priority, enqueued_at=now_iso(t), validation=validation or {}, epochs=job.epochs,
+                tags=job.tags, notes=job.notes, order=t, forced=force,
+                history=[HistoryEntry(at=now_iso(t), from_="inbox", to=priority, event="enqueued")])
+            write_queue_meta(self._sidecar(priority, qname, "meta"), meta)
             if job_path is not None and Path(job_path).exists():
                 os.replace(job_path, self._sidecar(priority, qname, "job"))
             entry = QueueEntry(qname, priority, meta, dst)
@@ -295,20 +312,20 @@ class TrainingQueue:
         if resume_id:
             resume = self.find_by_id(resume_id, PRIORITIES)
             if resume is not None:
-                if (resume.meta.get("not_before") or 0) > now:
+                if (resume.meta.not_before or 0) > now:
                     return None
                 try:
                     return self._move(resume, "processing", "claimed", started_at=now_iso(now),
-                                      attempts=int(resume.meta.get("attempts", 0)) + 1, claimed_by=os.getpid())
+                                      attempts=resume.meta.attempts + 1, claimed_by=os.getpid())
                 except MovedMeanwhile:
                     return None  # another process claimed it: still nothing else may start before it
         for prio in PRIORITIES:
             for e in self.entries((prio,)):
-                if (e.meta.get("not_before") or 0) > now or not e.sidecar("meta").exists():
+                if (e.meta.not_before or 0) > now or not e.sidecar("meta").exists():
                     continue
                 try:
                     return self._move(e, "processing", "claimed", started_at=now_iso(now),
-                                      attempts=int(e.meta.get("attempts", 0)) + 1, claimed_by=os.getpid())
+                                      attempts=e.meta.attempts + 1, claimed_by=os.getpid())
                 except MovedMeanwhile:
                     continue  # another process claimed it first
         return None
@@ -319,14 +336,14 @@ class TrainingQueue:
     def complete(self, name: str, *, global_step_end: int | None = None, stats: dict | None = None) -> QueueEntry:
         e = self._processing(name)
         return self._move(e, "recently_completed", "completed", finished_at=now_iso(),
-                          global_step_end=global_step_end, result=stats or e.meta.get("result"))
+                          global_step_end=global_step_end, result=stats or e.meta.result)
 
     def fail(self, name: str, error: str, *, retryable: bool = True, now: float | None = None) -> QueueEntry:
         """A failed attempt: back to its priority after a backoff, or to failed/ after max_attempts."""
         now = time.time() if now is None else now
         e = self._processing(name)
-        attempts = int(e.meta.get("attempts", 1))
-        errors = list(e.meta.get("errors") or []) + [{"at": now_iso(now), "attempt": attempts, "error": str(error)}]
+        attempts = max(e.meta.attempts, 1)
+        errors = [*e.meta.errors, ErrorEntry(at=now_iso(now), attempt=attempts, error=str(error))]
         if retryable and attempts < self.qcfg.max_attempts:
             delay = self.qcfg.retry_backoff_seconds * 2 ** (attempts - 1)
             return self._move(e, e.priority, "retry", errors=errors, not_before=now + delay,
@@ -337,31 +354,35 @@ class TrainingQueue:
         """Stop mid-file: back to the FRONT of its priority with its progress kept; not a failed attempt."""
         e = self._processing(name)
         return self._move(e, e.priority, "requeued", order=self._front_order(e.priority),
-                          attempts=max(0, int(e.meta.get("attempts", 1)) - 1), not_before=None,
-                          progress=progress if progress is not None else e.meta.get("progress"),
-                          interruptions=int(e.meta.get("interruptions", 0)) + 1, last_interruption=reason)
+                          attempts=max(0, e.meta.attempts - 1), not_before=None,
+                          progress=progress if progress is not None else e.meta.progress,
+                          interruptions=e.meta.interruptions + 1, last_interruption=reason)
 
     def _front_order(self, prio: str) -> float:
-        orders = [e.meta.get("order", 0.0) for e in self.entries((prio,))]
+        orders = [e.meta.order for e in self.entries((prio,))]
         return min(orders + [time.time()]) - 1.0
 
     def skip(self, name: str, reason: str) -> QueueEntry:
         """Set a waiting or processing file aside into failed/ with the reason; `retry` brings it back."""
         e = self.find(name, PRIORITIES + ("processing",))
-        errors = list(e.meta.get("errors") or []) + [{"at": now_iso(), "error": f"skipped: {reason}"}]
+        errors = [*e.meta.errors, ErrorEntry(at=now_iso(), error=f"skipped: {reason}")]
         return self._move(e, "failed", "skipped", errors=errors, skipped=True, finished_at=now_iso())
 
     def reject(self, name: str, report) -> QueueEntry:
         """A queued or processing file refused by a later validation level (STANDARD): to rejected/ with its report."""
         e = self.find(name, PRIORITIES + ("processing",))
         report.write(self._sidecar(e.state, e.name, "reason"))
-        errors = list(e.meta.get("errors") or []) + [{"at": now_iso(), "error": report.summary()}]
+        errors = [*e.meta.errors, ErrorEntry(at=now_iso(), error=report.summary())]
         return self._move(e, "rejected", "rejected", errors=errors, finished_at=now_iso())
+
+    def reject_report(self, entry: QueueEntry) -> RejectReport | None:
+        """The file's NAME.reason.json (None without one; StateError when it is not a valid report)."""
+        return read_reject_report(entry.sidecar("reason"))
 
     def note_global_step_start(self, name: str, global_step: int) -> QueueEntry:
         """Record the global step of the file's first training step, once: a resume keeps the first value."""
         e = self.find(name)
-        if e.meta.get("global_step_start") is not None:
+        if e.meta.global_step_start is not None:
             return e
         return self._rewrite(e, global_step_start=int(global_step))
 
@@ -379,9 +400,18 @@ class TrainingQueue:
             return e
         return self._move(e, priority, "priority", priority=priority)
 
+    def defer(self, name: str, reason: str) -> QueueEntry:
+        """Set a waiting file aside into deferred/ with the reason (not trained, not failed); `retry` brings it back.
+        A name already taken in deferred/ (only an older version or a hand could do that) gets a free one."""
+        e = self.find(name, PRIORITIES)
+        new_name = self.unique_name(e.name) if (self.dir("deferred") / e.name).exists() else None
+        return self._move(e, "deferred", "deferred", reason=reason, new_name=new_name, deferred_at=now_iso(),
+                          deferred_reason=reason)
+
     def retry(self, name: str, priority: str | None = None) -> QueueEntry:
-        """failed/ -> its priority with attempts reset; rejected/ -> back to inbox/ to be validated again."""
-        e = self.find(name, ("failed", "rejected"))
+        """failed/ or deferred/ -> its priority with attempts reset; rejected/ -> back to inbox/ to be validated
+        again."""
+        e = self.find(name, ("failed", "rejected") + PARKED)
         if e.state == "rejected":
             inbox = self.layout.inbox
             target = inbox / e.name
@@ -389,7 +419,7 @@ class TrainingQueue:
                 raise QueueError(f"inbox/{e.name} already exists")
             job = e.sidecar("job")
             if job.exists():
-                os.replace(job, inbox / f"{stem_of(e.name)}.job.json")
+                os.replace(job, sidecar_path(target, "job"))
             os.rename(e.path, target)
             for kind in ("meta", "reason"):
                 try:
@@ -425,9 +455,9 @@ class TrainingQueue:
             if not count_as_attempt:
                 out.append(self.requeue_front(e.name, reason="recovered after restart"))
                 continue
-            attempts = int(e.meta.get("attempts", 1))
-            errors = list(e.meta.get("errors") or []) + [
-                {"at": now_iso(), "attempt": attempts, "error": "recovered from processing/ after an unclean shutdown"}]
+            attempts = max(e.meta.attempts, 1)
+            errors = [*e.meta.errors, ErrorEntry(at=now_iso(), attempt=attempts,
+                                                 error="recovered from processing/ after an unclean shutdown")]
             if attempts >= self.qcfg.max_attempts:
                 out.append(self._move(e, "failed", "failed", errors=errors, finished_at=now_iso()))
             else:
@@ -440,9 +470,9 @@ class TrainingQueue:
         fixed = 0
         where = {n: s for s in STATES for n in self._names(s)}
         for state in STATES:
-            for kind in SIDECAR_KINDS:
-                for p in self.dir(state).glob(f"*.{kind}.json"):
-                    name = p.name[: -len(f".{kind}.json")] + DATA_SUFFIX
+            for kind, suffix in zip(SIDECAR_KINDS, SIDECAR_SUFFIXES):
+                for p in self.dir(state).glob(f"*{suffix}"):
+                    name = p.name[: -len(suffix)] + DATA_SUFFIX
                     home = where.get(name)
                     if home is None or home == state:
                         continue
@@ -451,9 +481,8 @@ class TrainingQueue:
                         os.unlink(p)  # the one beside the data file was written after the rename: it wins
                     else:
                         if kind == "meta":
-                            meta = read_json(p) or {}
-                            meta["state"] = home
-                            atomic_write_json(target, meta)
+                            meta = self._read_meta(state, name) or QueueMeta(original_name=name)
+                            write_queue_meta(target, meta.changed(state=home))
                             os.unlink(p)
                         else:
                             os.replace(p, target)
@@ -464,14 +493,12 @@ class TrainingQueue:
                 from core.manifest import sha256_file
 
                 t = time.time()
-                meta = {"id": sha256_file(self.dir(state) / name), "name": name, "original_name": name,
-                        "schema_id": self.cfg.daemon.default_schema,
-                        "priority": state if state in PRIORITIES else self.cfg.daemon.default_priority,
-                        "state": state, "attempts": 0, "enqueued_at": now_iso(t), "started_at": None,
-                        "finished_at": None, "errors": [], "validation": {}, "global_step_start": None,
-                        "global_step_end": None, "order": t, "not_before": None, "progress": None,
-                        "history": [{"at": now_iso(t), "event": "sidecar recreated by repair"}]}
-                atomic_write_json(self._sidecar(state, name, "meta"), meta)
+                meta = QueueMeta(id=sha256_file(self.dir(state) / name), name=name, original_name=name,
+                                 schema_id=self.cfg.daemon.default_schema,
+                                 priority=state if state in PRIORITIES else self.cfg.daemon.default_priority,
+                                 state=state, enqueued_at=now_iso(t), order=t,
+                                 history=[HistoryEntry(at=now_iso(t), event="sidecar recreated by repair")])
+                write_queue_meta(self._sidecar(state, name, "meta"), meta)
                 logger.warning("queue/%s/%s had no sidecar: recreated it", state, name)
                 fixed += 1
         return fixed
@@ -511,13 +538,17 @@ def _table(rows: list[dict], cols: list[str]) -> str:
 
 def _row(e: QueueEntry) -> dict:
     m = e.meta
-    v = m.get("validation") or {}
-    return {"name": e.name, "state": e.state, "priority": m.get("priority"), "attempts": m.get("attempts", 0),
-            "examples": v.get("examples"), "warnings": v.get("warnings"), "enqueued": m.get("enqueued_at"),
-            "id": (m.get("id") or "")[:12], "original": m.get("original_name"),
-            "retry_at": m.get("retry_at") if m.get("not_before") else None,
-            "last_error": (", ".join(v["error_rules"]) if v.get("error_rules")
-                           else (m.get("errors") or [{}])[-1].get("error", "")[:80] if m.get("errors") else None)}
+    v = m.validation
+    if e.state == "deferred":
+        note = f"deferred: {m.deferred_reason or 'set aside by an older version'}"[:80]
+    elif v.error_rules:
+        note = ", ".join(v.error_rules)
+    else:
+        note = m.errors[-1].error[:80] if m.errors else None
+    return {"name": e.name, "state": e.state, "priority": m.priority, "attempts": m.attempts,
+            "examples": v.examples, "warnings": v.warnings, "enqueued": m.enqueued_at,
+            "id": (m.id or "")[:12], "original": m.original_name,
+            "retry_at": m.retry_at if m.not_before else None, "last_error": note}
 
 
 def _positive_int(text: str) -> int:
@@ -551,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("set-priority", help="move a waiting file to another priority")
     p.add_argument("name")
     p.add_argument("priority", choices=PRIORITIES)
-    p = sub.add_parser("retry", help="failed -> queue again; rejected -> inbox to be validated again")
+    p = sub.add_parser("retry", help="failed or deferred -> queue again; rejected -> inbox to be validated again")
     p.add_argument("name")
     p.add_argument("--priority", choices=PRIORITIES, default=None)
     p = sub.add_parser("remove", help="delete a waiting or finished file and its sidecars")
@@ -584,10 +615,10 @@ def main(argv: list[str] | None = None) -> int:
             out(rows, _table(rows, ["name", "state", "priority", "attempts", "examples", "enqueued", "id", "last_error"]))
         elif args.cmd == "show":
             e = queue.find(args.name)
-            reason = read_json(e.sidecar("reason"))
-            obj = {"state": e.state, "name": e.name, "meta": e.meta, "reason": reason}
-            text = json.dumps(e.meta, indent=2) + (f"\nreason: {reason.get('summary')}" if isinstance(reason, dict) else "")
-            out(obj, text)
+            reason = queue.reject_report(e)
+            obj = {"state": e.state, "name": e.name, "meta": e.meta.to_json(),
+                   "reason": reason.to_json() if reason else None}
+            out(obj, json.dumps(obj["meta"], indent=2) + (f"\nreason: {reason.summary}" if reason else ""))
         elif args.cmd == "set-priority":
             e = queue.set_priority(args.name, args.priority)
             out(_row(e), f"{e.name}: priority {e.priority}")
@@ -597,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "remove":
             e = queue.remove(args.name)
             out(_row(e), f"removed {e.state}/{e.name}")
-    except QueueError as exc:
+    except (QueueError, StateError) as exc:
         if args.json:
             print(json.dumps({"error": str(exc)}))
         else:

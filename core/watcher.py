@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from core.queue_store import DATA_SUFFIX, stem_of
+from core.state.queue_records import DATA_SUFFIX, JOB_SUFFIX, stem_of
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,6 @@ class _BenignStopRace(logging.Filter):
 
 logging.getLogger("watchdog.observers.inotify").addFilter(_BenignStopRace())
 
-JOB_SUFFIX = ".job.json"
 IGNORED_SUFFIXES = (".tmp", ".part")
 MAX_DEPTH = 8
 MAX_NAME = 150

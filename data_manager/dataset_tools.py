@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from core.validation.report import ValidationReport
-from core.validation.spec import get_spec, parse_job_sidecar, UnknownSchemaError
+from core.state.queue_records import JOB_SUFFIX, load_job_sidecar
+from core.validation.spec import get_spec, UnknownSchemaError
 from core.validation.validator import DataValidator, json_depth, role_order_problem
 from data_manager.importers.common import normalise_role, write_jsonl
 
 logger = logging.getLogger(__name__)
 
-JOB_SUFFIX = ".job.json"
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 LEVELS = ("quick", "standard", "deep")
 
@@ -51,17 +51,8 @@ def _stem(path: Path) -> str:
 
 def sidecar_schema(path: Path) -> tuple[str | None, list[tuple[int | None, str]]]:
     """schema_id from NAME.job.json beside the file (None without one) and its problems as (line, message)."""
-    job = path.with_name(_stem(path) + JOB_SUFFIX)
-    if not job.is_file():
-        return None, []
-    try:
-        raw = json.loads(job.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        return None, [(getattr(exc, "lineno", None), f"{job.name} is not valid JSON: {getattr(exc, 'msg', exc)}")]
-    sidecar, problems = parse_job_sidecar(raw)
-    if problems:
-        return None, [(None, f"{job.name}: {p}") for p in problems]
-    return sidecar.schema_id, []
+    sidecar, problems = load_job_sidecar(path.with_name(_stem(path) + JOB_SUFFIX))
+    return (sidecar.schema_id if sidecar else None), problems
 
 
 # --------------------------------------------------------------------- validate

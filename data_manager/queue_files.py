@@ -1,10 +1,9 @@
-"""Files waiting in Cadence's queue folders, as the data manager sees them.
+"""Files waiting in Cadence's queue, as the data manager sees them: how many, and which skill and level each holds.
 
-A data file is any non-hidden file that is not a sidecar (NAME.meta.json,
-NAME.job.json, NAME.reason.json) or a partial write (*.tmp, *.part). The
-skill and level of a queued file come from its job sidecar tags
-(`skill:NAME`, `level:N`), else its queue sidecar, else its first row's
-`metadata` (syllo_v1 rows carry `metadata.skill` and `metadata.level`).
+The folders, suffixes and sidecars are the queue's own (core.queue_store, core.state.queue_records). The skill
+and level of a queued file come from its tags (`skill:NAME`, `level:N`) in its job sidecar, else in its queue
+sidecar (which keeps the job sidecar's tags), else from its first row's `metadata` (syllo_v1 rows carry
+`metadata.skill` and `metadata.level`).
 
 Run as: imported by data_manager.manager (no entry point).
 """
@@ -13,18 +12,17 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
-from core.atomic_io import read_json
+from core.queue_store import PRIORITIES, data_file_names
+from core.state.base import StateError
+from core.state.queue_records import (DATA_SUFFIX, SIDECAR_SUFFIXES, QueueMeta, read_job_sidecar, read_queue_meta,
+                                      sidecar_path)
 
 logger = logging.getLogger(__name__)
 
-SIDECAR_SUFFIXES = (".meta.json", ".job.json", ".reason.json")
-QUEUE_PRIORITIES = ("high", "normal", "low")
-
 
 def is_data_file(path: Path) -> bool:
-    """A queued/dropped data file, not a sidecar, hidden file or partial write."""
+    """A dropped data file, not a sidecar, hidden file or partial write."""
     name = path.name
     return (path.is_file() and not name.startswith(".") and not name.endswith((".tmp", ".part"))
             and not name.endswith(SIDECAR_SUFFIXES))
@@ -32,54 +30,43 @@ def is_data_file(path: Path) -> bool:
 
 def queue_depth(layout) -> dict[str, int]:
     """Data files waiting per priority, plus those dropped in inbox/ and not yet ingested."""
-    depth = {}
-    for prio in QUEUE_PRIORITIES:
-        folder = layout.queue_dir(prio)
-        depth[prio] = sum(1 for p in folder.iterdir() if is_data_file(p)) if folder.is_dir() else 0
+    depth = {prio: len(data_file_names(layout.queue_dir(prio))) for prio in PRIORITIES}
     inbox = layout.inbox
-    depth["inbox"] = sum(1 for p in inbox.iterdir() if is_data_file(p) and p.suffix == ".jsonl") if inbox.is_dir() else 0
-    depth["total"] = sum(depth[k] for k in (*QUEUE_PRIORITIES, "inbox"))
+    depth["inbox"] = sum(1 for p in inbox.iterdir() if is_data_file(p) and p.name.endswith(DATA_SUFFIX)) \
+        if inbox.is_dir() else 0
+    depth["total"] = sum(depth[k] for k in (*PRIORITIES, "inbox"))
     return depth
 
 
-def sidecars_of(data_file: Path) -> list[Path]:
-    """NAME.meta.json / NAME.job.json / NAME.reason.json beside NAME.jsonl (also NAME.jsonl.meta.json)."""
-    out = []
-    for stem in dict.fromkeys((data_file.stem, data_file.name)):
-        for suffix in SIDECAR_SUFFIXES:
-            p = data_file.with_name(stem + suffix)
-            if p.exists():
-                out.append(p)
-    return out
-
-
-def _tags_level(tags: Any) -> tuple[str | None, int | None]:
+def _tags_level(tags: list[str]) -> tuple[str | None, int | None]:
     skill = level = None
-    for tag in tags if isinstance(tags, list) else []:
-        if isinstance(tag, str) and tag.startswith("skill:"):
+    for tag in tags:
+        if tag.startswith("skill:"):
             skill = tag[6:]
-        elif isinstance(tag, str) and tag.startswith("level:") and tag[6:].isdigit():
+        elif tag.startswith("level:") and tag[6:].isdigit():
             level = int(tag[6:])
     return skill, level
 
 
-def queued_skill_level(data_file: Path) -> tuple[str | None, int | None]:
-    """(skill, level) of a queued file: job sidecar tags, else the meta sidecar, else its first row's metadata."""
-    for side in sidecars_of(data_file):
-        doc = read_json(side, None)
-        if not isinstance(doc, dict):
+def queued_skill_level(data_file: Path, meta: QueueMeta | None = None) -> tuple[str | None, int | None]:
+    """(skill, level) of a queued file: job sidecar tags, else the queue sidecar's (`meta` when the caller has it),
+    else its first row's metadata."""
+    readers = [lambda: read_job_sidecar(sidecar_path(data_file, "job")),
+               lambda: meta if meta is not None else read_queue_meta(sidecar_path(data_file, "meta"))]
+    for read in readers:
+        try:
+            record = read()
+        except StateError as exc:  # a broken sidecar does not hide the next source
+            logger.warning("%s", exc)
             continue
-        for tags in (doc.get("tags"), (doc.get("job") or {}).get("tags") if isinstance(doc.get("job"), dict) else None):
-            skill, level = _tags_level(tags)
-            if skill and level:
-                return skill, level
-        if isinstance(doc.get("skill"), str) and isinstance(doc.get("level"), int):
-            return doc["skill"], doc["level"]
+        skill, level = _tags_level(record.tags) if record is not None else (None, None)
+        if skill and level:
+            return skill, level
     try:
         with open(data_file, encoding="utf-8") as fh:
-            meta = json.loads(fh.readline()).get("metadata") or {}
-        if isinstance(meta.get("skill"), str) and isinstance(meta.get("level"), int):
-            return meta["skill"], meta["level"]
+            first = json.loads(fh.readline()).get("metadata") or {}
+        if isinstance(first.get("skill"), str) and isinstance(first.get("level"), int):
+            return first["skill"], first["level"]
     except (OSError, ValueError, AttributeError):
         pass
     return None, None

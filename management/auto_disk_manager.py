@@ -111,15 +111,20 @@ def free_space(cfg, dry_run: bool = False, free_bytes: Callable[[], int] | None 
             for path in prune_backups(cfg, dry_run, now):
                 take("backup", Path(path), bsizes.get(path, 0))
     if not enough():  # step 4: old completed queue files
-        done = layout.queue_dir("recently_completed")
-        for p in _old_files(done, cfg.queue.completed_retention_days * 86400, now, ("*.jsonl",)):
+        from core.queue_store import QueueError, TrainingQueue
+        from core.state.queue_records import SIDECAR_KINDS, sidecar_path
+
+        queue = TrainingQueue(cfg)
+        for p in _old_files(queue.dir("recently_completed"), cfg.queue.completed_retention_days * 86400, now, ("*.jsonl",)):
             if enough():
                 break
-            group = [p] + [s for s in done.glob(p.stem + ".*") if s != p]
+            group = [p] + [sidecar_path(p, kind) for kind in SIDECAR_KINDS]
             size = sum(f.stat().st_size for f in group if f.exists())
             if not dry_run:
-                for f in group:
-                    f.unlink(missing_ok=True)
+                try:
+                    queue.remove(p.name)  # the file and its sidecars, with the queue's event
+                except QueueError:
+                    continue  # retried or removed meanwhile
             take("queue_completed", p, size)
     if not enough():  # step 5: old logs
         for p in _old_files(layout.logs, cfg.retention.log_retention_days * 86400, now, ("*.log.*", "*.gz", "*.log")):

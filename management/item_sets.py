@@ -81,8 +81,8 @@ def trained_sets(cfg, since_step: int | None, until_step: int | None) -> list[It
         return []
     done = []
     for e in TrainingQueue(cfg).entries(["recently_completed"]):
-        end = e.meta.get("global_step_end")
-        if e.id and isinstance(end, int) and end > since_step and (until_step is None or end <= until_step):
+        end = e.meta.global_step_end
+        if e.id and end is not None and end > since_step and (until_step is None or end <= until_step):
             done.append((end, e))
     out = []
     for _end, e in sorted(done, key=lambda x: x[0])[-cc.trained_files:]:
@@ -95,7 +95,7 @@ def trained_sets(cfg, since_step: int | None, until_step: int | None) -> list[It
         chat = [rows[i] for i in idx if isinstance(rows[i], dict) and "messages" in rows[i]]
         if chat:
             out.append(ItemSet(f"trained:{e.id[:12]}", "trained", _digest(e.id, t.seed, idx), chat,
-                               meta={"file": e.name, "global_step_end": e.meta.get("global_step_end")}))
+                               meta={"file": e.name, "global_step_end": e.meta.global_step_end}))
     return out
 
 

@@ -23,8 +23,9 @@ import psutil
 from core.atomic_io import read_json
 from core.system_metrics import disk_stats, gpu_stats, ram_stats
 from core.live_status import live_status
-from core.queue_store import PRIORITIES, STATES, TERMINAL, TrainingQueue, stem_of
+from core.queue_store import PRIORITIES, STATES, TrainingQueue, stem_of
 from core.state.base import StateError
+from core.state.queue_records import read_job_sidecar
 from core.state.training_status import TrainingStatus, read_training_status
 
 logger = logging.getLogger(__name__)
@@ -147,25 +148,28 @@ def _age(seconds: float) -> str:
 # ------------------------------------------------------------------- queue
 def queue_row(entry) -> dict:
     m = entry.meta
-    v = m.get("validation") or {}
-    errors = m.get("errors") or []
-    return {"name": entry.name, "state": entry.state, "priority": m.get("priority"), "id": m.get("id"),
-            "original_name": m.get("original_name"), "schema_id": m.get("schema_id"),
-            "attempts": m.get("attempts", 0), "enqueued_at": m.get("enqueued_at"), "started_at": m.get("started_at"),
-            "finished_at": m.get("finished_at"), "examples": v.get("examples"), "tokens": v.get("tokens"),
-            "warnings": v.get("warnings"), "validation": v, "retry_at": m.get("retry_at") if m.get("not_before") else None,
-            "global_step_start": m.get("global_step_start"), "global_step_end": m.get("global_step_end"),
-            "progress": m.get("progress"), "last_error": errors[-1].get("error") if errors else None,
-            "errors": len(errors), "has_reason": entry.sidecar("reason").exists()}
+    v = m.validation
+    return {"name": entry.name, "state": entry.state, "priority": m.priority, "id": m.id,
+            "original_name": m.original_name, "schema_id": m.schema_id,
+            "attempts": m.attempts, "enqueued_at": m.enqueued_at, "started_at": m.started_at,
+            "finished_at": m.finished_at, "examples": v.examples, "tokens": v.tokens,
+            "warnings": v.warnings, "validation": v.model_dump(mode="json"),
+            "retry_at": m.retry_at if m.not_before else None,
+            "global_step_start": m.global_step_start, "global_step_end": m.global_step_end,
+            "progress": m.progress.model_dump(mode="json") if m.progress else None,
+            "last_error": m.errors[-1].error if m.errors else None, "errors": len(m.errors),
+            "has_reason": entry.sidecar("reason").exists(),
+            "deferred_at": m.deferred_at, "deferred_reason": m.deferred_reason}
 
 
 def queue_listing(queue: TrainingQueue) -> dict:
-    """Waiting and processing files in claim order; terminal ones newest first (the last 100 of each)."""
+    """Waiting and processing files in claim order; terminal and deferred ones newest first (the last 100 of each)."""
     out: dict[str, Any] = {"status": queue.status(), "files": {}}
     for state in STATES:
         rows = [queue_row(e) for e in queue.entries((state,))]
-        if state in TERMINAL:
-            rows.sort(key=lambda r: r.get("finished_at") or r.get("enqueued_at") or "", reverse=True)
+        if state not in PRIORITIES + ("processing",):
+            rows.sort(key=lambda r: r.get("finished_at") or r.get("deferred_at") or r.get("enqueued_at") or "",
+                      reverse=True)
             out["files"][state] = rows[:TERMINAL_SHOWN]
             out.setdefault("truncated", {})[state] = max(0, len(rows) - TERMINAL_SHOWN)
         else:
@@ -176,8 +180,14 @@ def queue_listing(queue: TrainingQueue) -> dict:
 def queue_detail(queue: TrainingQueue, name: str) -> dict:
     """One file: its row, whole sidecar, job sidecar and validation (reject) report."""
     e = queue.find(name)
-    return {"file": queue_row(e), "meta": e.meta, "job": read_json(e.sidecar("job")),
-            "reason": read_json(e.sidecar("reason"))}
+    out = {"file": queue_row(e), "meta": e.meta.to_json()}
+    for kind, read in (("job", read_job_sidecar), ("reason", lambda _: queue.reject_report(e))):
+        try:
+            record = read(e.sidecar(kind))
+            out[kind] = record.to_json() if record is not None else None
+        except StateError as exc:  # shown as what it is, never a 500
+            out[kind] = {"error": str(exc)}
+    return out
 
 
 # ------------------------------------------------- checkpoints and rankings

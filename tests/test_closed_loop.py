@@ -56,5 +56,11 @@ def test_closed_loop_reaches_binary_level_2_and_deploys(tmp_path, tiny_model_dir
             served = client.get(f"http://127.0.0.1:{8765 + off}/v1/models").json()["data"][0]["version"]
         deployed = [json.loads(l) for l in (base / "status" / "deployments.jsonl").read_text().splitlines()]
         assert served in {d.get("version") for d in deployed if d.get("event") in ("loaded", "promoted")}
+        # every trained file's queue sidecar names its first and last global step
+        from core.state.queue_records import read_queue_meta
+
+        done = [read_queue_meta(p) for p in (base / "queue" / "recently_completed").glob("*.meta.json")]
+        assert done and all(m.global_step_start is not None and 1 <= m.global_step_start <= m.global_step_end
+                            for m in done), [(m.name, m.global_step_start, m.global_step_end) for m in done]
     finally:
         subprocess.run(services + ["stop", "--config", str(config)], cwd=REPO, env=env, capture_output=True)

@@ -177,6 +177,12 @@ def test_kill9_child_repeatedly_over_three_files(cadence):
     assert all(r["steps"] == r["total_steps"] for r in per_file)
     steps = assert_monotonic_steps(c)
     assert steps[-1] == sum(r["total_steps"] for r in per_file)
+    # each file's sidecar names its first and last global step, across every kill and resume
+    by_file = {}
+    for m in c.train_metrics():
+        by_file.setdefault(m["file"], []).append(m["global_step"])
+    assert [(c.meta("recently_completed", n)["global_step_start"], c.meta("recently_completed", n)["global_step_end"])
+            for n in names] == [(by_file[n][0], by_file[n][-1]) for n in names]
     crashes = [json.loads(l) for l in (c.layout.status / "crash_history.jsonl").read_text().splitlines()]
     assert len(crashes) == kills and {x["category"] for x in crashes} == {"killed"}
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from core.validation.spec import DATASET_SPECS, parse_job_sidecar
+from core.state.queue_records import parse_job_sidecar
+from core.validation.spec import DATASET_SPECS
 from data_manager import manager as manager_mod
 from data_manager.manager import (EVAL_SEED_BASE, TRAIN_SEED_MAX, DataManager, QualityError, check_quality,
                                   queue_depth, queued_skill_level)
@@ -242,6 +243,32 @@ def test_prune_moves_files_below_current_level_to_deferred(dm_factory):
     assert len(dm.prune_stale()) == 1 and len([p for p in deferred.glob("old_job*.jsonl")]) == 2
     assert queued_skill_level(current) == ("binary", 2)
     assert dm.status()["deferred_files"] == 4
+
+
+def test_prune_defers_through_the_queue(dm_factory, tmp_path):
+    from core.queue_store import TrainingQueue
+
+    dm = dm_factory()
+    for _ in range(3):
+        dm.record_eval("binary", 1, 1.0)  # binary now at level 2
+    queue = TrainingQueue(dm.cfg)
+    for name, level in (("stale", 1), ("current", 2)):
+        src = tmp_path / f"{name}.jsonl"
+        src.write_text(json.dumps({"messages": [{"role": "user", "content": name}, {"role": "assistant", "content": "a"}],
+                                   "metadata": {"skill": "binary", "level": level}}) + "\n")
+        job, _ = parse_job_sidecar({"schema_id": "syllo_v1", "tags": ["data_manager", "skill:binary", f"level:{level}"]})
+        queue.enqueue(src, file_id=f"{level:064d}", original_name=src.name, schema_id="syllo_v1", job=job)
+    (moved,) = dm.prune_stale()
+    entry = queue.find("stale")
+    assert moved == entry.path and entry.state == "deferred" and [e.name for e in queue.entries(["deferred"])] == ["stale.jsonl"]
+    step = entry.meta.history[-1]
+    assert (step.from_, step.to, step.event) == ("normal", "deferred", "deferred")
+    assert step.reason == entry.meta.deferred_reason == "binary level 1 is below the current level 2"
+    events = [json.loads(line) for line in dm.layout.events.read_text().splitlines()]
+    assert [(e["event"], e["file"], e["source"]) for e in events if e["event"] == "deferred"] == [("deferred", "stale.jsonl", "queue")]
+    assert queue.find("current").state == "normal" and dm.status()["deferred_files"] == 1
+    assert queue.retry("stale").state == "normal"  # the queue brings it back; the next prune defers it again
+    assert [p.name for p in dm.prune_stale()] == ["stale.jsonl"]
 
 
 def test_tick_prunes_before_counting_depth(dm_factory):

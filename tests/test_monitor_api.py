@@ -253,6 +253,24 @@ def test_queue_priority_retry_remove(client, token, demo):
     assert client.delete("/api/queue/operator_notes.jsonl", headers=auth(token)).status_code == 404
 
 
+def test_deferred_files_are_shown_and_retried(client, token, demo):
+    cfg, _ = demo
+    q = TrainingQueue(cfg)
+    q.defer("syllo_L2.jsonl", "syllo level 2 is below the current level 3")
+    listing = client.get("/api/queue").json()
+    assert listing["status"]["counts"]["deferred"] == 1 and "syllo_L2.jsonl" not in [
+        f["name"] for state in ("high", "normal", "low") for f in listing["files"][state]]
+    (row,) = listing["files"]["deferred"]
+    assert (row["name"], row["state"], row["deferred_reason"]) == (
+        "syllo_L2.jsonl", "deferred", "syllo level 2 is below the current level 3")
+    d = client.get("/api/queue/syllo_L2.jsonl").json()
+    assert d["meta"]["history"][-1]["event"] == "deferred" and d["reason"] is None
+    page = client.get("/static/app.js").text
+    assert '"deferred"' in page and "deferred_reason" in page  # the queue panel lists them with a retry button
+    r = client.post("/api/queue/syllo_L2.jsonl/retry", json={}, headers=auth(token))
+    assert r.status_code == 200 and r.json()["state"] == row["priority"] == q.find("syllo_L2.jsonl").state
+
+
 # ----------------------------------------------------------------- upload
 def test_upload_lands_in_inbox_and_is_validated_like_a_drop(client, token, demo, tmp_path):
     from core.watcher import Ingestor

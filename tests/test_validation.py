@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from core.validation.report import PolicyError, Policies
-from core.validation.spec import DATASET_SPECS, UnknownSchemaError, get_spec, parse_job_sidecar
+from core.state.queue_records import parse_job_sidecar
+from core.validation.spec import DATASET_SPECS, UnknownSchemaError, get_spec
 from core.validation.standard import supervised_runs
 from core.validation.validator import DataValidator, json_depth, role_order_problem
 

@@ -41,7 +41,7 @@ def reasons(queue: TrainingQueue) -> dict[str, dict]:
 
 
 def waiting(queue: TrainingQueue) -> dict[str, str]:
-    return {e.meta["original_name"]: e.state for e in queue.entries(PRIORITIES)}
+    return {e.meta.original_name: e.state for e in queue.entries(PRIORITIES)}
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_file_still_being_written_waits_for_close(watching):
         fh.write(text[len(text) // 2:])
     assert wait_for(lambda: "slow.jsonl" in waiting(queue), 10)
     (entry,) = queue.entries(PRIORITIES)
-    assert entry.meta["validation"]["examples"] == 50
+    assert entry.meta.validation.examples == 50
 
 
 def test_polling_takes_a_file_only_after_it_settles(make_config):
@@ -149,7 +149,7 @@ def test_polling_takes_a_file_only_after_it_settles(make_config):
     assert ing.scan_once() == [] and path.exists()
     time.sleep(0.45)
     (r,) = ing.scan_once()
-    assert r.accepted and r.entry.meta["validation"]["examples"] == 20
+    assert r.accepted and r.entry.meta.validation.examples == 20
 
 
 def test_polling_fallback_when_inotify_is_unavailable(make_config, monkeypatch):
@@ -272,7 +272,7 @@ def test_standard_gate_before_training(make_config):
     first = ing.queue.claim_next()
     assert first.name == "fine.jsonl" and standard_gate(cfg, ing.queue, first, validator)
     meta = ing.queue.find("fine").meta
-    assert meta["validation"]["level"] == "standard" and meta["validation"]["tokens"] > 0
+    assert meta.validation.level == "standard" and meta.validation.tokens > 0
     second = ing.queue.claim_next()
     assert second.name == "cut.jsonl" and not standard_gate(cfg, ing.queue, second, validator)
     rep = json.loads((ing.queue.dir("rejected") / "cut.reason.json").read_text())

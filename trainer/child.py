@@ -246,7 +246,7 @@ def _standard_gate(cfg, path: Path) -> bool:
         entry = queue.find(path.name, ("processing",))
     except QueueError:
         return True
-    if (entry.meta.get("validation") or {}).get("level") == "standard":
+    if entry.meta.validation.level == "standard":
         return True  # already passed on an earlier attempt
     return standard_gate(cfg, queue, entry, DataValidator(cfg))
 

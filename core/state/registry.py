@@ -30,6 +30,8 @@ NOT_RECORDS: tuple[tuple[str, str], ...] = (
     ("models/**/adapter_config.json", "a PEFT adapter folder's own file"),
     ("models/**/*.safetensors.index.json", "a sharded safetensors index (transformers)"),
     ("status/evals/*/*.jsonl", "held-out ladder items: training-format data, hashed in ladder.json"),
+    ("queue/rejected/*.job.json", "a refused file's job sidecar kept as the user wrote it (it may be why it was refused)"),
+    ("queue/.ingest/*.job.json", "a job sidecar being validated with its file, as the user wrote it"),
 )
 
 

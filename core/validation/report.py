@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from core.atomic_io import atomic_write_json
+from core.state.queue_records import RejectReport, write_reject_report
 
 Severity = Literal["error", "warning", "off"]
 
@@ -204,5 +204,9 @@ class ValidationReport:
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created_at)),
         }
 
+    def to_record(self) -> RejectReport:
+        return RejectReport.model_validate(self.to_dict())
+
     def write(self, path: str | Path) -> None:
-        atomic_write_json(path, self.to_dict())
+        """NAME.reason.json (core.state.queue_records.RejectReport)."""
+        write_reject_report(path, self.to_record())

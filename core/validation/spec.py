@@ -7,8 +7,8 @@ rejected (`UnknownSchemaError`). Every row of a file is checked against the
 spec by the QUICK level of `core.validation.validator`; this module only says
 what a valid row is and which of its strings are prompt and reply.
 
-The job sidecar model (`JobSidecar`) lives here too: it is the other thing a
-user writes by hand, and unknown keys in it are an error.
+The job sidecar a user writes beside a file (`JobSidecar`, unknown keys an
+error) is a queue record: core/state/queue_records.py.
 """
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ class DatasetSpec:
         try:
             self.row_model.model_validate(row)
         except ValidationError as exc:
-            return [(_loc(err["loc"]), _msg(err)) for err in exc.errors(include_url=False)]
+            return [(field_path(err["loc"]), problem_message(err)) for err in exc.errors(include_url=False)]
         return []
 
     def strings(self, row: dict) -> Iterator[tuple[str, str]]:
@@ -147,34 +147,14 @@ def get_spec(schema_id: str) -> DatasetSpec:
         raise UnknownSchemaError(str(schema_id)) from None
 
 
-class JobSidecar(_Strict):
-    """`NAME.job.json` beside a dropped file; every key optional, unknown keys an error."""
-
-    schema_id: StrictStr | None = Field(None, description="Dataset spec id; default daemon.default_schema.")
-    priority: Literal["high", "normal", "low"] | None = Field(None, description="Queue priority; default daemon.default_priority.")
-    epochs: StrictInt | None = Field(None, ge=1, le=1000, description="Passes over this file (overrides training.epochs).")
-    tags: list[StrictStr] = Field(default_factory=list, description="Free labels, kept in the queue sidecar.")
-    notes: StrictStr | None = Field(None, description="Free text, kept in the queue sidecar.")
-
-
-def parse_job_sidecar(data: Any) -> tuple[JobSidecar | None, list[str]]:
-    """(sidecar, []) or (None, every problem as 'key: message')."""
-    if not isinstance(data, dict):
-        return None, [f"(root): must be a JSON object, got {type(data).__name__}"]
-    try:
-        return JobSidecar.model_validate(data), []
-    except ValidationError as exc:
-        return None, [f"{_loc(e['loc']) or '(root)'}: {_msg(e)}" for e in exc.errors(include_url=False)]
-
-
-def _loc(loc: tuple) -> str:
+def field_path(loc: tuple) -> str:
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
-def _msg(err: dict) -> str:
+def problem_message(err: dict) -> str:
     if err["type"] == "extra_forbidden":
         return "unknown key (not part of the spec)"
     if err["type"] == "missing":

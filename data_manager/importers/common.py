@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from core.atomic_io import atomic_write_json, fsync_dir
-from core.validation.spec import get_spec, parse_job_sidecar
+from core.atomic_io import fsync_dir
+from core.state.queue_records import DATA_SUFFIX, JOB_SUFFIX, parse_job_sidecar, write_job_sidecar
+from core.validation.spec import get_spec
 from core.validation.validator import role_order_problem
 
 logger = logging.getLogger(__name__)
@@ -130,10 +131,10 @@ def write_to_inbox(rows: list[dict], inbox: str | os.PathLike, name: str, job: d
         raise ValueError("job sidecar: " + "; ".join(problems))
     stem = safe_stem(name)
     candidate, n = stem, 1
-    while (inbox / f"{candidate}.jsonl").exists() or (inbox / f"{candidate}.job.json").exists():
+    while (inbox / f"{candidate}{DATA_SUFFIX}").exists() or (inbox / f"{candidate}{JOB_SUFFIX}").exists():
         n += 1
         candidate = f"{stem}_{n}"
-    atomic_write_json(inbox / f"{candidate}.job.json", sidecar.model_dump(exclude_none=True, exclude_defaults=False))
+    write_job_sidecar(inbox / f"{candidate}{JOB_SUFFIX}", sidecar)
     data = inbox / f"{candidate}.jsonl"
     tmp = inbox / f".{candidate}.jsonl.tmp"
     with open(tmp, "wb") as fh:

@@ -1,9 +1,9 @@
 """The training queue: files per state with their sidecars, and the operator's changes to one file.
 
-    GET    /api/queue                        files per state with sidecars
+    GET    /api/queue                        files per state (deferred/ too) with sidecars
     GET    /api/queue/{name}                 one file with its validation report (404 if in no state)
     POST   /api/queue/{name}/priority  token PriorityRequest {priority}
-    POST   /api/queue/{name}/retry     token RetryRequest {priority?}
+    POST   /api/queue/{name}/retry     token RetryRequest {priority?}   failed or deferred -> queue; rejected -> inbox
     DELETE /api/queue/{name}           token the file and its sidecars (never the one being trained)
 
 {name} is a file name, an original name or an id prefix (core/queue_store.py
@@ -68,4 +68,4 @@ async def _change(operation: Callable[..., QueueEntry], *args) -> dict:
         raise ApiError(404 if missing else 409, msg, "not_found" if missing else "conflict") from None
     except FileNotFoundError as exc:
         raise ApiError(409, f"the file moved while being changed: {exc}", "conflict") from None
-    return {"ok": True, "name": entry.name, "state": entry.state, "priority": entry.meta.get("priority")}
+    return {"ok": True, "name": entry.name, "state": entry.state, "priority": entry.meta.priority}

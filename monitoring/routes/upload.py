@@ -23,9 +23,9 @@ from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
 
-from core.atomic_io import atomic_write_json
 from core.procs import live_pid
-from core.watcher import JOB_SUFFIX, queue_name
+from core.state.queue_records import JOB_SUFFIX, JobSidecar, write_job_sidecar
+from core.watcher import queue_name
 from monitoring.feed import LiveFeed
 from monitoring.protocol import ApiError, Priority
 from monitoring.routes.dependencies import Cfg, Feed, require_token
@@ -108,7 +108,7 @@ def _place(feed: LiveFeed, tmp: Path, name: str, job: dict) -> str:
     with _place_lock:
         final = _free_inbox_name(feed, name)
         if job:  # the sidecar first: the watcher takes a data file together with its NAME.job.json
-            atomic_write_json(inbox / (final[: -len(".jsonl")] + JOB_SUFFIX), job)
+            write_job_sidecar(inbox / (final[: -len(".jsonl")] + JOB_SUFFIX), JobSidecar(**job))
         os.rename(tmp, inbox / final)  # a rename into place: the watcher's cue that the file is complete
         return final
 

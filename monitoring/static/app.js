@@ -389,12 +389,13 @@
     let q;
     try { q = await api("/api/queue"); } catch (e) { return; }
     const c = q.status.counts;
-    $("queue-counts").textContent = `high ${c.high} · normal ${c.normal} · low ${c.low} · processing ${c.processing} · completed ${c.recently_completed} · failed ${c.failed} · rejected ${c.rejected}`;
-    const order = ["processing", "high", "normal", "low", "failed", "rejected", "recently_completed"];
+    $("queue-counts").textContent = `high ${c.high} · normal ${c.normal} · low ${c.low} · processing ${c.processing} · completed ${c.recently_completed} · failed ${c.failed} · rejected ${c.rejected} · deferred ${c.deferred ?? 0}`;
+    const order = ["processing", "high", "normal", "low", "failed", "rejected", "deferred", "recently_completed"];
     const rows = [];
     for (const state of order) for (const f of (q.files[state] || []).slice(0, state === "recently_completed" ? 10 : 50)) {
       const v = f.validation || {};
-      const note = f.last_error ? f.last_error : (v.level ? `${v.level}: ${v.errors ?? 0} errors, ${v.warnings ?? 0} warnings` : "");
+      const note = state === "deferred" ? `deferred: ${f.deferred_reason || "set aside by an older version"}`
+        : f.last_error ? f.last_error : (v.level ? `${v.level}: ${v.errors ?? 0} errors, ${v.warnings ?? 0} warnings` : "");
       const actions = el("td", {});
       if (["high", "normal", "low"].includes(state)) {
         const sel = el("select", { class: "qbtn", title: "change priority" }, ...["high", "normal", "low"].map((p) => { const o = el("option", {}, p); if (p === state) o.selected = true; return o; }));
@@ -402,7 +403,7 @@
         sel.addEventListener("change", (e) => { queueAction(f.name, "priority", { priority: e.target.value }); });
         actions.append(sel);
       }
-      if (state === "failed" || state === "rejected") actions.append(el("button", { class: "qbtn", onclick: (e) => { e.stopPropagation(); queueAction(f.name, "retry"); } }, "retry"));
+      if (state === "failed" || state === "rejected" || state === "deferred") actions.append(el("button", { class: "qbtn", onclick: (e) => { e.stopPropagation(); queueAction(f.name, "retry"); } }, "retry"));
       if (state !== "processing") actions.append(" ", el("button", { class: "qbtn danger", onclick: (e) => { e.stopPropagation(); queueAction(f.name, "remove"); } }, "remove"));
       rows.push(el("tr", { class: "clickable", title: "click for the sidecar and validation report", onclick: () => showDetails(f.name) },
         el("td", {}, tag(state === "recently_completed" ? "done" : state, state)), el("td", { title: f.original_name || "" }, f.name),
