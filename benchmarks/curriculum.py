@@ -1,6 +1,6 @@
 """Curriculum benchmark: minutes to each level in the closed loop, and accuracy at equal wall-clock vs TRL.
 
-Part A runs the whole embedded default (scripts/services.py start on a fresh base
+Part A runs the whole embedded default (`cadence start` on a fresh base
 dir with the repo's config.json, ports moved) for --minutes per champion rule
 (--rule paired|margin|both) and reports, per skill, the minutes from start to
 each level the curriculum promoted it to; how many versions were promoted; the
@@ -23,6 +23,8 @@ Run as:
 """
 from __future__ import annotations
 
+import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])  # run as `python benchmarks/curriculum.py`: the repo root, not benchmarks/
+
 import argparse
 import json
 import os
@@ -35,12 +37,15 @@ from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchmarks.report import BenchmarkRun  # noqa: E402
-from core.state.queue_records import DATA_SUFFIX, META_SUFFIX, read_queue_meta  # noqa: E402
+from benchmarks.report import BenchmarkRun
+from core.state.queue_records import DATA_SUFFIX, META_SUFFIX, read_queue_meta
+from core.config import Layout
+from core.state.curriculum import CurriculumState, read_curriculum
+from core.state.deployment import DeployEvent, deployment_events
+from core.state.ledger import ScoreStatus, read_ledger
 
 
 # ------------------------------------------------------------------------------------------- part A
@@ -51,10 +56,6 @@ def _ts(text: str | None) -> float | None:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 def _step(name: str | None) -> int | None:
     return int(name.rsplit("-", 1)[1]) if name and name.startswith("checkpoint-") else None
 
@@ -63,14 +64,15 @@ def serving_lag(base: Path, end: float) -> dict:
     """For every checkpoint the paired test judged better than the version served at that moment: the seconds until
     a checkpoint at least as new was served (censored at the end of the run), and the minutes in which some such
     checkpoint had been waiting for more than 5 minutes."""
-    ledger = json.loads((base / "status" / "comparisons.json").read_text()) if (base / "status" / "comparisons.json").exists() else {}
-    promoted = [(d["ts"], _step(d.get("checkpoint"))) for d in _jsonl(base / "status" / "deployments.jsonl")
-                if d.get("event") == "promoted" and _step(d.get("checkpoint")) is not None]
+    layout = Layout.from_base(base)
+    ledger = read_ledger(layout)
+    promoted = [(d.ts, _step(d.checkpoint)) for d in deployment_events(layout)
+                if d.event is DeployEvent.promoted and _step(d.checkpoint) is not None]
     better = []
-    for entry in (ledger.get("checkpoints") or {}).values():
-        first = next((v for v in entry.get("verdicts") or [] if (v.get("paired") or {}).get("accepted")), None)
+    for entry in (ledger.checkpoints.values() if ledger else ()):
+        first = next((v for v in entry.verdicts or [] if v.paired.accepted), None)
         if first:
-            better.append((_ts(first["at"]), int(entry["step"]), entry["checkpoint"]))
+            better.append((_ts(first.at), entry.step, entry.checkpoint))
     lags = []
     for at, step, name in sorted(better):
         served = next((ts for ts, s in sorted(promoted) if s >= step and ts >= at - 60), None)
@@ -86,7 +88,7 @@ def serving_lag(base: Path, end: float) -> dict:
     return {"better": len(better), "lags": lags, "minutes_waiting_over_5": waiting, "promotions": len(promoted)}
 
 
-def level_up_lag(base: Path, curriculum: dict) -> list[tuple[str, int, float | None]]:
+def level_up_lag(base: Path, curriculum: CurriculumState) -> list[tuple[str, int, float | None]]:
     """Per promotion (skill, new level): seconds from the level-up to the claim of the first file holding rows of
     that skill at the new level (None: none trained before the end)."""
     files = []
@@ -104,26 +106,24 @@ def level_up_lag(base: Path, curriculum: dict) -> list[tuple[str, int, float | N
                 levels.add((m.get("skill"), m.get("level")))
             files.append((started, levels))
     out = []
-    for skill, state in curriculum.get("skills", {}).items():
-        for p in state.get("promotions", []):
-            at = _ts(p["at"])
-            first = min((st for st, lv in files if st >= at - 1 and any(s == skill and (l or 0) >= p["to"] for s, l in lv)),
+    for skill, state in curriculum.skills.items():
+        for p in state.promotions:
+            at = _ts(p.at)
+            first = min((st for st, lv in files if st >= at - 1 and any(s == skill and (l or 0) >= p.to for s, l in lv)),
                         default=None)
-            out.append((skill, p["to"], None if first is None else first - at))
+            out.append((skill, p.to, None if first is None else first - at))
     return out
 
 
 def ladder_now(base: Path) -> dict:
     """The newest scored checkpoint's accuracy on every ladder rung."""
-    path = base / "status" / "comparisons.json"
-    if not path.exists():
-        return {}
-    entries = [e for e in json.loads(path.read_text())["checkpoints"].values() if e.get("status") == "scored"]
+    ledger = read_ledger(Layout.from_base(base))
+    entries = [e for e in ledger.checkpoints.values() if e.status is ScoreStatus.scored] if ledger else []
     if not entries:
         return {}
-    last = max(entries, key=lambda e: e["step"])
-    return {"checkpoint": last["checkpoint"], **{k: r.get("accuracy") for k, r in sorted((last.get("sets") or {}).items())
-                                                 if r.get("kind") == "ladder"}}
+    last = max(entries, key=lambda e: e.step)
+    return {"checkpoint": last.checkpoint, **{k: r.accuracy for k, r in sorted((last.sets or {}).items())
+                                              if r.kind == "ladder"}}
 
 
 def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int) -> dict:
@@ -153,18 +153,18 @@ def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int) -> d
         end = time.time()
         load1 = os.getloadavg()[0]
         subprocess.run(services + ["stop", "--config", str(base / "config.json")], cwd=REPO, stdout=subprocess.DEVNULL)
-    cur = json.loads((base / "status" / "curriculum.json").read_text()) if (base / "status" / "curriculum.json").exists() else {"skills": {}}
+    cur = read_curriculum(Layout.from_base(base).curriculum) or CurriculumState()
     steps = [m.global_step for m in read_metrics(Layout.from_base(base).metrics)][-50:]
     print(f"\nA. closed loop, rule {rule}, {minutes:g} min on the embedded default (base dir {base}); "
           f"load average {load0:.1f} at start, {load1:.1f} at end")
     print(f"{'skill':<8} {'level':>5}  minutes to each level")
     levels = {}
-    for skill, state in cur["skills"].items():
+    for skill, state in cur.skills.items():
         marks = []
-        for p in state.get("promotions", []):
-            marks.append(f"L{p['to']} @ {(_ts(p['at']) - started) / 60:.1f} min (step {p['step']})")
-        print(f"{skill:<8} {state['level']:>5}  {', '.join(marks) or '-'}")
-        levels[skill] = f"level {state['level']}: " + (", ".join(marks) or "no level-up")
+        for p in state.promotions:
+            marks.append(f"L{p.to} @ {(_ts(p.at) - started) / 60:.1f} min (step {p.step})")
+        print(f"{skill:<8} {state.level:>5}  {', '.join(marks) or '-'}")
+        levels[skill] = f"level {state.level}: " + (", ".join(marks) or "no level-up")
     lag = serving_lag(base, end)
     summary = {"rule": rule, "minutes": minutes, "load": (load0, load1), "levels": levels,
                "promotions": lag["promotions"], "global_step": max(steps or [0]), "better": lag["better"],
@@ -187,11 +187,11 @@ def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int) -> d
     if rungs:
         print("ladder accuracy of the newest scored checkpoint (" + rungs.pop("checkpoint") + "): "
               + ", ".join(f"{k.split(':', 1)[1]} {v:.0%}" for k, v in rungs.items() if v is not None))
-    ledger_path = base / "status" / "comparisons.json"
-    if ledger_path.exists():
-        entries = list(json.loads(ledger_path.read_text())["checkpoints"].values())
-        secs = [e.get("score_seconds") for e in entries if e.get("status") == "scored" and e.get("score_seconds")]
-        fills = sum(len(e.get("baseline_scored") or {}) for e in entries)
+    ledger = read_ledger(Layout.from_base(base))
+    if ledger is not None:
+        entries = list(ledger.checkpoints.values())
+        secs = [e.score_seconds for e in entries if e.status is ScoreStatus.scored and e.score_seconds]
+        fills = sum(len(e.baseline_scored or {}) for e in entries)
         if secs:
             print(f"scoring: {len(secs)} checkpoints, median {sorted(secs)[len(secs) // 2]:.0f}s each; "
                   f"deployed-version scorings of a new set: {fills}")

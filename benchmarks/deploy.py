@@ -27,6 +27,8 @@ Run as:
 """
 from __future__ import annotations
 
+import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])  # run as `python benchmarks/deploy.py`: the repo root, not benchmarks/
+
 import argparse
 import json
 import os
@@ -40,11 +42,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-import httpx  # noqa: E402
+import httpx
 
-from benchmarks.report import BenchmarkRun  # noqa: E402
+from benchmarks.report import BenchmarkRun
 
 ADMIN_TOKEN = "bench-admin-token"
 
@@ -227,8 +228,10 @@ def run_one(preset: str, model_dir: Path | None, args) -> dict:
 
 def lifecycle_path(cfg, poll: float, saved: float, url: str) -> dict:
     """What the lifecycle worker does for one new checkpoint, timed phase by phase (wall clock, time.time())."""
-    from management.deployment_orchestrator import Orchestrator, active_content_id, history, load_state, tried_content_ids
-    from management.model_comparison_engine import load_ledger, pick_champion, score_new_checkpoints, unscored
+    from core.state.deployment import deployment_events, read_deployment_state
+    from management.champion_rule import pick_champion
+    from management.deployment_orchestrator import Orchestrator, active_content_id, tried_content_ids
+    from management.model_comparison_engine import load_ledger, score_new_checkpoints, unscored
     from management.model_versioner import create_version
 
     # detect: the worker polls; the checkpoint appears at a random point of its interval (half an interval on average)
@@ -265,10 +268,10 @@ def lifecycle_path(cfg, poll: float, saved: float, url: str) -> dict:
         marks["versioned"] = time.time()
         result = orch.deploy(champ["checkpoint"])
     watcher.join(5)
-    events = {h["event"]: h for h in history(cfg) if h.get("content_id") == champ["content_id"]}
+    events = {e.event.value: e for e in deployment_events(cfg.layout) if e.content_id == champ["content_id"]}
     for name in ("copied", "verified", "loaded", "health_ok", "promoted"):
         if name in events:
-            marks[name] = events[name]["ts"]
+            marks[name] = events[name].ts
     server_load = (result["timings"].get("local") or {}).get("server_load")
     t = {"detect": marks["detected"] - saved, "score": marks["scored"] - marks["detected"],
          "version": marks["versioned"] - marks["scored"]}
@@ -286,7 +289,8 @@ def lifecycle_path(cfg, poll: float, saved: float, url: str) -> dict:
     t["status"] = result["status"]
     t["server_load"] = server_load
     t["score_detail"] = entry.get("timings")
-    t["active"] = (load_state(cfg)["targets"].get("local") or {}).get("active", {}).get("version")
+    active = read_deployment_state(cfg.layout).active("local")
+    t["active"] = active.version if active else None
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in t.items()}
 
 

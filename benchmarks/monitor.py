@@ -18,6 +18,8 @@ Run as:
 """
 from __future__ import annotations
 
+import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])  # run as `python benchmarks/monitor.py`: the repo root, not benchmarks/
+
 import argparse
 import json
 import shutil
@@ -31,14 +33,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-import httpx  # noqa: E402
-import psutil  # noqa: E402
+import httpx
+import psutil
 
-from benchmarks.report import BenchmarkRun  # noqa: E402
-from core.state.metrics import Metric, append_metric  # noqa: E402
-from monitoring.demo import write_metrics  # noqa: E402
+from benchmarks.report import BenchmarkRun
+from core.state.metrics import Metric, append_metric
+from monitoring.demo import write_metrics
 
 
 def pct(values, p):

@@ -11,6 +11,8 @@ Run as:
 """
 from __future__ import annotations
 
+import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])  # run as `python benchmarks/restart.py`: the repo root, not benchmarks/
+
 import argparse
 import json
 import os
@@ -23,12 +25,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from core.config import Layout  # noqa: E402
-from core.procs import live_pid, pid_alive  # noqa: E402
-from benchmarks.report import BenchmarkRun  # noqa: E402
-from core.state.heartbeat import Heartbeat, read_heartbeat  # noqa: E402
+from core.config import Layout
+from core.procs import live_pid, pid_alive
+from core.state.heartbeat import Heartbeat, read_heartbeat
+from benchmarks.report import BenchmarkRun
 
 
 def wait(pred, timeout=120.0):

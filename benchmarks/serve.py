@@ -34,6 +34,8 @@ Run as:
 """
 from __future__ import annotations
 
+import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])  # run as `python benchmarks/serve.py`: the repo root, not benchmarks/
+
 import argparse
 import asyncio
 import json
@@ -50,10 +52,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-import httpx  # noqa: E402
+import httpx
 
 PROMPT = ("You are a careful assistant. Explain, step by step, how to add two binary numbers such as "
           "1011 and 0110, and say what the carry bit does in each column.")
@@ -166,7 +166,10 @@ class VllmDirect(Backend):
                 "--dtype", "float32", "--max-num-seqs", str(self.max_batch), *VLLM_DEFAULT_ARGS]
 
     def env(self):
-        return {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1"}
+        from inference.vllm_engine import cpu_thread_env
+
+        # The placement Cadence gives each version's server (unpinned, auto's thread count), so the two compare.
+        return {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", **cpu_thread_env({})}
 
     body = Cadence.body
 

@@ -48,18 +48,23 @@ Use --repeats 4 (contender order alternating) on a VM whose disk speed drifts.
 `--processes N`: Cadence alone, the same plan (each step = N micro-batches of
 --step-tokens / N tokens) on 1 process and on N processes with ddp and with fsdp
 (CPU: gloo; the ranks started with the environment the daemon gives them,
-core/launch.py). Reported: tok/s of all ranks together, the N-process overhead
-against 1 process, and per rank the peak RSS and the optimizer state it holds
-(FSDP2 shards the AdamW moments, so each rank holds ~1/N of them). On 2 cores
-expect no speed-up: the point is correctness and the cost of the collectives.
+core/launch.py): tok/s of all ranks together against 1 process, and per rank the
+bytes of parameters, gradients and optimizer state it holds (FSDP2: its shards)
+and its RSS, with the host's peak. A run that would not fit in the box's free
+memory is measured at --fit-layers and extrapolated (labelled so); see
+benchmarks/train_processes.py. On 2 cores expect no speed-up: the point is
+correctness, the cost of the collectives and the memory per rank.
 
 Run as:
     .venv/bin/python benchmarks/train_throughput.py                       # tiny model, ~4 min on 2 idle cores
     .venv/bin/python benchmarks/train_throughput.py --examples 300 --contenders cadence,trl
     .venv/bin/python benchmarks/train_throughput.py --preset qwen3-0.6b   # step time + checkpoint save/load
     .venv/bin/python benchmarks/train_throughput.py --processes 2         # 1 vs 2 processes, ddp and fsdp
+    .venv/bin/python benchmarks/train_throughput.py --processes 2 --preset qwen3-0.6b   # memory per rank, 0.6B
 """
 from __future__ import annotations
+
+import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])  # run as `python benchmarks/train_throughput.py`: the repo root, not benchmarks/
 
 import argparse
 import json
@@ -73,8 +78,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -170,7 +173,7 @@ def _hf_training_args(spec: dict, **extra):
     return dict(output_dir=spec["out_dir"], per_device_train_batch_size=spec["batch_size"],
                 gradient_accumulation_steps=1, learning_rate=spec["lr"], lr_scheduler_type="constant",
                 warmup_steps=0, optim="adamw_torch_fused", num_train_epochs=1, max_steps=spec.get("max_steps") or -1,
-                logging_steps=10, save_strategy="no", report_to="none", use_cpu=True, bf16=False, fp16=False,
+                logging_steps=10, save_strategy="no", report_to="none", use_cpu=_device().type == "cpu", bf16=False, fp16=False,
                 dataloader_num_workers=0, seed=spec["seed"], data_seed=spec["seed"], disable_tqdm=True, **OPTIM,
                 **extra)
 
@@ -314,6 +317,11 @@ def run_cadence(spec: dict, examples) -> dict:
         t.distributed, t.num_processes = spec["distributed"], spec["processes"]
         t.micro_batch_tokens, t.gradient_accumulation_steps = spec["micro_tokens"], spec["accumulation"]
     engine = TrainerEngine(cfg, new_run=True).setup()
+    probe = None
+    if spec.get("memory_probe"):
+        from benchmarks.train_processes import MemoryProbe
+
+        probe = MemoryProbe(engine)
     clock = StepClock()
     clock.started = time.perf_counter()
     train_step, checkpoint = engine._train_step, engine._checkpoint
@@ -326,6 +334,10 @@ def run_cadence(spec: dict, examples) -> dict:
         return loss, n_tokens
 
     def timed_checkpoint(reason):
+        if probe is not None:
+            probe.before_checkpoint()
+        if reason == "end_of_file" and spec.get("skip_final_checkpoint"):  # every rank alike: no collective waits
+            return None
         started = time.perf_counter()
         info = checkpoint(reason)
         saves.append(time.perf_counter() - started)
@@ -336,7 +348,8 @@ def run_cadence(spec: dict, examples) -> dict:
     if result.status != "completed":
         raise SystemExit(f"cadence did not complete the file: {result}")
     out = clock.result(spec["warmup_steps"], result.tokens, result.tokens)
-    out["optimizer_state_mb"] = _local_optimizer_bytes(engine.optimizer) / 1e6
+    if probe is not None:
+        out.update(probe.result())
     out["rank"] = engine.rank
     if spec.get("checkpoint"):
         info = [p for p in engine.checkpoint_root.iterdir() if p.name.startswith("checkpoint-")][-1]
@@ -358,17 +371,6 @@ def load_cadence(spec: dict) -> dict:
     return {"load_seconds": seconds}
 
 
-def _local_optimizer_bytes(optimizer) -> int:
-    """Bytes of optimizer state this process holds (its shard of a DTensor, all of a plain tensor)."""
-    total = 0
-    for values in optimizer.state.values():
-        for v in values.values():
-            local = v.to_local() if hasattr(v, "to_local") else v
-            if hasattr(local, "numel") and local.dim() > 0:
-                total += local.numel() * local.element_size()
-    return total
-
-
 def _tree_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
@@ -387,83 +389,10 @@ def worker(spec_path: Path) -> int:
         out = {"hf": run_hf, "trl": run_trl, "cadence": run_cadence}[spec["job"]](spec, examples)
     import resource
 
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out.setdefault("peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # a probe's: MB of 1e6
     rank = int(os.environ.get("RANK", "0"))
     Path(spec["result_path"] + (f".rank{rank}" if rank else "")).write_text(json.dumps(out))
     return 0
-
-
-def spawn_ranks(job: str, spec: dict, workdir: Path, verbose: bool, world: int, port: int) -> list[dict]:
-    """One job on `world` ranks (the daemon's launch environment); each rank's result, rank 0 first."""
-    from core.launch import RankGroup, rank_env
-
-    spec = dict(spec, job="cadence", result_path=str(workdir / f"result-{job}.json"), out_dir=str(workdir / f"run-{job}"))
-    spec_path = workdir / f"spec-{job}.json"
-    spec_path.write_text(json.dumps(spec))
-    log = open(workdir / f"{job}.log", "w")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path)]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    out = None if verbose else log
-    if world == 1:
-        procs = [subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)]
-    else:
-        procs = [subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=rank_env(env, r, world, port))
-                 for r in range(world)]
-    code = RankGroup(procs).wait()
-    log.close()
-    if code != 0:
-        raise SystemExit(f"{job} failed (exit {code}):\n{(workdir / f'{job}.log').read_text()[-3000:]}")
-    return [json.loads(Path(spec["result_path"] + (f".rank{r}" if r else "")).read_text()) for r in range(world)]
-
-
-def processes_mode(args, workdir: Path) -> int:
-    import torch
-    from scripts.make_tiny_model import build_model
-
-    world = args.processes
-    model_dir = build_model(workdir / "model", preset=args.preset, seed=args.seed)
-    rows = make_rows(args.examples, args.min_tokens, args.max_tokens, args.seed)
-    data_path = workdir / "data.jsonl"
-    data_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    examples = encode(rows, model_dir, args.max_length)
-    flops = model_flops(model_dir, examples)
-    micro = max(args.max_length, args.step_tokens // world)
-    spec = {"model_dir": str(model_dir), "data_path": str(data_path), "examples_path": str(workdir / "none.json"),
-            "max_length": min(args.max_length, micro), "step_tokens": args.step_tokens, "lr": args.lr,
-            "seed": args.seed, "warmup_steps": args.warmup_steps, "cadence_compile": args.cadence_compile,
-            "micro_tokens": micro, "accumulation": world, "processes": world, "max_steps": args.steps}
-    Path(spec["examples_path"]).write_text("[]")
-    print(f"model: {args.preset}, {flops['params'] / 1e6:.2f}M parameters; torch {torch.__version__}; "
-          f"{len(examples)} examples; each step = {world} micro-batches of <= {micro} tokens")
-    runs = {}
-    port = args.master_port
-    for name, mode, n in (("1 process", "ddp", 1), (f"ddp x{world}", "ddp", world), (f"fsdp x{world}", "fsdp", world)):
-        print(f"running {name} ...", flush=True)
-        runs[name] = spawn_ranks(name.replace(" ", "_"), dict(spec, distributed=mode, processes=n), workdir,
-                                 args.verbose, n, port)
-    print()
-    header = (f"{'run':14} {'steps':>5} {'tok/s (all ranks)':>17} {'best3 tok/s':>11} {'vs 1 proc':>9} {'MFU':>6}   "
-              "per rank: peak RSS MB / optimizer state MB")
-    print(header)
-    print("-" * len(header))
-    base = runs["1 process"][0]["tokens_per_s"]
-    base3 = runs["1 process"][0]["best_window_tokens_per_s"]
-    peak, _n = matmul_peak_gflops()
-    for name, ranks in runs.items():
-        r0 = ranks[0]
-        mfu = r0["tokens_per_s"] * flops["flops_per_token"] / (peak * 1e9 * len(ranks))  # peak of every rank's cores
-        per = ", ".join(f"{r['peak_rss_mb']:.0f} / {r['optimizer_state_mb']:.1f}" for r in ranks)
-        print(f"{name:14} {r0['steps']:>5} {r0['tokens_per_s']:>17.0f} {r0['best_window_tokens_per_s']:>11.0f} "
-              f"{r0['tokens_per_s'] / base:>8.2f}x {mfu:>6.1%}   {per}   (best3 {r0['best_window_tokens_per_s'] / base3:.2f}x)")
-    print(f"(tok/s counts the tokens of every rank's micro-batches; MFU against {len(runs['1 process'])} x the matmul "
-          f"peak measured now ({peak:.1f} GFLOP/s) per process, i.e. what the ranks' cores could do together)")
-    ddp, fsdp = runs[f"ddp x{world}"], runs[f"fsdp x{world}"]
-    ok = all(f["optimizer_state_mb"] < d["optimizer_state_mb"] for f, d in zip(fsdp, ddp))
-    print(f"FSDP2 holds less optimizer state per rank than DDP: {'yes' if ok else 'NO'} "
-          f"({fsdp[0]['optimizer_state_mb']:.1f} vs {ddp[0]['optimizer_state_mb']:.1f} MB on rank 0)")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"flops": flops, "runs": runs}, indent=2))
-    return 0 if ok else 1
 
 
 def spawn(job: str, spec: dict, workdir: Path, verbose: bool) -> dict:
@@ -489,41 +418,66 @@ def spawn(job: str, spec: dict, workdir: Path, verbose: bool) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- measurement
-def matmul_peak_gflops(sizes=(1024, 2048, 3072), repeats: int = 5) -> tuple[float, int]:
-    """Best fp32 torch.mm rate on this CPU (current torch thread count), and the size that reached it."""
+def _device():
+    """Where the contenders train: the GPU when there is one (HF Trainer, TRL and Cadence all pick it), else CPU."""
     import torch
 
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _timed(fn, device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def matmul_peak_gflops(sizes=None, repeats: int = 5) -> tuple[float, int]:
+    """Best fp32 torch.mm rate on the training device (CPU: current torch thread count; CUDA: with TF32 as the
+    process has it, off by default), and the size that reached it."""
+    import torch
+
+    device = _device()
+    sizes = sizes or ((2048, 4096, 8192) if device.type == "cuda" else (1024, 2048, 3072))
     best, best_n = 0.0, 0
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
         torch.mm(a, b)
         for _ in range(repeats):
-            started = time.perf_counter()
-            torch.mm(a, b)
-            rate = 2 * n ** 3 / (time.perf_counter() - started) / 1e9
+            rate = 2 * n ** 3 / _timed(lambda: torch.mm(a, b), device) / 1e9
             if rate > best:
                 best, best_n = rate, n
     return best, best_n
 
 
 def model_gemm_gflops(model_dir: Path, tokens: int, repeats: int = 3) -> float:
-    """fp32 rate of the model's own GEMMs (every linear layer, forward + both backward products) at `tokens` rows:
-    the ceiling for any engine on this model, since everything else it does adds time without adding model FLOPs."""
+    """fp32 rate of the model's own GEMMs (every linear layer, forward + both backward products) at `tokens` rows
+    on the training device: the ceiling for any engine on this model, since everything else it does adds time
+    without adding model FLOPs."""
     import torch
     from transformers import AutoConfig
 
+    device = _device()
     cfg = AutoConfig.from_pretrained(model_dir)
     d, heads, kv = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads
     head_dim = getattr(cfg, "head_dim", None) or d // heads
     shapes = [(d, heads * head_dim), (d, kv * head_dim), (d, kv * head_dim), (heads * head_dim, d),
               (d, cfg.intermediate_size), (d, cfg.intermediate_size), (cfg.intermediate_size, d)]
     best = float("inf")
-    tensors = [(torch.randn(tokens, i), torch.randn(i, o), torch.randn(tokens, o)) for i, o in shapes]
-    for _ in range(repeats):
-        started = time.perf_counter()
+    tensors = [tuple(torch.randn(*shape, device=device) for shape in ((tokens, i), (i, o), (tokens, o)))
+               for i, o in shapes]
+
+    def gemms():
         for x, w, g in tensors:
             x @ w, g @ w.T, x.T @ g  # forward, grad wrt input, grad wrt weight
-        best = min(best, time.perf_counter() - started)
+
+    for _ in range(repeats):
+        best = min(best, _timed(gemms, device))
     flops = sum(3 * 2 * tokens * i * o for i, o in shapes)
     return flops / best / 1e9
 
@@ -579,7 +533,7 @@ def throughput_mode(args, workdir: Path) -> int:
     print(f"step: ~{args.step_tokens} real tokens (hf: {batch_size} examples padded; trl: {args.trl_packing} packs of "
           f"<= {args.trl_pack_tokens} accumulated; cadence: micro_batch_tokens {args.step_tokens}), AdamW lr {args.lr}, fp32, "
           f"first {args.warmup_steps} steps untimed")
-    print(f"matmul peak: {peak:.1f} GFLOP/s (fp32 torch.mm {peak_n}x{peak_n}); this model's own layer GEMMs at "
+    print(f"matmul peak: {peak:.1f} GFLOP/s (fp32 torch.mm {peak_n}x{peak_n} on {_device().type}); this model's own layer GEMMs at "
           f"{args.step_tokens} rows: {gemm:.1f} GFLOP/s = {gemm / peak:.0%} of peak (the MFU ceiling for any engine)")
     spec = {"model_dir": str(model_dir), "examples_path": str(examples_path), "data_path": str(data_path),
             "max_length": min(args.max_length, args.step_tokens), "step_tokens": args.step_tokens, "batch_size": batch_size, "lr": args.lr,
@@ -746,10 +700,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=None,
                         help="compare Cadence on 1 vs N processes (ddp and fsdp, CPU gloo); see the description")
     parser.add_argument("--master-port", type=int, default=18650, help="--processes: rank-0 rendezvous port")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="--processes: the preset's widths with this many layers (default: the preset's)")
+    parser.add_argument("--fit-layers", default="2,4",
+                        help="--processes: layer counts measured when a full-depth run would not fit in memory "
+                             "(default 2,4)")
+    parser.add_argument("--memory-headroom-gb", type=float, default=2.0,
+                        help="--processes: a run starts at full depth only if its estimate + this fits in MemAvailable")
+    parser.add_argument("--min-available-gb", type=float, default=1.5,
+                        help="--processes: kill a run's ranks if the host's MemAvailable falls below this")
+    parser.add_argument("--run-timeout", type=float, default=3600, help="--processes: seconds per run")
+    parser.add_argument("--reuse", default=None,
+                        help="--processes: take the runs an earlier invocation with the same arguments kept in its "
+                             "JSON_PATH.partial instead of running them again")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(Path(args.worker))
+    if args.processes is not None and args.processes < 2:
+        parser.error("--processes must be at least 2 (1 process is the baseline every run is compared with)")
+    try:
+        args.fit_layers = sorted({int(x) for x in args.fit_layers.split(",") if x.strip()})
+    except ValueError:
+        parser.error(f"--fit-layers {args.fit_layers!r}: a comma list of layer counts")
+    if len(args.fit_layers) < 2 or args.fit_layers[0] < 1:
+        parser.error("--fit-layers needs at least two distinct positive layer counts (a line needs two points)")
+    if args.layers is not None and (args.layers < 1 or not args.processes):
+        parser.error("--layers is a positive layer count, for --processes")
+    if args.processes and args.preset == "qwen3-0.6b":  # memory per rank: a few short steps
+        args.examples = args.examples or 48
+        args.min_tokens, args.max_tokens = args.min_tokens or 24, args.max_tokens or 96
+        args.max_length = min(args.max_length, 128)
+        args.step_tokens = args.step_tokens or 256
+        args.steps = args.steps or 3
+        args.warmup_steps = 1 if args.warmup_steps == 3 else args.warmup_steps
     big = (args.preset == "qwen3-0.6b" or args.checkpoint) and not args.processes
     args.examples = args.examples or (64 if big else 600)
     args.min_tokens = args.min_tokens or (24 if big else 30)
@@ -767,7 +751,9 @@ def main(argv: list[str] | None = None) -> int:
           "(other processes on this machine slow every contender; compare within one run only)")
     try:
         if args.processes:
-            return processes_mode(args, workdir)
+            from benchmarks import train_processes
+
+            return train_processes.processes_mode(args, workdir, Path(__file__).resolve(), sys.modules[__name__])
         return checkpoint_mode(args, workdir) if big and not args.throughput else throughput_mode(args, workdir)
     finally:
         print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")

@@ -2,12 +2,12 @@
 
 `config.json` at the repository root is parsed once by each entry point into
 `CadenceConfig` and passed down; no other module reads the file. Every field
-has a description (shown by `python3 core/config.py --schema`), unknown keys
+has a description (shown by `cadence config --schema`), unknown keys
 are an error, and every problem is reported at once with its key path.
 
 Run as:
-    python3 core/config.py [--config config.json] [key=value ...]   # print the effective config
-    python3 core/config.py --schema                                 # field reference
+    cadence config [--config config.json] [key=value ...]   # print the effective config
+    cadence config --schema                                 # field reference
 """
 from __future__ import annotations
 
@@ -398,6 +398,16 @@ class Layout:
     events = property(lambda s: s.base_dir / "status" / "events.jsonl")
     comparisons = property(lambda s: s.base_dir / "status" / "comparisons.json")
     deployments = property(lambda s: s.base_dir / "status" / "deployments.jsonl")
+    # model-lifecycle and curriculum records (owner: core/state/deployment.py, ledger.py, curriculum.py, lifecycle.py)
+    deployment_state = property(lambda s: s.base_dir / "status" / "deployment_state.json")
+    comparison_validation = property(lambda s: s.base_dir / "status" / "comparison_validation.jsonl")
+    curriculum = property(lambda s: s.base_dir / "status" / "curriculum.json")
+    data_manager_state = property(lambda s: s.base_dir / "status" / "data_manager.json")
+    evals = property(lambda s: s.base_dir / "status" / "evals")  # the held-out ladder's rungs
+    ladder_index = property(lambda s: s.base_dir / "status" / "evals" / "ladder.json")  # core.state.curriculum.LADDER_INDEX_NAME
+    protected = property(lambda s: s.base_dir / "models" / "current_model" / "protected.json")
+    backups = property(lambda s: s.base_dir / "models" / "backups")
+    previous_runs = property(lambda s: s.base_dir / "models" / "previous_runs")
 
     def queue_dir(self, state: str) -> Path:
         return self.queue / state
@@ -547,27 +557,3 @@ def schema_reference() -> str:
 
     walk(CadenceConfig, "")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Validate config.json and print the effective configuration.")
-    add_config_args(parser)
-    parser.add_argument("--schema", action="store_true", help="print every field with its default and description")
-    parser.add_argument("extra", nargs="*", metavar="KEY=VALUE", help="overrides, same as --set")
-    args = parser.parse_args(argv)
-    if args.schema:
-        print(schema_reference())
-        return 0
-    try:
-        cfg = load_config(args.config, args.overrides + args.extra)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(cfg.to_json(), end="")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,12 +17,12 @@ latest checkpoint is mid-way through is claimed before any other. Every state ch
 checkpoints and exits; the file goes back to the front of its queue.
 
 Run as:
-    python3 core/training_daemon.py [--config config.json] [--set key=value]
-    (normally started by scripts/start_all.sh under safety/daemon_watchdog.py)
+    cadence daemon [--config config.json] [--set key=value]
+    python3 core/training_daemon.py ...       (the seed path; the watchdog starts the daemon this way)
+    (normally started by `cadence start` under the watchdog)
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -36,7 +36,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 from core import launch
-from core.config import CadenceConfig, ConfigError, add_config_args, load_config
+from core.config import CadenceConfig, ConfigError, load_config
+from core.ingest import Ingestor
 from core.control import consume_skip, consume_stop_after_file, request
 from core.procs import AlreadyRunning, InstanceLock, live_pid, remove_pid, terminate, write_pid
 from core.queue_store import QueueEntry, TrainingQueue
@@ -47,6 +48,7 @@ from core.state.events import append_event
 from core.state.faults import crash_history_path
 from core.state.heartbeat import Heartbeat, read_heartbeat
 from core.state.training_status import read_training_status
+from management.auto_disk_manager import free_space
 from safety import anti_stuck_monitor, crash_detector
 from safety.config_validator import critical_problems, disk_problems
 from trainer.checkpoint import latest_checkpoint  # no torch: lazy package
@@ -155,11 +157,6 @@ class TrainingDaemon:
             log_event(self.cfg, "recovered", file=e.name, counted_as_attempt=False)
 
     def _start_ingest(self) -> None:
-        try:
-            from core.watcher import Ingestor
-        except ImportError:  # ingest not installed: the queue can still be fed by training_queue.py add
-            logger.warning("core.watcher not available: inbox/ is not watched")
-            return
         self.ingestor = Ingestor(self.cfg, self.queue)
         self._ingest_stop = threading.Event()
         self._ingest_thread = threading.Thread(target=self._ingest_loop, name="ingest", daemon=True)
@@ -278,10 +275,6 @@ class TrainingDaemon:
         return False
 
     def _free_disk(self) -> None:
-        try:
-            from management.auto_disk_manager import free_space
-        except ImportError:
-            return
         try:
             freed = free_space(self.cfg)
             log_event(self.cfg, "disk_freed", detail=freed)
@@ -466,20 +459,3 @@ def _log_tail(path: Path, n_bytes: int = 16_384) -> str:
             return fh.read().decode("utf-8", "replace")
     except FileNotFoundError:
         return ""
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Cadence's 24/7 training daemon (supervisor; training runs in a child).")
-    add_config_args(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    try:
-        daemon = TrainingDaemon(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return daemon.run()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,15 +16,9 @@ The daemon calls:
     standard_gate(cfg, queue, entry, validator) -> bool   # after claim, before training
 
 Run as:
-    python3 core/ingest.py [--once] [--config config.json]     # watch inbox/ (Ctrl-C stops)
+    cadence ingest [--once] [--config config.json]     # watch inbox/ (Ctrl-C stops)
 """
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import logging
 import os
@@ -33,11 +27,12 @@ import stat
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from core.state.events import append_event
 from core.queue_store import DATA_SUFFIX, DuplicateError, QueueEntry, TrainingQueue, now_iso, stem_of
 from core.state.base import StateError
-from core.state.queue_records import (JOB_SUFFIX, SIDECAR_KINDS, ErrorEntry, IngestClaim, IngestOverrides,
+from core.state.queue_records import (INGEST_SUFFIX, JOB_SUFFIX, SIDECAR_KINDS, ErrorEntry, IngestClaim, IngestOverrides,
                                       JobSidecar, QueueMeta, ValidationSummary, load_job_sidecar, read_ingest_claim,
                                       sidecar_path, write_ingest_claim, write_queue_meta)
 from core.validation.report import ValidationReport
@@ -122,7 +117,7 @@ class Ingestor:
                overrides: IngestOverrides | dict | None = None) -> Path | None:
         """Rename src (and its sidecar) into queue/.ingest/; None when it vanished first."""
         token = f"{time.time_ns()}-{os.getpid()}"
-        info = self.staging / f"{token}.ingest.json"
+        info = self.staging / f"{token}{INGEST_SUFFIX}"
         write_ingest_claim(info, IngestClaim(original_name=original, queue_name=qname, taken_at=now_iso(),
                                              pid=os.getpid(), overrides=overrides or IngestOverrides()))
         staged = self.staging / f"{token}.data"
@@ -133,7 +128,7 @@ class Ingestor:
             return None
         if job_src is not None:
             try:
-                os.rename(job_src, self.staging / f"{token}.job.json")
+                os.rename(job_src, self.staging / f"{token}{JOB_SUFFIX}")
             except FileNotFoundError:
                 pass
         return staged
@@ -169,7 +164,7 @@ class Ingestor:
                                                       f"{self.cfg.daemon.orphan_sidecar_seconds:.0f}s")
             result = self._finish_reject(None, staged, qname, rep, state="rejected")
             try:
-                os.unlink(self.staging / (staged.name[: -len(".data")] + ".ingest.json"))
+                os.unlink(self.staging / (staged.name[: -len(".data")] + INGEST_SUFFIX))
             except FileNotFoundError:
                 pass
             return result
@@ -190,10 +185,10 @@ class Ingestor:
         if not src.is_file():
             return IngestResult(str(src), "rejected", message=f"{src}: not a regular file")
         job = src.with_name(stem_of(src.name) + JOB_SUFFIX)
-        write_ingest_claim(self.staging / f"{token}.ingest.json", IngestClaim(
+        write_ingest_claim(self.staging / f"{token}{INGEST_SUFFIX}", IngestClaim(
             original_name=str(src), queue_name=qname, overrides=overrides, taken_at=now_iso(), pid=os.getpid()))
         if job.is_file():
-            shutil.copyfile(job, self.staging / f"{token}.job.json")
+            shutil.copyfile(job, self.staging / f"{token}{JOB_SUFFIX}")
         if copy:
             shutil.copyfile(src, self.staging / f"{token}.part")
             os.rename(self.staging / f"{token}.part", staged)
@@ -204,18 +199,18 @@ class Ingestor:
     def recover_staging(self, include_own: bool = True) -> list[IngestResult]:
         """Files taken but not finished by a process that died are finished now (nothing stays in queue/.ingest/)."""
         out = []
-        for info in sorted(self.staging.glob("*.ingest.json")):
+        for info in sorted(self.staging.glob("*" + INGEST_SUFFIX)):
             claim = self._claim(info)
             owner = claim.pid if claim else None
             if owner == os.getpid() and not include_own:
                 continue
             if owner and owner != os.getpid() and _alive(owner):
                 continue  # another live process (the queue CLI's `add`) is ingesting it right now
-            staged = info.with_name(info.name[: -len(".ingest.json")] + ".data")
+            staged = info.with_name(info.name[: -len(INGEST_SUFFIX)] + ".data")
             if os.path.lexists(staged):
                 out.append(self.process_staged(staged))
             else:
-                job = info.with_name(info.name[: -len(".ingest.json")] + ".job.json")
+                job = info.with_name(info.name[: -len(INGEST_SUFFIX)] + JOB_SUFFIX)
                 if job.exists():
                     qname = claim.queue_name if claim else "recovered.jsonl"
                     self._finish_reject(None, job, qname, self._report(
@@ -235,12 +230,12 @@ class Ingestor:
     def process_staged(self, staged: Path) -> IngestResult:
         """Spec + QUICK (+ configured levels), then enqueue or reject. Never raises."""
         token = staged.name[: -len(".data")]
-        info_path = self.staging / f"{token}.ingest.json"
+        info_path = self.staging / f"{token}{INGEST_SUFFIX}"
         claim = self._claim(info_path)
         original = claim.original_name if claim else staged.name
         qname = claim.queue_name if claim else queue_name([Path(original).name])
         overrides = claim.overrides if claim else IngestOverrides()
-        job_path = self.staging / f"{token}.job.json"
+        job_path = self.staging / f"{token}{JOB_SUFFIX}"
         try:
             return self._validate_and_queue(staged, original, qname, overrides, job_path if job_path.exists() else None)
         except Exception as exc:  # noqa: BLE001 - a bad file must never take the daemon down
@@ -264,7 +259,7 @@ class Ingestor:
         token = staged.name.rsplit(".", 1)[0]
         result = self._finish_reject(staged, None, qname, self._report(original, rule, message, validator))
         try:
-            os.unlink(self.staging / f"{token}.ingest.json")
+            os.unlink(self.staging / f"{token}{INGEST_SUFFIX}")
         except FileNotFoundError:
             pass
         return result
@@ -280,7 +275,7 @@ class Ingestor:
             sidecar, problems = load_job_sidecar(job_path)
             if problems:
                 # the staged copy is TOKEN.job.json: the report names the file the user wrote
-                own = f"{stem_of(Path(original).name)}.job.json"
+                own = stem_of(Path(original).name) + JOB_SUFFIX
                 rep = self.validator.new_report(original, "arrival", validator="InboxWatcher")
                 for line, msg in problems:
                     rep.add("job_sidecar", own + msg[len(job_path.name):], line)
@@ -388,34 +383,3 @@ def standard_gate(cfg, queue: TrainingQueue, entry: QueueEntry, validator: DataV
     queue.update_meta(entry.name, validation=summary)
     queue.reject(entry.name, rep)
     return False
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from core.config import add_config_args, config_from_args
-
-    parser = argparse.ArgumentParser(description="Watch inbox/ and queue or reject every file dropped there.")
-    add_config_args(parser)
-    parser.add_argument("--once", action="store_true", help="take what is complete now and exit")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = config_from_args(args)
-    ingestor = Ingestor(cfg)
-    if args.once:
-        for r in ingestor.scan_once():
-            print(f"{r.outcome:9} {r.original_name} -> {r.state or '-'}/{r.name or '-'}  {r.message}")
-        return 0
-    stop = threading.Event()
-    try:
-        ingestor.run_forever(stop)
-    except KeyboardInterrupt:
-        stop.set()
-    return 0
-
-
-if __name__ == "__main__":
-    # run the importable module's main, so its classes are the ones every other module sees
-    from core.ingest import main as _main
-
-    sys.exit(_main())

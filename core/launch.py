@@ -27,12 +27,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 from core.procs import live_pid
 from core.state.base import StateError
 from core.state.child_result import CLEAN_EXITS, ChildResult, clear_child_result, read_child_result
+from safety import anti_stuck_monitor
+from trainer.child import pid_name
 
 logger = logging.getLogger(__name__)
 
@@ -170,8 +171,6 @@ def clear_results(layout, proc_count: int) -> None:
 
 def check_stuck(cfg, proc, started_at: float):
     """The anti-stuck verdict of the first silent rank (each rank writes its own heartbeat), else None."""
-    from safety import anti_stuck_monitor
-
     for rank, pid in enumerate(rank_pids(proc)):
         verdict = anti_stuck_monitor.check(cfg, pid, started_at, rank=rank)
         if verdict is not None:
@@ -181,11 +180,6 @@ def check_stuck(cfg, proc, started_at: float):
 
 def orphan_pids(layout) -> list[int]:
     """Live pids named by the rank pid files a previous daemon's group left (rank 0's is trainer.pid)."""
-    from trainer.child import pid_name
-
     stem = pid_name(1)[:-1]  # "trainer.rank"
     return [pid for path in sorted(layout.pids.glob(f"{stem}*.pid")) if (pid := live_pid(path))]
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("core/launch.py is a library (used by core/training_daemon.py)")

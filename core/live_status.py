@@ -7,29 +7,25 @@ boundary (a request made while the daemon is down applies when it starts):
   resume             continue the same file where it stopped (also restarts a daemon stopped by `stop`)
   stop               checkpoint at the next step and exit; the file goes back to the FRONT of its queue with its progress
   stop --after-file  finish the current file, then stop
-  skip               set the current file aside (queue/failed/, with the reason; `training_queue.py retry` brings it back)
+  skip               set the current file aside (queue/failed/, with the reason; `cadence queue retry` brings it back)
   clear              forget every pending request
   status             what is really running (stale status files and dead pids are shown as such)
 
 Run as:
-    python3 core/training_controller.py pause|resume|stop|skip|clear|status [--json] [--reason TEXT]
+    cadence control pause|resume|stop|skip|clear|status [--json] [--reason TEXT]     (cadence pause|resume also work)
+    python3 core/training_controller.py ...        (the seed path, the same command)
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import sys
 import time
-from pathlib import Path
 
-from core.atomic_io import read_json
-from core.config import CadenceConfig, add_config_args, config_or_exit
-from core.control import request
+from core.config import CadenceConfig
 from core.procs import live_pid
 from core.queue_store import TrainingQueue
 from core.state.base import StateError
 from core.state.control import read_control
+from core.state.deployment import read_deployment_state
 from core.state.faults import FaultStreak, fault_streak_path, read_fault_streak
 from core.state.heartbeat import Heartbeat, read_heartbeat
 from core.state.training_status import TrainingStatus, read_training_status
@@ -56,9 +52,12 @@ def live_status(cfg: CadenceConfig) -> dict:
     else:
         state = reported
     control = read_control(layout)
-    deploy_state = read_json(layout.status / "deployment_state.json", {}) or {}
-    actives = [t.get("active") for t in (deploy_state.get("targets") or {}).values() if isinstance(t, dict) and t.get("active")]
-    deployed_version = actives[0].get("version") if actives else None
+    try:
+        actives = [t.active for t in read_deployment_state(layout).targets.values() if t.active]
+    except StateError as exc:  # the status must answer; the broken file is named in the log
+        logger.error("%s", exc)
+        actives = []
+    deployed_version = actives[0].version if actives else None
     tq = TrainingQueue(cfg)
     queue = {p: tq.count(p) for p in ("high", "normal", "low", "processing")}
     streak = _read_or_none(lambda lay: read_fault_streak(fault_streak_path(lay)), layout) or FaultStreak()
@@ -110,32 +109,3 @@ def format_status(s: dict) -> str:
     lines.append(f"queue:        high {q['high']}  normal {q['normal']}  low {q['low']}  processing {q['processing']}")
     return "\n".join(lines)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Control the Cadence training daemon (works whether or not it is running).",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("action", choices=["pause", "resume", "stop", "skip", "clear", "status"])
-    parser.add_argument("--after-file", action="store_true", help="stop: finish the current file first")
-    parser.add_argument("--reason", default=None, help="recorded with the request (and with a skipped file)")
-    parser.add_argument("--json", action="store_true", help="status: machine-readable output")
-    add_config_args(parser)
-    args = parser.parse_args(argv)
-    cfg = config_or_exit(args)
-    cfg.layout.control.mkdir(parents=True, exist_ok=True)
-    if args.action == "status":
-        s = live_status(cfg)
-        print(json.dumps(s, indent=2) if args.json else format_status(s))
-        return 0
-    action = "stop_after_file" if args.action == "stop" and args.after_file else args.action
-    state = request(cfg.layout, action, args.reason)
-    running = live_pid(cfg.layout.pid_file("daemon")) is not None
-    when = "at the next step boundary" if running else "when the daemon starts (it is not running)"
-    if args.json:
-        print(json.dumps({"requested": action, "applies": when, "control": state.to_json()}, indent=2))
-    else:
-        print(f"{action} requested; applies {when}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -135,8 +135,19 @@ def build_manifest(folder: str | Path, model_only: bool = False, known: dict | N
 
 def write_manifest(folder: str | Path, model_only: bool = False, known: dict | None = None, **extra) -> dict:
     manifest = build_manifest(folder, model_only, known, **extra)
-    atomic_write_json(Path(folder) / MANIFEST_NAME, manifest)
+    save_manifest(folder, manifest)
     return manifest
+
+
+def save_manifest(folder: str | Path, manifest: dict) -> None:
+    """Write an edited manifest (a version's subset, one without stripped optimizer files) atomically."""
+    atomic_write_json(Path(folder) / MANIFEST_NAME, manifest)
+
+
+def read_manifest(folder: str | Path) -> dict | None:
+    """`folder`'s manifest, None when it has none or it is unreadable or without a `files` object."""
+    manifest = read_json(Path(folder) / MANIFEST_NAME)
+    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else None
 
 
 def _check_file(folder: Path, rel: str, meta: dict) -> str | None:
@@ -155,8 +166,8 @@ def _check_file(folder: Path, rel: str, meta: dict) -> str | None:
 
 
 def _read_manifest(folder: Path) -> dict:
-    manifest = read_json(folder / MANIFEST_NAME)
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+    manifest = read_manifest(folder)
+    if manifest is None:
         raise ManifestError(f"{folder}: {MANIFEST_NAME} missing or unreadable")
     return manifest
 

@@ -7,6 +7,7 @@ stale one (dead pid) is never trusted. Single instance is an OS lock (flock) on
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -131,8 +132,6 @@ def terminate(pid: int, timeout: float, sig: int = signal.SIGTERM) -> str:
 def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
     """Linux: ask the kernel to send `sig` to this process when its parent dies (no orphaned trainers)."""
     try:
-        import ctypes
-
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         PR_SET_PDEATHSIG = 1
         return libc.prctl(PR_SET_PDEATHSIG, sig) == 0

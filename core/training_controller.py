@@ -1,3 +1,3 @@
-"""Seed path kept for users and the original system's docs: `python3 core/training_controller.py ...` runs `core.live_status`'s CLI."""
+"""Seed path kept for users and the original system's docs: `python3 core/training_controller.py ...` is `cadence control ...`."""
 import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])  # the repo root, not core/
-from core.live_status import main; sys.exit(main())  # noqa: E402
+from core.cli.control import main; sys.exit(main())  # noqa: E402

@@ -1,3 +1,3 @@
-"""Seed path kept for users and the original system's docs: `python3 core/training_daemon.py ...` runs `core.daemon`'s CLI."""
+"""Seed path kept for users and the original system's docs: `python3 core/training_daemon.py ...` is `cadence daemon ...`."""
 import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])  # the repo root, not core/
-from core.daemon import main; sys.exit(main())  # noqa: E402
+from core.cli.daemon import main; sys.exit(main())  # noqa: E402

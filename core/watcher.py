@@ -15,15 +15,11 @@ watchdog's inotify observer wakes the loop; without inotify (or with
 `core.ingest.Ingestor` takes what this module reports as ready.
 
 Run as:
-    python3 core/watcher.py [--once] [--config config.json]     # same as python3 core/ingest.py
+    imported by core.ingest (no entry point; `cadence ingest` watches inbox/)
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import logging
 import os
@@ -303,18 +299,3 @@ class InboxWatcher:
         due = prev.since + wait  # its close event wakes the loop earlier
         self.next_due = due if self.next_due is None else min(self.next_due, due)
         return False
-
-
-def __getattr__(name: str):
-    # the ingest entry points used to live here; keep `from core.watcher import Ingestor` working
-    if name in ("Ingestor", "IngestResult", "standard_gate"):
-        from core import ingest
-
-        return getattr(ingest, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-if __name__ == "__main__":
-    from core.ingest import main as _main
-
-    sys.exit(_main())

@@ -1,5 +1,4 @@
 """Curriculum data for Cadence: built-in skills, the Skill API client, the curriculum and the data manager.
 
-Run as: python3 data_manager/manager.py --help, python3 data_manager/curriculum_manager.py --help,
-        python -m data_manager.skills --help
+Run as: cadence data --help, cadence curriculum --help, cadence skills --help
 """

@@ -22,24 +22,21 @@ newest accuracy falls below the threshold is "forgotten" (`forgetting`) and the
 data manager rehearses it more, in proportion to how far below the bar it is.
 
 Run as:
-    python3 data_manager/curriculum_manager.py status [--json]
-    python3 data_manager/curriculum_manager.py set SKILL LEVEL     # operator override, logged in the state
+    cadence curriculum status [--json]
+    cadence curriculum set SKILL LEVEL     # operator override, logged in the state
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import logging
-import sys
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from core.atomic_io import atomic_write_json, read_json
+from core.state.base import StateError, parse_record
+from core.state.curriculum import CurriculumState, read_curriculum, write_curriculum
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +85,7 @@ class Curriculum:
     @classmethod
     def from_config(cls, cfg, max_levels: dict[str, int] | None = None) -> "Curriculum":
         dm = cfg.data_manager
-        return cls(cfg.layout.status / "curriculum.json", dm.threshold, dm.window, max_levels)
+        return cls(cfg.layout.curriculum, dm.threshold, dm.window, max_levels)
 
     # -- state ------------------------------------------------------------
     @contextlib.contextmanager
@@ -102,14 +99,21 @@ class Curriculum:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def load(self) -> dict[str, Any]:
-        state = read_json(self.path, None)
-        if not isinstance(state, dict) or not isinstance(state.get("skills"), dict):
-            state = {"version": STATE_VERSION, "seq": 0, "skills": {}}
+        """The state as the rule edits it: a dict checked against CurriculumState (core/state/curriculum.py) on every
+        load and save. A torn or invalid file is not trusted: every skill starts at level 1 again (logged)."""
+        try:
+            record = read_curriculum(self.path)
+        except StateError as exc:
+            logger.warning("%s: starting the curriculum afresh", exc)
+            record = None
+        state = record.to_json() if record else {"version": STATE_VERSION, "seq": 0, "skills": {}}
+        state.setdefault("seq", 0)
+        state.setdefault("skills", {})
         return state
 
     def _save(self, state: dict[str, Any]) -> None:
         state["threshold"], state["window"], state["updated_at"] = self.threshold, self.window, _now()
-        atomic_write_json(self.path, state)
+        write_curriculum(self.path, parse_record(CurriculumState, state, str(self.path)))
 
     @staticmethod
     def _skill(state: dict[str, Any], skill: str) -> dict[str, Any]:
@@ -245,47 +249,3 @@ class Curriculum:
                                if lvl < level and v.get("accuracy") is not None and v["accuracy"] + 1e-12 < self.threshold},
             }
         return {"threshold": self.threshold, "window": self.window, "skills": out, "updated_at": state.get("updated_at")}
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import json
-
-    from core.config import add_config_args, config_or_exit
-
-    parser = argparse.ArgumentParser(description="Show or override the curriculum levels (status/curriculum.json).")
-    add_config_args(parser)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_status = sub.add_parser("status", help="levels, counted evals and recent accuracy per skill")
-    p_status.add_argument("--json", action="store_true", help="machine-readable output")
-    p_set = sub.add_parser("set", help="operator override of a skill's level")
-    p_set.add_argument("skill")
-    p_set.add_argument("level", type=int)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    cfg = config_or_exit(args)
-    curriculum = Curriculum.from_config(cfg)
-    skills = [s.name for s in cfg.data_manager.skills]
-    if args.command == "set":
-        if args.level < 1:
-            print("error: level must be >= 1", file=sys.stderr)
-            return 2
-        curriculum.set_level(args.skill, args.level)
-        return 0
-    status = curriculum.status(skills)
-    if args.json:
-        print(json.dumps(status, indent=2))
-        return 0
-    print(f"curriculum ({curriculum.path}): advance when the mean of the last {status['window']} evals "
-          f"at the level >= {status['threshold']}")
-    for name, s in status["skills"].items():
-        mean = "-" if s["recent_mean"] is None else f"{s['recent_mean']:.3f}"
-        last = s["last_eval"]
-        last_txt = "none" if not last else f"L{last['level']} acc={last['accuracy']:.3f} step={last['step']}"
-        print(f"  {name:<10} level {s['level']:<3} evals at level {s['evals_at_level']:<3} recent mean {mean:<6} "
-              f"last eval {last_txt}  promotions {len(s['promotions'])}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,7 +18,7 @@
 * `file_stats`: counts, turns, roles, and token lengths with the model's
   tokenizer through STANDARD (min/median/p95/p99/max, supervised tokens).
 
-Run as: python3 scripts/dataset.py validate|fix|dedupe|stats FILE ... (this module is its library).
+Run as: cadence dataset validate|fix|dedupe|stats FILE ... (this module is its library).
 """
 from __future__ import annotations
 
@@ -36,8 +36,10 @@ from typing import Any
 from core.validation.report import ValidationReport
 from core.state.queue_records import JOB_SUFFIX, load_job_sidecar
 from core.validation.spec import get_spec, UnknownSchemaError
-from core.validation.validator import DataValidator, json_depth, role_order_problem
+from core.validation.validator import DataValidator, iter_rows, json_depth, role_order_problem
 from data_manager.importers.common import normalise_role, write_jsonl
+from core.queue_store import TrainingQueue
+from core.watcher import name_problem
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +61,6 @@ def sidecar_schema(path: Path) -> tuple[str | None, list[tuple[int | None, str]]
 def validate_file(path: str | os.PathLike, cfg, *, schema_id: str | None = None, level: str = "standard",
                   validator: DataValidator | None = None, check_queue: bool = False) -> ValidationReport:
     """One report with every problem the daemon would find, from arrival checks up to `level`."""
-    from core.watcher import name_problem
-
     path = Path(path)
     validator = validator or DataValidator(cfg)
     rep = validator.new_report(path.name, "arrival", schema_id, validator="dataset validate")
@@ -83,7 +83,7 @@ def validate_file(path: str | os.PathLike, cfg, *, schema_id: str | None = None,
         return rep
     if not path.name.endswith(".jsonl"):
         rep.add("unsupported_extension", f"{path.name!r}: only .jsonl files are ingested "
-                                         "(convert CSV/JSON with python3 -m data_manager.importers.generic)")
+                                         "(convert CSV/JSON with cadence import generic)")
         return rep
     side_schema, side_problems = sidecar_schema(path)
     for line, msg in side_problems:
@@ -102,8 +102,6 @@ def validate_file(path: str | os.PathLike, cfg, *, schema_id: str | None = None,
         rep.merge(validator.deep(path, schema_id, name=path.name))
         rep.level = "deep"
     if check_queue and rep.stats.get("sha256"):
-        from core.queue_store import TrainingQueue
-
         entry = TrainingQueue(cfg).find_by_id(rep.stats["sha256"])
         if entry is not None:
             rep.add("duplicate", f"the same content is already {entry.state}/{entry.name}")
@@ -351,8 +349,6 @@ def dedupe_file(path: str | os.PathLike, out: str | os.PathLike | None, *, norma
 # ------------------------------------------------------------------------ stats
 def file_stats(path: str | os.PathLike, cfg, *, schema_id: str | None = None, validator: DataValidator | None = None) -> dict:
     """Counts, turns and token lengths (the model's tokenizer and chat template, as in training)."""
-    from core.validation.validator import iter_rows
-
     path = Path(path)
     schema_id = schema_id or sidecar_schema(path)[0] or cfg.daemon.default_schema
     try:

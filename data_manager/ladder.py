@@ -14,7 +14,7 @@ its predecessors were tested on.
 first k items of the fixed file) and `set_digest(rung, k)` names that sample's
 version: two results with the same set digest are results on the same items.
 
-ladder.json: {"format": 1, "rungs": {"<skill>/<level>": {"skill", "level", "file", "sha256", "items", "seed", "written_at"}}}
+ladder.json: core/state/curriculum.py's LadderIndex ({"rungs": {"<skill>/<level>": RungRecord}}), read and written there.
 
 Run as: imported by data_manager.manager (no entry point).
 """
@@ -30,11 +30,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from core.atomic_io import atomic_write_json, atomic_write_text, read_json
+from core.atomic_io import atomic_write_text
+from core.state.base import StateError, parse_record
+from core.state.curriculum import LADDER_INDEX_NAME, LadderIndex, read_ladder_index, write_ladder_index
 
 logger = logging.getLogger(__name__)
 
-INDEX_NAME = "ladder.json"
 
 
 class LadderError(RuntimeError):
@@ -65,7 +66,7 @@ class Ladder:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self.index_path = self.root / INDEX_NAME
+        self.index_path = self.root / LADDER_INDEX_NAME
 
     def path(self, skill: str, level: int) -> Path:
         return self.root / skill / f"level_{level}.jsonl"
@@ -73,7 +74,7 @@ class Ladder:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f".{INDEX_NAME}.lock", "a+") as lock:
+        with open(self.root / f".{LADDER_INDEX_NAME}.lock", "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -81,8 +82,16 @@ class Ladder:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def index(self) -> dict[str, Any]:
-        data = read_json(self.index_path, None)
-        return data if isinstance(data, dict) and isinstance(data.get("rungs"), dict) else {"format": 1, "rungs": {}}
+        """The index as a dict, checked against LadderIndex (core/state/curriculum.py). A torn or invalid index is
+        rebuilt: the rung files present are adopted as they are (logged)."""
+        try:
+            record = read_ladder_index(self.index_path)
+        except StateError as exc:
+            logger.warning("%s: the rungs on disk are adopted again", exc)
+            record = None
+        index = record.to_json() if record else {"format": 1, "rungs": {}}
+        index.setdefault("rungs", {})
+        return index
 
     def recorded(self, skill: str, level: int) -> dict | None:
         return self.index()["rungs"].get(f"{skill}/{level}")
@@ -126,7 +135,7 @@ class Ladder:
     def _record(self, index: dict, key: str, skill: str, level: int, path: Path, digest: str, n: int, seed: int | None) -> None:
         index["rungs"][key] = {"skill": skill, "level": level, "file": str(path.relative_to(self.root)), "sha256": digest,
                                "items": n, "seed": seed, "written_at": _now()}
-        atomic_write_json(self.index_path, index)
+        write_ladder_index(self.index_path, parse_record(LadderIndex, index, str(self.index_path)))
 
     @staticmethod
     def _parse(path: Path, data: bytes, skill: str, level: int) -> list[dict[str, Any]]:

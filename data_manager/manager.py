@@ -30,30 +30,29 @@ gets more), and is sized by time (file_seconds at the measured training rate)
 so a file of a level just passed never trains for long.
 
 Run as:
-    python3 data_manager/manager.py status [--json]
-    python3 data_manager/manager.py generate [--force] [--count N] [--skill NAME]
-    python3 data_manager/manager.py tick | prune | evalsets
+    cadence data status [--json]
+    cadence data generate [--force] [--count N] [--skill NAME]
+    cadence data tick | prune | evalsets
 """
 from __future__ import annotations
 
+import calendar
 import json
 import logging
 import os
 import random
 import secrets
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from core.atomic_io import atomic_write_json, atomic_write_text, fsync_dir, read_json
+from core.atomic_io import fsync_dir
 from core.queue_store import PRIORITIES, QueueError, TrainingQueue
 from core.state.queue_records import JOB_SUFFIX, JobSidecar, write_job_sidecar
+from core.state.base import StateError, parse_record
+from core.state.curriculum import DataManagerState, read_data_manager_state, write_data_manager_state
 from data_manager.curriculum_manager import Curriculum, Decision
 from data_manager.ladder import Ladder, LadderError, Rung
 from data_manager.quality import QualityError, QualityReport, check_quality, tokenizer_counter  # noqa: F401 (re-exported)
@@ -127,8 +126,8 @@ class DataManager:
         self.curriculum = curriculum or Curriculum.from_config(cfg, max_levels)
         self._count_tokens = count_tokens
         self.clock = clock
-        self.state_path = self.layout.status / "data_manager.json"
-        self.ladder = Ladder(self.layout.status / "evals")
+        self.state_path = self.layout.data_manager_state
+        self.ladder = Ladder(self.layout.evals)
 
     # -- plumbing ---------------------------------------------------------
     @property
@@ -154,13 +153,20 @@ class DataManager:
             client.close()
 
     def load_state(self) -> dict[str, Any]:
-        state = read_json(self.state_path, None)
-        return state if isinstance(state, dict) else {"rotation_index": 0, "last_attempt_at": None,
-                                                      "last_generation_at": None, "batches_generated": 0}
+        """status/data_manager.json as a dict, checked against DataManagerState (core/state/curriculum.py) on every
+        load and save."""
+        try:
+            record = read_data_manager_state(self.state_path)
+        except StateError as exc:  # only the rotation and the cooldown clock are lost
+            logger.warning("%s: starting afresh", exc)
+            record = None
+        record = record or DataManagerState(rotation_index=0, last_attempt_at=None, last_generation_at=None,
+                                            batches_generated=0)
+        return record.to_json()
 
     def _save_state(self, state: dict[str, Any]) -> None:
         state["updated_at"] = _utcnow()
-        atomic_write_json(self.state_path, state)
+        write_data_manager_state(self.state_path, parse_record(DataManagerState, state, str(self.state_path)))
 
     # -- gating -----------------------------------------------------------
     def should_generate(self, now: float | None = None) -> tuple[bool, str]:
@@ -272,8 +278,6 @@ class DataManager:
 
     def training_rate(self, last: int = 5) -> float | None:
         """Examples per second of wall time (claim to completion) over the last completed generated files."""
-        import calendar
-
         rates = []
         try:
             done = TrainingQueue(self.cfg).entries(["recently_completed"])
@@ -475,79 +479,3 @@ class DataManager:
         return {"enabled": self.dm.enabled, "queue": queue_depth(self.layout), "min_queue_depth": self.dm.min_queue_depth,
                 "would_generate": ok, "reason": reason, "next_skill": self.next_skill() if self.skills else None,
                 "levels": self.curriculum.levels(self.skills), "deferred_files": deferred, **state}
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from core.config import add_config_args, config_or_exit
-
-    parser = argparse.ArgumentParser(description="Cadence data manager: curriculum data generation, pruning, eval sets.")
-    add_config_args(parser)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_status = sub.add_parser("status", help="queue depth, gate, rotation, levels, last batch")
-    p_status.add_argument("--json", action="store_true", help="machine-readable output")
-    p_gen = sub.add_parser("generate", help="generate one batch into inbox/ (obeys depth and cooldown unless --force)")
-    p_gen.add_argument("--force", action="store_true", help="ignore queue depth, cooldown and data_manager.enabled")
-    p_gen.add_argument("--count", type=int, default=None, help="samples in the batch (default data_manager.batch_size)")
-    p_gen.add_argument("--skill", default=None, help="skill to generate (default: next in rotation)")
-    sub.add_parser("tick", help="one daemon step: prune, then generate if the gate opens")
-    sub.add_parser("prune", help="defer queued files below the current level (queue/deferred/; the queue's retry brings one back)")
-    sub.add_parser("evalsets", help="write the held-out eval set of every skill at its current level")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = config_or_exit(args)
-    manager = DataManager(cfg)
-    try:
-        if args.command == "status":
-            status = manager.status()
-            if args.json:
-                print(json.dumps(status, indent=2, default=str))
-            else:
-                q = status["queue"]
-                print(f"data manager {'enabled' if status['enabled'] else 'disabled'}; queued {q['total']} "
-                      f"(high {q['high']}, normal {q['normal']}, low {q['low']}, inbox {q['inbox']}), "
-                      f"min depth {status['min_queue_depth']}, deferred {status['deferred_files']}")
-                print(f"next: {status['next_skill']} -> {'generate' if status['would_generate'] else 'wait'} ({status['reason']})")
-                print("levels: " + ", ".join(f"{k} {v}" for k, v in status["levels"].items()))
-                if status.get("last_batch"):
-                    b = status["last_batch"]
-                    print(f"last batch: {b['file']} ({b['skill']} L{b['level']}, {b['count']} samples, {b['at']})")
-                if status.get("last_error"):
-                    print(f"last error: {status['last_error']['message']} ({status['last_error']['at']})")
-            return 0
-        if args.command == "generate":
-            if args.count is not None and args.count < 1:
-                print("error: --count must be >= 1", file=sys.stderr)
-                return 2
-            if not args.force:
-                ok, reason = manager.should_generate()
-                if not ok:
-                    print(f"not generating: {reason} (use --force)")
-                    return 0
-            batch = manager.generate_batch(skill=args.skill, count=args.count)
-            print(f"wrote {batch.path} ({batch.skill} level {batch.level}, {batch.count} samples, seed {batch.seed})")
-            return 0
-        if args.command == "tick":
-            result = manager.tick()
-            print(f"{result.action}: {result.reason}" + (f" -> {result.batch.path}" if result.batch else ""))
-            for d in result.deferred:
-                print(f"deferred {d}")
-            return 0 if result.action != "failed" else 1
-        if args.command == "prune":
-            for d in manager.prune_stale():
-                print(f"deferred {d}")
-            return 0
-        if args.command == "evalsets":
-            for skill in manager.skills:
-                level, samples = manager.eval_set(skill)
-                print(f"{manager.eval_set_path(skill, level)}: {len(samples)} samples")
-            return 0
-    except (SkillAPIError, QualityError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,19 +9,14 @@ built in, else with a generic exact match (JSON compared parsed, text with
 whitespace normalised). `LocalSkillClient` offers the same methods on an
 in-process Skill, for tests and as a fallback when a built-in server is down.
 
-Run as: imported by data_manager.manager; `python3 data_manager/skill_api_client.py URL [LEVEL]` probes a server.
+Run as: imported by data_manager.manager; `cadence skills probe URL [LEVEL]` probes a server.
 """
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 
@@ -218,29 +213,3 @@ class LocalSkillClient:
             raise ValueError(f"{len(samples)} samples but {len(answers)} answers")
         results = [self.skill.score(s["assistant_response"], a).to_dict() for s, a in zip(samples, answers)]
         return ScoreReport(results, sum(r["correct"] for r in results), len(results), "builtin")
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import json
-
-    parser = argparse.ArgumentParser(description="Probe a Skill API server: health, info, levels and one sample.")
-    parser.add_argument("url", help="base URL, e.g. http://127.0.0.1:8090")
-    parser.add_argument("level", nargs="?", type=int, default=1, help="level of the sample (default 1)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    with SkillClient(args.url, retries=0) as client:
-        if not client.health():
-            print(f"{args.url}: not healthy", file=sys.stderr)
-            return 1
-        try:
-            print(json.dumps({"info": client.info(), "levels": client.levels().levels,
-                              "sample": client.generate(args.level, 1, seed=0)[0]}, indent=2, ensure_ascii=False))
-        except SkillAPIError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -46,6 +46,8 @@ from inference.protocol import LoadRequest, RollbackRequest, error_body
 from inference.registry import ModelRegistry
 from inference.scheduler import Scheduler
 from inference.serving import OpenAIServing, RequestError
+from inference.vllm_engine import VllmPool
+from inference.vllm_proxy import VllmProxy, passthrough_router
 
 logger = logging.getLogger(__name__)
 
@@ -243,8 +245,6 @@ def create_app(cfg, load_model: bool = True) -> FastAPI:
         metrics = Metrics(cfg.model.model_name)
         if cfg.inference.engine == "vllm":
             # Each version is a vLLM server (inference/vllm_engine.py); this process verifies, pins and relays.
-            from inference.vllm_engine import VllmPool
-            from inference.vllm_proxy import VllmProxy
             scheduler = VllmPool()
             registry = ModelRegistry(cfg, scheduler, metrics, loader=scheduler.load_version)
         else:
@@ -275,6 +275,5 @@ def create_app(cfg, load_model: bool = True) -> FastAPI:
                                                            "invalid_request_error", code=code))
     app.include_router(build_router())
     if cfg.inference.engine == "vllm":
-        from inference.vllm_proxy import passthrough_router
-        app.include_router(passthrough_router())  # vLLM's other POST /v1/* routes, after Cadence's own
+        app.include_router(passthrough_router(require_api_key))  # vLLM's other POST /v1/* routes, after Cadence's own
     return app

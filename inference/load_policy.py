@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 
 from inference.loader import ModelLoadError
+from management.deploy_transport import parse_destination
 
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
 MAX_NAME_BYTES = 255   # NAME_MAX: one path component
@@ -47,8 +48,6 @@ def check_path_text(path: str) -> str:
 
 def load_roots(cfg) -> list[Path]:
     """The folders loads may come from, resolved."""
-    from management.deploy_transport import parse_destination  # the owner of the destination format
-
     roots = [cfg.layout.models]
     for target in cfg.deploy.targets:
         if target.server_path:

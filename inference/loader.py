@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from core.atomic_io import read_json
-from core.manifest import MANIFEST_NAME, TRAINING_STATE_DIR, ManifestError, content_id, coverage_problems, verify_manifest
+from core.manifest import (MANIFEST_NAME, TRAINING_STATE_DIR, ManifestError, content_id, coverage_problems, read_manifest,
+                           verify_manifest)
 from core.state.base import StateError
 from core.state.trainer_state import read_trainer_state
 from core.version_label import InvalidLabel, check_label
@@ -114,8 +114,8 @@ def verify_folder(path: str | Path, version: str | None, cfg, require_manifest: 
     has_manifest = (folder / MANIFEST_NAME).exists()
     if not has_manifest and require_manifest:
         raise ModelLoadError("manifest_missing", f"{folder}: no {MANIFEST_NAME} (a digest per file is required to deploy)")
-    listed = read_json(folder / MANIFEST_NAME) if has_manifest else None
-    if has_manifest and not (isinstance(listed, dict) and isinstance(listed.get("files"), dict)):
+    listed = read_manifest(folder) if has_manifest else None
+    if has_manifest and listed is None:
         raise ModelLoadError("manifest_mismatch", f"{folder}/{MANIFEST_NAME}: unreadable or without a `files` object")
     # The label travels in headers and paths: checked before anything is hashed or loaded.
     try:

@@ -26,6 +26,7 @@ Library only; wired up by inference/app.py when cfg.inference.engine == "vllm".
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import gc
 import logging
 import math
@@ -82,11 +83,46 @@ def _has_cuda() -> bool:
         return False
 
 
+def cpu_thread_env(configured: dict[str, str]) -> dict[str, str]:
+    """vLLM-CPU's thread placement for one version's server, unless inference.vllm_env sets its own.
+
+    By default (VLLM_CPU_OMP_THREADS_BIND=auto) vLLM-CPU gives its worker the first cores of the machine, keeps
+    one core for its front end, and exports OMP_PLACES / OMP_PROC_BIND=true to the worker. libgomp applies that
+    binding to the worker's *initial thread* when torch loads it, so the whole worker process (its imports, its
+    model load, its warm-up) is pinned, not only its OpenMP team. Every server on the box computes the same
+    list, so during a swap the standby's worker is pinned to the one core the active worker already saturates
+    under load (core 0 on a 2-core box): the kernel cannot move it to the other core, and its start-up crawls on
+    a slice of that core (3.5 min between "OpenMP thread binding" and the worker's first line here at load ~12,
+    50 s unpinned; over the 600 s start budget under the swap test's load). Two versions must run side by side
+    for a transactional swap, so the servers are left unpinned ("nobind") with the thread count vLLM's auto
+    mode would have chosen (the usable physical cores less the one it keeps), set as OMP_NUM_THREADS so the
+    worker's torch uses exactly that many.
+    """
+    if "VLLM_CPU_OMP_THREADS_BIND" in configured:
+        return {}
+    env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    if "OMP_NUM_THREADS" not in configured:
+        env["OMP_NUM_THREADS"] = str(cpu_compute_threads())
+    return env
+
+
+def cpu_compute_threads() -> int:
+    """The usable physical cores less one (what vLLM-CPU's auto binding gives one worker on x86), at least 1."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in allowed:
+        try:
+            topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+            cores.add(((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip()))
+        except OSError:
+            cores.add(("", str(cpu)))
+    return max(1, len(cores) - 1)
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the thread that started it dies (the front killed with -9 must not
     leave a vLLM server holding memory and a port). Linux only; elsewhere the front's own shutdown stops it."""
     try:
-        import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
@@ -109,6 +145,8 @@ class VllmVersion:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.served_id = f"{cfg.model.model_name}@{version}"
         self.accepted_fields: dict[str, frozenset[str]] = {}
+        self.message_fields: frozenset[str] | None = None  # keys vLLM's schema allows on a chat message
+        self.template_reads: frozenset[str] = frozenset()  # request parts the chat template renders (see below)
         self.process: subprocess.Popen | None = None
         self.log_path = cfg.layout.logs / f"vllm-{re.sub(r'[^A-Za-z0-9._-]', '_', version)}.log"  # a label is no path
         self._stopped = threading.Event()
@@ -134,6 +172,8 @@ class VllmVersion:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
         env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
                     "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"})
+        if not _has_cuda():
+            env.update(cpu_thread_env(self.cfg.inference.vllm_env))
         env.update(self.cfg.inference.vllm_env)
         python = vllm_python(self.cfg)
         if not python.exists():
@@ -179,6 +219,9 @@ class VllmVersion:
             props = components.get(name, {}).get("properties")
             if props:
                 self.accepted_fields[kind] = frozenset(props)
+        messages = components.get("ChatCompletionRequest", {}).get("properties", {}).get("messages", {})
+        keys = _union_properties(messages.get("items", {}), components)
+        self.message_fields = frozenset(keys) if keys else None
 
     def smoke(self) -> int:
         """One chat request with the config's smoke prompt; returns the tokens generated. Raises ModelLoadError."""
@@ -229,6 +272,44 @@ class VllmVersion:
         logger.info("vLLM for %s stopped", self.version)
 
 
+def _union_properties(schema: dict, components: dict, depth: int = 0) -> set[str]:
+    """The property names of every object schema in `schema`'s union (anyOf/oneOf, $ref resolved)."""
+    if depth > 8:
+        return set()
+    if "$ref" in schema:
+        return _union_properties(components.get(schema["$ref"].rsplit("/", 1)[-1], {}), components, depth + 1)
+    out = set(schema.get("properties", {}))
+    for key in ("anyOf", "oneOf", "allOf"):
+        for sub in schema.get(key, []):
+            out |= _union_properties(sub, components, depth + 1)
+    return out
+
+
+# A request part vLLM hands to the chat template: if rendering with it gives the same prompt as without, the
+# model never sees it, and the front refuses it by name (inference/vllm_proxy.py) instead of letting it be ignored.
+_PROBE_TOOL = {"type": "function", "function": {"name": "cadence_probe", "description": "probe",
+                                                "parameters": {"type": "object", "properties": {}}}}
+
+
+def chat_template_reads(tokenizer) -> frozenset[str]:
+    """Which of `tools`, `reasoning_effort` and a message's `name` change the prompt this tokenizer's chat
+    template renders (measured by rendering with and without each)."""
+    user = [{"role": "user", "content": "hi"}]
+
+    def render(messages=user, **kwargs) -> str | None:
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+        except Exception:  # a template that fails on the part does not render it
+            return None
+
+    plain = render()
+    if plain is None:
+        return frozenset()
+    probes = {"tools": render(tools=[_PROBE_TOOL]), "reasoning_effort": render(reasoning_effort="low"),
+              "name": render([{"role": "user", "content": "hi", "name": "cadence_probe"}])}
+    return frozenset(k for k, text in probes.items() if text is not None and text != plain)
+
+
 def load_vllm_version(path, version: str | None, cfg, require_manifest: bool | None = None,
                       launcher=None) -> tuple[VllmVersion, dict]:
     """The registry's loader for engine=vllm: verify the folder, start its vLLM server, smoke it. Returns
@@ -244,6 +325,13 @@ def load_vllm_version(path, version: str | None, cfg, require_manifest: bool | N
     report["verify_seconds"] = round(time.monotonic() - t0, 3)
     served = VllmVersion(cfg, folder, verified.version, _global_step(folder, manifest),
                          content_id(manifest) if manifest else None, max_context)
+    tokenizer = verified.tokenizer
+    args = list(cfg.inference.vllm_args)
+    if "--chat-template" in args[:-1]:  # vLLM then renders with this template, not the folder's
+        given = args[args.index("--chat-template") + 1]
+        template_file = cfg.resolve(Path(given))
+        tokenizer.chat_template = template_file.read_text() if template_file.is_file() else given
+    served.template_reads = chat_template_reads(tokenizer)
     del verified  # the HF copy was only for the checks: vLLM loads its own
     gc.collect()
     t_start = time.monotonic()

@@ -27,7 +27,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from core.http_json import JsonBodyError, read_json_body
-from inference.protocol import error_body
+from inference.protocol import UNSUPPORTED, error_body
 from inference.serving import ModelLookup, RequestError
 
 logger = logging.getLogger(__name__)
@@ -127,12 +127,20 @@ class VllmProxy(ModelLookup):
             if key in data:
                 raise RequestError(400, f"`{key}` is a builtin-engine extension; inference.engine=vllm does not "
                                         "implement it", param=key, code="unsupported_parameter")
-        known = served.accepted_fields.get(kind)
+        known, dropped = served.accepted_fields.get(kind), set()
         if known is not None:
-            unknown = sorted(k for k in data if k not in known)
+            dropped = _openai_fields_vllm_lacks(data, known)
+            unknown = sorted(k for k in data if k not in known and k not in dropped)
             if unknown:
                 raise RequestError(400, f"unrecognized request field(s) {', '.join(unknown)}: vLLM would ignore them",
                                    param=unknown[0], code="unknown_parameter")
+        # OpenAI reads null (and `tools: []`) as "not given"; vLLM's schema refuses null for some fields (`n`) and an
+        # empty tools list, so they are dropped, as are OpenAI fields at the value that means "off" (`dropped`).
+        dropped |= {k for k, v in data.items() if v is None or (k == "tools" and v == [])}
+        if dropped:
+            data = {k: v for k, v in data.items() if k not in dropped}
+        if kind == "chat":
+            _check_chat_template_parts(data, served)
         asked = data.get("max_completion_tokens") or data.get("max_tokens")
         if isinstance(asked, int) and asked > icfg.max_tokens_cap:
             raise RequestError(400, f"max_tokens {asked} is over this server's cap of {icfg.max_tokens_cap}",
@@ -141,7 +149,7 @@ class VllmProxy(ModelLookup):
         if data.get("max_tokens") is None and data.get("max_completion_tokens") is None:
             defaults["max_tokens"] = icfg.default_max_tokens
         added = {k: v for k, v in defaults.items() if data.get(k) is None}
-        if not added:
+        if not added and not dropped:
             return None
         return json.dumps({**data, **added}).encode()
 
@@ -190,6 +198,53 @@ class VllmProxy(ModelLookup):
             await self._client.aclose()
 
 
+def _openai_fields_vllm_lacks(data: dict, known: frozenset) -> set[str]:
+    """The fields of `data` that OpenAI defines but this vLLM's schema lacks, all at their neutral value (dropped
+    before relaying: null, `store: false`, `service_tier: "auto"`, ...). One at any other value is refused by name,
+    exactly as the builtin engine refuses it (inference/protocol.py UNSUPPORTED)."""
+    dropped = set()
+    for key in sorted(data):
+        if key in known or key not in UNSUPPORTED:
+            continue
+        neutral, why = UNSUPPORTED[key]
+        if not neutral(data[key]):
+            raise RequestError(400, f"{why} by this vLLM (its API schema has no `{key}`)", param=key,
+                               code="unsupported_parameter")
+        dropped.add(key)
+    return dropped
+
+
+def _check_chat_template_parts(data: dict, served) -> None:
+    """Refuse by name what vLLM would hand to a chat template that never renders it (the model would not see it),
+    and message keys vLLM's schema does not define (it would drop them silently)."""
+    reads = served.template_reads
+    tools, choice = data.get("tools"), data.get("tool_choice")
+    # A required or named tool_choice is honoured without the template: vLLM constrains the output to a call.
+    if tools and "tools" not in reads and choice not in ("none", "required") and not isinstance(choice, dict):
+        raise RequestError(400, "this version's chat template does not render `tools`, so the model would never see "
+                                "them; use tool_choice \"required\" or a named tool (vLLM then constrains the answer "
+                                "to a call), or serve a model whose template renders tools", param="tools",
+                           code="unsupported_parameter")
+    if data.get("reasoning_effort") is not None and "reasoning_effort" not in reads:
+        raise RequestError(400, "this version's chat template does not read `reasoning_effort`",
+                           param="reasoning_effort", code="unsupported_parameter")
+    messages = data.get("messages")
+    if not isinstance(messages, list):
+        return  # vLLM's own validation answers
+    allowed = served.message_fields
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            continue
+        if allowed is not None:
+            for key in sorted(message):
+                if key not in allowed:
+                    raise RequestError(400, f"unrecognized message field `{key}`: vLLM would ignore it",
+                                       param=f"messages.{i}.{key}", code="unknown_parameter")
+        if message.get("name") is not None and "name" not in reads:
+            raise RequestError(400, "this version's chat template does not render a message's `name`",
+                               param=f"messages.{i}.name", code="unsupported_parameter")
+
+
 def _esc(value) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
 
@@ -216,11 +271,10 @@ def cadence_families(metrics, active, draining: list) -> str:
     return "\n".join(out) + "\n"
 
 
-def passthrough_router():
-    """POST /v1/<anything else> (responses, embeddings, ...) relayed to the active version with the same pinning."""
+def passthrough_router(require_api_key):
+    """POST /v1/<anything else> (responses, embeddings, ...) relayed to the active version with the same pinning;
+    `require_api_key` is the app's API-key dependency (passed in: this module is imported by inference.app)."""
     from fastapi import APIRouter, Depends
-
-    from inference.app import require_api_key
 
     router = APIRouter()
 

@@ -20,24 +20,21 @@ The training daemon calls `free_space(cfg)` when a file is refused for lack of
 disk; the lifecycle worker calls `check(cfg)` every retention.disk_check_interval.
 
 Run as:
-    python3 management/auto_disk_manager.py status [--json]
-    python3 management/auto_disk_manager.py free [--dry-run] [--json]
+    cadence disk status [--json]
+    cadence disk free [--dry-run] [--json]
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from management import retention
 from trainer.checkpoint import list_checkpoints
+from management.backup_manager import list_backups, prune_backups
+from management.model_versioner import list_versions, prune_versions
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +97,6 @@ def free_space(cfg, dry_run: bool = False, free_bytes: Callable[[], int] | None 
                 continue
             take("checkpoint", c.path, retention.delete_checkpoint(c, dry_run))
     if not enough():  # step 3: versions and backups beyond keep
-        from management.backup_manager import list_backups, prune_backups
-        from management.model_versioner import list_versions, prune_versions
-
         sizes = {v["name"]: (Path(v["path"]), retention.dir_size(Path(v["path"]))) for v in list_versions(cfg)}
         for name in prune_versions(cfg, dry_run):
             take("version", sizes[name][0], sizes[name][1])
@@ -149,41 +143,3 @@ def check(cfg, free_bytes: Callable[[], int] | None = None) -> dict | None:
     if free >= cfg.safety.warn_free_disk_gb * GB:
         return None
     return free_space(cfg, free_bytes=free_bytes)
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from core.config import add_config_args, config_or_exit
-
-    parser = argparse.ArgumentParser(description="Free disk space in a safe order (never the newest, deployed or best checkpoint).")
-    add_config_args(parser)
-    parser.add_argument("command", choices=["status", "free"], nargs="?", default="status")
-    parser.add_argument("--dry-run", action="store_true", help="list what would go, remove nothing")
-    parser.add_argument("--target-gb", type=float, help="free until this much is free (default: safety.warn_free_disk_gb)")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    cfg = config_or_exit(args)
-    if args.command == "status":
-        free = disk_free(cfg)
-        out = {"free_gb": round(free / GB, 2), "warn_gb": cfg.safety.warn_free_disk_gb, "min_gb": cfg.safety.min_free_disk_gb,
-               "current_model_gb": round(retention.dir_size(cfg.layout.current_model) / GB, 3),
-               "protected": retention.protected_checkpoints(cfg)}
-        print(json.dumps(out, indent=2) if args.json else
-              f"{out['free_gb']} GB free (warn below {out['warn_gb']}, refuse below {out['min_gb']}); "
-              f"current_model {out['current_model_gb']} GB; protected {out['protected']}")
-        return 0
-    out = free_space(cfg, dry_run=args.dry_run, target_free_gb=args.target_gb)
-    if args.json:
-        print(json.dumps(out, indent=2))
-    else:
-        for a in out["actions"]:
-            print(f"{'would remove' if args.dry_run else 'removed'} [{a['step']}] {a['path']} ({a['bytes'] / 1e6:.1f} MB)")
-        print(f"{out['free_before_gb']} GB free before, {out['free_after_gb']} GB {'would be ' if args.dry_run else ''}free after "
-              f"(target {out['target_gb']} GB)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

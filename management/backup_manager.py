@@ -8,29 +8,24 @@ when it has one. Only a verified backup counts; a failed one is removed and
 the caller's destructive step must not run (BackupError).
 
 Run as:
-    python3 management/backup_manager.py list [--json]
-    python3 management/backup_manager.py create PATH [--label NAME] [--json]
-    python3 management/backup_manager.py prune [--json]
+    cadence backup list [--json]
+    cadence backup create PATH [--label NAME] [--json]
+    cadence backup prune [--json]
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from core.atomic_io import atomic_write_json, fsync_dir, read_json
-from core.manifest import MANIFEST_NAME, ManifestError, build_manifest, verify_manifest
+from core.atomic_io import fsync_dir
+from core.manifest import ManifestError, read_manifest, verify_manifest, write_manifest
+from core.state.base import StateError
+from core.state.lifecycle import BackupInfo, read_backup_info, write_backup_info
 
 logger = logging.getLogger(__name__)
-
-INFO_FILE = "backup.json"
 
 
 class BackupError(RuntimeError):
@@ -38,7 +33,7 @@ class BackupError(RuntimeError):
 
 
 def backups_dir(cfg) -> Path:
-    return cfg.layout.models / "backups"
+    return cfg.layout.backups
 
 
 def link_or_copy_tree(src: Path, dst: Path, skip_top: tuple[str, ...] = ()) -> None:
@@ -71,12 +66,11 @@ def create_backup(cfg, source: str | Path, label: str | None = None) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         link_or_copy_tree(source, tmp)
-        src_manifest = read_json(source / MANIFEST_NAME)
-        if isinstance(src_manifest, dict) and isinstance(src_manifest.get("files"), dict):
+        if read_manifest(source) is not None:
             verify_manifest(tmp)  # the copy matches the source's own hashes
         else:
-            atomic_write_json(tmp / MANIFEST_NAME, build_manifest(tmp))
-        atomic_write_json(tmp / INFO_FILE, {"source": str(source), "label": label, "created_at": time.time()})
+            write_manifest(tmp)
+        write_backup_info(tmp, BackupInfo(source=str(source), label=label, created_at=time.time()))
         os.rename(tmp, final)
         fsync_dir(root)
     except (OSError, ManifestError) as exc:
@@ -92,9 +86,13 @@ def list_backups(cfg) -> list[dict]:
     if root.is_dir():
         for p in sorted(root.iterdir()):
             if p.is_dir() and not p.name.startswith("."):
-                info = read_json(p / INFO_FILE, {}) or {}
-                out.append({"name": p.name, "path": str(p), "source": info.get("source"),
-                            "created_at": info.get("created_at") or p.stat().st_mtime})
+                try:
+                    info = read_backup_info(p)
+                except StateError as exc:  # still listed (and pruned by age) by its folder's time
+                    logger.warning("%s", exc)
+                    info = None
+                out.append({"name": p.name, "path": str(p), "source": info.source if info else None,
+                            "created_at": info.created_at if info else p.stat().st_mtime})
     return sorted(out, key=lambda b: b["created_at"])
 
 
@@ -116,45 +114,3 @@ def prune_backups(cfg, dry_run: bool = False, now: float | None = None) -> list[
             shutil.rmtree(b["path"], ignore_errors=True)
             logger.info("removed backup %s", b["name"])
     return [b["path"] for b in doomed]
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from core.config import add_config_args, config_or_exit
-
-    parser = argparse.ArgumentParser(description="Hash-verified backups of model folders (models/backups/).")
-    add_config_args(parser)
-    parser.add_argument("command", choices=["list", "create", "prune"])
-    parser.add_argument("path", nargs="?", help="folder to back up (create)")
-    parser.add_argument("--label")
-    parser.add_argument("--dry-run", action="store_true")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    cfg = config_or_exit(args)
-    if args.command == "create":
-        if not args.path:
-            parser.error("create needs PATH")
-        try:
-            out = {"backup": str(create_backup(cfg, cfg.resolve(args.path), args.label))}
-        except BackupError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-    elif args.command == "prune":
-        out = {"removed": prune_backups(cfg, args.dry_run), "dry_run": args.dry_run}
-    else:
-        out = {"backups": list_backups(cfg)}
-    if args.json:
-        print(json.dumps(out, indent=2, default=str))
-    elif args.command == "list":
-        for b in out["backups"]:
-            print(f"{b['name']}  from {b['source']}")
-        print(f"{len(out['backups'])} backup(s)")
-    else:
-        print(json.dumps(out, indent=2, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

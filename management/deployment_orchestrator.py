@@ -32,25 +32,20 @@ deployment_state.json: {"targets": {name: {"active": {version, content_id, check
                                         targets_done, baseline, attempts, timings} | null}
 
 Run as:
-    python3 management/deployment_orchestrator.py status [--json]
-    python3 management/deployment_orchestrator.py deploy [--checkpoint checkpoint-120] [--json]
-    python3 management/deployment_orchestrator.py recover [--json]
-    python3 management/deployment_orchestrator.py rollback [--target NAME] [--json]
-    python3 management/deployment_orchestrator.py history [--json]
+    cadence deploy status [--json]
+    cadence deploy deploy [--checkpoint checkpoint-120] [--json]
+    cadence deploy recover [--json]
+    cadence deploy rollback [--target NAME] [--json]
+    cadence deploy history [--json]
 """
 from __future__ import annotations
 
-import json
 import logging
 import statistics
-import sys
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.auth import admin_token
 from core.config import DeployTarget
@@ -59,8 +54,9 @@ from core.procs import InstanceLock
 from management import deploy_transport as transport
 from management.deploy_faults import NO_FAULTS, DeployFaults
 from management.deployment_state import (  # noqa: F401 (re-exported: the orchestrator's public API)
-    STATE_NAME, TERMINAL_EVENTS, active_content_id, deployed_checkpoints, deployed_versions, history, load_state, record,
+    TERMINAL_EVENTS, active_content_id, deployed_checkpoints, deployed_versions, history, load_state, record,
     save_state, state_path, tried_content_ids)
+from management.model_versioner import VERSION_RE, create_version
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +109,6 @@ class Orchestrator:
     # -- entry points -------------------------------------------------------
     def deploy(self, checkpoint: str | None = None, desc: str | None = None) -> dict:
         """Deploy a checkpoint (default: the newest) to every target; finishes any interrupted deployment first."""
-        from management.model_versioner import create_version
-
         self.recover()
         version = create_version(self.cfg, checkpoint, desc)
         if version["content_id"] in tried_content_ids(self.cfg):
@@ -374,8 +368,6 @@ class Orchestrator:
 
     def cleanup_target(self, target, tstate: dict | None = None, dest=None) -> list[str]:
         """Keep the newest keep_remote_versions version folders on the target; never the active or previous one."""
-        from management.model_versioner import VERSION_RE
-
         dest = dest or transport.parse_destination(self.cfg, target.destination)
         tstate = tstate if tstate is not None else load_state(self.cfg)["targets"].get(target.name, {})
         keep = {(tstate.get(k) or {}).get("version") for k in ("active", "previous")} - {None}
@@ -430,55 +422,3 @@ STAGES = {
     "rollback": Orchestrator._rollback,    # health failed: the server goes back to the baseline
 }
 OUTCOMES = frozenset({"promoted", "rolled_back", "failed"})
-
-
-# ------------------------------------------------------------------ CLI
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from core.config import add_config_args, config_or_exit
-    from core.procs import AlreadyRunning
-
-    parser = argparse.ArgumentParser(description="Deploy checkpoints to inference targets, recover, roll back.")
-    add_config_args(parser)
-    parser.add_argument("command", choices=["status", "deploy", "recover", "rollback", "history"], nargs="?", default="status")
-    parser.add_argument("--checkpoint", help="checkpoint to deploy (deploy; default: the newest)")
-    parser.add_argument("--target", help="target name (rollback; default: the primary)")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    cfg = config_or_exit(args)
-    if args.command in ("status", "history"):
-        out = load_state(cfg) if args.command == "status" else {"history": history(cfg)[-50:]}
-    else:
-        try:
-            with Orchestrator(cfg, faults=DeployFaults.from_environment()) as orch:
-                if args.command == "deploy":
-                    out = orch.deploy(args.checkpoint)
-                elif args.command == "recover":
-                    out = orch.recover() or {"status": "nothing to recover"}
-                else:
-                    out = orch.rollback(args.target)
-        except AlreadyRunning:
-            print("error: another deployment is running (status/deployment.lock)", file=sys.stderr)
-            return 1
-        except DeployError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-    if args.json:
-        print(json.dumps(out, indent=2, default=str))
-    elif args.command == "status":
-        for name, t in out["targets"].items():
-            print(f"{name}: active {(t.get('active') or {}).get('version')}  previous {(t.get('previous') or {}).get('version')}")
-        ip = out.get("in_progress")
-        print(f"in progress: {ip['version']} at {ip['stage']} on {ip['target']}" if ip else "in progress: none")
-    elif args.command == "history":
-        for h in out["history"]:
-            print(f"{time.strftime('%H:%M:%S', time.localtime(h['ts']))} {h['event']:<14} {h.get('target') or '':<10} {h.get('version') or ''}")
-    else:
-        print(json.dumps(out, indent=2, default=str))
-    return 1 if args.command == "deploy" and out.get("status") == "failed" else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,8 +2,9 @@
 
 `status/deployment_state.json` (atomic) holds each target's active and
 previous version and the deployment in progress with its stage;
-`status/deployments.jsonl` has one line per stage event (format in
-management/deployment_orchestrator.py). Readers: the orchestrator, the
+`status/deployments.jsonl` has one line per stage event; both records are
+defined, read and written in core/state/deployment.py, these are the
+orchestrator's transaction helpers over them. Readers: the orchestrator, the
 comparison engine (what not to pick again), retention and the disk manager
 (what never to delete), the monitor.
 
@@ -11,25 +12,34 @@ Library only.
 """
 from __future__ import annotations
 
-import json
+import logging
 import time
 from pathlib import Path
 
-from core.atomic_io import append_jsonl, atomic_write_json, read_json
+from core.state.base import StateError, parse_record
+from core.state.deployment import (TERMINAL_EVENTS, DeploymentEvent, DeploymentState, append_deployment_event,  # noqa: F401
+                                   deployment_events, read_deployment_state, write_deployment_state)
 from core.state.events import append_event
 
-STATE_NAME = "deployment_state.json"
-TERMINAL_EVENTS = ("promoted", "failed", "rolled_back")
+logger = logging.getLogger(__name__)
 
 
 def state_path(cfg) -> Path:
-    return cfg.layout.status / STATE_NAME
+    return cfg.layout.deployment_state
+
+
+def _read(cfg) -> DeploymentState:
+    try:
+        return read_deployment_state(cfg.layout)
+    except StateError as exc:  # as before the state package: a torn or invalid file counts as no deployment
+        logger.error("%s: treated as empty", exc)
+        return DeploymentState()
 
 
 def load_state(cfg) -> dict:
-    state = read_json(state_path(cfg), None)
-    if not isinstance(state, dict):
-        state = {}
+    """The state as the orchestrator's transaction edits it: a dict checked against DeploymentState on every load
+    and save (core/state/deployment.py), always with `targets` and `in_progress`."""
+    state = _read(cfg).to_json()
     state.setdefault("targets", {})
     state.setdefault("in_progress", None)
     return state
@@ -37,7 +47,7 @@ def load_state(cfg) -> dict:
 
 def save_state(cfg, state: dict) -> None:
     state["updated_at"] = time.time()
-    atomic_write_json(state_path(cfg), state)
+    write_deployment_state(cfg.layout, parse_record(DeploymentState, state, str(state_path(cfg))))
 
 
 def record(cfg, event: str, ip: dict | None = None, **fields) -> None:
@@ -46,59 +56,45 @@ def record(cfg, event: str, ip: dict | None = None, **fields) -> None:
         line.update(deploy_id=ip["deploy_id"], version=ip["version"], content_id=ip["content_id"],
                     checkpoint=ip.get("checkpoint"))
     line.update(fields)
-    append_jsonl(cfg.layout.deployments, line)
+    entry = parse_record(DeploymentEvent, line, str(cfg.layout.deployments))
+    append_deployment_event(cfg.layout, entry)
     append_event(cfg.layout, event, source="deploy", ts=line["ts"], **{k: v for k, v in line.items() if k not in ("ts", "event")})
 
 
 def history(cfg) -> list[dict]:
-    out = []
-    try:
-        for line in cfg.layout.deployments.read_text(encoding="utf-8").splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue  # a torn last line from a crash mid-append
-    except FileNotFoundError:
-        pass
-    return out
+    """Every line of the history, oldest first, as dicts (the CLI prints them; a torn last line is skipped)."""
+    return [e.to_json() for e in deployment_events(cfg.layout)]
 
 
 def tried_content_ids(cfg) -> set[str]:
     """Content that was promoted, failed or rolled back, is active, or is being deployed: never picked again."""
-    ids = {h["content_id"] for h in history(cfg) if h.get("event") in TERMINAL_EVENTS and h.get("content_id")}
-    state = load_state(cfg)
-    for t in state["targets"].values():
-        if t.get("active"):
-            ids.add(t["active"]["content_id"])
-    if state["in_progress"]:
-        ids.add(state["in_progress"]["content_id"])
+    ids = {e.content_id for e in deployment_events(cfg.layout) if e.event in TERMINAL_EVENTS and e.content_id}
+    state = _read(cfg)
+    ids.update(t.active.content_id for t in state.targets.values() if t.active)
+    if state.in_progress:
+        ids.add(state.in_progress.content_id)
     return ids
 
 
 def active_content_id(cfg) -> str | None:
     """Content id deployed on the primary target."""
     primary = cfg.deploy.targets[0].name if cfg.deploy.targets else None
-    active = (load_state(cfg)["targets"].get(primary) or {}).get("active")
-    return active["content_id"] if active else None
+    active = _read(cfg).active(primary)
+    return active.content_id if active else None
 
 
 def deployed_versions(cfg) -> list[str]:
     """Active and previous version names on every target (retention and the disk manager keep these)."""
-    names = []
-    state = load_state(cfg)
-    for t in state["targets"].values():
-        for key in ("active", "previous"):
-            if t.get(key):
-                names.append(t[key]["version"])
-    if state["in_progress"]:
-        names.append(state["in_progress"]["version"])
+    state = _read(cfg)
+    names = [v.version for t in state.targets.values() for v in (t.active, t.previous) if v]
+    if state.in_progress:
+        names.append(state.in_progress.version)
     return names
 
 
 def deployed_checkpoints(cfg) -> list[str]:
-    state = load_state(cfg)
-    names = [t[k]["checkpoint"] for t in state["targets"].values() for k in ("active", "previous")
-             if t.get(k) and t[k].get("checkpoint")]
-    if state["in_progress"] and state["in_progress"].get("checkpoint"):
-        names.append(state["in_progress"]["checkpoint"])
+    state = _read(cfg)
+    names = [v.checkpoint for t in state.targets.values() for v in (t.active, t.previous) if v and v.checkpoint]
+    if state.in_progress and state.in_progress.checkpoint:
+        names.append(state.in_progress.checkpoint)
     return names

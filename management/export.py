@@ -25,25 +25,24 @@ TEMPLATE in Go-template form, stop "<|im_end|>"). k-quants (Q4_K_M, Q5_K_M,
 Q4_K_M` on the f16 export. Everything is written to a temp folder and renamed.
 
 Run as:
-    python3 management/export.py latest --out exports/hf --format hf
-    python3 management/export.py v003 --out exports/gguf --format gguf --quant q8_0 --ollama
-    python3 management/export.py path/to/adapter --base models/base --out exports/merged --format hf
+    cadence export latest --out exports/hf --format hf
+    cadence export v003 --out exports/gguf --format gguf --quant q8_0 --ollama
+    cadence export path/to/adapter --base models/base --out exports/merged --format hf
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import argparse
 import json
 import logging
 import re
 import shutil
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+
+from core.extras import require
+from core.manifest import MANIFEST_NAME, ManifestError, verify_manifest, write_manifest
+from management.model_versioner import list_versions
+from trainer.checkpoint import list_checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +98,6 @@ def resolve_source(spec: str, cfg=None, base: str | Path | None = None) -> Sourc
 
 def _find_named(spec: str, cfg) -> Path:
     """A version by name, content id or number (v003 / 3), or a published checkpoint by name or 'latest'."""
-    from management.model_versioner import list_versions
-    from trainer.checkpoint import list_checkpoints
-
     versions = list_versions(cfg)
     m = re.fullmatch(r"v?(\d+)", spec)
     for v in versions:
@@ -130,6 +126,7 @@ def _copy_model_files(src: Path, dst: Path) -> None:
 def merge_adapter(adapter: Path, base: Path, dst: Path) -> None:
     """base + LoRA adapter -> one plain model folder (peft merge_and_unload), with the tokenizer."""
     import torch
+    require("peft", why="merging a LoRA adapter")
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -180,7 +177,7 @@ def _rope_theta(config: dict) -> float:
 
 def tokenizer_vocab(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[str]]:
     """(tokens by id padded to vocab_size, token types, merges) of a byte-level BPE fast tokenizer, as llama.cpp reads them."""
-    import gguf
+    gguf = require("gguf", why="a GGUF export")
 
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     model = state["model"]
@@ -226,7 +223,7 @@ def _pretokenizer_regexes(tokenizer) -> list[str]:
 
 def write_gguf(hf_dir: Path, out_file: Path, quant: str = "f16", name: str | None = None) -> dict:
     """Write a llama.cpp "qwen3" GGUF of the HF folder; returns a summary (tensors, types, metadata)."""
-    import gguf
+    gguf = require("gguf", why="a GGUF export")
     import numpy as np
     import torch
     from transformers import AutoTokenizer
@@ -330,8 +327,6 @@ Then point the Modelfile's FROM line at the new file and run: ollama create NAME
 def export(source: Source, out: str | Path, fmt: str = "hf", quant: str = "f16", ollama: bool = False,
            force: bool = False, name: str | None = None) -> dict:
     """Export `source` to the folder `out` (written to a temp folder, then renamed); returns a summary."""
-    from core.manifest import MANIFEST_NAME, ManifestError, verify_manifest, write_manifest
-
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if ollama and fmt != "gguf":
@@ -374,38 +369,3 @@ def export(source: Source, out: str | Path, fmt: str = "hf", quant: str = "f16",
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("exported %s (%s) to %s as %s", source.path, source.kind, out, fmt)
     return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    from core.config import ConfigError, add_config_args, config_from_args
-
-    parser = argparse.ArgumentParser(description="Export a checkpoint, version or LoRA adapter as a merged HF folder or a GGUF (+ Ollama Modelfile).",
-                                     epilog=KQUANT_NOTE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", metavar="CHECKPOINT_OR_VERSION",
-                        help="a folder, a version (v003 / 3 / full name), checkpoint-<step> or 'latest'")
-    parser.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
-    parser.add_argument("--format", choices=FORMATS, default="hf")
-    parser.add_argument("--quant", choices=QUANTS, default="f16", help="GGUF tensor type for matrices (default f16)")
-    parser.add_argument("--ollama", action="store_true", help="also write an Ollama Modelfile (GGUF only)")
-    parser.add_argument("--base", help="base model for a LoRA adapter (default: the adapter's base_model_name_or_path)")
-    parser.add_argument("--name", help="general.name in the GGUF (default: the source folder name)")
-    parser.add_argument("--force", action="store_true", help="replace an existing --out")
-    add_config_args(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = config_from_args(args)
-        source = resolve_source(args.source, cfg, args.base)
-        summary = export(source, args.out, args.format, args.quant, args.ollama, args.force, args.name)
-    except (ExportError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    what = f"{args.format}" + (f" {args.quant}" if args.format == "gguf" else "")
-    extra = f", {len(summary['tensors'])} tensors" if "tensors" in summary else ""
-    print(f"exported {summary['source']} ({summary['kind']}) as {what} to {summary['out']}{extra}"
-          + (" with an Ollama Modelfile" if args.ollama else ""))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -24,6 +24,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainer.data import DataError, chat_prompt_and_answer, read_jsonl
+from core.queue_store import TrainingQueue
+from data_manager.skill_api_client import SkillAPIError
+
 logger = logging.getLogger(__name__)
 
 
@@ -53,8 +57,6 @@ def _file_digest(path: Path) -> str:
 
 
 def ladder_sets(cfg, dm) -> list[ItemSet]:
-    from data_manager.skill_api_client import SkillAPIError
-
     out = []
     k = cfg.comparison.ladder_items
     for skill in dm.skills:
@@ -72,9 +74,7 @@ def ladder_sets(cfg, dm) -> list[ItemSet]:
 
 def trained_sets(cfg, since_step: int | None, until_step: int | None) -> list[ItemSet]:
     """Held-out rows of the files trained after `since_step` (the deployed version's step) up to `until_step`."""
-    from core.queue_store import TrainingQueue
-    from trainer.data import DataError, read_jsonl
-    from trainer.packing import held_out_indices
+    from trainer.packing import held_out_indices  # lazy: pulls torch, which this module's importers must not load
 
     cc, t = cfg.comparison, cfg.training
     if cc.trained_files <= 0 or since_step is None:
@@ -100,7 +100,7 @@ def trained_sets(cfg, since_step: int | None, until_step: int | None) -> list[It
 
 
 def file_sets(cfg) -> list[ItemSet]:
-    from management.scoring import sample_rows
+    from management.scoring import sample_rows  # lazy: pulls torch, which this module's importers must not load
 
     cc = cfg.comparison
     out = []
@@ -116,11 +116,9 @@ def file_sets(cfg) -> list[ItemSet]:
         out.append(ItemSet(f"{kind}:{path.stem}", kind, _digest(_file_digest(path), cc.validation_samples), rows,
                            meta={"file": str(path)}))
     if cc.eval_samples > 0:
-        from management.model_comparison_engine import _file_samples
-
         for rel in cc.eval_files:
             path = cfg.resolve(rel)
-            samples = _file_samples(path)[:cc.eval_samples] if path.is_file() else []
+            samples = file_samples(path)[:cc.eval_samples] if path.is_file() else []
             if samples:
                 out.append(ItemSet(f"eval:{path.stem}", "eval", _digest(_file_digest(path), cc.eval_samples),
                                    [_chat_row(s) for s in samples], samples, meta={"file": str(path)}))
@@ -131,3 +129,19 @@ def build_sets(cfg, dm, since_step: int | None, until_step: int | None = None) -
     """Every set a checkpoint at `until_step` is scored on, given the deployed version's step `since_step`."""
     sets = ladder_sets(cfg, dm) if dm is not None else []
     return sets + trained_sets(cfg, since_step, until_step) + file_sets(cfg)
+
+
+def file_samples(path: Path) -> list[dict]:
+    """An eval file's chat rows as scoring samples (last user turn -> assistant answer); [] when unreadable."""
+    try:
+        rows = read_jsonl(path)
+    except (OSError, DataError) as exc:
+        logger.error("eval file %s unreadable: %s", path, exc)
+        return []
+    out = []
+    for row in rows:
+        split = chat_prompt_and_answer(row)
+        if split and split[0] and split[0][-1].get("role") == "user":
+            out.append({"user_prompt": split[0][-1]["content"], "assistant_response": split[1],
+                        "metadata": {"skill": path.stem, "level": 0}})
+    return out

@@ -20,7 +20,8 @@ scored on a set (id + digest) the deployed version has no result for, the
 deployed model is scored on that set once and the result is kept in its ledger
 entry, so it is reused for every later candidate (`fill_baseline`).
 
-Champion rule (`champion_decision`), comparison.rule:
+Champion rule (`champion_decision` in management/champion_rule.py; what is scored and how, EvalSource, in
+management/eval_source.py), comparison.rule:
   * "paired" (default): management/paired_test.py. On every set both were
     scored on, a paired test per item (exact sign test on exact match, paired
     bootstrap on per-item loss) at comparison.confidence: promoted when better
@@ -34,48 +35,30 @@ wins. Both rules are evaluated for every candidate against the deployed version
 and kept in the entry's `verdicts` (so a run under one rule shows what the other
 would have done, and when a better checkpoint first existed).
 
-comparisons.json:
-    {"format": 1, "primary_metric": "val_loss", "rule": "paired"|"margin", "updated_at": ISO,
-     "checkpoints": {"checkpoint-120": {"checkpoint", "step", "content_id", "status": "scored"|"failed",
-                     "error", "scored_at", "score_seconds", "timings",
-                     "metrics": {"val_loss", "val_rows", "anchor_loss", "accuracy_mean", "seconds_per_token",
-                                 "accuracy:<skill>", ...},
-                     "accuracy": {"<skill>": {"level", "accuracy", "correct", "total", "scorer", "example"}},
-                     "sets": {"ladder:binary:L2": {"kind", "skill", "level", "digest", "n", "accuracy", "mean_loss",
-                                                   "token_loss", "exact": "0110…", "loss": [...], "scorer"}, ...},
-                     "baseline_scored": {"<set id>": ISO},   # sets scored later, as the deployed version
-                     "verdicts": [{"baseline", "at", "paired": {"accepted", "reason"}, "margin": {...}}],
-                     "training": {"files_done", "final_loss", "val_loss"}}},
-     "ranking": [names, best first],
-     "champion": {"checkpoint", "content_id", "step", "decided_at", "reason", "rule", "baseline"} | null}
+comparisons.json: one record, core/state/ledger.py's Ledger ({"checkpoints": {name: LedgerEntry}, "ranking",
+"champion"}); this engine edits it as a dict that the model checks on every load and save.
 
 Run as:
-    python3 management/model_comparison_engine.py status [--json]
-    python3 management/model_comparison_engine.py score [--checkpoint checkpoint-120] [--json]
-    python3 management/model_comparison_engine.py champion [--json]
+    cadence compare status [--json]
+    cadence compare score [--checkpoint checkpoint-120] [--json]
+    cadence compare champion [--json]
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
-import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from core.atomic_io import atomic_write_json, atomic_write_text, read_json
-from core.manifest import MANIFEST_NAME, ManifestError, content_id
+from core.manifest import ManifestError, content_id, read_manifest
+from core.state.base import StateError, parse_record
+from core.state.ledger import Ledger, read_ledger, write_ledger
+from management.champion_rule import Decision, candidates, champion_decision, entry_for_content, metric_value, rank
+from management.eval_source import EvalSource
 from trainer.checkpoint import CheckpointInfo, list_checkpoints
+from management.deployment_state import active_content_id
+from management.model_versioner import find_version
 
 logger = logging.getLogger(__name__)
-
-LOWER_IS_BETTER = ("val_loss", "anchor_loss", "seconds_per_token")
-FROZEN_VALIDATION = "comparison_validation.jsonl"
 
 
 def _now() -> str:
@@ -84,9 +67,15 @@ def _now() -> str:
 
 # ------------------------------------------------------------------ ledger
 def load_ledger(cfg) -> dict:
-    data = read_json(cfg.layout.comparisons, None)
-    if not isinstance(data, dict) or not isinstance(data.get("checkpoints"), dict):
-        data = {"format": 1, "checkpoints": {}, "ranking": [], "champion": None}
+    """The ledger as this engine edits it: a dict checked against core/state/ledger.py's Ledger on every load and
+    save (a new one when nothing was scored yet, or when the file is torn or invalid: logged, then re-scored)."""
+    try:
+        ledger = read_ledger(cfg.layout)
+    except StateError as exc:
+        logger.error("%s: starting a new ledger", exc)
+        ledger = None
+    data = ledger.to_json() if ledger else {"format": 1, "checkpoints": {}, "ranking": [], "champion": None}
+    data.setdefault("checkpoints", {})
     data["primary_metric"] = cfg.comparison.primary_metric
     data["rule"] = cfg.comparison.rule
     return data
@@ -95,149 +84,17 @@ def load_ledger(cfg) -> dict:
 def save_ledger(cfg, ledger: dict) -> None:
     ledger["updated_at"] = _now()
     ledger["ranking"] = [e["checkpoint"] for e in rank(ledger["checkpoints"].values(), cfg.comparison.primary_metric)]
-    atomic_write_json(cfg.layout.comparisons, ledger)
+    write_ledger(cfg.layout, parse_record(Ledger, ledger, str(cfg.layout.comparisons)))
 
 
 def checkpoint_content_id(path: Path) -> str | None:
-    manifest = read_json(Path(path) / MANIFEST_NAME)
-    if not (isinstance(manifest, dict) and isinstance(manifest.get("files"), dict)):
+    manifest = read_manifest(path)
+    if manifest is None:
         return None
     try:
         return content_id(manifest)
     except ManifestError:  # empty or partial: no id rather than one shared with every other such manifest
         return None
-
-
-def entry_for_content(ledger: dict, cid: str | None) -> dict | None:
-    if not cid:
-        return None
-    return next((e for e in ledger["checkpoints"].values() if e.get("content_id") == cid and e.get("status") == "scored"), None)
-
-
-# ------------------------------------------------------------------ ranking and the champion rule
-def metric_value(entry: dict, metric: str) -> float | None:
-    value = (entry.get("metrics") or {}).get(metric)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None  # NaN/Inf loss is no score at all: such a checkpoint can never win
-    return float(value)
-
-
-def lower_is_better(metric: str) -> bool:
-    return metric in LOWER_IS_BETTER or metric.endswith("_loss")
-
-
-def rank(entries, metric: str) -> list[dict]:
-    """Scored entries, best first by `metric` (ties: the newer step first); entries without the metric last."""
-    scored = [e for e in entries if e.get("status") == "scored"]
-    sign = 1.0 if lower_is_better(metric) else -1.0
-
-    def key(e):
-        v = metric_value(e, metric)
-        return (v is None, sign * v if v is not None else 0.0, -int(e.get("step") or 0))
-
-    return sorted(scored, key=key)
-
-
-@dataclass
-class Decision:
-    accepted: bool
-    reason: str
-    primary: float | None = None
-    baseline_primary: float | None = None
-    improvement: float | None = None
-    anchor_regression: float | None = None
-    rule: str = "margin"
-    tests: list | None = None  # the paired rule's per-set tests
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def improvement(candidate: float, baseline: float, metric: str) -> float:
-    """Relative improvement for losses ((b - c) / b), absolute points for accuracies (c - b)."""
-    if lower_is_better(metric):
-        return (baseline - candidate) / abs(baseline) if baseline else baseline - candidate
-    return candidate - baseline
-
-
-def champion_decision(candidate: dict, baseline: dict | None, cc, rule: str | None = None) -> Decision:
-    """Does `candidate` beat the deployed `baseline` (both ledger entries) under comparison.rule (or `rule`)?"""
-    if (rule or cc.rule) == "paired":
-        return paired_champion_decision(candidate, baseline, cc)
-    return margin_decision(candidate, baseline, cc)
-
-
-def paired_champion_decision(candidate: dict, baseline: dict | None, cc) -> Decision:
-    from management.paired_test import paired_decision
-
-    if candidate.get("status") != "scored" or not candidate.get("sets"):
-        return Decision(False, f"no item-set results for {candidate.get('checkpoint')}", rule="paired")
-    broken = [sid for sid, r in candidate["sets"].items() if r.get("nonfinite")]
-    if broken:  # a NaN/Inf loss is no score at all: such a checkpoint can never win
-        return Decision(False, f"non-finite loss on {', '.join(broken)}", rule="paired")
-    if baseline is None:
-        return Decision(True, "no deployed baseline", rule="paired")
-    d = paired_decision(candidate["sets"], baseline.get("sets") or {}, cc)
-    tests = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in t.__dict__.items()} for t in d.tests]
-    return Decision(d.accepted, d.reason, rule="paired", tests=tests)
-
-
-def margin_decision(candidate: dict, baseline: dict | None, cc) -> Decision:
-    """The old rule: the primary metric improves by the margin and the anchor loss stays within its tolerance."""
-    metric = cc.primary_metric
-    value = metric_value(candidate, metric)
-    if candidate.get("status") != "scored" or value is None:
-        return Decision(False, f"no {metric} for {candidate.get('checkpoint')}")
-    if baseline is None:
-        return Decision(True, f"no deployed baseline; {metric} {value:.4g}", primary=value)
-    base = metric_value(baseline, metric)
-    if base is None:
-        return Decision(True, f"deployed version has no {metric}; {metric} {value:.4g}", primary=value)
-    gain = improvement(value, base, metric)
-    decision = Decision(False, "", value, base, gain)
-    if gain < cc.margin:
-        decision.reason = f"{metric} {value:.4g} vs deployed {base:.4g}: improvement {gain:+.4f} < margin {cc.margin}"
-        return decision
-    cand_anchor, base_anchor = metric_value(candidate, "anchor_loss"), metric_value(baseline, "anchor_loss")
-    if cand_anchor is not None and base_anchor is not None:
-        regression = (cand_anchor - base_anchor) / abs(base_anchor) if base_anchor else cand_anchor - base_anchor
-        decision.anchor_regression = regression
-        if regression > cc.guard_tolerance:
-            decision.reason = (f"{metric} improves {gain:+.4f} but anchor loss regresses {regression:+.2%} "
-                               f"({base_anchor:.4g} -> {cand_anchor:.4g}) > tolerance {cc.guard_tolerance:.0%}: forgetting guard")
-            return decision
-    elif cc.anchor_file:
-        decision.reason = "anchor set configured but anchor_loss missing: refusing without the forgetting guard"
-        return decision
-    decision.accepted = True
-    decision.reason = f"{metric} {value:.4g} vs deployed {base:.4g}: improvement {gain:+.4f} >= margin {cc.margin}"
-    return decision
-
-
-def candidates(cfg, ledger: dict, baseline_content_id: str | None, exclude: set[str] = frozenset()) -> list[dict]:
-    """Scored checkpoints newer than the deployed one, not tried yet, in the order the rule considers them."""
-    baseline = entry_for_content(ledger, baseline_content_id)
-    base_step = int(baseline.get("step") or 0) if baseline else -1
-    if cfg.comparison.rule == "paired":
-        ordered = sorted((e for e in ledger["checkpoints"].values() if e.get("status") == "scored"),
-                         key=lambda e: -int(e.get("step") or 0))  # the newest that passes follows the learning
-    else:
-        ordered = rank(ledger["checkpoints"].values(), cfg.comparison.primary_metric)
-    # never go back in training time automatically (that is an operator rollback)
-    return [e for e in ordered if e.get("content_id") not in exclude and e.get("content_id") != baseline_content_id
-            and int(e.get("step") or 0) > base_step]
-
-
-def pick_champion(cfg, ledger: dict, baseline_content_id: str | None, exclude: set[str] = frozenset()) -> tuple[dict | None, Decision | None]:
-    """The first candidate (see `candidates`) that beats the deployed one (content ids in `exclude` were tried already)."""
-    baseline = entry_for_content(ledger, baseline_content_id)
-    last = None
-    for entry in candidates(cfg, ledger, baseline_content_id, exclude):
-        decision = champion_decision(entry, baseline, cfg.comparison)
-        if decision.accepted:
-            return entry, decision
-        last = last or (entry, decision)
-    return (None, last[1]) if last else (None, None)
 
 
 def record_verdicts(cfg, baseline_content_id: str | None, exclude: set[str] = frozenset(), keep: int = 8) -> int:
@@ -264,92 +121,6 @@ def record_verdicts(cfg, baseline_content_id: str | None, exclude: set[str] = fr
 
 
 # ------------------------------------------------------------------ scoring
-class EvalSource:
-    """What checkpoints are scored on (management/item_sets.py) and how: the data manager's ladder and scorers."""
-
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self.dm = None
-        if cfg.data_manager.enabled and cfg.data_manager.skills:
-            from data_manager.manager import DataManager
-
-            self.dm = DataManager(cfg)
-
-    def sets(self, since_step: int | None, until_step: int | None = None) -> list:
-        from management.item_sets import build_sets
-
-        cc = self.cfg.comparison
-        dm = self.dm if cc.eval_samples > 0 and cc.ladder_items > 0 else None
-        return build_sets(self.cfg, dm, since_step, until_step)
-
-    def validation_path(self) -> Path | None:
-        """The validation set: comparison.validation_file, else training.fixed_validation_file, else a frozen set
-        made once from the held-out eval sets (so val_loss exists, and stays comparable, without configuration)."""
-        cfg = self.cfg
-        configured = cfg.comparison.validation_file or cfg.training.fixed_validation_file
-        if configured:
-            return cfg.resolve(configured)
-        frozen = cfg.layout.status / FROZEN_VALIDATION
-        if frozen.is_file() or self.dm is None:
-            return frozen if frozen.is_file() else None
-        columns = [samples for _level, samples in self.dm.eval_sets().values() if samples]
-        rows = [{"messages": [{"role": "user", "content": s["user_prompt"]},
-                              {"role": "assistant", "content": s["assistant_response"]}]}
-                for group in zip(*columns) for s in group][:max(cfg.comparison.validation_samples, 1)]
-        if not rows:
-            return None
-        atomic_write_text(frozen, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        logger.info("no validation file configured: froze %d held-out eval rows into %s", len(rows), frozen)
-        return frozen
-
-    def score(self, item_set, answers: list[str]) -> tuple[list[bool], str]:
-        """Per-item correctness of `answers` to the set's samples (the skill's scorer; exact match for eval files)."""
-        if item_set.kind != "ladder" or self.dm is None:
-            from data_manager.skill_api_client import local_score
-
-            report = local_score(None, item_set.samples, answers)
-            return [bool(r["correct"]) for r in report.results], report.scorer
-        result = self.dm.evaluate_answers(item_set.skill, item_set.level, item_set.samples, answers)
-        return [bool(r["correct"]) for r in result.results], result.scorer
-
-    def record(self, entry: dict) -> dict:
-        """Feed the curriculum: the current level's ladder accuracy (mastery), the lower rungs' (rehearsal)."""
-        if self.dm is None or not self.cfg.comparison.feed_curriculum:
-            return {}
-        out = {}
-        for skill, acc in (entry.get("accuracy") or {}).items():
-            try:
-                decision = self.dm.record_eval(skill, acc["level"], acc["accuracy"], step=entry["step"],
-                                               checkpoint=entry["checkpoint"], n=acc["total"])
-                lower = {r["level"]: r["accuracy"] for r in (entry.get("sets") or {}).values()
-                         if r.get("kind") == "ladder" and r.get("skill") == skill and r.get("accuracy") is not None
-                         and r["level"] < acc["level"]}
-                if lower:
-                    self.dm.curriculum.record_ladder(skill, lower, step=entry["step"], checkpoint=entry["checkpoint"])
-            except ValueError as exc:
-                logger.error("curriculum refused the eval of %s: %s", skill, exc)
-                continue
-            out[skill] = decision.reason
-        return out
-
-
-def _file_samples(path: Path) -> list[dict]:
-    from trainer.data import DataError, chat_prompt_and_answer, read_jsonl
-
-    try:
-        rows = read_jsonl(path)
-    except (OSError, DataError) as exc:
-        logger.error("eval file %s unreadable: %s", path, exc)
-        return []
-    out = []
-    for row in rows:
-        split = chat_prompt_and_answer(row)
-        if split and split[0] and split[0][-1].get("role") == "user":
-            out.append({"user_prompt": split[0][-1]["content"], "assistant_response": split[1],
-                        "metadata": {"skill": path.stem, "level": 0}})
-    return out
-
-
 def current_level_accuracy(sets: dict) -> dict:
     """{skill: {level, accuracy, correct, total, scorer, example}} from each skill's highest ladder rung scored."""
     out = {}
@@ -365,7 +136,7 @@ def current_level_accuracy(sets: dict) -> dict:
 def score_checkpoint(cfg, ckpt: CheckpointInfo, source: EvalSource | None = None, since_step: int | None = None,
                      sets: list | None = None) -> dict:
     """Measure one checkpoint and return its ledger entry (status scored, or failed with the error)."""
-    from management.scoring import score_model
+    from management.scoring import score_model  # lazy: pulls torch, which this module's importers must not load
 
     source = source or EvalSource(cfg)
     state = ckpt.trainer_state()
@@ -399,8 +170,6 @@ def score_checkpoint(cfg, ckpt: CheckpointInfo, source: EvalSource | None = None
 
 def baseline_model_path(cfg, entry: dict) -> Path | None:
     """Where the deployed version's weights are: its checkpoint while on disk, else its consolidated version."""
-    from management.model_versioner import find_version
-
     path = cfg.layout.current_model / entry["checkpoint"]
     if path.is_dir() and checkpoint_content_id(path) == entry.get("content_id"):
         return path
@@ -411,7 +180,7 @@ def baseline_model_path(cfg, entry: dict) -> Path | None:
 def fill_baseline(cfg, source: EvalSource, sets: list, baseline_content_id: str | None) -> list[str]:
     """Score the deployed version on every set in `sets` it has no result for (same id and digest); cached in its
     ledger entry, so each set version costs the deployed model one scoring. Returns the set ids scored."""
-    from management.scoring import CheckpointScorer, score_sets
+    from management.scoring import CheckpointScorer, score_sets  # lazy: pulls torch, which this module's importers must not load
 
     ledger = load_ledger(cfg)
     baseline = entry_for_content(ledger, baseline_content_id)
@@ -454,8 +223,6 @@ def unscored(cfg, ledger: dict) -> list[CheckpointInfo]:
 
 
 def _deployed_content_id(cfg) -> str | None:
-    from management.deployment_state import active_content_id
-
     return active_content_id(cfg)
 
 
@@ -535,46 +302,3 @@ def _print_table(ledger: dict) -> None:
     failed = [n for n, e in entries.items() if e.get("status") == "failed"]
     for name in failed:
         print(f"   -  {name:<22} failed: {entries[name].get('error')}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from core.config import add_config_args, config_or_exit
-
-    parser = argparse.ArgumentParser(description="Score checkpoints, rank them and show the champion (status/comparisons.json).")
-    add_config_args(parser)
-    parser.add_argument("command", choices=["status", "score", "champion"], nargs="?", default="status")
-    parser.add_argument("--checkpoint", help="score only this checkpoint (score)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    cfg = config_or_exit(args)
-    if args.command == "score":
-        os.nice(cfg.comparison.nice) if cfg.comparison.nice else None
-        entries = score_new_checkpoints(cfg, only=args.checkpoint)
-        if args.json:
-            print(json.dumps(entries, indent=2, default=str))
-        else:
-            print(f"scored {len(entries)} checkpoint(s)")
-            _print_table(load_ledger(cfg))
-        return 0
-    ledger = load_ledger(cfg)
-    if args.command == "champion":
-        from management.deployment_orchestrator import active_content_id, tried_content_ids
-
-        base = active_content_id(cfg)
-        entry, decision = pick_champion(cfg, ledger, base, tried_content_ids(cfg))
-        out = {"champion": entry and entry["checkpoint"], "decision": decision and decision.to_dict(), "deployed_content_id": base}
-        print(json.dumps(out, indent=2) if args.json else
-              f"champion: {out['champion'] or 'none'} ({decision.reason if decision else 'no scored checkpoints'})")
-        return 0
-    if args.json:
-        print(json.dumps(ledger, indent=2, default=str))
-    else:
-        _print_table(ledger)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

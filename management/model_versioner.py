@@ -17,31 +17,31 @@ and fresh optimizer moments. Nothing is deleted. Delete refuses the deployed
 and previous versions and the newest one.
 
 Run as:
-    python3 management/model_versioner.py list [--json]
-    python3 management/model_versioner.py create [--checkpoint checkpoint-120] [--desc NAME] [--json]
-    python3 management/model_versioner.py restore VERSION [--json]
-    python3 management/model_versioner.py rollback [--json]          # restore the version before the newest
-    python3 management/model_versioner.py delete VERSION --yes [--json]
+    cadence versions list [--json]
+    cadence versions create [--checkpoint checkpoint-120] [--desc NAME] [--json]
+    cadence versions restore VERSION [--json]
+    cadence versions rollback [--json]          # restore the version before the newest
+    cadence versions delete VERSION --yes [--json]
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import shutil
-import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from core.atomic_io import atomic_write_json, fsync_dir, read_json
-from core.manifest import METADATA_FILE, MANIFEST_NAME, TRAINING_STATE_DIR, ManifestError, content_id, entry_digest
+from core.atomic_io import fsync_dir
+from core.manifest import (METADATA_FILE, MANIFEST_NAME, TRAINING_STATE_DIR, ManifestError, content_id, entry_digest,
+                           read_manifest, save_manifest)
+from core.state.base import StateError
+from core.state.lifecycle import VersionMetadata, read_version_metadata, write_version_metadata
 from core.state.trainer_state import LastFile, TrainerState, write_trainer_state
 from core.version_label import check_label
 from trainer.checkpoint import CheckpointInfo, latest_checkpoint, publish_checkpoint
+from management.backup_manager import create_backup
+from management.deployment_state import deployed_versions
 
 logger = logging.getLogger(__name__)
 
@@ -65,16 +65,20 @@ def list_versions(cfg) -> list[dict]:
             m = VERSION_RE.match(p.name)
             if not m or not p.is_dir() or not (p / MANIFEST_NAME).is_file():
                 continue
-            meta = read_json(p / METADATA_FILE, {}) or {}
-            manifest = read_json(p / MANIFEST_NAME, {}) or {}
             try:
-                cid = meta.get("content_id") or content_id(manifest)
+                meta = read_version_metadata(p) or VersionMetadata()
+            except StateError as exc:  # the version is still listed (its manifest names its content)
+                logger.warning("%s", exc)
+                meta = VersionMetadata()
+            manifest = read_manifest(p) or {}
+            try:
+                cid = meta.content_id or content_id(manifest)
             except (ManifestError, KeyError, TypeError, AttributeError):  # an empty or partial manifest has no id
                 cid = None
-            out.append({"name": p.name, "number": int(m.group(1)), "path": str(p), "step": meta.get("step"),
+            out.append({"name": p.name, "number": int(m.group(1)), "path": str(p), "step": meta.step,
                         "content_id": cid,
-                        "created_at": meta.get("consolidated_at"), "checkpoint": meta.get("checkpoint"),
-                        "val_loss": meta.get("val_loss"), "final_loss": meta.get("final_loss")})
+                        "created_at": meta.consolidated_at, "checkpoint": meta.checkpoint,
+                        "val_loss": meta.val_loss, "final_loss": meta.final_loss})
     return sorted(out, key=lambda v: v["number"])
 
 
@@ -120,7 +124,9 @@ def create_version(cfg, checkpoint: str | Path | None = None, desc: str | None =
         if not (path / MANIFEST_NAME).is_file() or not m:
             raise VersionError(f"{path}: not a published checkpoint")
         ckpt = CheckpointInfo(path, int(m.group(1)))
-    src_manifest = read_json(ckpt.path / MANIFEST_NAME)
+    src_manifest = read_manifest(ckpt.path)
+    if src_manifest is None:
+        raise VersionError(f"{ckpt.path}: manifest unreadable")
     model_files = {rel: meta for rel, meta in src_manifest["files"].items() if rel.split("/", 1)[0] != TRAINING_STATE_DIR}
     cid = content_id(src_manifest)
     existing = find_version(cfg, cid)
@@ -144,8 +150,8 @@ def create_version(cfg, checkpoint: str | Path | None = None, desc: str | None =
                 shutil.copy2(ckpt.path / rel, target)
         manifest = {**{k: v for k, v in src_manifest.items() if k != "files"}, "files": model_files,
                     "version": name, "global_step": ckpt.step}
-        atomic_write_json(tmp / MANIFEST_NAME, manifest)
-        atomic_write_json(tmp / METADATA_FILE, training_metadata(cfg, ckpt, manifest, cid))
+        save_manifest(tmp, manifest)
+        write_version_metadata(tmp, VersionMetadata.model_validate(training_metadata(cfg, ckpt, manifest, cid)))
         os.rename(tmp, root / name)
         fsync_dir(root)
     except BaseException:
@@ -157,8 +163,6 @@ def create_version(cfg, checkpoint: str | Path | None = None, desc: str | None =
 
 def restore_version(cfg, name: str) -> dict:
     """Put a version's weights back into training as a new checkpoint (after backing up the newest one)."""
-    from management.backup_manager import create_backup
-
     version = find_version(cfg, name)
     if version is None:
         raise VersionError(f"no version {name}")
@@ -195,8 +199,6 @@ def rollback_version(cfg) -> dict:
 
 def protected_versions(cfg) -> set[str]:
     """Version names that must stay: the deployed and previous ones on any target, and the newest."""
-    from management.deployment_orchestrator import deployed_versions
-
     names = set(deployed_versions(cfg))
     versions = list_versions(cfg)
     if versions:
@@ -228,52 +230,3 @@ def prune_versions(cfg, dry_run: bool = False) -> list[str]:
         for name in doomed:
             delete_version(cfg, name)
     return doomed
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from core.config import add_config_args, config_or_exit
-
-    parser = argparse.ArgumentParser(description="Model versions under models/versions/: list, create, restore, rollback, delete.")
-    add_config_args(parser)
-    parser.add_argument("command", choices=["list", "create", "restore", "rollback", "delete"])
-    parser.add_argument("version", nargs="?", help="version name (restore, delete)")
-    parser.add_argument("--checkpoint", help="checkpoint to consolidate (create; default: the newest)")
-    parser.add_argument("--desc", help="short description in the version name (create)")
-    parser.add_argument("--yes", action="store_true", help="confirm delete")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    cfg = config_or_exit(args)
-    try:
-        if args.command == "list":
-            out = {"versions": list_versions(cfg)}
-        elif args.command == "create":
-            out = create_version(cfg, args.checkpoint, args.desc)
-        elif args.command == "restore":
-            if not args.version:
-                parser.error("restore needs VERSION")
-            out = restore_version(cfg, args.version)
-        elif args.command == "rollback":
-            out = rollback_version(cfg)
-        else:
-            if not args.version or not args.yes:
-                parser.error("delete needs VERSION and --yes")
-            out = {"deleted": delete_version(cfg, args.version)}
-    except (VersionError, RuntimeError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(out, indent=2, default=str))
-    elif args.command == "list":
-        for v in out["versions"]:
-            print(f"{v['name']:<36} step {v['step']!s:>7}  val_loss {v['val_loss']}  {v['created_at']}")
-        print(f"{len(out['versions'])} version(s)")
-    else:
-        print(json.dumps(out, indent=2, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,24 +14,26 @@ still verifies (an extra file is harmless, a missing listed one is not). The
 trainer resumes from such a checkpoint with fresh AdamW moments.
 
 Run as:
-    python3 management/retention.py [--dry-run] [--json]
+    cadence retention [--dry-run] [--json]
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from core.atomic_io import atomic_write_json, read_json
-from core.manifest import MANIFEST_NAME, TRAINING_STATE_DIR
-from trainer.checkpoint import PROTECTED_FILE, CheckpointInfo, list_checkpoints, optimizer_state_files, protected_names
+from core.manifest import TRAINING_STATE_DIR, read_manifest, save_manifest
+from core.state.base import StateError
+from core.state.ledger import read_ledger
+from core.state.lifecycle import ProtectedCheckpoints, read_protected
+from core.state.lifecycle import write_protected as write_protected_record
+from trainer.checkpoint import CheckpointInfo, list_checkpoints, optimizer_state_files, protected_names
+from management.backup_manager import prune_backups
+from management.deployment_orchestrator import deployed_checkpoints
+from management.model_comparison_engine import best_checkpoints
+from management.model_versioner import prune_versions
 
 logger = logging.getLogger(__name__)
 
@@ -51,21 +53,23 @@ def dir_size(path: Path) -> int:
 
 def protected_checkpoints(cfg) -> dict:
     """{"deployed": [...], "champion": name|None, "best": [...], "newest": name|None} of checkpoint names."""
-    from management.deployment_orchestrator import deployed_checkpoints
-    from management.model_comparison_engine import best_checkpoints, load_ledger
-
     ckpts = list_checkpoints(cfg.layout.current_model)
-    champion = (load_ledger(cfg).get("champion") or {}).get("checkpoint")
+    ledger = read_ledger(cfg.layout)
+    champion = ledger.champion.checkpoint if ledger and ledger.champion else None
     return {"deployed": sorted(set(deployed_checkpoints(cfg))), "champion": champion,
             "best": best_checkpoints(cfg, cfg.retention.keep_best), "newest": ckpts[-1].path.name if ckpts else None}
 
 
 def write_protected(cfg) -> dict:
     protected = protected_checkpoints(cfg)
-    data = {k: v for k, v in protected.items() if v}
-    path = cfg.layout.current_model / PROTECTED_FILE
-    if read_json(path) != data:
-        atomic_write_json(path, data)
+    record = ProtectedCheckpoints(**{k: v for k, v in protected.items() if v})
+    try:
+        on_disk = read_protected(cfg.layout.current_model)
+        unchanged = on_disk is not None and on_disk.to_json() == record.to_json()
+    except StateError:
+        unchanged = False  # a torn or hand-broken file is replaced by the current answer
+    if not unchanged:
+        write_protected_record(cfg.layout.current_model, record)
     return protected
 
 
@@ -86,12 +90,12 @@ def strip_optimizer_state(ckpt: CheckpointInfo, dry_run: bool = False) -> int:
     freed = sum(f.stat().st_size for f in files)
     if dry_run:
         return freed
-    manifest = read_json(ckpt.path / MANIFEST_NAME)
-    if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict):
+    manifest = read_manifest(ckpt.path)
+    if manifest is not None:
         for f in files:
             manifest["files"].pop(f"{TRAINING_STATE_DIR}/{f.name}", None)
         manifest["optimizer_state_removed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        atomic_write_json(ckpt.path / MANIFEST_NAME, manifest)
+        save_manifest(ckpt.path, manifest)
     for f in files:
         f.unlink(missing_ok=True)
     logger.info("removed optimizer state of %s (%.1f MB)", ckpt.path.name, freed / 1e6)
@@ -145,39 +149,9 @@ def apply_retention(cfg, dry_run: bool = False, now: float | None = None) -> dic
         actions.append({"action": "strip_optimizer", "path": str(c.path), "bytes": strip_optimizer_state(c, dry_run)})
     for c in checkpoints_beyond_retention(cfg, now):
         actions.append({"action": "delete_checkpoint", "path": str(c.path), "bytes": delete_checkpoint(c, dry_run)})
-    from management.backup_manager import prune_backups
-    from management.model_versioner import prune_versions
-
     for name in prune_versions(cfg, dry_run):  # keep_versions, never a deployed, previous or the newest one
         actions.append({"action": "delete_version", "path": str(cfg.layout.versions / name), "bytes": 0})
     for path in prune_backups(cfg, dry_run, now):
         actions.append({"action": "delete_backup", "path": path, "bytes": 0})
     return {"dry_run": dry_run, "actions": actions, "freed_bytes": sum(a["bytes"] for a in actions),
             "protected": protected_checkpoints(cfg)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from core.config import add_config_args, config_or_exit
-
-    parser = argparse.ArgumentParser(description="Apply checkpoint retention (latest N + best K + deployed; optimizer state on the latest M).")
-    add_config_args(parser)
-    parser.add_argument("--dry-run", action="store_true", help="list what would go, remove nothing")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    cfg = config_or_exit(args)
-    out = apply_retention(cfg, args.dry_run)
-    if args.json:
-        print(json.dumps(out, indent=2, default=str))
-    else:
-        print(f"protected: {out['protected']}")
-        for a in out["actions"]:
-            print(f"{'would ' if args.dry_run else ''}{a['action']}: {a['path']} ({a['bytes'] / 1e6:.1f} MB)")
-        print(f"{'would free' if args.dry_run else 'freed'} {out['freed_bytes'] / 1e9:.2f} GB")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

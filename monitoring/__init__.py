@@ -2,5 +2,5 @@
 operator's web page (see monitoring/app.py for the endpoints).
 
 Run as:
-    python -m monitoring [--config config.json] [--set monitor.port=8080]
+    cadence monitor [--config config.json] [--set monitor.port=8080]
 """

@@ -5,30 +5,36 @@ through the real Ingestor (so sidecars and reject reports are the genuine
 article), curriculum evals through data_manager's Curriculum; metrics lines
 and the status file in the trainer's formats; checkpoint folders with a
 manifest (listed like real ones, but without weights); a ranking ledger and
-deployment history in the shape the design contract describes.
+deployment history through their models (core/state/ledger.py, core/state/deployment.py).
 
 Run as:
-    python -m monitoring.demo --base-dir /tmp/cadence-demo [--steps 3000] [--live-pid PID]
-    python -m monitoring --set paths.base_dir=/tmp/cadence-demo
+    cadence monitor-demo --base-dir /tmp/cadence-demo [--steps 3000] [--live-pid PID]
+    cadence monitor --set paths.base_dir=/tmp/cadence-demo
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
-import sys
 import time
 from pathlib import Path
 
-from core.atomic_io import append_jsonl, atomic_write_json
+from core.atomic_io import atomic_write_json
+from core.state.deployment import DeploymentEvent, DeploymentState, append_deployment_event, write_deployment_state
 from core.state.events import append_event
+from core.state.ledger import Ledger, write_ledger
 from core.state.metrics import Metric, append_metrics
 from core.state.trainer_state import TrainerState, write_trainer_state
 from core.state.training_status import TrainingStatus, write_training_status
+from core.ingest import Ingestor
+from data_manager.curriculum_manager import Curriculum
 
 PROMPTS = [("What is ①⓪ + ①①?", "①⓪①"), ("Decrement ①⓪⓪.", "⓪①①"), ("Convert 6 to binary.", "①①⓪"),
            ("What is ①① × ①⓪?", "①①⓪"), ("What is ①①① - ⓪①⓪?", "①⓪①")]
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def metric_lines(steps: int, start_ts: float, seed: int = 0, eval_every: int = 50, ckpt_every: int = 500,
@@ -67,9 +73,6 @@ def write_metrics(path: Path, steps: int, start_ts: float, **kw) -> int:
 
 def write_run(cfg, steps: int = 3000, live_pid: int | None = None, now: float | None = None) -> dict:
     """A whole demo base_dir. With `live_pid`, .pids/daemon.pid and trainer.pid name it (a stand-in daemon)."""
-    from core.watcher import Ingestor
-    from data_manager.curriculum_manager import Curriculum
-
     layout = cfg.layout.ensure()
     now = time.time() if now is None else now
     start = now - steps * 1.3 - 5
@@ -89,7 +92,7 @@ def write_run(cfg, steps: int = 3000, live_pid: int | None = None, now: float | 
         acc = {"binary": round(min(0.97, 0.4 + 0.15 * i), 3), "syllo": round(0.2 + 0.1 * i, 3)}
         entries[f"checkpoint-{s}"] = {
             "checkpoint": f"checkpoint-{s}", "step": s, "content_id": f"{s:064x}", "status": "scored",
-            "scored_at": now - (len(ckpt_steps) - i) * 600,
+            "scored_at": _iso(now - (len(ckpt_steps) - i) * 600),
             "metrics": {"val_loss": round(val, 4), "anchor_loss": round(1.2 - 0.01 * i, 4),
                         "accuracy_mean": round(sum(acc.values()) / len(acc), 4),
                         **{f"accuracy:{k}": v for k, v in acc.items()}},
@@ -97,21 +100,20 @@ def write_run(cfg, steps: int = 3000, live_pid: int | None = None, now: float | 
     ranking = sorted(entries, key=lambda n: entries[n]["metrics"]["val_loss"])
     champion = ranking[0] if ranking else None
     deployed = champion  # the champion was deployed (and so is marked on the loss chart)
-    atomic_write_json(layout.comparisons, {"format": 1, "primary_metric": "val_loss", "updated_at": now,
-                                           "checkpoints": entries, "ranking": ranking,
-                                           "champion": {"checkpoint": champion, "step": entries[champion]["step"],
-                                                        "reason": "best val_loss"} if champion else None})
+    write_ledger(layout, Ledger.model_validate({
+        "format": 1, "primary_metric": "val_loss", "updated_at": _iso(now), "checkpoints": entries, "ranking": ranking,
+        "champion": {"checkpoint": champion, "step": entries[champion]["step"], "reason": "best val_loss"} if champion else None}))
     if deployed:
         dstep = entries[deployed]["step"]
         version = f"v001_{time.strftime('%Y%m%d', time.gmtime(now))}_step{dstep}"
         t0 = start + dstep * 1.3 + 60
         for k, event in enumerate(("started", "copied", "verified", "loaded", "health_ok", "promoted")):
-            append_jsonl(layout.deployments, {"ts": t0 + 2 * k, "deploy_id": "d1", "event": event, "target": "local",
-                                              "version": version, "content_id": entries[deployed]["content_id"],
-                                              "checkpoint": deployed})
-        atomic_write_json(layout.status / "deployment_state.json", {"targets": {"local": {"active": {
+            append_deployment_event(layout, DeploymentEvent(
+                ts=t0 + 2 * k, deploy_id="d1", event=event, target="local", version=version,
+                content_id=entries[deployed]["content_id"], checkpoint=deployed))
+        write_deployment_state(layout, DeploymentState.model_validate({"targets": {"local": {"active": {
             "version": version, "content_id": entries[deployed]["content_id"], "checkpoint": deployed,
-            "path": f"models/deployed/{version}", "deployed_at": t0 + 10}, "previous": None}}, "in_progress": None})
+            "path": f"models/deployed/{version}", "deployed_at": t0 + 10}, "previous": None}}, "in_progress": None}))
     # queue: genuine ingest (sidecars, reject reports)
     ingestor = Ingestor(cfg)
     src = layout.base_dir / "demo-src"
@@ -149,21 +151,3 @@ def write_run(cfg, steps: int = 3000, live_pid: int | None = None, now: float | 
         for name in ("daemon", "trainer"):
             layout.pid_file(name).write_text(f"{live_pid}\n")
     return {"steps": steps, "checkpoints": ckpt_steps, "champion": champion, "deployed": deployed}
-
-
-def main(argv: list[str] | None = None) -> int:
-    from core.config import from_dict
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base-dir", required=True, help="folder to fill (created)")
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--live-pid", type=int, default=None, help="pid to record as daemon and trainer (default: none)")
-    args = parser.parse_args(argv)
-    base = Path(args.base_dir).resolve()
-    cfg = from_dict({"paths": {"base_dir": str(base)}}, base)
-    print(json.dumps(write_run(cfg, args.steps, args.live_pid)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

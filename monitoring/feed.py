@@ -286,7 +286,7 @@ class LiveFeed:
             "checkpoints": [self.layout.current_model],
             "rankings": [self.layout.comparisons],
             "deployments": [self.layout.deployments],
-            "curriculum": [self.layout.status / "curriculum.json"],
+            "curriculum": [self.layout.curriculum],
         }
         for what, paths in watched.items():
             stamp = tuple(self._stamp(p) for p in paths)

@@ -1,10 +1,10 @@
 """What the monitor reads, each from its owner's files or library: status, queue, checkpoints, rankings,
 deployments, curriculum, events, host metrics, and box B's inference server.
 
-Every reader tolerates a missing or half-written file (it returns an empty
-answer that says so); files written by parts still being built (the ranking
-ledger `status/comparisons.json`, `status/deployments.jsonl`) are read
-defensively, by the field names the design contract gives, with fallbacks.
+Every reader tolerates a missing file (it returns an empty answer that says
+so); the shared records (the ranking ledger, the deployment state and history)
+are read through their models in core/state/, and an invalid one is reported
+in the answer's `error`, never as a 500.
 
 Library only; the app calls these functions.
 """
@@ -20,13 +20,17 @@ from typing import Any
 
 import psutil
 
-from core.atomic_io import read_json
 from core.system_metrics import disk_stats, gpu_stats, ram_stats
 from core.live_status import live_status
 from core.queue_store import PRIORITIES, STATES, TrainingQueue, stem_of
 from core.state.base import StateError
+from core.state.curriculum import read_curriculum
+from core.state.deployment import DeployEvent, DeploymentState, read_deployment_state, recent_deployment_events
+from core.state.ledger import LedgerEntry, read_ledger
 from core.state.queue_records import read_job_sidecar
 from core.state.training_status import TrainingStatus, read_training_status
+from data_manager.curriculum_manager import Curriculum
+from trainer.checkpoint import list_checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -191,140 +195,94 @@ def queue_detail(queue: TrainingQueue, name: str) -> dict:
 
 
 # ------------------------------------------------- checkpoints and rankings
-def _ledger_records(ledger: Any) -> list[dict]:
-    """Per-checkpoint records from comparisons.json, whatever container the ledger uses."""
-    if isinstance(ledger, list):
-        return [r for r in ledger if isinstance(r, dict)]
-    if not isinstance(ledger, dict):
-        return []
-    for key in ("checkpoints", "results", "entries", "scores", "ledger", "ranking", "rankings"):
-        v = ledger.get(key)
-        if isinstance(v, list) and v and all(isinstance(r, dict) for r in v):
-            return v
-        if isinstance(v, dict) and v and all(isinstance(r, dict) for r in v.values()):
-            return [dict(r, name=r.get("name") or k) for k, r in v.items()]
-    return []
+def _accuracy_map(entry: LedgerEntry) -> dict | None:
+    """{skill: 0.85}: each skill's accuracy on its current ladder rung."""
+    return {skill: acc.accuracy for skill, acc in (entry.accuracy or {}).items()} or None
 
 
-def _name_of(value: Any) -> str | None:
-    if isinstance(value, dict):
-        for key in ("checkpoint", "name", "path", "source", "source_path"):
-            if isinstance(value.get(key), str):
-                return Path(value[key]).name
-        return None
-    return Path(value).name if isinstance(value, str) else None
-
-
-def _accuracy_map(value: Any) -> dict | None:
-    """{skill: 0.85} from either {skill: 0.85} or the ledger's {skill: {"accuracy": 0.85, ...}}."""
-    if not isinstance(value, dict):
-        return None
-    out = {}
-    for skill, v in value.items():
-        if isinstance(v, dict):
-            v = v.get("accuracy")
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[skill] = float(v)
-    return out or None
-
-
-def _ladder_map(sets: Any) -> dict | None:
-    """{skill: {level: accuracy}} from the ledger's per-set results (the held-out ladder, same items for every checkpoint)."""
-    if not isinstance(sets, dict):
-        return None
+def _ladder_map(entry: LedgerEntry) -> dict | None:
+    """{skill: {level: accuracy}} from the per-set results (the held-out ladder, same items for every checkpoint)."""
     out: dict = {}
-    for r in sets.values():
-        if isinstance(r, dict) and r.get("kind") == "ladder" and isinstance(r.get("accuracy"), (int, float)):
-            out.setdefault(str(r.get("skill")), {})[int(r.get("level") or 0)] = float(r["accuracy"])
+    for r in (entry.sets or {}).values():
+        if r.kind == "ladder" and r.accuracy is not None:
+            out.setdefault(str(r.skill), {})[int(r.level or 0)] = r.accuracy
     return {k: dict(sorted(v.items())) for k, v in sorted(out.items())} or None
 
 
-def _set_summary(sets: Any) -> dict | None:
+def _set_summary(entry: LedgerEntry) -> dict | None:
     """{set id: {kind, n, accuracy, mean_loss}}: the per-set results without the per-item lists."""
-    if not isinstance(sets, dict):
-        return None
-    return {k: {f: r.get(f) for f in ("kind", "n", "accuracy", "mean_loss")} for k, r in sets.items() if isinstance(r, dict)} or None
+    return {k: {"kind": r.kind, "n": r.n, "accuracy": r.accuracy, "mean_loss": r.mean_loss}
+            for k, r in (entry.sets or {}).items()} or None
 
 
-def _last_verdict(verdicts: Any) -> dict | None:
-    """The newest judgement against the deployed version: {baseline_checkpoint, at, paired, margin}."""
-    if not isinstance(verdicts, list) or not verdicts or not isinstance(verdicts[-1], dict):
+def _last_verdict(entry: LedgerEntry) -> dict | None:
+    """The newest judgement against the deployed version: {baseline, baseline_checkpoint, at, paired, margin}."""
+    if not entry.verdicts:
         return None
-    return {k: v for k, v in verdicts[-1].items() if k != "key"}
+    return {k: v for k, v in entry.verdicts[-1].model_dump(mode="json").items() if k != "key"}
+
+
+def _state_error(what: str, exc: StateError) -> str:
+    logger.error("%s: %s", what, exc)
+    return str(exc)
 
 
 def rankings(cfg) -> dict:
-    """The ranking ledger (management/model_comparison_engine.py), normalised: records best first,
-    champion, and the version actually deployed (status/deployment_state.json, else the history)."""
-    layout = cfg.layout
-    ledger = read_json(layout.comparisons)
+    """The ranking ledger (core/state/ledger.py, written by management/model_comparison_engine.py): records in
+    the ledger's ranking order, then the unranked ones; champion, and the version actually deployed."""
+    error = None
+    try:
+        ledger = read_ledger(cfg.layout)
+    except StateError as exc:  # shown on the page, never a 500
+        ledger, error = None, _state_error("ranking ledger", exc)
     records = []
-    for r in _ledger_records(ledger):
-        name = _name_of(r)
-        metrics = r.get("metrics") if isinstance(r.get("metrics"), dict) else {}
-        flat = {k: v for k, v in {**r, **metrics}.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        records.append({"name": name, "global_step": step_of(r) or (step_of({"name": name}) if name else None),
-                        "rank": r.get("rank"), "score": flat.get("score"), "val_loss": flat.get("val_loss"),
-                        "anchor_loss": flat.get("anchor_loss"), "accuracy_mean": flat.get("accuracy_mean"),
-                        "accuracy": _accuracy_map(r.get("accuracy")) or _accuracy_map(metrics.get("accuracy")),
-                        "status": r.get("status") or r.get("verdict"), "error": r.get("error"),
-                        "scored_at": r.get("scored_at") or r.get("ts"), "ladder": _ladder_map(r.get("sets")),
-                        "sets": _set_summary(r.get("sets")), "verdict": _last_verdict(r.get("verdicts")), "raw": r})
-    primary = (ledger.get("primary_metric") if isinstance(ledger, dict) else None) or cfg.comparison.primary_metric
-    order = ledger.get("ranking") if isinstance(ledger, dict) else None
-    if isinstance(order, list) and all(isinstance(n, str) for n in order):
-        pos = {n: i for i, n in enumerate(order)}
-        records.sort(key=lambda r: (pos.get(r["name"], 1 << 30), -(r["global_step"] or 0)))
-        ranked = set(order)
-    else:
-        if any(isinstance(r["rank"], int) for r in records):
-            records.sort(key=lambda r: (r["rank"] if isinstance(r["rank"], int) else 1 << 30))
-        elif primary.endswith("loss"):
-            records.sort(key=lambda r: (r["val_loss"] is None, r["val_loss"] if r["val_loss"] is not None else 0))
-        ranked = {r["name"] for r in records if r["status"] in (None, "scored")}
-    champion = _name_of(ledger.get("champion")) if isinstance(ledger, dict) else None
-    deployed = deployed_checkpoint(cfg)
+    for name, e in (ledger.checkpoints.items() if ledger else ()):
+        records.append({"name": name, "global_step": e.step, "val_loss": e.metric("val_loss"),
+                        "anchor_loss": e.metric("anchor_loss"), "accuracy_mean": e.metric("accuracy_mean"),
+                        "accuracy": _accuracy_map(e), "status": e.status.value, "error": e.error,
+                        "scored_at": e.scored_at, "ladder": _ladder_map(e), "sets": _set_summary(e),
+                        "verdict": _last_verdict(e)})
+    order = {n: i for i, n in enumerate(ledger.ranking)} if ledger else {}
+    records.sort(key=lambda r: (order.get(r["name"], 1 << 30), -(r["global_step"] or 0)))
     n = 0
     for r in records:
-        if r["name"] in ranked:
+        if r["name"] in order:
             n += 1
             r["position"] = n
         else:
             r["position"] = None  # failed or not scored yet: listed, not ranked
-    rule = (ledger.get("rule") if isinstance(ledger, dict) else None) or cfg.comparison.rule
-    return {"present": ledger is not None, "primary_metric": primary, "rule": rule, "records": records,
-            "champion": champion, "deployed": deployed,
-            "updated_at": ledger.get("updated_at") if isinstance(ledger, dict) else None}
+    return {"present": ledger is not None, "primary_metric": (ledger and ledger.primary_metric) or cfg.comparison.primary_metric,
+            "rule": (ledger and ledger.rule) or cfg.comparison.rule, "records": records,
+            "champion": ledger.champion.checkpoint if ledger and ledger.champion else None,
+            "deployed": deployed_checkpoint(cfg), "updated_at": ledger.updated_at if ledger else None,
+            "error": error}
 
 
-PROMOTED = ("promoted", "deployed", "active", "success")
+def _deployment_state(cfg) -> tuple[DeploymentState, str | None]:
+    try:
+        return read_deployment_state(cfg.layout), None
+    except StateError as exc:  # shown on the page, never a 500
+        return DeploymentState(), _state_error("deployment state", exc)
 
 
-def is_promotion(rec: dict) -> bool:
-    what = str(rec.get("event") or rec.get("outcome") or rec.get("status") or "").lower()
-    return what in PROMOTED
-
-
-def deployed_checkpoint(cfg) -> str | None:
-    """The checkpoint box B's primary target serves: deployment_state.json's active version, else the last
+def deployed_checkpoint(cfg, state: DeploymentState | None = None) -> str | None:
+    """The checkpoint box B's primary target serves: deployment_state.json's active version on the first configured
+    target (or the first in the file: a monitor may run with a config that lists no targets), else the last
     promotion in deployments.jsonl (None when nothing was deployed)."""
-    state = read_json(cfg.layout.status / "deployment_state.json")
-    targets = state.get("targets") if isinstance(state, dict) else None
-    if isinstance(targets, dict) and targets:
-        primary = cfg.deploy.targets[0].name if cfg.deploy.targets else next(iter(targets))
-        active = (targets.get(primary) or {}).get("active")
-        if isinstance(active, dict):
-            return _name_of(active)
-    for rec in reversed(tail_jsonl(cfg.layout.deployments, 500)):
-        if is_promotion(rec):
-            return _name_of(rec)
+    state = state if state is not None else _deployment_state(cfg)[0]
+    if state.targets:
+        primary = cfg.deploy.targets[0].name if cfg.deploy.targets else next(iter(state.targets))
+        active = state.active(primary)
+        if active is not None:
+            return active.checkpoint
+    for event in reversed(recent_deployment_events(cfg.layout, 500)):
+        if event.event is DeployEvent.promoted:
+            return event.checkpoint
     return None
 
 
 def checkpoints(cfg) -> dict:
     """Checkpoints on disk (newest first) joined with their ranking; champion and deployed marked."""
-    from trainer.checkpoint import list_checkpoints
-
     ranks = rankings(cfg)
     by_name = {r["name"]: r for r in ranks["records"] if r["name"]}
     out = []
@@ -342,10 +300,10 @@ def checkpoints(cfg) -> dict:
                     "ladder": r.get("ladder"), "sets": r.get("sets"), "verdict": r.get("verdict"),
                     "champion": ckpt.path.name == ranks["champion"], "deployed": ckpt.path.name == ranks["deployed"]})
     on_disk = {c["name"] for c in out}
-    ranked_gone = [dict({k: v for k, v in r.items() if k != "raw"}, on_disk=False,
+    ranked_gone = [dict(r, on_disk=False,
                         champion=r["name"] == ranks["champion"], deployed=r["name"] == ranks["deployed"])
                    for r in ranks["records"] if r["name"] not in on_disk]
-    return {"checkpoints": out, "ranking": [{k: v for k, v in r.items() if k != "raw"} for r in ranks["records"]],
+    return {"checkpoints": out, "ranking": ranks["records"],
             "ranked_not_on_disk": ranked_gone, "champion": ranks["champion"], "deployed": ranks["deployed"],
             "ledger_present": ranks["present"], "primary_metric": ranks["primary_metric"], "rule": ranks["rule"]}
 
@@ -353,28 +311,29 @@ def checkpoints(cfg) -> dict:
 def deployments(cfg, limit: int = 100) -> dict:
     """deployments.jsonl newest first (one line per stage event), the promotions (the loss chart's markers)
     and what each target serves now."""
-    recs = tail_jsonl(cfg.layout.deployments, max(limit, 1000))
-    for r in recs:
-        r.setdefault("global_step", step_of(r))
-    promotions = [r for r in recs if is_promotion(r)]
-    state = read_json(cfg.layout.status / "deployment_state.json")
+    events = recent_deployment_events(cfg.layout, max(limit, 1000))
+    recs = [dict(e.to_json(), global_step=step_of({"checkpoint": e.checkpoint, "version": e.version})) for e in events]
+    promotions = [r for r, e in zip(recs, events) if e.event is DeployEvent.promoted]
+    state, error = _deployment_state(cfg)
     return {"present": cfg.layout.deployments.exists(), "deployments": recs[::-1][:limit],
-            "promotions": promotions[-200:], "deployed": deployed_checkpoint(cfg),
-            "targets": state.get("targets") if isinstance(state, dict) else None,
-            "in_progress": state.get("in_progress") if isinstance(state, dict) else None}
+            "promotions": promotions[-200:], "deployed": deployed_checkpoint(cfg, state),
+            "targets": {name: t.model_dump(mode="json") for name, t in state.targets.items()} if error is None else None,
+            "in_progress": state.in_progress.model_dump(mode="json") if state.in_progress else None,
+            "error": error}
 
 
 # ---------------------------------------------------------------- curriculum
 def curriculum(cfg) -> dict:
-    from data_manager.curriculum_manager import Curriculum
-
     cur = Curriculum.from_config(cfg)
     skills = [s.name for s in cfg.data_manager.skills]
     out = cur.status(skills)
-    state = cur.load()
+    try:
+        state = read_curriculum(cur.path)
+    except StateError as exc:  # the levels above are the curriculum's own fallback (level 1); the page says why
+        state, out["error"] = None, _state_error("curriculum", exc)
     for name, entry in out["skills"].items():
-        hist = (state["skills"].get(name) or {}).get("history") or []
-        entry["history"] = hist[-50:]
+        progress = state.skills.get(name) if state else None
+        entry["history"] = [h.model_dump(mode="json") for h in progress.history[-50:]] if progress else []
     out["present"] = cur.path.exists()
     return out
 

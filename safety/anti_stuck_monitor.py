@@ -9,7 +9,7 @@ daemon requeues the file with the attempt counted. The daemon runs this check
 every tick; the CLI runs it once against the recorded trainer pid.
 
 Run as:
-    python3 safety/anti_stuck_monitor.py [--kill]
+    cadence stuck [--kill]
 """
 from __future__ import annotations
 
@@ -18,15 +18,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from core.state.base import StateError  # noqa: E402
-from core.state.heartbeat import read_heartbeat  # noqa: E402
+from core.state.base import StateError
+from core.state.heartbeat import read_heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -92,36 +89,3 @@ def dump_stacks(pid: int, log_path: Path | None = None, timeout: float = 20.0) -
         return "faulthandler"
     except ProcessLookupError:
         return "gone"
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from core.config import add_config_args, config_or_exit
-    from core.procs import live_pid, terminate
-
-    parser = argparse.ArgumentParser(description="Check the training child's heartbeat once; optionally kill it when stuck.")
-    parser.add_argument("--kill", action="store_true", help="dump stacks and kill a stuck child")
-    add_config_args(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = config_or_exit(args)
-    pid = live_pid(cfg.layout.pid_file("trainer"))
-    if pid is None:
-        print("no training child running")
-        return 0
-    import psutil
-
-    verdict = check(cfg, pid, psutil.Process(pid).create_time())
-    if verdict is None:
-        print(f"trainer {pid}: making progress")
-        return 0
-    print(f"trainer {pid}: STUCK: {verdict}")
-    if args.kill:
-        how = dump_stacks(pid, cfg.layout.logs / "trainer.log")
-        print(f"stacks dumped via {how}; {terminate(pid, 10)}")
-    return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

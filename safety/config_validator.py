@@ -8,29 +8,26 @@ models/previous_runs/, never deleting them). Range checks are the config
 model's own (pydantic); this adds the checks that need the disk.
 
 Run as:
-    python3 safety/config_validator.py [--json]          # check config.json against the run on disk
-    python3 safety/config_validator.py --start-new-run   # archive current checkpoints; next training starts from base_model
+    cadence check-config [--json]          # check config.json against the run on disk
+    cadence check-config --start-new-run   # archive current checkpoints; next training starts from base_model
 """
 from __future__ import annotations
 
-import json
 import os
-import sys
+import shutil
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from core.atomic_io import read_json  # noqa: E402
-from core.config import CadenceConfig  # noqa: E402
-from core.state.trainer_state import TrainerState  # noqa: E402
+from core.atomic_io import read_json
+from core.config import CadenceConfig
+from core.state.lifecycle import ArchivedRun, write_archived_run
+from trainer.checkpoint import latest_checkpoint
+from core.state.trainer_state import TrainerState
 
 ARCH_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
 
 
 def _latest_state(cfg: CadenceConfig) -> tuple[Path | None, TrainerState]:
-    from trainer.checkpoint import latest_checkpoint  # light: no torch import
-
     ckpt = latest_checkpoint(cfg.layout.current_model)
     return (ckpt.path, ckpt.trainer_state()) if ckpt else (None, TrainerState())
 
@@ -69,8 +66,6 @@ def path_problems(cfg: CadenceConfig) -> list[str]:
 
 def disk_problems(cfg: CadenceConfig) -> tuple[list[str], list[str]]:
     """(errors, warnings) for free disk at base_dir."""
-    import shutil
-
     free_gb = shutil.disk_usage(cfg.layout.base_dir).free / 1e9
     errors, warnings = [], []
     if free_gb < cfg.safety.min_free_disk_gb:
@@ -91,39 +86,8 @@ def start_new_run(cfg: CadenceConfig, reason: str = "new run") -> Path | None:
     cur = cfg.layout.current_model
     if not cur.exists() or not any(cur.iterdir()):
         return None
-    dest = cfg.layout.models / "previous_runs" / time.strftime("run_%Y%m%d_%H%M%S")
+    dest = cfg.layout.previous_runs / time.strftime("run_%Y%m%d_%H%M%S")
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.rename(cur, dest)
-    (dest / "ARCHIVED.json").write_text(json.dumps({"reason": reason, "archived_at": time.time()}))
+    write_archived_run(dest, ArchivedRun(reason=reason, archived_at=time.time()))
     return dest
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from core.config import add_config_args, config_or_exit
-
-    parser = argparse.ArgumentParser(description="Check config.json against the run on disk (critical keys, paths, disk).")
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--start-new-run", action="store_true", help="archive current checkpoints so critical settings may change")
-    add_config_args(parser)
-    args = parser.parse_args(argv)
-    cfg = config_or_exit(args)
-    if args.start_new_run:
-        dest = start_new_run(cfg, "operator started a new run")
-        print(f"archived previous run to {dest}" if dest else "no checkpoints: nothing to archive")
-        return 0
-    report = validate(cfg)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        for e in report["errors"]:
-            print(f"error: {e}")
-        for w in report["warnings"]:
-            print(f"warning: {w}")
-        print("config OK" if report["ok"] else "config REFUSED")
-    return 0 if report["ok"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,23 +12,19 @@ system faults in a row (kept in `status/fault_streak.json`, so a restarted daemo
 goes on counting) it pauses itself with an alert naming the cause.
 
 Run as:
-    python3 safety/crash_detector.py history [--json] [-n 20]
+    cadence crashes [--json] [-n 20]
 """
 from __future__ import annotations
 
-import json
 import re
 import signal
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from core.state.child_result import ChildResult  # noqa: E402
-from core.state.faults import (Crash, FaultStreak, StreakFault, append_crash, crash_history_path,  # noqa: E402
+from core.state.child_result import ChildResult
+from core.state.faults import (Crash, FaultStreak, StreakFault, append_crash,
                                fault_streak_path, read_crashes, read_fault_streak, write_fault_streak)
-from core.state.heartbeat import Heartbeat  # noqa: E402
+from core.state.heartbeat import Heartbeat
 
 CATEGORIES = ("cuda_oom", "cpu_oom", "cuda_error", "nan_loss", "disk_full", "data_error", "config_error",
               "import_error", "killed", "segfault", "stuck", "unknown")
@@ -162,30 +158,3 @@ def history(history_path: Path, n: int = 20) -> list[Crash]:
     """The last `n` recorded crashes, oldest first."""
     return read_crashes(history_path)[-n:] if n > 0 else []
 
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from core.config import add_config_args, config_or_exit
-
-    parser = argparse.ArgumentParser(description="Show classified training-child crashes.")
-    parser.add_argument("command", choices=["history"])
-    parser.add_argument("-n", type=int, default=20)
-    parser.add_argument("--json", action="store_true")
-    add_config_args(parser)
-    args = parser.parse_args(argv)
-    cfg = config_or_exit(args)
-    rows = history(crash_history_path(cfg.layout), args.n)
-    if args.json:
-        print(json.dumps([r.to_json() for r in rows], indent=2))
-    else:
-        for r in rows:
-            print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.ts))}  {r.category:<12} {r.action:<20} "
-                  f"{r.blame:<6} {r.file or '-'}  {r.message[:100]}")
-        if not rows:
-            print("no crashes recorded")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,12 +9,12 @@ training_status.json), and waits for an operator action (any controller
 request) before trying again.
 
 Run as:
-    python3 safety/daemon_watchdog.py [--config config.json] [--set key=value]
-    (scripts/start_all.sh starts it; it starts the daemon)
+    cadence watchdog [--config config.json] [--set key=value]
+    python3 safety/daemon_watchdog.py ...     (the seed path)
+    (`cadence start` starts it; it starts the daemon)
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -27,8 +27,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-from core.config import add_config_args, config_or_exit
 from core.state.control import read_control
+from core.state.events import append_event
 from core.procs import AlreadyRunning, InstanceLock, live_pid, remove_pid, terminate, write_pid
 from core.state.events import append_event
 from trainer.status import StatusWriter
@@ -91,7 +91,7 @@ class Watchdog:
         if len(self.restarts) >= self.cfg.safety.max_restarts:
             reason = (f"daemon died {len(self.restarts)} times within {self.cfg.safety.restart_window:.0f}s: "
                       f"crash loop, staying down; see logs/daemon.log, then run "
-                      f"`python3 core/training_controller.py resume` to try again")
+                      f"`cadence resume` to try again")
             self.gave_up_at_control = control.updated_at
             self.event("crash_loop", reason=reason)
             StatusWriter(self.layout.training_status, self.layout.metrics).update(state="crashed", reason=reason)
@@ -127,16 +127,3 @@ class Watchdog:
             lock.release()
             self.event("watchdog_stopped")
         return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Restart the training daemon when it dies (by recorded pid).")
-    add_config_args(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    cfg = config_or_exit(args)
-    return Watchdog(cfg, args.config, args.overrides).run()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -114,13 +114,24 @@ def build_tokenizer(vocab_size: int):
     return tokenizer
 
 
-def build_model(out: str | Path, preset: str = "tiny", seed: int = 0, max_length: int | None = None) -> Path:
-    """Write a loadable HF model folder (config, safetensors, tokenizer, generation config) to `out`."""
+OVERRIDABLE = ("num_hidden_layers",)
+
+
+def build_model(out: str | Path, preset: str = "tiny", seed: int = 0, max_length: int | None = None,
+                overrides: dict | None = None) -> Path:
+    """Write a loadable HF model folder (config, safetensors, tokenizer, generation config) to `out`.
+    `overrides` changes preset fields named in OVERRIDABLE (e.g. fewer layers at the same widths)."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, Qwen3Config
 
     out = Path(out)
     arch = dict(PRESETS[preset])
+    for key, value in (overrides or {}).items():
+        if key not in OVERRIDABLE:
+            raise ValueError(f"preset override {key!r} is not supported (supported: {', '.join(OVERRIDABLE)})")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"preset override {key}={value!r}: must be a positive integer")
+        arch[key] = value
     tokenizer = build_tokenizer(arch["vocab_size"])
     if preset != "qwen3-0.6b":
         arch["vocab_size"] = -(-len(tokenizer) // 64) * 64  # round up to a multiple of 64
@@ -162,15 +173,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="models/base", help="output folder (default: models/base)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="architecture (default: tiny, ~4M params)")
     parser.add_argument("--seed", type=int, default=0, help="weight init seed")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="override the preset's num_hidden_layers (same widths, fewer or more layers)")
     parser.add_argument("--if-absent", action="store_true", help="do nothing when OUT already holds a model")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.if_absent and (out / "config.json").exists():
         print(f"{out}: model present, left as is")
         return 0
-    build_model(out, args.preset, args.seed)
+    overrides = {"num_hidden_layers": args.layers} if args.layers is not None else None
+    try:
+        build_model(out, args.preset, args.seed, overrides=overrides)
+    except ValueError as exc:
+        parser.error(str(exc))
     n = sum(1 for _ in out.iterdir())
-    print(f"built {args.preset} model in {out} ({n} files)")
+    layers = f", {args.layers} layers" if args.layers is not None else ""
+    print(f"built {args.preset} model{layers} in {out} ({n} files)")
     return 0
 
 

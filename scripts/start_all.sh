@@ -15,9 +15,9 @@ for a in "$@"; do
   if [[ $a == --follow ]]; then follow=1; else args+=("$a"); fi
 done
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TOKENIZERS_PARALLELISM=false
-"$PY" scripts/services.py start "${args[@]}"
-port=$("$PY" -c 'import sys; sys.path.insert(0, "."); from core.config import load_config; print(load_config().monitor.port)' 2>/dev/null || echo 8080)
-echo "Cadence is up. Monitor: http://127.0.0.1:${port}/   Status: python3 core/training_controller.py status"
+"$PY" -m core.cli start "${args[@]}"
+port=$("$PY" -c 'from core.config import load_config; print(load_config().monitor.port)' 2>/dev/null || echo 8080)
+echo "Cadence is up. Monitor: http://127.0.0.1:${port}/   Status: cadence control status"
 if (( follow )); then
-  exec "$PY" scripts/follow.py "${args[@]}"
+  exec "$PY" -m core.cli follow "${args[@]}"
 fi

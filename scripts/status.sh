@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 [[ -x $PY ]] || PY=python3
-"$PY" scripts/services.py status "$@"
+"$PY" -m core.cli status "$@"
 echo
-exec "$PY" core/training_controller.py status "$@"
+exec "$PY" -m core.cli control status "$@"

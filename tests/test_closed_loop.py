@@ -1,6 +1,6 @@
 """The closed loop, end to end, with the repository's own config.json: generate -> train -> evaluate -> level up -> deploy.
 
-Every process is real (scripts/services.py start, as scripts/start_all.sh does), on a fresh base dir with the
+Every process is real (`cadence start`, as scripts/start_all.sh does), on a fresh base dir with the
 ports moved out of the way. Passes when the tiny model has mastered binary level 1 (the curriculum moved it to
 level 2), the deployed version changed at least twice, and the monitor's API reports both.
 """
@@ -24,14 +24,14 @@ pytestmark = pytest.mark.slow
 def test_closed_loop_reaches_binary_level_2_and_deploys(tmp_path, tiny_model_dir):
     base = tmp_path / "cadence"
     shutil.copytree(tiny_model_dir, base / "models" / "base")
-    from scripts.services import shifted_config
+    from core.services import shifted_config
 
     off = 13000
     cfg = shifted_config(off, min_free_disk_gb=0, warn_free_disk_gb=0)
     config = base / "config.json"
     config.write_text(json.dumps(cfg))
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    services = [sys.executable, str(REPO / "scripts" / "services.py")]
+    services = [sys.executable, "-m", "core.cli"]
     subprocess.run(services + ["start", "--config", str(config)], cwd=REPO, env=env, check=True, capture_output=True)
     monitor = f"http://127.0.0.1:{8080 + off}"
     curriculum = base / "status" / "curriculum.json"
@@ -64,3 +64,9 @@ def test_closed_loop_reaches_binary_level_2_and_deploys(tmp_path, tiny_model_dir
                             for m in done), [(m.name, m.global_step_start, m.global_step_end) for m in done]
     finally:
         subprocess.run(services + ["stop", "--config", str(config)], cwd=REPO, env=env, capture_output=True)
+    # Every JSON/JSONL file the loop left under status/, control/, queue/ and models/ is a record owned by a
+    # core/state module and validates against its model (or is named in registry.NOT_RECORDS: data, HF files).
+    from core.state.registry import validate_tree
+
+    problems = validate_tree(base)
+    assert not problems, "\n".join(problems)

@@ -342,7 +342,7 @@ def test_cli_status_and_forced_generate(tmp_path):
     cfg.write_text(json.dumps({"paths": {"base_dir": str(tmp_path)}, "model": {"base_model": str(tmp_path / "none")},
                                "data_manager": {"request_retries": 0, "request_timeout": 0.5,
                                                 "skills": [{"name": "binary", "url": "http://127.0.0.1:9"}]}}))
-    run = lambda *a: subprocess.run([sys.executable, "data_manager/manager.py", "--config", str(cfg), *a],  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "core.cli", "data", "--config", str(cfg), *a],  # noqa: E731
                                     cwd=REPO, capture_output=True, text=True, timeout=60)
     assert run("--help").returncode == 0
     out = run("generate", "--force", "--count", "20")

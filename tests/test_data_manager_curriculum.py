@@ -137,7 +137,7 @@ def test_cli_status(tmp_path):
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"paths": {"base_dir": str(tmp_path)}}))
     Curriculum(tmp_path / "status" / "curriculum.json").record_eval("binary", 1, 0.75, step=5)
-    run = lambda *a: subprocess.run([sys.executable, "data_manager/curriculum_manager.py", "--config", str(cfg), *a],  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "core.cli", "curriculum", "--config", str(cfg), *a],  # noqa: E731
                                     cwd=REPO, capture_output=True, text=True, timeout=60)
     out = run("status", "--json")
     assert out.returncode == 0, out.stderr

@@ -37,7 +37,7 @@ def cfg(make_config):
 
 
 def test_validate_reports_every_corpus_files_rule(cfg, corpus_dir):
-    from core.watcher import Ingestor
+    from core.ingest import Ingestor
 
     original = cfg.layout.base_dir / "src" / corpus.ORIGINAL[0]
     original.parent.mkdir(parents=True)
@@ -175,7 +175,7 @@ def test_cli(cfg, corpus_dir, tmp_path):
     cfg_path.write_text(json.dumps({"paths": {"base_dir": str(cfg.layout.base_dir)},
                                     "model": {"base_model": str(cfg.resolve(cfg.model.base_model)), "max_length": 256},
                                     "training": {"micro_batch_tokens": 512}}))
-    run = lambda *a: subprocess.run([sys.executable, "scripts/dataset.py", *a, "--config", str(cfg_path)], cwd=REPO,
+    run = lambda *a: subprocess.run([sys.executable, "-m", "core.cli", "dataset", *a, "--config", str(cfg_path)], cwd=REPO,
                                     capture_output=True, text=True, timeout=120)
     r = run("validate", str(corpus_dir["two_users"]), str(corpus_dir["bom"]), "--json")
     assert r.returncode == 1, r.stderr
@@ -193,5 +193,5 @@ def test_cli(cfg, corpus_dir, tmp_path):
     assert r.returncode == 0 and "removed 1 exact" in r.stdout  # GOOD_ROW twice
     r = run("fix", str(tmp_path / "missing.jsonl"))
     assert r.returncode == 2 and "missing.jsonl" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "scripts/dataset.py", "--help"], cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "core.cli", "dataset", "--help"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0 and "validate" in r.stdout and "dedupe" in r.stdout

@@ -195,6 +195,36 @@ def test_pause_and_stop_reach_both_ranks_and_a_2_rank_checkpoint_resumes_on_1(re
     assert_same_run(reference, c)
 
 
+def test_a_1_process_checkpoint_resumes_on_2_ranks(reference, tmp_path, micro_model_dir, cadence_runs):
+    """The other direction of a world-size change: a file stopped mid-way on 1 process continues on 2 DDP ranks
+    from the same step (the same plan, now shared out), and the result equals the uninterrupted 1-process run."""
+    c = run_queue(tmp_path / "grow", micro_model_dir, fault="slow:0.3")
+    cadence_runs.append(c)
+    c.start()
+    c.wait(lambda: (c.heartbeat().get("global_step") or 0) >= 3, 120, "training under way")
+    request(c.layout, "stop", reason="test")
+    daemon = c.procs[0]
+    c.wait(lambda: daemon.poll() is not None, 60, "daemon stopped")
+    from trainer.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(c.layout.current_model)
+    stopped_at = ckpt.step
+    current = ckpt.trainer_state()["current_file"]
+    assert stopped_at >= 3 and current["name"] == "a.jsonl" and current["steps_done"] == stopped_at
+    assert current["steps_done"] < current["total_steps"]  # mid-file
+    cfg = dict(c.config_data)
+    cfg["training"] = dict(cfg["training"], distributed="ddp", num_processes=2, master_port=_port(4))
+    c.write_config(cfg)
+    c.env.pop("CADENCE_FAULT_INJECT")
+    request(c.layout, "resume", reason="test")
+    c.start()
+    finish(c)
+    records = train_records(c)
+    assert [r["processes"] for r in records if r["global_step"] <= stopped_at] == [1] * stopped_at
+    assert {r["processes"] for r in records if r["global_step"] > stopped_at} == {2}
+    assert_same_run(reference, c)
+
+
 def _train_standalone(base, model_dir, data, world: int, port: int, **training) -> dict[str, torch.Tensor]:
     """core/train.py on `world` ranks started as the daemon starts them; the final checkpoint's tensors."""
     import subprocess
@@ -215,7 +245,7 @@ def _train_standalone(base, model_dir, data, world: int, port: int, **training) 
         cfg["training"].update(distributed="ddp", num_processes=world)
     base.mkdir(parents=True)
     (base / "config.json").write_text(json.dumps(cfg))
-    cmd = [sys.executable, str(REPO / "core/train.py"), str(data), "--config", str(base / "config.json")]
+    cmd = [sys.executable, "-m", "core.cli", "train", str(data), "--config", str(base / "config.json")]
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
     log = open(base / "train.log", "wb")
     procs = [subprocess.Popen(cmd, cwd=REPO, env=rank_env(env, r, world, _port(port)) if world > 1 else env,

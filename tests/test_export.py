@@ -261,12 +261,12 @@ def test_version_names_and_cli(tmp_path, make_config, micro_model_dir):
     cfg_path = tmp_path / "config.json"
     cfg_path.write_text(json.dumps({"paths": {"base_dir": str(cfg.layout.base_dir)}}))
     out = tmp_path / "ollama"
-    r = subprocess.run([sys.executable, "management/export.py", "v2", "--out", str(out), "--format", "gguf", "--quant", "q8_0",
+    r = subprocess.run([sys.executable, "-m", "core.cli", "export", "v2", "--out", str(out), "--format", "gguf", "--quant", "q8_0",
                         "--ollama", "--config", str(cfg_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "as gguf q8_0" in r.stdout and (out / "model.gguf").stat().st_size > 0
     assert (out / "Modelfile").read_text().startswith("FROM ./model.gguf")
     assert "llama-quantize model.gguf model-Q4_K_M.gguf Q4_K_M" in (out / "README.txt").read_text()
-    r = subprocess.run([sys.executable, "management/export.py", "nope", "--out", str(tmp_path / "x"), "--config", str(cfg_path)],
+    r = subprocess.run([sys.executable, "-m", "core.cli", "export", "nope", "--out", str(tmp_path / "x"), "--config", str(cfg_path)],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "nope: no such path, version or checkpoint" in r.stderr and "Traceback" not in r.stderr

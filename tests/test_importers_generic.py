@@ -122,7 +122,7 @@ def test_cli(tmp_path):
     src = tmp_path / "pairs.csv"
     src.write_text("instruction,input,output\nAdd,1 2,3\n")
     out = tmp_path / "out" / "pairs.jsonl"
-    cmd = [sys.executable, "-m", "data_manager.importers.generic", str(src), "--out", str(out)]
+    cmd = [sys.executable, "-m", "core.cli", "import", "generic", str(src), "--out", str(out)]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert [json.loads(x) for x in out.read_text().splitlines()] == [
@@ -130,5 +130,5 @@ def test_cli(tmp_path):
     src.write_text("a,b\n1,2\n")
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and f"{src}:2: import_record: no known columns" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "data_manager.importers.generic", "--help"], cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "core.cli", "import", "generic", "--help"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0 and "--inbox" in r.stdout

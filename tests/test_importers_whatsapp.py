@@ -162,7 +162,7 @@ def test_cli_out_and_inbox(tmp_path, make_config):
     cfg_path = tmp_path / "config.json"
     cfg_path.write_text(json.dumps({"paths": {"base_dir": str(cfg.layout.base_dir)}}))
     out = tmp_path / "alice.jsonl"
-    cmd = [sys.executable, "-m", "data_manager.importers.whatsapp", str(FIXTURES / "android_12h_mdy.txt"), "--me", "Alice"]
+    cmd = [sys.executable, "-m", "core.cli", "import", "whatsapp", str(FIXTURES / "android_12h_mdy.txt"), "--me", "Alice"]
     r = subprocess.run(cmd + ["--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert len(out.read_text().splitlines()) == 2
@@ -173,7 +173,7 @@ def test_cli_out_and_inbox(tmp_path, make_config):
     assert sorted(p.name for p in inbox.iterdir()) == ["whatsapp_android_12h_mdy.job.json", "whatsapp_android_12h_mdy.jsonl"]
     job = json.loads((inbox / "whatsapp_android_12h_mdy.job.json").read_text())
     assert job["schema_id"] == "chat_sft_v1" and job["priority"] == "high"
-    from core.watcher import Ingestor
+    from core.ingest import Ingestor
     results = Ingestor(cfg).scan_once()  # the daemon's own intake takes it, sidecar and all
     assert [(r.outcome, r.state) for r in results] == [("queued", "high")], [r.to_dict() for r in results]
     r = subprocess.run(cmd[:-2] + ["--me", "Nobody", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=60)

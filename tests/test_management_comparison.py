@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from management.model_comparison_engine import (champion_decision, load_ledger, pick_champion, rank,
-                                                 save_ledger, score_new_checkpoints)
+from management.champion_rule import champion_decision, pick_champion, rank
+from management.model_comparison_engine import load_ledger, save_ledger, score_new_checkpoints
 from tests.management_support import entry, make_checkpoint, write_chat_rows
 
 

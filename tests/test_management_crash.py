@@ -34,7 +34,7 @@ def _orchestrator(cfg, config_path, *args, fault=None):
         env["CADENCE_DEPLOY_FAULT"] = fault
     if fault == "mid_copy":
         env["CADENCE_DEPLOY_BWLIMIT"] = "100"   # KB/s: the copy is still running when mid_copy strikes
-    return subprocess.run([sys.executable, os.path.join(REPO, "management", "deployment_orchestrator.py"),
+    return subprocess.run([sys.executable, "-m", "core.cli", "deploy",
                            "--config", str(config_path), *args], env=env, capture_output=True, text=True, timeout=240)
 
 

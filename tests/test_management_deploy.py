@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from core.config import DeployTarget
-from management.__main__ import LifecycleWorker
+from management.lifecycle import LifecycleWorker
 from management.deployment_orchestrator import Orchestrator, history, load_state, tried_content_ids
 from tests.management_support import (ADMIN_TOKEN, LiveServer, RsyncDaemon, make_checkpoint, served,
                                       write_chat_rows)

@@ -10,8 +10,8 @@ import random
 
 import pytest
 
-from management.model_comparison_engine import (champion_decision, load_ledger, pick_champion, record_verdicts,
-                                                 score_new_checkpoints)
+from management.champion_rule import champion_decision, pick_champion
+from management.model_comparison_engine import load_ledger, record_verdicts, score_new_checkpoints
 from management.paired_test import bootstrap_test, paired_decision, sign_test
 from tests.management_support import make_checkpoint, write_chat_rows
 

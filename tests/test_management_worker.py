@@ -15,8 +15,7 @@ from management.deployment_orchestrator import history, load_state
 from tests.management_support import ADMIN_TOKEN, LiveServer, make_checkpoint, served, write_chat_rows, write_config_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLIS = ["model_comparison_engine.py", "deployment_orchestrator.py", "model_versioner.py", "backup_manager.py",
-        "auto_disk_manager.py", "retention.py"]
+CLIS = ["compare", "deploy", "versions", "backup", "disk", "retention"]  # `cadence SUB`: the lifecycle modules' CLIs
 
 
 def _env():
@@ -25,7 +24,7 @@ def _env():
 
 @pytest.mark.parametrize("script", CLIS)
 def test_cli_help(script):
-    out = subprocess.run([sys.executable, os.path.join(REPO, "management", script), "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "core.cli", script, "--help"], capture_output=True,
                          text=True, timeout=60, env=_env())
     assert out.returncode == 0 and "usage:" in out.stdout and "--json" in out.stdout
 
@@ -66,9 +65,9 @@ def test_worker_process_scores_deploys_and_stops_cleanly(make_config, micro_mode
             out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out[-3000:]
         assert not cfg.layout.pid_file("lifecycle").exists()
-        for script, args in (("deployment_orchestrator.py", ["status"]), ("model_comparison_engine.py", ["status"]),
-                             ("model_versioner.py", ["list"]), ("auto_disk_manager.py", ["free", "--dry-run"])):
-            res = subprocess.run([sys.executable, os.path.join(REPO, "management", script), "--config", str(config_path),
+        for script, args in (("deploy", ["status"]), ("compare", ["status"]),
+                             ("versions", ["list"]), ("disk", ["free", "--dry-run"])):
+            res = subprocess.run([sys.executable, "-m", "core.cli", script, "--config", str(config_path),
                                   *args, "--json"], capture_output=True, text=True, timeout=120, env=_env())
             assert res.returncode == 0, res.stderr[-2000:]
             json.loads(res.stdout)

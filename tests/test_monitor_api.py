@@ -273,7 +273,7 @@ def test_deferred_files_are_shown_and_retried(client, token, demo):
 
 # ----------------------------------------------------------------- upload
 def test_upload_lands_in_inbox_and_is_validated_like_a_drop(client, token, demo, tmp_path):
-    from core.watcher import Ingestor
+    from core.ingest import Ingestor
 
     cfg, _ = demo
     good = b'{"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}\n'

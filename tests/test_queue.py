@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from core.queue_store import DuplicateError, QueueError, TrainingQueue, main as queue_main
+from core.cli.queue import main as queue_main
+from core.queue_store import DuplicateError, QueueError, TrainingQueue
 from core.validation.report import ValidationReport
 
 REPO = Path(__file__).resolve().parent.parent
@@ -211,7 +212,6 @@ def test_skip_reject_remove_set_priority(make_config, tmp_path):
 
 
 def _claim_worker(base_cfg_json: str, barrier, out, rounds: int) -> None:
-    sys.path.insert(0, str(REPO))
     from core.config import from_dict
     from core.queue_store import TrainingQueue
 

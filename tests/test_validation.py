@@ -283,7 +283,7 @@ def test_validator_cli_from_repo_root(make_config, tmp_path):
     conf.write_text(cfg.to_json())
     p = write(tmp_path / "d.jsonl", [{"messages": [U, A]}, {"messages": [U, A]}, "{bad"])
     repo = Path(__file__).resolve().parent.parent
-    run = lambda *a: subprocess.run([sys.executable, "core/validation/validator.py", "--config", str(conf), *a],  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "core.cli", "validate", "--config", str(conf), *a],  # noqa: E731
                                     cwd=repo, capture_output=True, text=True, timeout=60)
     r = run(str(p), "--json")
     assert r.returncode == 1 and json.loads(r.stdout)["problems"][0]["lines"][0]["line"] == 3

@@ -309,8 +309,9 @@ def test_close_and_rename_into_place_are_taken_without_settling(watching, tmp_pa
     assert wait_for(lambda: set(waiting(queue)) == {"moved.jsonl", "copied.jsonl", "renamed.jsonl"}, 10), waiting(queue)
 
 
-def test_core_watcher_still_exports_the_ingest_entry_points():
+def test_the_daemon_takes_the_ingest_entry_points_from_core_ingest():
+    # core.watcher's re-export of them (an import circle, issue 17) is gone: the daemon imports core.ingest itself
+    import core.daemon
     import core.ingest
-    from core.watcher import Ingestor as I2, standard_gate as g2  # the daemon and the training child import these
 
-    assert I2 is core.ingest.Ingestor and g2 is core.ingest.standard_gate
+    assert core.daemon.Ingestor is core.ingest.Ingestor

@@ -76,8 +76,16 @@ class Front:
         return self.admin("POST", "/admin/models/load", {"path": str(path), **({"version": version} if version else {})})
 
     def vllm_pids(self) -> set[int]:
+        """The live vLLM servers the front started (a stopped one the front has not reaped yet is not counted)."""
         import psutil
-        return {p.pid for p in psutil.Process(self.proc.pid).children() if "vllm.entrypoints" in " ".join(p.cmdline())}
+        pids = set()
+        for p in psutil.Process(self.proc.pid).children():
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE and "vllm.entrypoints" in " ".join(p.cmdline()):
+                    pids.add(p.pid)
+            except psutil.Error:  # ended between the listing and the look
+                continue
+        return pids
 
     def close(self) -> None:
         if self.proc.poll() is None:

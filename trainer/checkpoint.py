@@ -22,8 +22,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.atomic_io import fsync_dir, fsync_file, read_json
+from core.atomic_io import fsync_dir, fsync_file
 from core.manifest import MANIFEST_NAME, ManifestCheck, ManifestError, TRAINING_STATE_DIR, file_entry, write_manifest
+from core.state.base import StateError
+from core.state.lifecycle import read_protected
 from core.state.trainer_state import TrainerState, read_trainer_state
 
 logger = logging.getLogger(__name__)
@@ -31,7 +33,6 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # optimizer state files under training_state/ (trainer.optim_state): one file, ~1 GB shards, or a legacy torch.save
 OPTIMIZER_STATE_RE = re.compile(r"^optimizer(-\d{5}-of-\d{5})?\.safetensors$|^optimizer\.pt$")
-PROTECTED_FILE = "protected.json"
 
 
 def optimizer_state_files(state_dir: str | Path) -> list[Path]:
@@ -242,21 +243,20 @@ def publish_checkpoint(root: str | Path, step: int, write_fn, min_free_bytes: in
 
 
 def protected_names(root: str | Path) -> set[str]:
-    """Checkpoint names other parts pinned (deployed, champion, best) in `<root>/protected.json`."""
-    data = read_json(Path(root) / PROTECTED_FILE, {}) or {}
-    names = set()
-    for value in data.values() if isinstance(data, dict) else []:
-        if isinstance(value, str):
-            names.add(value)
-        elif isinstance(value, list):
-            names.update(v for v in value if isinstance(v, str))
-    return names
+    """Checkpoint names other parts pinned (deployed, champion, best) in `<root>/protected.json`
+    (core/state/lifecycle.py); StateError when that file is torn or invalid."""
+    protected = read_protected(root)
+    return protected.names() if protected else set()
 
 
 def prune_checkpoints(root: str | Path, keep: int, protected: set[str] | None = None) -> list[Path]:
     """Keep the newest `keep` checkpoints and every protected one; never the newest complete one."""
     ckpts = list_checkpoints(root)
-    protected = (protected or set()) | protected_names(root)
+    try:
+        protected = (protected or set()) | protected_names(root)
+    except StateError as exc:  # what must be kept is unknown: delete nothing until retention rewrites the file
+        logger.error("rolling retention skipped: %s", exc)
+        return []
     doomed = [c for c in ckpts[:-max(1, keep)] if c.path.name not in protected]
     for c in doomed:
         trash = c.path.with_name(f".tmp-checkpoint-delete-{c.step}")

@@ -25,14 +25,16 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from core.config import ConfigError, add_config_args, config_from_args  # noqa: E402
-from core.state.control import read_control  # noqa: E402
-from core.procs import remove_pid, set_parent_death_signal, write_pid  # noqa: E402
-from core.state.child_result import ChildResult, ExitCode, TrainedFile, write_child_result  # noqa: E402
-from core.state.faults import claim_fault_marker  # noqa: E402
-from core.state.heartbeat import Heartbeat, write_heartbeat  # noqa: E402
+from core.config import ConfigError, add_config_args, config_from_args
+from core.state.control import read_control
+from core.procs import remove_pid, set_parent_death_signal, write_pid
+from core.ingest import standard_gate
+from core.queue_store import QueueError, TrainingQueue
+from core.state.child_result import ChildResult, ExitCode, TrainedFile, write_child_result
+from core.state.faults import claim_fault_marker
+from core.state.heartbeat import Heartbeat, write_heartbeat
+from core.validation.validator import DataValidator
+from trainer.checkpoint import DiskFullError
 
 logger = logging.getLogger("trainer.child")
 
@@ -97,8 +99,6 @@ class Faults:
 
     def at_checkpoint(self, step: int) -> None:
         if self._fire("enospc", step):
-            from trainer.checkpoint import DiskFullError
-
             raise DiskFullError(28, "No space left on device (fault injection)")
 
 
@@ -196,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(cfg, args, hooks: DaemonHooks) -> int:
+    # lazy: the daemon imports this module (pid_name) and must never load torch
     import torch
 
-    from trainer import ConfigMismatchError, DataError, DiskFullError, NonFiniteLossError, TrainerEngine
+    from trainer import ConfigMismatchError, DataError, NonFiniteLossError, TrainerEngine
 
     try:
         hooks.heartbeat("load", 0)
@@ -235,10 +236,6 @@ def _run(cfg, args, hooks: DaemonHooks) -> int:
 def _standard_gate(cfg, path: Path) -> bool:
     """STANDARD validation (the model's own tokenizer and template) of a queued file, here because it needs the
     tokenizer and the daemon never imports torch. A file outside queue/processing/ (a manual run) is not gated."""
-    from core.queue_store import QueueError, TrainingQueue
-    from core.validation.validator import DataValidator
-    from core.watcher import standard_gate
-
     if path.parent.resolve() != cfg.layout.queue_dir("processing").resolve():
         return True
     queue = TrainingQueue(cfg)

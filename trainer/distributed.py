@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from datetime import timedelta
 
 import torch
 import torch.nn as nn
@@ -46,7 +48,6 @@ def make_accelerator(cfg, precision: str, cpu: bool):
     """The Accelerator for `training.distributed` in the world the launcher set up."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, InitProcessGroupKwargs
-    from datetime import timedelta
 
     mode = cfg.training.distributed
     if mode == "none" or world_size() == 1:
@@ -57,6 +58,13 @@ def make_accelerator(cfg, precision: str, cpu: bool):
     # peer is noticed by the launcher, which kills the group, long before.
     kwargs = [InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.training.distributed_timeout))]
     if mode == "ddp":
+        # The engine compiles its per-layer functions itself, before wrapping, and DDP's reducer syncs the gradients
+        # through autograd hooks. dynamo's DDP optimizer would also split those compiled graphs at DDP's bucket
+        # boundaries; with the layers of qwen3-0.6b (several 25 MB buckets a layer) the code it generated failed at
+        # run time (NameError inside inductor's output, torch 2.13, benchmarks/train_throughput.py --processes).
+        import torch._dynamo
+
+        torch._dynamo.config.optimize_ddp = "no_optimization"
         return Accelerator(mixed_precision=precision, cpu=cpu, kwargs_handlers=kwargs)
     plugin = FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=True,
                                             auto_wrap_policy="transformer_based_wrap",
@@ -128,8 +136,6 @@ def agree(local: str | None, device) -> str | None:
 def wait_for_peers(beat, interval: float = 0.2) -> None:
     """A barrier that keeps this rank's heartbeat going (`beat()`) while it waits, e.g. for rank 0 to write a
     checkpoint: a rank blocked silently in a collective would look stuck to the anti-stuck monitor."""
-    import time
-
     import torch.distributed as dist
 
     work = dist.barrier(async_op=True)
@@ -145,31 +151,51 @@ def is_dtensor(t) -> bool:
     return isinstance(t, DTensor)
 
 
-def full_tensor(t):
-    """A DTensor gathered to a full CPU tensor (a collective: every rank calls it); other tensors as they are."""
+def full_tensor(t, keep: bool = True):
+    """A DTensor gathered to a full CPU tensor (a collective: every rank calls it); other tensors as they are.
+    keep=False: take part in the gather but drop the result (None), so this rank never holds the full copy."""
     if is_dtensor(t):
-        return t.full_tensor().detach().cpu()
+        full = t.full_tensor()
+        return full.detach().cpu() if keep else None
+    if not keep:
+        return None
     return t.detach().cpu() if torch.is_tensor(t) else t
 
 
+def _writer() -> bool:
+    """The rank that writes checkpoints (0); the others only take part in the gathers."""
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """name -> full tensor of every parameter and persistent buffer (gathered on every rank, in one order).
-    A tied weight is gathered once and appears under each of its names as one tensor, as in the model's own
-    state dict, so save_pretrained drops the tied copy as it always does."""
+    """name -> full tensor of every parameter and persistent buffer, on rank 0 (the writer; every rank takes part
+    in the gathers, in one order, and the others keep nothing: a full copy of the weights on every rank would
+    cost each one what FSDP2 saves). A tied weight is gathered once and appears under each of its names as one
+    tensor, as in the model's own state dict, so save_pretrained drops the tied copy as it always does."""
+    keep = _writer()
     gathered: dict[int, torch.Tensor] = {}
     out = {}
     for name, value in model.state_dict(keep_vars=True).items():
         if id(value) not in gathered:
-            gathered[id(value)] = full_tensor(value)
-        out[name] = gathered[id(value)]
+            gathered[id(value)] = full_tensor(value, keep)
+        if keep:
+            out[name] = gathered[id(value)]
     return out
 
 
 def full_optimizer_state(optimizer) -> dict:
-    """The optimizer's state dict with every sharded moment gathered (the single-process on-disk format)."""
+    """The optimizer's state dict with every sharded moment gathered (the single-process on-disk format), on
+    rank 0; the other ranks take part in the gathers and get the state dict without its tensors."""
+    keep = _writer()
     sd = optimizer.state_dict()
-    return {"state": {i: {k: full_tensor(v) for k, v in s.items()} for i, s in sd["state"].items()},
-            "param_groups": sd["param_groups"]}
+    state = {}
+    for i, s in sd["state"].items():
+        values = {k: full_tensor(v, keep) for k, v in s.items()}
+        if keep:
+            state[i] = values
+    return {"state": state, "param_groups": sd["param_groups"]}
 
 
 def shard_like(full: torch.Tensor, like):

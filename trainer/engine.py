@@ -9,10 +9,11 @@ attempt already finished, and trains the rest; the global step never resets and
 the LR schedule is a function of it. Control (pause/stop) is polled through
 `TrainingHooks` at step boundaries only.
 
-Run standalone with `python3 core/train.py FILE` (see its --help).
+Run standalone with `cadence train FILE` (see its --help).
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -25,7 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from core.config import CadenceConfig
-from core.manifest import ManifestCheck, ManifestError
+from core.extras import require
+from core.manifest import ManifestCheck, ManifestError, sha256_file
+from core.state.lifecycle import AdapterMetadata, write_adapter_metadata as write_record
 from core.state.metrics import Metric
 from core.state.trainer_state import CurrentFile, LastFile, TrainerState, write_trainer_state
 from core.system_metrics import gpu_stats, ram_stats
@@ -242,6 +245,7 @@ class TrainerEngine:
 
     def _wrap_lora(self, model, ckpt: CheckpointInfo | None):
         """LoRA mode: a fresh adapter on the base model, or the checkpoint's adapter (trainable) to continue."""
+        require("peft", why="training.mode=lora")
         from peft import LoraConfig, PeftModel, get_peft_model
 
         lc = self.cfg.training.lora
@@ -337,7 +341,6 @@ class TrainerEngine:
     def train_file(self, path: str | Path, file_id: str | None = None, schema_id: str = "chat_sft_v1",
                    epochs: int | None = None) -> FileResult:
         path = Path(path)
-        from core.manifest import sha256_file
 
         file_id = file_id or sha256_file(path)
         t = self.cfg.training
@@ -637,7 +640,6 @@ class TrainerEngine:
                 # checkpoint loads with AutoModelForCausalLM as is and deploys like a full one.
                 model.save_pretrained(tmp / ADAPTER_DIR, safe_serialization=True)
                 write_adapter_metadata(tmp / ADAPTER_DIR, self.cfg, state)
-                import copy
 
                 merged = copy.deepcopy(model).merge_and_unload()
                 merged.save_pretrained(tmp, safe_serialization=True)
@@ -730,8 +732,6 @@ class TrainerEngine:
 
 def write_adapter_metadata(adapter_dir: Path, cfg: CadenceConfig, state: TrainerState) -> None:
     """Per-adapter training metadata, as the original system's LoRA pipeline kept it."""
-    import json
-
     lc, t = cfg.training.lora, cfg.training
     last = state.last_file or LastFile()
     meta = {"base_model": str(cfg.resolve(cfg.model.base_model)), "model_name": cfg.model.model_name,
@@ -741,7 +741,7 @@ def write_adapter_metadata(adapter_dir: Path, cfg: CadenceConfig, state: Trainer
             "final_loss": last.final_loss, "val_loss": last.val_loss,
             "training_time_s": time.time() - float(state.run_started_at or time.time()),
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    (adapter_dir / "training_metadata.json").write_text(json.dumps(meta, indent=2))
+    write_record(adapter_dir, AdapterMetadata.model_validate(meta))
 
 
 class _NoStatus:

@@ -56,6 +56,25 @@ class StateRecord(BaseModel):
         return self.model_dump(mode="json")
 
 
+class RecordPart(BaseModel):
+    """A nested piece of a record (a ledger entry, a target's active version): strict like the record, without a
+    schema_version of its own."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class SparseRecord(StateRecord):
+    """A record written with only the keys its writer set: the files written before the state package left optional
+    keys out rather than writing null, and their readers tell "absent" from "null" (`"champion": null` is a
+    decision, a missing `"verdicts"` is none yet). `schema_version` is always written."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    def to_json(self) -> dict:
+        return {"schema_version": self.schema_version,
+                **self.model_dump(mode="json", exclude_unset=True, by_alias=True, exclude={"schema_version"})}
+
+
 def _describe(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(record)'}: {e['msg']}" for e in exc.errors())
 
@@ -123,3 +142,36 @@ class StateFile(BaseModel):
     writers: tuple[str, ...] = ()  # the modules that write it (through this package), for the docs
     readers: tuple[str, ...] = ()
     description: str = ""
+
+
+def tail_records(model: type[R], path: str | os.PathLike, limit: int, max_bytes: int = 4 << 20) -> list[R]:
+    """The last `limit` valid records of a JSONL file, read backwards from its end (never the whole file: the
+    monitor polls files that grow for months). A bad line is skipped with a warning naming the file and its
+    position from the end (the line number is unknown without reading the whole file)."""
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return []
+    with fh:
+        size = os.fstat(fh.fileno()).st_size
+        block, data, pos = 65536, b"", size
+        while pos > 0 and data.count(b"\n") <= limit and size - pos < max_bytes:
+            step = min(block, pos)
+            pos -= step
+            fh.seek(pos)
+            data = fh.read(step) + data
+            block *= 2
+    lines = data.split(b"\n")
+    if pos > 0:
+        lines = lines[1:]  # the first one is cut
+    lines = [ln for ln in lines if ln.strip()][-limit:] if limit > 0 else []
+    out = []
+    for back, line in zip(range(len(lines), 0, -1), lines):
+        where = f"{path}: line {back} from the end"
+        try:
+            out.append(parse_record(model, json.loads(line), where))
+        except StateError as exc:  # names the place already
+            logger.warning("skipping %s", exc)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            logger.warning("skipping %s: not JSON (%s)", where, exc)
+    return out

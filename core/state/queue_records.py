@@ -37,6 +37,7 @@ DATA_SUFFIX = ".jsonl"
 SIDECAR_KINDS = ("meta", "job", "reason")
 META_SUFFIX, JOB_SUFFIX, REASON_SUFFIX = (f".{kind}.json" for kind in SIDECAR_KINDS)
 SIDECAR_SUFFIXES = (META_SUFFIX, JOB_SUFFIX, REASON_SUFFIX)
+INGEST_SUFFIX = ".ingest.json"  # queue/.ingest/TOKEN.ingest.json: an IngestClaim
 
 Priority = Literal["high", "normal", "low"]
 # "vanished": a rejected file whose data disappeared before it could be moved (only its sidecar and report exist)

@@ -29,7 +29,7 @@ NOT_RECORDS: tuple[tuple[str, str], ...] = (
     ("models/**/vocab.json", "a Hugging Face tokenizer file"),
     ("models/**/adapter_config.json", "a PEFT adapter folder's own file"),
     ("models/**/*.safetensors.index.json", "a sharded safetensors index (transformers)"),
-    ("status/evals/*/*.jsonl", "held-out ladder items: training-format data, hashed in ladder.json"),
+    ("status/.monitor-index/*", "the monitor's private, rebuildable metrics index: one process writes and reads it"),
     ("queue/rejected/*.job.json", "a refused file's job sidecar kept as the user wrote it (it may be why it was refused)"),
     ("queue/.ingest/*.job.json", "a job sidecar being validated with its file, as the user wrote it"),
 )

@@ -21,6 +21,7 @@ from typing import Iterable
 import numpy as np
 
 from core.validation.report import ValidationReport
+from trainer.data import IGNORE_INDEX, encode_examples
 
 
 def supervised_runs(label_lists: list[list[int]], ignore_index: int = -100) -> np.ndarray:
@@ -57,8 +58,6 @@ def suggest_max_length(p99: int) -> int:
 
 def run_standard(rep: ValidationReport, rows: Iterable[tuple[int, dict]], tokenizer, schema_id: str,
                  max_length: int, truncation: str, max_truncated_share: float, batch_size: int = 1024) -> None:
-    from trainer.data import IGNORE_INDEX, encode_examples
-
     lengths: list[int] = []
     reply_lengths: list[np.ndarray] = []
     supervised = over = zero = 0

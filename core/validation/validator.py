@@ -13,15 +13,11 @@ with errors rejects the file. Nothing here raises on bad input: every problem
 becomes a rule with a line number.
 
 Run as:
-    python3 core/validation/validator.py FILE [--schema chat_sft_v1] [--level quick|standard|deep] [--json]
+    cadence validate FILE [--schema chat_sft_v1] [--level quick|standard|deep] [--json]
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import hashlib
 import json
@@ -34,6 +30,9 @@ from typing import Any, Iterator
 
 from core.validation.report import Policies, ValidationReport
 from core.validation.spec import DatasetSpec, UnknownSchemaError, get_spec
+from core.validation.deep import run_deep
+from core.validation.standard import run_standard
+from trainer.data import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -284,8 +283,6 @@ class DataValidator:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from trainer.data import load_tokenizer
-
             self._tokenizer = load_tokenizer(self.cfg.resolve(self.cfg.model.base_model),
                                              trust_remote_code=self.cfg.model.trust_remote_code)
         return self._tokenizer
@@ -293,8 +290,6 @@ class DataValidator:
     def standard(self, path: str | os.PathLike, schema_id: str, name: str | None = None,
                  batch_size: int = 1024) -> ValidationReport:
         """Every example through the trainer's encoder; token-length statistics and thresholds."""
-        from core.validation.standard import run_standard
-
         path = Path(path)
         rep = self.new_report(name or path.name, "standard", schema_id)
         try:
@@ -314,8 +309,6 @@ class DataValidator:
 
     # ------------------------------------------------------------------- DEEP
     def deep(self, path: str | os.PathLike, schema_id: str, name: str | None = None) -> ValidationReport:
-        from core.validation.deep import run_deep
-
         path = Path(path)
         rep = self.new_report(name or path.name, "deep", schema_id)
         try:
@@ -373,34 +366,3 @@ def percentile(sorted_values, q: float) -> float:
         return 0.0
     k = max(0, min(len(sorted_values) - 1, math.ceil(q / 100 * len(sorted_values)) - 1))
     return float(sorted_values[k])
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from core.config import add_config_args, config_from_args
-
-    parser = argparse.ArgumentParser(description="Validate a JSONL training file and print its report.")
-    add_config_args(parser)
-    parser.add_argument("file")
-    parser.add_argument("--schema", default=None, help="dataset spec id (default: daemon.default_schema)")
-    parser.add_argument("--level", choices=["quick", "standard", "deep"], default="quick")
-    parser.add_argument("--json", action="store_true", help="print the machine-readable report")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    cfg = config_from_args(args)
-    validator = DataValidator(cfg)
-    schema = args.schema or cfg.daemon.default_schema
-    rep = validator.quick(args.file, schema)
-    if rep.ok and args.level != "quick":
-        rep.merge(getattr(validator, args.level)(args.file, schema))
-        rep.level = args.level
-    print(json.dumps(rep.to_dict(), indent=2) if args.json else rep.summary())
-    return 0 if rep.ok else 1
-
-
-if __name__ == "__main__":
-    # run the importable module's main, so its classes are the ones every other module sees
-    from core.validation.validator import main as _main
-
-    sys.exit(_main())

@@ -4,8 +4,8 @@
 * `generic`: CSV / JSON / JSONL with prompt/response-style columns, HF
   `messages` or ShareGPT `conversations` (`import_generic`).
 
-Each is a CLI (`python3 -m data_manager.importers.<name> --help`) writing to
+Each has a CLI (`cadence import <name> --help`) writing to
 `--out PATH` or straight into the inbox (`--inbox`, sidecar first, then rename).
 
-Run as: python3 -m data_manager.importers.whatsapp | generic ...
+Run as: cadence import whatsapp | generic ...
 """

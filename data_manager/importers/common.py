@@ -27,6 +27,7 @@ from core.atomic_io import fsync_dir
 from core.state.queue_records import DATA_SUFFIX, JOB_SUFFIX, parse_job_sidecar, write_job_sidecar
 from core.validation.spec import get_spec
 from core.validation.validator import role_order_problem
+from core.config import add_config_args, config_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -148,8 +149,6 @@ def write_to_inbox(rows: list[dict], inbox: str | os.PathLike, name: str, job: d
 
 def add_output_args(parser) -> None:
     """--out PATH | --inbox (with --priority/--tag for the job sidecar) and the config arguments."""
-    from core.config import add_config_args
-
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", help="write chat_sft_v1 JSONL to this path")
     where.add_argument("--inbox", action="store_true", help="drop the result into the configured inbox/ (sidecar first, then rename)")
@@ -169,8 +168,6 @@ def emit(args, result: ImportResult, source: Path, kind: str) -> int:
     if args.out:
         dest = write_jsonl(result.rows, args.out)
     else:
-        from core.config import config_from_args
-
         cfg = config_from_args(args)
         job = {"tags": [f"import:{kind}", *args.tag], "notes": f"imported from {source.name} by data_manager.importers.{kind}"}
         if args.priority:

@@ -22,22 +22,20 @@ Not handled: multimodal content (image parts), tool/function-call turns,
 preference pairs (chosen/rejected), nested JSON other than one top-level list.
 
 Run as:
-    python3 -m data_manager.importers.generic data.csv --out data.jsonl
-    python3 -m data_manager.importers.generic sharegpt.json --skip-bad --inbox --priority high
+    cadence import generic data.csv --out data.jsonl
+    cadence import generic sharegpt.json --skip-bad --inbox --priority high
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import logging
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
-from data_manager.importers.common import (ImportFailed, ImportResult, Problem, add_output_args, emit, normalise_role,
+from data_manager.importers.common import (ImportFailed, ImportResult, Problem, normalise_role,
                                            row_problems)
 
 logger = logging.getLogger(__name__)
@@ -227,29 +225,3 @@ def import_generic(path: str | Path, fmt: str | None = None, *, skip_bad: bool =
              "trimmed_trailing_user_turns": trimmed, "shapes": dict(shapes)}
     logger.info("%s: %s", path, stats)
     return ImportResult(rows, problems, stats)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python3 -m data_manager.importers.generic",
-        description="Convert CSV/TSV/JSON/JSONL (prompt/response, instruction/input/output, question/answer, "
-                    "HF messages, ShareGPT conversations) into chat_sft_v1 JSONL.")
-    parser.add_argument("file")
-    parser.add_argument("--format", choices=FORMATS, help="input format (default: from the extension)")
-    parser.add_argument("--skip-bad", action="store_true", help="skip records that cannot be converted (listed) instead of failing")
-    add_output_args(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        result = import_generic(args.file, args.format, skip_bad=args.skip_bad)
-    except ImportFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {args.file}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    return emit(args, result, Path(args.file), "generic")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

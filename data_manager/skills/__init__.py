@@ -3,7 +3,7 @@
 `get_skill(name, **options)` returns a Skill; `create_app(skill)` wraps it
 in the Skill API. Binary arithmetic and the SYLLO word puzzle are built in.
 
-Run as: python -m data_manager.skills binary|syllo [--port N] [--host 127.0.0.1]
+Run as: cadence skills serve binary|syllo [--port N] [--host 127.0.0.1]
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def get_skill(name: str, **options) -> Skill:
 
 
 def create_app(skill: Skill):
-    from data_manager.skills.server import create_app as _create_app
+    from data_manager.skills.server import create_app as _create_app  # lazy: pulls fastapi, fastapi.exceptions, fastapi.responses, which this module's importers must not load
 
     return _create_app(skill)
 

@@ -10,7 +10,7 @@ circled digits ⓪①.
 
 Example (level 1): user "Binary: 10 + 11 = ?"  assistant "101".
 
-Run as: python -m data_manager.skills binary [--notation circled] [--port 8090]
+Run as: cadence skills serve binary [--notation circled] [--port 8090]
 """
 from __future__ import annotations
 

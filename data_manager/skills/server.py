@@ -5,7 +5,7 @@ Errors are JSON `{"error": {"message", "type"}}` with a 4xx status, never a
 200 with an error text in the body (the original system scored 0% for days
 that way).
 
-Run as: python -m data_manager.skills binary|syllo [--port N]   (uses create_app)
+Run as: cadence skills serve binary|syllo [--port N]   (uses create_app)
 """
 from __future__ import annotations
 

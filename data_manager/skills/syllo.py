@@ -17,7 +17,7 @@ Example (level 1):
     user  "Syllable puzzle: 1 word.\nTiles: swer | an\nClue 1: 2 syllables, starts with a"
     assistant '{"solutions": {"1": {"word": "answer", "syllables": ["an", "swer"]}}}'
 
-Run as: python -m data_manager.skills syllo [--port 8091]
+Run as: cadence skills serve syllo [--port 8091]
 """
 from __future__ import annotations
 

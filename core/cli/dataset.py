@@ -1,4 +1,4 @@
-"""Check, repair and measure a JSONL training file with the daemon's own validators.
+"""`cadence dataset`: check, repair and measure a JSONL training file with the daemon's own validators.
 
     validate  every check the file meets on its way into the queue (arrival, QUICK,
               STANDARD with the model's tokenizer; --deep adds DEEP; --queue checks
@@ -10,25 +10,22 @@
     stats     counts, turns, token lengths (min/median/p95/p99/max) and supervised tokens
 
 Run as:
-    python3 scripts/dataset.py validate FILE [FILE ...] [--deep] [--quick] [--queue] [--schema ID] [--json]
-    python3 scripts/dataset.py fix FILE [--out PATH | --in-place] [--json]
-    python3 scripts/dataset.py dedupe FILE [--out PATH | --in-place] [--exact-only] [--json]
-    python3 scripts/dataset.py stats FILE [--model DIR] [--json]
+    cadence dataset validate FILE [FILE ...] [--deep] [--quick] [--queue] [--schema ID] [--json]
+    cadence dataset fix FILE [--out PATH | --in-place] [--json]
+    cadence dataset dedupe FILE [--out PATH | --in-place] [--exact-only] [--json]
+    cadence dataset stats FILE [--model DIR] [--json]
 """
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 import json
 import logging
+import sys
+from pathlib import Path
 
 from core.config import add_config_args, config_or_exit
 from core.validation.spec import UnknownSchemaError
+from core.validation.validator import DataValidator
 from data_manager.dataset_tools import dedupe_file, file_stats, fix_file, validate_file
 
 logger = logging.getLogger(__name__)
@@ -45,7 +42,6 @@ def _out_path(args) -> Path | None:
 
 
 def cmd_validate(args, cfg) -> int:
-    from core.validation.validator import DataValidator
 
     level = "quick" if args.quick else "deep" if args.deep else "standard"
     validator = DataValidator(cfg)
@@ -119,8 +115,8 @@ def cmd_stats(args, cfg) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts/dataset.py", description=__doc__.split("\n\n")[0],
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1].split("Run as:")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,6 +163,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {getattr(args, 'file', '')}: {exc}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,27 +1,22 @@
-"""Print Cadence's progress every few seconds: state, step, loss, validation loss, throughput, queue, curriculum, deployed version.
+"""`cadence follow`: print Cadence's progress every few seconds: state, step, loss, validation loss, throughput, queue, curriculum, deployed version.
 
 Run as:
-    python3 scripts/follow.py [--interval 2] [--config config.json]     (Ctrl-C stops following, not Cadence)
+    cadence follow [--interval 2] [--config config.json]     (Ctrl-C stops following, not Cadence)
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from core.atomic_io import read_json  # noqa: E402
-from core.config import add_config_args, config_or_exit  # noqa: E402
-from core.live_status import live_status  # noqa: E402
+from core.config import add_config_args, config_or_exit
+from core.live_status import live_status
+from core.state.curriculum import read_curriculum
 
 
 def line(cfg) -> str:
     s = live_status(cfg)
-    cur = read_json(cfg.layout.status / "curriculum.json", {}) or {}
-    skills = cur.get("skills") or {}
-    levels = " ".join(f"{k}:L{v.get('level')}" for k, v in skills.items() if isinstance(v, dict))
+    cur = read_curriculum(cfg.layout.curriculum)
+    levels = " ".join(f"{k}:L{v.level}" for k, v in cur.skills.items()) if cur else ""
     deployed = s.get("deployed_version") or "-"
     f = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else "-"
     q = s["queue"]
@@ -31,8 +26,8 @@ def line(cfg) -> str:
             f"queue {q['high'] + q['normal'] + q['low']} {levels} deployed {deployed}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Follow Cadence's training progress in the terminal.")
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="Follow Cadence's training progress in the terminal.")
     parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--no-inference", action="store_true", help=argparse.SUPPRESS)
     add_config_args(parser)
@@ -45,6 +40,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,14 +8,12 @@ is idempotent (a live pid is never started twice); stopping is graceful
 (SIGTERM, wait) and then forced.
 
 Run as:
-    python3 scripts/services.py start [--no-inference] [--only NAME ...]
-    python3 scripts/services.py stop [--timeout 60]
-    python3 scripts/services.py status [--json]
+    cadence start [--no-inference] [--only NAME ...]
+    cadence stop [--timeout 60]
+    cadence status [--json]
 """
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -24,10 +22,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from core.config import CadenceConfig, add_config_args, config_or_exit  # noqa: E402
-from core.procs import live_pid, remove_pid, terminate, write_pid  # noqa: E402
+from core.config import CadenceConfig
+from core.procs import live_pid, remove_pid, terminate, write_pid
 
 
 def shifted_config(offset: int, **safety) -> dict:
@@ -45,28 +42,19 @@ def shifted_config(offset: int, **safety) -> dict:
     return cfg
 
 
-def _has_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
-
-
 def service_table(cfg: CadenceConfig, config_args: list[str], inference: bool = True) -> list[dict]:
     py = sys.executable
     out = [{"name": "watchdog", "cmd": [py, str(REPO / "safety" / "daemon_watchdog.py"), *config_args],
             "pid": "watchdog", "box": "A"}]
-    if _has_module("monitoring.__main__"):
-        out.append({"name": "monitor", "cmd": [py, "-m", "monitoring", *config_args], "pid": "monitor", "box": "A"})
-    if _has_module("management.__main__"):
-        out.append({"name": "lifecycle", "cmd": [py, "-m", "management", *config_args], "pid": "lifecycle", "box": "A"})
-    if cfg.data_manager.enabled and _has_module("data_manager.skills.__main__"):
+    out.append({"name": "monitor", "cmd": [py, "-m", "monitoring", *config_args], "pid": "monitor", "box": "A"})
+    out.append({"name": "lifecycle", "cmd": [py, "-m", "management", *config_args], "pid": "lifecycle", "box": "A"})
+    if cfg.data_manager.enabled:
         for skill in cfg.data_manager.skills:
             if skill.builtin:
                 port = skill.url.rstrip("/").rsplit(":", 1)[-1]
                 out.append({"name": f"skill-{skill.name}", "cmd": [py, "-m", "data_manager.skills", skill.name, "--port", port],
                             "pid": f"skill-{skill.name}", "box": "A"})
-    if inference and _has_module("inference.__main__"):
+    if inference:
         out.append({"name": "inference", "cmd": [py, "-m", "inference", *config_args], "pid": "inference", "box": "B"})
     return out
 
@@ -131,38 +119,3 @@ def status(cfg: CadenceConfig) -> list[dict]:
         pid = live_pid(p)
         rows.append({"name": p.stem, "pid": pid, "alive": pid is not None})
     return rows
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Start/stop/inspect Cadence's processes.")
-    parser.add_argument("command", choices=["start", "stop", "status"])
-    parser.add_argument("--no-inference", action="store_true", help="start: box A only (inference runs on box B)")
-    parser.add_argument("--only", nargs="*", default=None, help="start: only these services")
-    parser.add_argument("--timeout", type=float, default=30.0, help="stop: seconds before SIGKILL (daemon: daemon.shutdown_timeout)")
-    parser.add_argument("--json", action="store_true")
-    add_config_args(parser)
-    args = parser.parse_args(argv)
-    cfg = config_or_exit(args)
-    config_args = (["--config", str(Path(args.config).resolve())] if args.config else []) + \
-        [x for item in args.overrides for x in ("--set", item)]
-    if args.command == "start":
-        services = service_table(cfg, config_args, inference=not args.no_inference)
-        if args.only:
-            services = [s for s in services if s["name"] in args.only]
-        report = start(cfg, services)
-    elif args.command == "stop":
-        report = stop(cfg, args.timeout)
-    else:
-        report = status(cfg)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        for r in report:
-            print("  ".join(f"{k}={v}" for k, v in r.items()))
-        if not report:
-            print("nothing to do")
-    return 0 if all("exited" not in str(r.get("action", "")) for r in report) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
