@@ -38,6 +38,7 @@ import httpx
 import psutil
 
 from benchmarks.report import BenchmarkRun
+from core.config import Layout
 from core.state.metrics import Metric, append_metric
 from monitoring.demo import write_metrics
 
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
     run = BenchmarkRun.start("monitor", argv=None if argv is None else [__file__, *argv])
 
     base = Path(args.keep or tempfile.mkdtemp(prefix="cadence-monbench-"))
-    metrics = base / "status" / "metrics.jsonl"
+    metrics = Layout.from_base(base).metrics
     if not metrics.exists():
         t0 = time.perf_counter()
         n = write_metrics(metrics, args.points, time.time() - args.points * 1.3)

@@ -30,7 +30,7 @@ import torch
 from core.manifest import (MANIFEST_NAME, TRAINING_STATE_DIR, ManifestError, content_id, coverage_problems, read_manifest,
                            verify_manifest)
 from core.state.base import StateError
-from core.state.trainer_state import read_trainer_state
+from core.state.trainer_state import STATE_FILE, read_trainer_state
 from core.version_label import InvalidLabel, check_label
 from inference.engine import ModelEngine, NonFiniteLogits
 from inference.smoke import smoke_test
@@ -59,7 +59,7 @@ def _global_step(folder: Path, manifest: dict | None) -> int | None:
     except StateError as exc:
         logger.warning("%s", exc)
     try:  # a folder saved by Hugging Face's Trainer keeps its own trainer_state.json at the top
-        step = json.loads((folder / "trainer_state.json").read_text()).get("global_step")
+        step = json.loads((folder / STATE_FILE).read_text()).get("global_step")
         if isinstance(step, int):
             return step
     except (OSError, ValueError, AttributeError):
