@@ -130,6 +130,8 @@ def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int) -> d
     """One run of part A; prints its report and returns the figures --write-docs puts in a table."""
     base = Path(tempfile.mkdtemp(prefix=f"cadence-curriculum-{rule}-"))
     shutil.copytree(model_dir, base / "models" / "base")
+    from core.config import Layout
+    from core.state.metrics import read_metrics
     from scripts.services import shifted_config
 
     cfg = shifted_config(0, min_free_disk_gb=0.5, warn_free_disk_gb=1)
@@ -152,8 +154,7 @@ def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int) -> d
         load1 = os.getloadavg()[0]
         subprocess.run(services + ["stop", "--config", str(base / "config.json")], cwd=REPO, stdout=subprocess.DEVNULL)
     cur = read_curriculum(Layout.from_base(base).curriculum) or CurriculumState()
-    steps = [json.loads(l).get("global_step", 0) for l in (base / "status" / "metrics.jsonl").read_text().splitlines()[-50:]] \
-        if (base / "status" / "metrics.jsonl").exists() else []
+    steps = [m.global_step for m in read_metrics(Layout.from_base(base).metrics)][-50:]
     print(f"\nA. closed loop, rule {rule}, {minutes:g} min on the embedded default (base dir {base}); "
           f"load average {load0:.1f} at start, {load1:.1f} at end")
     print(f"{'skill':<8} {'level':>5}  minutes to each level")

@@ -138,7 +138,8 @@ def servable_copy(model_dir: Path, out: Path) -> Path:
 
 def run_one(preset: str, model_dir: Path | None, args) -> dict:
     from core.config import DeployTarget, from_dict
-    from trainer.checkpoint import publish_checkpoint, write_trainer_state
+    from core.state.trainer_state import TrainerState, write_trainer_state
+    from trainer.checkpoint import publish_checkpoint
 
     work = Path(tempfile.mkdtemp(prefix=f"cadence-deploy-bench-{preset}-", dir=args.workdir))
     t_build = time.perf_counter()
@@ -204,7 +205,7 @@ def run_one(preset: str, model_dir: Path | None, args) -> dict:
             sd = tmp / "training_state"
             sd.mkdir()
             (sd / "optimizer.safetensors").write_bytes(b"\0" * 1024)
-            write_trainer_state(sd, {"global_step": 100, "files_done": ["bench.jsonl"], "examples_seen": 1000})
+            write_trainer_state(sd, TrainerState(global_step=100, files_done=["bench.jsonl"], examples_seen=1000))
 
         publish_checkpoint(cfg.layout.current_model, 100, write)
         saved = time.time()

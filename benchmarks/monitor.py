@@ -38,7 +38,8 @@ import httpx
 import psutil
 
 from benchmarks.report import BenchmarkRun
-from core.atomic_io import append_jsonl
+from core.config import Layout
+from core.state.metrics import Metric, append_metric
 from monitoring.demo import write_metrics
 
 
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
     run = BenchmarkRun.start("monitor", argv=None if argv is None else [__file__, *argv])
 
     base = Path(args.keep or tempfile.mkdtemp(prefix="cadence-monbench-"))
-    metrics = base / "status" / "metrics.jsonl"
+    metrics = Layout.from_base(base).metrics
     if not metrics.exists():
         t0 = time.perf_counter()
         n = write_metrics(metrics, args.points, time.time() - args.points * 1.3)
@@ -224,8 +225,7 @@ def main(argv=None) -> int:
 
         def write_one():
             step[0] += 1
-            append_jsonl(metrics, {"ts": time.time(), "type": "train", "global_step": step[0], "loss": 0.3,
-                                   "lr": 2e-4, "tokens_per_s": 12000.0})
+            append_metric(metrics, Metric(type="train", global_step=step[0], loss=0.3, lr=2e-4, tokens_per_s=12000.0))
 
         results["cpu_pct_idle_0_clients"] = round(measure_cpu(proc, args.seconds), 1)
         print(f"server CPU, 0 clients, idle:            {results['cpu_pct_idle_0_clients']:5.1f} % of one core")

@@ -26,8 +26,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-from core.atomic_io import read_json
+from core.config import Layout
 from core.procs import live_pid, pid_alive
+from core.state.heartbeat import Heartbeat, read_heartbeat
 from benchmarks.report import BenchmarkRun
 
 
@@ -65,10 +66,10 @@ def main(argv=None) -> int:
     wd = subprocess.Popen([sys.executable, str(REPO / "safety" / "daemon_watchdog.py"), "--config", str(base / "config.json")],
                           cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pids = base / ".pids"
-    hb = lambda: read_json(base / "status" / "heartbeat.json", {}) or {}
+    hb = lambda: read_heartbeat(Layout.from_base(base)) or Heartbeat(pid=0, phase="load", global_step=0, ts=0.0)
     daemon_restart, daemon_resume, child_resume = [], [], []
     try:
-        wait(lambda: (hb().get("global_step") or 0) >= 3, 180)
+        wait(lambda: (hb().global_step or 0) >= 3, 180)
         for _ in range(args.rounds):
             old = live_pid(pids / "daemon.pid")
             t0 = time.time()
@@ -76,19 +77,19 @@ def main(argv=None) -> int:
             wait(lambda: (p := live_pid(pids / "daemon.pid")) and p != old)
             daemon_restart.append(time.time() - t0)
             trainer = None
-            wait(lambda: (t := live_pid(pids / "trainer.pid")) and hb().get("pid") == t and hb().get("phase") == "train"
-                 and (hb().get("global_step") or 0) > 0, 180)
+            wait(lambda: (t := live_pid(pids / "trainer.pid")) and hb().pid == t and hb().phase == "train"
+                 and (hb().global_step or 0) > 0, 180)
             daemon_resume.append(time.time() - t0)
             # kill the trainer once it has checkpointed past where it started (an attempt with progress is not
             # counted and is requeued at once; one without progress waits queue.retry_backoff_seconds)
-            start_step = hb().get("global_step") or 0
+            start_step = hb().global_step or 0
             wait(lambda: max([int(p.name.split("-")[1]) for p in (base / "models" / "current_model").glob("checkpoint-*")] or [0])
                  > start_step, 180)
             trainer = live_pid(pids / "trainer.pid")
             t0 = time.time()
             os.kill(trainer, signal.SIGKILL)
-            wait(lambda: (t := live_pid(pids / "trainer.pid")) and t != trainer and hb().get("pid") == t
-                 and hb().get("phase") == "train", 180)
+            wait(lambda: (t := live_pid(pids / "trainer.pid")) and t != trainer and hb().pid == t
+                 and hb().phase == "train", 180)
             child_resume.append(time.time() - t0)
     finally:
         wd.send_signal(signal.SIGTERM)

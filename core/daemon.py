@@ -35,13 +35,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-from core.atomic_io import append_jsonl, read_json
 from core import launch
 from core.config import CadenceConfig, ConfigError, load_config
 from core.ingest import Ingestor
-from core.control import consume_skip, consume_stop_after_file, read_control, request
+from core.control import consume_skip, consume_stop_after_file, request
 from core.procs import AlreadyRunning, InstanceLock, live_pid, remove_pid, terminate, write_pid
 from core.queue_store import QueueEntry, TrainingQueue
+from core.state.base import StateError
+from core.state.child_result import TrainedFile, exit_kind
+from core.state.control import read_control
+from core.state.events import append_event
+from core.state.faults import crash_history_path
+from core.state.heartbeat import Heartbeat, read_heartbeat
+from core.state.training_status import read_training_status
 from management.auto_disk_manager import free_space
 from safety import anti_stuck_monitor, crash_detector
 from safety.config_validator import critical_problems, disk_problems
@@ -50,12 +56,9 @@ from trainer.status import StatusWriter
 
 logger = logging.getLogger(__name__)
 
-EXIT_CODES = {0: "completed", 3: "interrupted", 10: "data_error", 11: "nan_loss", 12: "disk_full", 13: "config_error",
-              14: "oom", 15: "rejected", 1: "unknown"}
-
 
 def log_event(cfg: CadenceConfig, event: str, **fields) -> None:
-    append_jsonl(cfg.layout.events, {"ts": time.time(), "source": "daemon", "event": event, **fields})
+    append_event(cfg.layout, event, source="daemon", **fields)
 
 
 def sd_notify(message: str) -> None:
@@ -144,7 +147,7 @@ class TrainingDaemon:
         step = ckpt.step if ckpt else 0
         for e in self.queue.entries(("processing",)):
             progressed = step > (e.meta.attempt_step_start if e.meta.attempt_step_start is not None else step)
-            self._note_global_step_start(e, {})
+            self._note_global_step_start(e, None)
             if progressed:
                 self.queue.requeue_front(e.name, progress={"global_step": step}, reason="recovered: progress made")
             else:
@@ -201,16 +204,16 @@ class TrainingDaemon:
                 self._check_stuck()
             return
         control = read_control(self.layout)
-        if control.get("skip"):
+        if control.skip:
             consume_skip(self.layout)
             log_event(self.cfg, "skip_ignored", reason="no file is training")
-        if control["desired"] == "stopped":
-            self.exit_reason = f"stop requested ({control.get('reason')})"
+        if control.desired == "stopped":
+            self.exit_reason = f"stop requested ({control.reason})"
             self._idle_status("stopped")
             self.shutdown_requested.set()
             return
-        if control["desired"] == "paused":
-            self._idle_status("paused", reason=control.get("reason"))
+        if control.desired == "paused":
+            self._idle_status("paused", reason=control.reason)
             return
         if self._backing_off() or not self._ready_to_train():
             return
@@ -224,16 +227,16 @@ class TrainingDaemon:
         """The next file; one the latest checkpoint is mid-way through comes first, whatever its priority, because
         a trainer that starts another file ends that file's resume record (it would train from its start again)."""
         ckpt = latest_checkpoint(self.layout.current_model)
-        current = (ckpt.trainer_state().get("current_file") or {}) if ckpt else {}
-        entry = self.queue.claim_next(resume_id=current.get("id"))
-        if entry is not None and current.get("id") and entry.id == current.get("id"):
-            log_event(self.cfg, "resume_first", file=entry.name, steps_done=current.get("steps_done"),
+        current = ckpt.trainer_state().current_file if ckpt else None
+        entry = self.queue.claim_next(resume_id=current.id if current else None)
+        if entry is not None and current is not None and entry.id == current.id:
+            log_event(self.cfg, "resume_first", file=entry.name, steps_done=current.steps_done,
                       global_step=ckpt.step)
         return entry
 
     def _backing_off(self) -> bool:
         """After a system fault no trainer starts until the streak's retry time (kept on disk across restarts)."""
-        retry_at = crash_detector.fault_streak(self.fault_streak_path)["retry_at"]
+        retry_at = crash_detector.fault_streak(self.fault_streak_path).retry_at
         if retry_at is None or time.time() >= retry_at:
             return False
         self._idle_status("blocked", reason="backing off after a system fault: next trainer start at "
@@ -280,9 +283,13 @@ class TrainingDaemon:
 
     def _idle_status(self, state: str, **extra) -> None:
         counts = {p: self.queue.count(p) for p in ("high", "normal", "low")}
-        current = read_json(self.layout.training_status, {}) or {}
-        if current.get("state") == state and current.get("queue") == counts and current.get("pid") == os.getpid() \
-                and time.time() - current.get("updated_at", 0) < 5:
+        try:
+            current = read_training_status(self.layout)
+        except StateError as exc:
+            logger.warning("%s: rewriting it", exc)
+            current = None
+        if current is not None and current.state == state and current.queue == counts and current.pid == os.getpid() \
+                and time.time() - (current.updated_at or 0) < 5:
             return
         self.status.update(state=state, queue=counts, daemon_pid=os.getpid(), file=None, **extra)
 
@@ -329,37 +336,41 @@ class TrainingDaemon:
         name = child.entry.name
         ckpt = latest_checkpoint(layout.current_model)
         step = ckpt.step if ckpt else 0
-        kind = EXIT_CODES.get(code, "unknown") if code >= 0 else "signal"
-        res = (result or {}).get("result") or {}
-        progress = {"global_step": step, "steps_done": res.get("steps")}
+        kind = exit_kind(code)
+        res = result.result if result else None
+        progress = {"global_step": step, "steps_done": res.steps if res else None}
         if kind != "rejected":
             self._note_global_step_start(child.entry, res)
         if kind in ("completed", "interrupted", "rejected"):
             crash_detector.clear_fault_streak(self.fault_streak_path)  # the child started: the system works
         if kind == "completed":
-            self.queue.complete(name, global_step_end=res.get("global_step_end", step), stats=res)
-            log_event(self.cfg, "training_completed", file=name, global_step=res.get("global_step_end", step),
-                      status=res.get("status"))
+            end = res.global_step_end if res else step
+            self.queue.complete(name, global_step_end=end, stats=res.model_dump(mode="json") if res else {})
+            log_event(self.cfg, "training_completed", file=name, global_step=end, status=res.status if res else None)
             if consume_stop_after_file(layout):
                 log_event(self.cfg, "stop_after_file")
             return
         if kind == "rejected" and not child.entry.path.exists():
-            log_event(self.cfg, "rejected_before_training", file=name, message=(result or {}).get("message"))
+            log_event(self.cfg, "rejected_before_training", file=name, message=result.message if result else None)
             return
         if kind == "interrupted":
             skip = consume_skip(layout)
             if skip:
-                self.queue.skip(name, skip.get("reason") or "skipped by operator")
-                log_event(self.cfg, "skipped", file=name, reason=skip.get("reason"), global_step=step)
+                self.queue.skip(name, skip.reason or "skipped by operator")
+                log_event(self.cfg, "skipped", file=name, reason=skip.reason, global_step=step)
             else:
-                self.queue.requeue_front(name, progress=progress, reason=(result or {}).get("message") or "interrupted")
-                log_event(self.cfg, "training_interrupted", file=name, global_step=step,
-                          reason=(result or {}).get("message"))
+                message = result.message if result else None
+                self.queue.requeue_front(name, progress=progress, reason=message or "interrupted")
+                log_event(self.cfg, "training_interrupted", file=name, global_step=step, reason=message)
             return
-        beat = read_json(layout.status / "heartbeat.json", {}) or {}
+        try:
+            beat = read_heartbeat(layout)
+        except StateError as exc:
+            logger.warning("%s", exc)
+            beat = None
         category, message = crash_detector.classify(
             code, result, _log_tail(layout.logs / "trainer.log"), child.killed_reason, beat)
-        crash = crash_detector.record(layout.status / "crash_history.jsonl", code, category, message, name, step,
+        crash = crash_detector.record(crash_history_path(layout), code, category, message, name, step,
                                       started_training=_started_training(beat, child))
         log_event(self.cfg, "child_crashed", file=name, category=category, action=crash.action, message=message,
                   exit_code=code, global_step=step, blame=crash.blame, started_training=crash.started_training)
@@ -367,17 +378,17 @@ class TrainingDaemon:
             crash_detector.clear_fault_streak(self.fault_streak_path)
         self._act(crash, child, step)
 
-    def _note_global_step_start(self, entry: QueueEntry, res: dict) -> None:
+    def _note_global_step_start(self, entry: QueueEntry, res: TrainedFile | None) -> None:
         """Set once, when it is durable: the global step of the file's first training step, from the engine's own
         record (the result of a finished or stopped run, else the checkpoint the file is mid-way through)."""
         if entry.meta.global_step_start is not None:
             return
-        start = res.get("global_step_start") if res.get("steps") else None
+        start = res.global_step_start if res is not None and res.steps else None
         if start is None:
             ckpt = latest_checkpoint(self.layout.current_model)
-            current = (ckpt.trainer_state().get("current_file") or {}) if ckpt else {}
-            if entry.id and current.get("id") == entry.id and current.get("steps_done"):
-                start = current.get("global_step_start")
+            current = ckpt.trainer_state().current_file if ckpt else None
+            if entry.id and current is not None and current.id == entry.id and current.steps_done:
+                start = current.global_step_start
         if start is not None:
             # the engine counts from the step before the file's first one; the sidecar names the first step itself
             self.queue.note_global_step_start(entry.name, int(start) + 1)
@@ -387,16 +398,16 @@ class TrainingDaemon:
         self.queue.requeue_front(name, reason=f"system fault ({category}), not counted as an attempt: {message}")
         streak = crash_detector.note_system_fault(self.fault_streak_path, self.cfg.safety, category, message, name)
         limit = self.cfg.safety.crash_loop_faults
-        log_event(self.cfg, "system_fault", file=name, category=category, message=message, faults_in_a_row=streak["count"],
-                  limit=limit, retry_at=streak["retry_at"])
-        if streak["count"] < limit:
+        log_event(self.cfg, "system_fault", file=name, category=category, message=message, faults_in_a_row=streak.count,
+                  limit=limit, retry_at=streak.retry_at)
+        if streak.count < limit:
             return
-        causes = sorted({f["category"] for f in streak["faults"]})
-        reason = (f"ALERT crash loop: {streak['count']} system faults in a row ({', '.join(causes)}), the trainer could "
+        causes = sorted({f.category for f in streak.faults})
+        reason = (f"ALERT crash loop: {streak.count} system faults in a row ({', '.join(causes)}), the trainer could "
                   f"not train; last: {category}: {message}. Files stay queued; fix the cause, then resume")
         request(self.layout, "pause", reason=reason)
-        log_event(self.cfg, "alert", kind="crash_loop", cause=category, message=message, faults=streak["faults"],
-                  file=name)
+        log_event(self.cfg, "alert", kind="crash_loop", cause=category, message=message,
+                  faults=[f.model_dump(mode="json") for f in streak.faults], file=name)
         crash_detector.clear_fault_streak(self.fault_streak_path)  # a resume starts a fresh count, without backoff
 
     def _act(self, crash, child: Child, step: int) -> None:
@@ -436,9 +447,9 @@ class TrainingDaemon:
                 self.queue.fail(name, f"{crash.category}: {crash.message}", retryable=True)
 
 
-def _started_training(beat: dict, child: Child) -> bool:
+def _started_training(beat: Heartbeat | None, child: Child) -> bool:
     """The child had begun its first training step: its heartbeat (written after it started) names that step."""
-    return float(beat.get("ts") or 0) >= child.started_at and beat.get("first_step") is not None
+    return beat is not None and beat.ts >= child.started_at and beat.first_step is not None
 
 
 def _log_tail(path: Path, n_bytes: int = 16_384) -> str:

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.atomic_io import append_jsonl
+from core.state.events import append_event
 from core.queue_store import DATA_SUFFIX, DuplicateError, QueueEntry, TrainingQueue, now_iso, stem_of
 from core.state.base import StateError
 from core.state.queue_records import (INGEST_SUFFIX, JOB_SUFFIX, SIDECAR_KINDS, ErrorEntry, IngestClaim, IngestOverrides,
@@ -334,9 +334,8 @@ class Ingestor:
             os.rename(staged, rejected / name)
         logger.warning("rejected %s", rep.summary())
         try:
-            append_jsonl(self.layout.events, {"ts": time.time(), "at": now_iso(), "source": "ingest", "event": "rejected",
-                                               "file": name, "original_name": rep.file, "rules": rep.rules("error"),
-                                               "summary": rep.summary()})
+            append_event(self.layout, "rejected", source="ingest", at=now_iso(), file=name, original_name=rep.file,
+                         rules=rep.rules("error"), summary=rep.summary())
         except OSError:
             logger.warning("cannot append to %s", self.layout.events)
         outcome = "rejected" if present or state == "rejected" else "vanished"

@@ -22,19 +22,22 @@ and gets back something it treats like a `subprocess.Popen`: `pid`, `poll()`,
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
 import subprocess
 import time
 
-from core.atomic_io import read_json
 from core.procs import live_pid
+from core.state.base import StateError
+from core.state.child_result import CLEAN_EXITS, ChildResult, clear_child_result, read_child_result
 from safety import anti_stuck_monitor
-from trainer.child import heartbeat_path, pid_name, result_path
+from trainer.child import pid_name
+
+logger = logging.getLogger(__name__)
 
 GRACE_S = 10.0
-CLEAN_EXITS = (0, 3)  # completed, interrupted: a rank that exits so waits for its peers
 
 
 def free_port() -> int:
@@ -148,23 +151,28 @@ def rank_pids(proc) -> list[int]:
     return list(proc.pids) if isinstance(proc, RankGroup) else [proc.pid]
 
 
-def child_result(layout, proc) -> dict | None:
-    """status/child_result[.rank<r>].json of the rank whose exit is the child's, if that process wrote it."""
+def child_result(layout, proc) -> ChildResult | None:
+    """status/child_result[.rank<r>].json of the rank whose exit is the child's, if that process wrote it (a file
+    that is not a valid result counts as none: the crash detector then classifies by the code and the log)."""
     rank = proc.failed_rank if isinstance(proc, RankGroup) and proc.failed_rank is not None else 0
-    result = read_json(result_path(layout, rank), None)
+    try:
+        result = read_child_result(layout, rank)
+    except StateError as exc:
+        logger.warning("%s", exc)
+        return None
     pid = rank_pids(proc)[rank]
-    return result if result and result.get("pid") == pid else None
+    return result if result is not None and result.pid == pid else None
 
 
 def clear_results(layout, proc_count: int) -> None:
     for r in range(proc_count):
-        result_path(layout, r).unlink(missing_ok=True)
+        clear_child_result(layout, r)
 
 
 def check_stuck(cfg, proc, started_at: float):
     """The anti-stuck verdict of the first silent rank (each rank writes its own heartbeat), else None."""
     for rank, pid in enumerate(rank_pids(proc)):
-        verdict = anti_stuck_monitor.check(cfg, pid, started_at, beat_path=heartbeat_path(cfg.layout, rank))
+        verdict = anti_stuck_monitor.check(cfg, pid, started_at, rank=rank)
         if verdict is not None:
             return verdict
     return None

@@ -20,14 +20,15 @@ from __future__ import annotations
 import logging
 import time
 
-from core.atomic_io import read_json
 from core.config import CadenceConfig
-from core.control import read_control
 from core.procs import live_pid
 from core.queue_store import TrainingQueue
 from core.state.base import StateError
+from core.state.control import read_control
 from core.state.deployment import read_deployment_state
-from safety.crash_detector import fault_streak, streak_path
+from core.state.faults import FaultStreak, fault_streak_path, read_fault_streak
+from core.state.heartbeat import Heartbeat, read_heartbeat
+from core.state.training_status import TrainingStatus, read_training_status
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +36,13 @@ logger = logging.getLogger(__name__)
 def live_status(cfg: CadenceConfig) -> dict:
     """The honest picture: training_status.json corrected by pid liveness and staleness."""
     layout = cfg.layout
-    status = read_json(layout.training_status, {}) or {}
+    status = _read_or_none(read_training_status, layout) or TrainingStatus()
     daemon_pid = live_pid(layout.pid_file("daemon"))
     trainer_pid = live_pid(layout.pid_file("trainer"))
     watchdog_pid = live_pid(layout.pid_file("watchdog"))
-    heartbeat = read_json(layout.status / "heartbeat.json", {}) or {}
-    age = time.time() - float(status.get("updated_at", 0) or 0)
-    reported = status.get("state", "unknown")
+    heartbeat: Heartbeat | None = _read_or_none(read_heartbeat, layout)
+    age = time.time() - float(status.updated_at or 0)
+    reported = status.state or "unknown"
     if daemon_pid is None:
         state = "not running"
         if trainer_pid:
@@ -59,21 +60,30 @@ def live_status(cfg: CadenceConfig) -> dict:
     deployed_version = actives[0].version if actives else None
     tq = TrainingQueue(cfg)
     queue = {p: tq.count(p) for p in ("high", "normal", "low", "processing")}
-    streak = fault_streak(streak_path(layout))
+    streak = _read_or_none(lambda lay: read_fault_streak(fault_streak_path(lay)), layout) or FaultStreak()
     return {
         "state": state, "reported_state": reported, "status_age_s": round(age, 1),
         "daemon_pid": daemon_pid, "trainer_pid": trainer_pid, "watchdog_pid": watchdog_pid,
-        "desired": control["desired"], "stop_after_file": control.get("stop_after_file"),
-        "pending_skip": bool(control.get("skip")), "control_reason": control.get("reason"),
-        "global_step": status.get("global_step"), "file": status.get("file"), "file_step": status.get("file_step"),
-        "file_total_steps": status.get("file_total_steps"), "loss": status.get("loss"), "val_loss": status.get("val_loss"),
-        "lr": status.get("lr"), "tokens_per_s": status.get("tokens_per_s"), "eta_s": status.get("eta_s"),
-        "last_checkpoint": status.get("last_checkpoint"), "heartbeat_age_s":
-            round(time.time() - heartbeat["ts"], 1) if heartbeat.get("ts") else None,
-        "heartbeat_phase": heartbeat.get("phase"), "queue": queue, "blocked_reason": status.get("reason"),
-        "deployed_version": deployed_version, "system_faults_in_a_row": streak["count"],
-        "next_start_after": streak["retry_at"],
+        "desired": control.desired, "stop_after_file": control.stop_after_file,
+        "pending_skip": bool(control.skip), "control_reason": control.reason,
+        "global_step": status.global_step, "file": status.file, "file_step": status.file_step,
+        "file_total_steps": status.file_total_steps, "loss": status.loss, "val_loss": status.val_loss,
+        "lr": status.lr, "tokens_per_s": status.tokens_per_s, "eta_s": status.eta_s,
+        "last_checkpoint": status.last_checkpoint, "heartbeat_age_s":
+            round(time.time() - heartbeat.ts, 1) if heartbeat and heartbeat.ts else None,
+        "heartbeat_phase": heartbeat.phase if heartbeat else None, "queue": queue, "blocked_reason": status.reason,
+        "deployed_version": deployed_version, "system_faults_in_a_row": streak.count,
+        "next_start_after": streak.retry_at,
     }
+
+
+def _read_or_none(read, layout):
+    """A status view shows what it can: a broken file (named in the log) reads as no file."""
+    try:
+        return read(layout)
+    except StateError as exc:
+        logger.warning("%s", exc)
+        return None
 
 
 def format_status(s: dict) -> str:
@@ -98,3 +108,4 @@ def format_status(s: dict) -> str:
     q = s["queue"]
     lines.append(f"queue:        high {q['high']}  normal {q['normal']}  low {q['low']}  processing {q['processing']}")
     return "\n".join(lines)
+

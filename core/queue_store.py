@@ -36,8 +36,9 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from core.atomic_io import append_jsonl, fsync_dir
+from core.atomic_io import fsync_dir
 from core.manifest import sha256_file
+from core.state.events import append_event
 from core.state.base import StateError
 from core.state.queue_records import (DATA_SUFFIX, META_SUFFIX, PARKED, PRIORITIES, SIDECAR_KINDS, SIDECAR_SUFFIXES,
                                       STATES, TERMINAL, ErrorEntry, HistoryEntry, JobSidecar, QueueMeta, RejectReport,
@@ -206,10 +207,9 @@ class TrainingQueue:
 
     # ---------------------------------------------------------- transitions
     def _event(self, event: str, entry: QueueEntry, **extra) -> None:
-        rec = {"ts": time.time(), "at": now_iso(), "source": "queue", "event": event, "file": entry.name, "state": entry.state,
-               "id": entry.id, **extra}
         try:
-            append_jsonl(self.layout.events, rec)
+            append_event(self.layout, event, source="queue", at=now_iso(), file=entry.name, state=entry.state, id=entry.id,
+                         **extra)
         except OSError:
             logger.warning("cannot append to %s", self.layout.events, exc_info=True)
 

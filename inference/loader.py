@@ -27,7 +27,10 @@ from pathlib import Path
 
 import torch
 
-from core.manifest import MANIFEST_NAME, ManifestError, content_id, coverage_problems, read_manifest, verify_manifest
+from core.manifest import (MANIFEST_NAME, TRAINING_STATE_DIR, ManifestError, content_id, coverage_problems, read_manifest,
+                           verify_manifest)
+from core.state.base import StateError
+from core.state.trainer_state import STATE_FILE, read_trainer_state
 from core.version_label import InvalidLabel, check_label
 from inference.engine import ModelEngine, NonFiniteLogits
 from inference.smoke import smoke_test
@@ -49,13 +52,18 @@ class ModelLoadError(Exception):
 def _global_step(folder: Path, manifest: dict | None) -> int | None:
     if manifest and isinstance(manifest.get("global_step"), int):
         return manifest["global_step"]
-    for rel in ("training_state/trainer_state.json", "trainer_state.json"):
-        try:
-            step = json.loads((folder / rel).read_text()).get("global_step")
-            if isinstance(step, int):
-                return step
-        except (OSError, ValueError, AttributeError):
-            pass
+    try:
+        state = read_trainer_state(folder / TRAINING_STATE_DIR)
+        if state is not None:
+            return state.global_step
+    except StateError as exc:
+        logger.warning("%s", exc)
+    try:  # a folder saved by Hugging Face's Trainer keeps its own trainer_state.json at the top
+        step = json.loads((folder / STATE_FILE).read_text()).get("global_step")
+        if isinstance(step, int):
+            return step
+    except (OSError, ValueError, AttributeError):
+        pass
     m = re.search(r"checkpoint-(\d+)$", folder.name)
     return int(m.group(1)) if m else None
 

@@ -16,10 +16,10 @@ import logging
 import time
 from pathlib import Path
 
-from core.atomic_io import append_jsonl
 from core.state.base import StateError, parse_record
 from core.state.deployment import (TERMINAL_EVENTS, DeploymentEvent, DeploymentState, append_deployment_event,  # noqa: F401
                                    deployment_events, read_deployment_state, write_deployment_state)
+from core.state.events import append_event
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def record(cfg, event: str, ip: dict | None = None, **fields) -> None:
     line.update(fields)
     entry = parse_record(DeploymentEvent, line, str(cfg.layout.deployments))
     append_deployment_event(cfg.layout, entry)
-    append_jsonl(cfg.layout.events, {"ts": line["ts"], "source": "deploy", **{k: v for k, v in line.items() if k != "ts"}})
+    append_event(cfg.layout, event, source="deploy", ts=line["ts"], **{k: v for k, v in line.items() if k not in ("ts", "event")})
 
 
 def history(cfg) -> list[dict]:

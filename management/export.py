@@ -41,6 +41,7 @@ from pathlib import Path
 
 from core.extras import require
 from core.manifest import MANIFEST_NAME, ManifestError, verify_manifest, write_manifest
+from core.state.trainer_state import STATE_FILE
 from management.model_versioner import list_versions
 from trainer.checkpoint import list_checkpoints
 
@@ -49,7 +50,7 @@ logger = logging.getLogger(__name__)
 FORMATS = ("hf", "gguf")
 QUANTS = ("f16", "q8_0")
 SKIP_DIRS = {"training_state", "adapter"}
-SKIP_FILES = {"manifest.json", "training_args.bin", "trainer_state.json", "optimizer.safetensors", "optimizer.pt",
+SKIP_FILES = {"manifest.json", "training_args.bin", STATE_FILE, "optimizer.safetensors", "optimizer.pt",
               "scheduler.pt", "rng_state.pth"}
 GGUF_NAME = "model.gguf"
 # The pre-tokenizer regex of Qwen2/Qwen3 (llama.cpp's "qwen2" pre-tokenizer).

@@ -140,10 +140,11 @@ def score_checkpoint(cfg, ckpt: CheckpointInfo, source: EvalSource | None = None
 
     source = source or EvalSource(cfg)
     state = ckpt.trainer_state()
-    last = state.get("last_file") or {}
+    last = state.last_file
     entry = {"checkpoint": ckpt.path.name, "step": ckpt.step, "content_id": checkpoint_content_id(ckpt.path),
-             "scored_at": _now(), "training": {"files_done": len(state.get("files_done") or []),
-                                               "final_loss": last.get("final_loss"), "val_loss": last.get("val_loss")}}
+             "scored_at": _now(), "training": {"files_done": len(state.files_done),
+                                               "final_loss": last.final_loss if last else None,
+                                               "val_loss": last.val_loss if last else None}}
     t0 = time.perf_counter()
     try:
         sets = source.sets(since_step, ckpt.step) if sets is None else sets

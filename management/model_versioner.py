@@ -32,11 +32,12 @@ import shutil
 import time
 from pathlib import Path
 
-from core.atomic_io import atomic_write_json, fsync_dir
+from core.atomic_io import fsync_dir
 from core.manifest import (METADATA_FILE, MANIFEST_NAME, TRAINING_STATE_DIR, ManifestError, content_id, entry_digest,
                            read_manifest, save_manifest)
 from core.state.base import StateError
 from core.state.lifecycle import VersionMetadata, read_version_metadata, write_version_metadata
+from core.state.trainer_state import LastFile, TrainerState, write_trainer_state
 from core.version_label import check_label
 from trainer.checkpoint import CheckpointInfo, latest_checkpoint, publish_checkpoint
 from management.backup_manager import create_backup
@@ -87,23 +88,23 @@ def find_version(cfg, name_or_cid: str) -> dict | None:
 
 def training_metadata(cfg, ckpt: CheckpointInfo, manifest: dict, cid: str) -> dict:
     state = ckpt.trainer_state()
-    last = state.get("last_file") or {}
+    last = state.last_file or LastFile()
     t = cfg.training
-    started = state.get("run_started_at")
-    files = state.get("files_done") or []
+    started = state.run_started_at
+    files = state.files_done
     return {
         "base_model": cfg.model.base_model, "model_name": cfg.model.model_name, "checkpoint": ckpt.path.name,
         "step": ckpt.step, "files_trained": len(files), "files": files[-50:],
-        "examples_trained": state.get("examples_seen"), "tokens_trained": state.get("tokens_seen"),
-        "final_loss": last.get("final_loss"), "val_loss": last.get("val_loss"),
+        "examples_trained": state.examples_seen, "tokens_trained": state.tokens_seen,
+        "final_loss": last.final_loss, "val_loss": last.val_loss,
         "hyperparameters": {"mode": t.mode, "learning_rate": t.learning_rate, "lr_schedule": t.lr_schedule,
                             "warmup_steps": t.warmup_steps, "weight_decay": t.weight_decay,
                             "micro_batch_tokens": t.micro_batch_tokens,
                             "gradient_accumulation_steps": t.gradient_accumulation_steps, "epochs": t.epochs,
                             "max_length": cfg.model.max_length, "seed": t.seed},
-        "training_time_s": (state.get("saved_at") - started) if isinstance(started, (int, float)) and isinstance(state.get("saved_at"), (int, float)) else None,
-        "config_hash": state.get("config_hash") or cfg.critical_hash(),
-        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state["saved_at"])) if isinstance(state.get("saved_at"), (int, float)) else None,
+        "training_time_s": state.saved_at - started if started is not None and state.saved_at is not None else None,
+        "config_hash": state.config_hash or cfg.critical_hash(),
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state.saved_at)) if state.saved_at is not None else None,
         "consolidated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "content_id": cid,
         "file_digests": {rel: entry_digest(meta) for rel, meta in manifest["files"].items()},
@@ -171,8 +172,9 @@ def restore_version(cfg, name: str) -> dict:
     if latest is not None:
         backup = create_backup(cfg, latest.path, label=f"before-restore-{version['name']}")
     step = (latest.step if latest else 0) + 1
-    state = dict(latest.trainer_state()) if latest else {"global_step": 0, "files_done": []}
-    state.update(global_step=step, restored_from=version["name"], restored_at=time.time(), current_file=None)
+    state = latest.trainer_state() if latest else TrainerState()
+    state = state.model_copy(update={"global_step": step, "restored_from": version["name"], "restored_at": time.time(),
+                                     "current_file": None})
 
     def write(tmp: Path) -> None:
         for p in src.iterdir():
@@ -180,7 +182,7 @@ def restore_version(cfg, name: str) -> dict:
                 continue
             shutil.copy2(p, tmp / p.name)
         (tmp / TRAINING_STATE_DIR).mkdir()
-        atomic_write_json(tmp / TRAINING_STATE_DIR / "trainer_state.json", {**state, "saved_at": time.time()})
+        write_trainer_state(tmp / TRAINING_STATE_DIR, state)
 
     info = publish_checkpoint(cfg.layout.current_model, step, write)
     logger.info("restored %s as %s (backup %s)", version["name"], info.path.name, backup)

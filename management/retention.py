@@ -114,8 +114,8 @@ def delete_checkpoint(ckpt: CheckpointInfo, dry_run: bool = False) -> int:
 
 def checkpoint_time(ckpt: CheckpointInfo) -> float:
     """When the checkpoint was saved (its trainer state says; the folder's mtime changes when optimizer state is stripped)."""
-    saved = ckpt.trainer_state().get("saved_at")
-    return float(saved) if isinstance(saved, (int, float)) else ckpt.path.stat().st_mtime
+    saved = ckpt.trainer_state().saved_at
+    return float(saved) if saved is not None else ckpt.path.stat().st_mtime
 
 
 def checkpoints_beyond_retention(cfg, now: float | None = None) -> list[CheckpointInfo]:

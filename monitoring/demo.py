@@ -19,9 +19,13 @@ import random
 import time
 from pathlib import Path
 
-from core.atomic_io import append_jsonl, atomic_write_json
+from core.atomic_io import atomic_write_json
 from core.state.deployment import DeploymentEvent, DeploymentState, append_deployment_event, write_deployment_state
+from core.state.events import append_event
 from core.state.ledger import Ledger, write_ledger
+from core.state.metrics import Metric, append_metrics
+from core.state.trainer_state import TrainerState, write_trainer_state
+from core.state.training_status import TrainingStatus, write_training_status
 from core.ingest import Ingestor
 from data_manager.curriculum_manager import Curriculum
 
@@ -64,19 +68,7 @@ def metric_lines(steps: int, start_ts: float, seed: int = 0, eval_every: int = 5
 
 def write_metrics(path: Path, steps: int, start_ts: float, **kw) -> int:
     """Write the run in large blocks (fast enough for a million steps)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with open(path, "a", encoding="utf-8") as fh:
-        buf = []
-        for rec in metric_lines(steps, start_ts, **kw):
-            buf.append(json.dumps(rec, ensure_ascii=False))
-            n += 1
-            if len(buf) >= 20000:
-                fh.write("\n".join(buf) + "\n")
-                buf = []
-        if buf:
-            fh.write("\n".join(buf) + "\n")
-    return n
+    return append_metrics(path, (Metric(**rec) for rec in metric_lines(steps, start_ts, **kw)))
 
 
 def write_run(cfg, steps: int = 3000, live_pid: int | None = None, now: float | None = None) -> dict:
@@ -91,9 +83,8 @@ def write_run(cfg, steps: int = 3000, live_pid: int | None = None, now: float | 
         d = layout.current_model / f"checkpoint-{s}"
         (d / "training_state").mkdir(parents=True, exist_ok=True)
         atomic_write_json(d / "manifest.json", {"files": {}, "global_step": s})
-        atomic_write_json(d / "training_state" / "trainer_state.json",
-                          {"global_step": s, "files_done": [f"binary_L{i}.jsonl" for i in range(1, s // 1000 + 1)],
-                           "reason": "save_steps"})
+        write_trainer_state(d / "training_state", TrainerState(
+            global_step=s, files_done=[f"binary_L{i}.jsonl" for i in range(1, s // 1000 + 1)], reason="save_steps"))
     # ranking ledger and deployment history in management/'s formats (model_comparison_engine, deployment_orchestrator)
     entries = {}
     for i, s in enumerate(ckpt_steps):
@@ -146,16 +137,16 @@ def write_run(cfg, steps: int = 3000, live_pid: int | None = None, now: float | 
                                                          "file": f"binary_L{steps // 1000 + 1}.jsonl"},
                {"source": "lifecycle", "event": "scored", "checkpoint": ckpt_steps[-1] if ckpt_steps else None},
                {"source": "lifecycle", "event": "deployed", "checkpoint": deployed}):
-        append_jsonl(layout.events, {"ts": now - 30, **ev})
+        append_event(layout, ev.pop("event"), source=ev.pop("source"), ts=now - 30, **ev)
     # status file as the trainer writes it
     last = next(r for r in reversed(list(metric_lines(steps, start))) if r["type"] == "train")
     last_eval = next(r for r in reversed(list(metric_lines(steps, start))) if r["type"] == "eval")
-    atomic_write_json(layout.training_status, {
-        "state": "training", "global_step": steps, "file": last["file"], "file_step": last["file_step"],
-        "file_total_steps": last["file_total_steps"], "loss": last["loss"], "val_loss": last_eval["val_loss"],
-        "lr": last["lr"], "tokens_per_s": last["tokens_per_s"], "eta_s": 1.3 * (1000 - last["file_step"]),
-        "gpu": [], "ram": None, "preview": last_eval["preview"], "last_checkpoint": f"checkpoint-{ckpt_steps[-1]}" if ckpt_steps else None,
-        "deployed_version": version if deployed else None, "updated_at": now, "pid": live_pid or 0})
+    write_training_status(layout.training_status, TrainingStatus(
+        state="training", global_step=steps, file=last["file"], file_step=last["file_step"],
+        file_total_steps=last["file_total_steps"], loss=last["loss"], val_loss=last_eval["val_loss"],
+        lr=last["lr"], tokens_per_s=last["tokens_per_s"], eta_s=1.3 * (1000 - last["file_step"]),
+        gpu=[], ram=None, preview=last_eval["preview"], last_checkpoint=f"checkpoint-{ckpt_steps[-1]}" if ckpt_steps else None,
+        deployed_version=version if deployed else None, updated_at=now, pid=live_pid or 0))
     if live_pid:
         for name in ("daemon", "trainer"):
             layout.pid_file(name).write_text(f"{live_pid}\n")

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.queue_store import STATES, TrainingQueue
+from core.state.events import EventTail
 from monitoring import sources
 from monitoring.metrics_index import MetricsIndex
 
@@ -70,56 +71,29 @@ class Message:
 
 
 class EventLog:
-    """Tails status/events.jsonl; keeps the last EVENTS_KEPT events in memory."""
+    """Tails status/events.jsonl (core.state.events.EventTail); keeps the last EVENTS_KEPT events in memory."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.pos = 0
-        self.inode = None
+        self.tail = EventTail(self.path, history_limit=EVENTS_KEPT)
         self.events: deque = deque(maxlen=EVENTS_KEPT)
         self.lock = threading.Lock()
 
     def refresh(self) -> list[dict]:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return []
-        if st.st_ino != self.inode or st.st_size < self.pos:
-            first = self.inode is None
-            self.inode, self.pos = st.st_ino, 0
+        """The events appended since the last call, as the JSON the page and the stream get."""
+        new, reset, history = self.tail.read_new()
+        if reset:
             with self.lock:
                 self.events.clear()
-            if first and st.st_size > (8 << 20):  # a huge old log: start from its tail
-                self.pos = st.st_size
-                with self.lock:
-                    self.events.extend(sources.tail_jsonl(self.path, EVENTS_KEPT))
-                return []
-        if st.st_size == self.pos:
-            return []
-        with open(self.path, "rb") as fh:
-            fh.seek(self.pos)
-            data = fh.read(st.st_size - self.pos)
-        end = data.rfind(b"\n")
-        if end < 0:
-            return []
-        self.pos += end + 1
-        new = []
-        for line in data[: end + 1].split(b"\n"):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
-            if isinstance(rec, dict):
-                new.append(rec)
+                self.events.extend(e.view() for e in history)
+        fresh = [e.view() for e in new]
         with self.lock:
-            self.events.extend(new)
-        return new
+            self.events.extend(fresh)
+        return fresh
 
     def recent(self, limit: int, source: str | None = None) -> list[dict]:
         with self.lock:
-            items = [e for e in self.events if source is None or e.get("source") == source]
+            items = [e for e in self.events if source is None or e["source"] == source]
         return items[-limit:][::-1]
 
 

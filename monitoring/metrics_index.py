@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.state.metrics import decode_metric_lines
+
 logger = logging.getLogger(__name__)
 
 TRAIN_FIELDS = ("loss", "lr", "tokens_per_s", "grad_norm")
@@ -64,29 +66,6 @@ def column(recs: list[dict], key: str) -> list[float]:
     """One numeric field of many records as floats (NaN where missing or not a number)."""
     vals = [r.get(key) for r in recs]
     return [v if type(v) is float else (float(v) if type(v) is int else NAN) for v in vals]
-
-
-def _parse_lines(lines: list[bytes], offs: list[int]) -> list[tuple[int, dict]]:
-    """(offset, record) for every line holding a JSON object. One json.loads for the whole block (the
-    per-call overhead dominates on short lines); line by line when the block has a bad line."""
-    idx = [i for i, line in enumerate(lines) if line.strip()]
-    if not idx:
-        return []
-    try:
-        parsed = json.loads(b"[" + b",".join(lines[i] for i in idx) + b"]")
-        if len(parsed) == len(idx) and all(type(r) is dict for r in parsed):
-            return [(offs[i], r) for i, r in zip(idx, parsed)]
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        pass
-    out = []
-    for i in idx:
-        try:
-            rec = json.loads(lines[i])
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if isinstance(rec, dict):
-            out.append((offs[i], rec))
-    return out
 
 
 class _Ema:
@@ -423,7 +402,7 @@ class MetricsIndex:
             offs.append(pos)
             pos += len(line) + 1
         crcs = [zlib.crc32(NL, zlib.crc32(line)) for line in lines]
-        records = _parse_lines(lines, offs)
+        records = decode_metric_lines(lines, offs)
         with self.lock:
             self.bad_lines += sum(1 for line in lines if line.strip()) - len(records)
             self._add_all(records)

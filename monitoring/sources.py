@@ -20,7 +20,6 @@ from typing import Any
 
 import psutil
 
-from core.atomic_io import read_json
 from core.system_metrics import disk_stats, gpu_stats, ram_stats
 from core.live_status import live_status
 from core.queue_store import PRIORITIES, STATES, TrainingQueue, stem_of
@@ -29,6 +28,7 @@ from core.state.curriculum import read_curriculum
 from core.state.deployment import DeployEvent, DeploymentState, read_deployment_state, recent_deployment_events
 from core.state.ledger import LedgerEntry, read_ledger
 from core.state.queue_records import read_job_sidecar
+from core.state.training_status import TrainingStatus, read_training_status
 from data_manager.curriculum_manager import Curriculum
 from trainer.checkpoint import list_checkpoints
 
@@ -89,13 +89,18 @@ def step_of(record: dict) -> int | None:
 def status(cfg, index_summary: dict | None = None) -> dict:
     """live_status (the honest one: dead pid => not running) plus what the page shows beside it."""
     s = live_status(cfg)
-    raw = read_json(cfg.layout.training_status, {}) or {}
-    s["preview"] = raw.get("preview")
-    s["fixed_val_loss"] = raw.get("fixed_val_loss")
-    s["deployed_version"] = raw.get("deployed_version") or deployed_checkpoint(cfg)
-    s["gpu"] = raw.get("gpu") or []
-    s["ram"] = raw.get("ram")
-    s["status_file_present"] = bool(raw)
+    try:
+        raw = read_training_status(cfg.layout)
+    except StateError as exc:  # the page says the file is missing rather than failing
+        logger.warning("%s", exc)
+        raw = None
+    shown = raw or TrainingStatus()
+    s["preview"] = shown.preview
+    s["fixed_val_loss"] = shown.fixed_val_loss
+    s["deployed_version"] = shown.deployed_version or deployed_checkpoint(cfg)
+    s["gpu"] = shown.gpu or []
+    s["ram"] = shown.ram
+    s["status_file_present"] = raw is not None
     s["liveness"] = liveness(s, cfg.monitor.stale_after_seconds)
     if index_summary is not None:
         s["overfitting"] = index_summary.get("overfitting")
@@ -289,7 +294,7 @@ def checkpoints(cfg) -> dict:
             continue
         r = by_name.get(ckpt.path.name) or {}
         out.append({"name": ckpt.path.name, "global_step": ckpt.step, "created": mtime,
-                    "reason": state.get("reason"), "files_done": len(state.get("files_done") or []),
+                    "reason": state.reason, "files_done": len(state.files_done),
                     "position": r.get("position"), "score": r.get("score"), "val_loss": r.get("val_loss"),
                     "accuracy": r.get("accuracy"), "accuracy_mean": r.get("accuracy_mean"), "status": r.get("status"),
                     "ladder": r.get("ladder"), "sets": r.get("sets"), "verdict": r.get("verdict"),

@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.atomic_io import read_json
+from core.state.base import StateError
+from core.state.heartbeat import read_heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -46,20 +47,25 @@ def limit_for(cfg, phase: str) -> float:
             "load": s.stuck_timeout_load}.get(phase, s.stuck_timeout)
 
 
-def check(cfg, pid: int, started_at: float, now: float | None = None, beat_path: Path | None = None) -> Verdict | None:
+def check(cfg, pid: int, started_at: float, now: float | None = None, rank: int = 0) -> Verdict | None:
     """A Verdict when child `pid` has been silent longer than its phase allows; paused children never are.
-    `beat_path`: the heartbeat file of that process (default status/heartbeat.json; other ranks have their own)."""
+    `rank`: whose heartbeat file to read (rank 0: status/heartbeat.json; other ranks have their own)."""
     now = now or time.time()
-    beat = read_json(beat_path or cfg.layout.status / "heartbeat.json", {}) or {}
-    if beat.get("pid") != pid:
-        beat = {"phase": "load", "ts": started_at}  # no heartbeat of its own yet: count from its start
-    phase = beat.get("phase", "train")
+    try:
+        beat = read_heartbeat(cfg.layout, rank)
+    except StateError as exc:  # a foreign or broken file is no beat of this child
+        logger.warning("%s", exc)
+        beat = None
+    if beat is None or beat.pid != pid:  # no heartbeat of its own yet: count from its start
+        phase, ts, step = "load", started_at, None
+    else:
+        phase, ts, step = beat.phase, beat.ts, beat.global_step
     if phase == "paused":
         return None
-    silent = now - float(beat.get("ts", started_at))
+    silent = now - ts
     limit = limit_for(cfg, phase)
     if silent > limit:
-        return Verdict(pid, phase, silent, limit, beat.get("global_step"))
+        return Verdict(pid, phase, silent, limit, step)
     return None
 
 

@@ -22,13 +22,14 @@ from core.atomic_io import read_json
 from core.config import CadenceConfig
 from core.state.lifecycle import ArchivedRun, write_archived_run
 from trainer.checkpoint import latest_checkpoint
+from core.state.trainer_state import TrainerState
 
 ARCH_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
 
 
-def _latest_state(cfg: CadenceConfig) -> tuple[Path | None, dict]:
+def _latest_state(cfg: CadenceConfig) -> tuple[Path | None, TrainerState]:
     ckpt = latest_checkpoint(cfg.layout.current_model)
-    return (ckpt.path, ckpt.trainer_state()) if ckpt else (None, {})
+    return (ckpt.path, ckpt.trainer_state()) if ckpt else (None, TrainerState())
 
 
 def critical_problems(cfg: CadenceConfig) -> list[str]:
@@ -36,7 +37,7 @@ def critical_problems(cfg: CadenceConfig) -> list[str]:
     if ckpt is None:
         return []
     problems = []
-    old = state.get("critical") or {}
+    old = state.critical or {}
     for key, value in cfg.critical_values().items():
         if key in old and old[key] != value:
             problems.append(f"{key}: checkpoints in {ckpt.parent} were trained with {old[key]!r}, config.json now says "

@@ -16,14 +16,15 @@ Run as:
 """
 from __future__ import annotations
 
-import json
 import re
 import signal
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from core.atomic_io import append_jsonl, atomic_write_json, read_json
+from core.state.child_result import ChildResult
+from core.state.faults import (Crash, FaultStreak, StreakFault, append_crash,
+                               fault_streak_path, read_crashes, read_fault_streak, write_fault_streak)
+from core.state.heartbeat import Heartbeat
 
 CATEGORIES = ("cuda_oom", "cpu_oom", "cuda_error", "nan_loss", "disk_full", "data_error", "config_error",
               "import_error", "killed", "segfault", "stuck", "unknown")
@@ -74,30 +75,16 @@ def decide(category: str, started_training: bool) -> tuple[str, str]:
     return action, blame
 
 
-@dataclass
-class Crash:
-    category: str
-    action: str
-    exit_code: int | None
-    signal: str | None
-    message: str
-    file: str | None = None
-    global_step: int | None = None
-    ts: float = 0.0
-    blame: str = "file"
-    started_training: bool | None = None
-
-
-def classify(exit_code: int | None, result: dict | None = None, log_tail: str = "", killed_by_us: str | None = None,
-             heartbeat: dict | None = None) -> tuple[str, str]:
+def classify(exit_code: int | None, result: ChildResult | None = None, log_tail: str = "",
+             killed_by_us: str | None = None, heartbeat: Heartbeat | None = None) -> tuple[str, str]:
     """(category, message) for one child exit. `killed_by_us` is the reason the daemon killed it ('stuck', 'shutdown')."""
     if killed_by_us == "stuck":
         return "stuck", "no heartbeat progress: killed by the anti-stuck monitor"
-    if result and result.get("category") not in (None, "completed", "interrupted", "unknown"):
-        cat = {"oom": "cuda_oom" if "cuda" in (result.get("message") or "").lower() else "cpu_oom"}.get(
-            result["category"], result["category"])
-        return cat, result.get("message") or cat
-    text = "\n".join(filter(None, [(result or {}).get("message"), (result or {}).get("traceback"), log_tail]))
+    if result and result.category not in ("completed", "interrupted", "unknown"):
+        cat = {"oom": "cuda_oom" if "cuda" in (result.message or "").lower() else "cpu_oom"}.get(
+            result.category, result.category)
+        return cat, result.message or cat
+    text = "\n".join(filter(None, [result and result.message, result and result.traceback, log_tail]))
     for cat, rx in _LOG_PATTERNS:
         if rx.search(text):
             line = next((l for l in text.splitlines()[::-1] if rx.search(l)), cat)
@@ -106,15 +93,15 @@ def classify(exit_code: int | None, result: dict | None = None, log_tail: str = 
         sig = -exit_code
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
         if sig == signal.SIGKILL and not killed_by_us:
-            ram = (heartbeat or {}).get("ram_pct")
+            ram = heartbeat.ram_pct if heartbeat else None
             if ram is not None and ram > 90:
                 return "cpu_oom", f"SIGKILL with RAM at {ram}%: the kernel's OOM killer"
             return "killed", "SIGKILL from outside Cadence (OOM killer or an operator)"
         if sig == signal.SIGSEGV:
             return "segfault", "segmentation fault"
         return "killed", f"terminated by {name}"
-    if result and result.get("category") == "unknown":
-        return "unknown", result.get("message") or "unknown error"
+    if result and result.category == "unknown":
+        return "unknown", result.message or "unknown error"
     return "unknown", f"exit code {exit_code} without a result"
 
 
@@ -130,45 +117,44 @@ def signal_name(exit_code: int | None) -> str | None:
 def record(history_path: Path, exit_code: int | None, category: str, message: str, file: str | None,
            global_step: int | None, started_training: bool = True) -> Crash:
     action, blame = decide(category, started_training)
-    crash = Crash(category, action, exit_code, signal_name(exit_code), message, file, global_step, time.time(),
-                  blame, started_training)
-    append_jsonl(history_path, asdict(crash))
+    crash = Crash(category=category, action=action, exit_code=exit_code, signal=signal_name(exit_code),
+                  message=message, file=file, global_step=global_step, ts=time.time(), blame=blame,
+                  started_training=started_training)
+    append_crash(history_path, crash)
     return crash
 
 
 def streak_path(layout) -> Path:
-    return layout.status / "fault_streak.json"
+    return fault_streak_path(layout)
 
 
-def fault_streak(path: Path) -> dict:
-    """System faults in a row: {"count", "retry_at" (epoch s, or None), "faults": [{ts, category, message, file}]}."""
-    rec = read_json(path, {}) or {}
-    return {"count": int(rec.get("count") or 0), "retry_at": rec.get("retry_at"), "faults": list(rec.get("faults") or [])}
+def fault_streak(path: Path) -> FaultStreak:
+    """System faults in a row, when the next start may come, and the faults themselves."""
+    return read_fault_streak(path)
 
 
 def note_system_fault(path: Path, safety, category: str, message: str, file: str | None,
-                      now: float | None = None) -> dict:
+                      now: float | None = None) -> FaultStreak:
     """One more system fault: the streak grows and the next start waits `system_fault_backoff_seconds` x 2^(n-1)
     (capped), so a box that cannot start a trainer is not hammered; the caller pauses at `crash_loop_faults`."""
     now = time.time() if now is None else now
     streak = fault_streak(path)
-    count = streak["count"] + 1
+    count = streak.count + 1
     delay = min(safety.system_fault_backoff_seconds * 2 ** (count - 1), safety.system_fault_backoff_max_seconds)
-    faults = (streak["faults"] + [{"ts": now, "category": category, "message": message, "file": file}])[-count:]
-    rec = {"count": count, "retry_at": now + delay, "faults": faults}
-    atomic_write_json(path, rec)
+    faults = (streak.faults + [StreakFault(ts=now, category=category, message=message, file=file)])[-count:]
+    rec = FaultStreak(count=count, retry_at=now + delay, faults=faults)
+    write_fault_streak(path, rec)
     return rec
 
 
 def clear_fault_streak(path: Path) -> None:
     """The system trained, or a fault was the file's: the next system fault starts a new streak."""
     streak = fault_streak(path)
-    if streak["count"] or streak["retry_at"]:
-        atomic_write_json(path, {"count": 0, "retry_at": None, "faults": []})
+    if streak.count or streak.retry_at:
+        write_fault_streak(path, FaultStreak())
 
 
-def history(history_path: Path, n: int = 20) -> list[dict]:
-    if not Path(history_path).exists():
-        return []
-    lines = Path(history_path).read_text().splitlines()[-n:]
-    return [json.loads(l) for l in lines if l.strip()]
+def history(history_path: Path, n: int = 20) -> list[Crash]:
+    """The last `n` recorded crashes, oldest first."""
+    return read_crashes(history_path)[-n:] if n > 0 else []
+

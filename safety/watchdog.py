@@ -27,9 +27,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-from core.atomic_io import append_jsonl
-from core.control import read_control
+from core.state.control import read_control
+from core.state.events import append_event
 from core.procs import AlreadyRunning, InstanceLock, live_pid, remove_pid, terminate, write_pid
+from core.state.events import append_event
 from trainer.status import StatusWriter
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class Watchdog:
         self.stop = threading.Event()
 
     def event(self, event: str, **fields) -> None:
-        append_jsonl(self.layout.events, {"ts": time.time(), "source": "watchdog", "event": event, **fields})
+        append_event(self.layout, event, source="watchdog", **fields)
 
     def daemon_cmd(self) -> list[str]:
         cmd = [sys.executable, str(REPO / "core" / "training_daemon.py")]
@@ -72,10 +73,10 @@ class Watchdog:
         if live_pid(pid_file) or InstanceLock(self.layout.pids / "daemon.lock").is_held_elsewhere():
             return "alive"
         control = read_control(self.layout)
-        if control["desired"] == "stopped":
+        if control.desired == "stopped":
             return "stopped by operator"
         if self.gave_up_at_control is not None:
-            if control.get("updated_at") == self.gave_up_at_control:
+            if control.updated_at == self.gave_up_at_control:
                 return "crash loop: waiting for an operator"
             self.gave_up_at_control = None
             self.restarts.clear()
@@ -91,7 +92,7 @@ class Watchdog:
             reason = (f"daemon died {len(self.restarts)} times within {self.cfg.safety.restart_window:.0f}s: "
                       f"crash loop, staying down; see logs/daemon.log, then run "
                       f"`cadence resume` to try again")
-            self.gave_up_at_control = control.get("updated_at")
+            self.gave_up_at_control = control.updated_at
             self.event("crash_loop", reason=reason)
             StatusWriter(self.layout.training_status, self.layout.metrics).update(state="crashed", reason=reason)
             logger.error(reason)

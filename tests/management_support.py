@@ -21,7 +21,8 @@ def make_checkpoint(cfg, model_dir: Path, step: int, seed: int | None = None, na
     import torch
     from safetensors.torch import load_file, save_file
 
-    from trainer.checkpoint import publish_checkpoint, write_trainer_state
+    from core.state.trainer_state import TrainerState, write_trainer_state
+    from trainer.checkpoint import publish_checkpoint
 
     def write(tmp: Path) -> None:
         for p in Path(model_dir).iterdir():
@@ -38,9 +39,9 @@ def make_checkpoint(cfg, model_dir: Path, step: int, seed: int | None = None, na
         sd.mkdir()
         (sd / "optimizer.safetensors").write_bytes(b"\0" * 4096)
         (sd / "rng.pt").write_bytes(b"\0" * 64)
-        write_trainer_state(sd, {"global_step": step, "files_done": ["a.jsonl"], "examples_seen": 10 * step,
+        write_trainer_state(sd, TrainerState(**{"global_step": step, "files_done": ["a.jsonl"], "examples_seen": 10 * step,
                                  "last_file": {"final_loss": 1.0, "val_loss": 1.1}, "run_started_at": time.time() - 60,
-                                 **(state or {})})
+                                 **(state or {})}))
 
     return publish_checkpoint(cfg.layout.current_model, step, write)
 

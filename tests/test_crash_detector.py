@@ -5,6 +5,8 @@ import json
 import signal
 
 from core.config import SafetyConfig
+from core.state.faults import FaultStreak
+from core.state.heartbeat import Heartbeat
 from safety import crash_detector
 from safety.crash_detector import ACTIONS, CATEGORIES, SYSTEM_RETRY, classify, decide, record
 
@@ -35,7 +37,8 @@ def test_blame_before_and_after_the_first_training_step():
 
 def test_signals_are_classified():
     assert classify(-signal.SIGKILL) == ("killed", "SIGKILL from outside Cadence (OOM killer or an operator)")
-    assert classify(-signal.SIGKILL, heartbeat={"ram_pct": 97.0})[0] == "cpu_oom"
+    beat = Heartbeat(pid=1, phase="train", global_step=5, ts=0.0, ram_pct=97.0)
+    assert classify(-signal.SIGKILL, heartbeat=beat)[0] == "cpu_oom"
     assert classify(-signal.SIGSEGV) == ("segfault", "segmentation fault")
     assert classify(1, log_tail="ModuleNotFoundError: No module named 'torch'")[0] == "import_error"
 
@@ -55,12 +58,12 @@ def test_record_writes_blame_and_resolved_action(tmp_path):
 def test_fault_streak_backs_off_doubling_with_a_cap_and_clears(tmp_path):
     safety = SafetyConfig(system_fault_backoff_seconds=10, system_fault_backoff_max_seconds=25)
     path = tmp_path / "fault_streak.json"
-    assert crash_detector.fault_streak(path) == {"count": 0, "retry_at": None, "faults": []}
+    assert crash_detector.fault_streak(path) == FaultStreak(count=0, retry_at=None, faults=[])
     t = 1_000_000.0
-    retry = [crash_detector.note_system_fault(path, safety, "killed", f"kill {i}", "a.jsonl", now=t)["retry_at"] - t
+    retry = [crash_detector.note_system_fault(path, safety, "killed", f"kill {i}", "a.jsonl", now=t).retry_at - t
              for i in range(4)]
     assert retry == [10, 20, 25, 25]
     streak = crash_detector.fault_streak(path)  # on disk: a restarted daemon goes on counting
-    assert streak["count"] == 4 and [f["message"] for f in streak["faults"]] == ["kill 0", "kill 1", "kill 2", "kill 3"]
+    assert streak.count == 4 and [f.message for f in streak.faults] == ["kill 0", "kill 1", "kill 2", "kill 3"]
     crash_detector.clear_fault_streak(path)
-    assert crash_detector.fault_streak(path) == {"count": 0, "retry_at": None, "faults": []}
+    assert crash_detector.fault_streak(path) == FaultStreak(count=0, retry_at=None, faults=[])

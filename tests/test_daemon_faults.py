@@ -277,7 +277,7 @@ def test_enospc_at_checkpoint_pauses_with_alert_and_previous_checkpoint_loads(ca
     c.drop("x.jsonl", demo_rows(150, 5))
     c.start()
     c.wait(lambda: c.events("alert"), 90, "disk-full alert")
-    assert read_control(c.layout)["desired"] == "paused"
+    assert read_control(c.layout).desired == "paused"
     ckpts = sorted(p.name for p in c.layout.current_model.iterdir() if p.name.startswith(("checkpoint-", ".tmp")))
     assert ckpts == ["checkpoint-3"], ckpts  # nothing partial, nothing at step 6
     assert c.files("normal") == ["x.jsonl"]
@@ -371,8 +371,8 @@ def test_kills_during_startup_pause_the_system_and_keep_files_queued(cadence):
         pid = kill_in_startup(c, pid)
     c.wait(lambda: c.events("alert"), 30, "crash-loop alert")
     control = read_control(c.layout)
-    assert control["desired"] == "paused" and control["reason"].startswith("ALERT crash loop: 3 system faults in a row (killed)")
-    assert "SIGKILL from outside Cadence" in control["reason"]
+    assert control.desired == "paused" and control.reason.startswith("ALERT crash loop: 3 system faults in a row (killed)")
+    assert "SIGKILL from outside Cadence" in control.reason
     (alert,) = c.events("alert")
     assert alert["kind"] == "crash_loop" and alert["cause"] == "killed" and len(alert["faults"]) == 3
     faults = c.events("system_fault")
@@ -394,7 +394,7 @@ def test_kills_during_startup_pause_the_system_and_keep_files_queued(cadence):
     from monitoring.sources import status as monitor_status
 
     shown = monitor_status(c.cfg)
-    assert shown["control_reason"] == control["reason"] and control["reason"] in shown["liveness"]["detail"]
+    assert shown["control_reason"] == control.reason and control.reason in shown["liveness"]["detail"]
     # resumed, the same files train, each once, counted as their first attempt
     request(c.layout, "resume")
     c.wait(lambda: len(c.files("recently_completed")) == 3, 240, "all three files completed after resume")
@@ -419,7 +419,7 @@ def test_data_error_before_the_first_step_still_counts_an_attempt(cadence):
     (crash,) = [json.loads(l) for l in (c.layout.status / "crash_history.jsonl").read_text().splitlines()]
     assert (crash["category"], crash["action"], crash["blame"], crash["started_training"]) == \
         ("data_error", "fail", "file", False)
-    assert c.events("system_fault") == [] and read_control(c.layout)["desired"] == "running"
+    assert c.events("system_fault") == [] and read_control(c.layout).desired == "running"
     c.drop("good.jsonl", demo_rows(24, 31))
     c.wait(lambda: c.files("recently_completed") == ["good.jsonl"], 180, "the next file trains")
 

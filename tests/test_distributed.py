@@ -179,7 +179,7 @@ def test_pause_and_stop_reach_both_ranks_and_a_2_rank_checkpoint_resumes_on_1(re
     from trainer.checkpoint import latest_checkpoint
 
     ckpt = latest_checkpoint(c.layout.current_model)
-    assert ckpt.step == paused_at and ckpt.trainer_state()["current_file"]["steps_done"] == paused_at
+    assert ckpt.step == paused_at and ckpt.trainer_state().current_file.steps_done == paused_at
     assert not live_pid(c.layout.pid_file("trainer")) and not live_pid(c.layout.pid_file("trainer.rank1"))
     # the same base_dir on one process: resumes the interrupted file at the same step
     cfg = dict(c.config_data)

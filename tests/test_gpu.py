@@ -67,6 +67,7 @@ def test_varlen_attention_on_cuda_equals_one_forward_per_example(micro_model_dir
 
 
 def test_real_cuda_oom_is_classified_and_answered_by_halving_the_micro_batch():
+    from core.state.child_result import ChildResult
     from safety import crash_detector
 
     try:
@@ -75,7 +76,8 @@ def test_real_cuda_oom_is_classified_and_answered_by_halving_the_micro_batch():
         message = f"out of memory: {exc}"
     else:  # pragma: no cover
         pytest.fail("a 1 PiB allocation succeeded")
-    category, _ = crash_detector.classify(14, {"exit_code": 14, "category": "oom", "message": message}, "", None, {})
+    result = ChildResult(pid=1, exit_code=14, category="oom", message=message, finished_at=0.0)
+    category, _ = crash_detector.classify(14, result, "", None, None)
     assert category == "cuda_oom"
     assert crash_detector.ACTIONS[category] == "shrink_batch_retry"
 

@@ -210,7 +210,7 @@ def test_mutating_endpoints_need_the_token(client, token, demo, method, path, bo
     assert r.status_code == 403
     r = client.request(method, path, headers={"X-Admin-Token": "nope"}, **kw)
     assert r.status_code == 403
-    assert read_control(cfg.layout)["desired"] == before["desired"]  # nothing happened
+    assert read_control(cfg.layout).desired == before.desired  # nothing happened
     assert not list(cfg.layout.inbox.glob("*.jsonl"))
     r = client.request(method, path, headers=auth(token), **kw)
     assert r.status_code in (200, 202), r.text
@@ -222,15 +222,15 @@ def test_controls_reach_the_control_file(client, token, demo):
     r = client.post("/api/control/pause", json={"reason": "checking the GPU"}, headers=auth(token))
     assert r.status_code == 200 and r.json()["daemon_running"] is True
     state = read_control(cfg.layout)
-    assert state["desired"] == "paused" and "checking the GPU" in state["reason"]
+    assert state.desired == "paused" and "checking the GPU" in state.reason
     client.post("/api/control/resume", headers=auth(token))
-    assert read_control(cfg.layout)["desired"] == "running"
+    assert read_control(cfg.layout).desired == "running"
     client.post("/api/control/skip", headers=auth(token))
-    assert read_control(cfg.layout)["skip"]
+    assert read_control(cfg.layout).skip
     client.post("/api/control/stop_after_file", headers=auth(token))
-    assert read_control(cfg.layout)["stop_after_file"] is True
+    assert read_control(cfg.layout).stop_after_file is True
     client.post("/api/control/stop", headers=auth(token))
-    assert read_control(cfg.layout)["desired"] == "stopped"
+    assert read_control(cfg.layout).desired == "stopped"
     assert client.post("/api/control/clear", headers=auth(token)).status_code == 404
     assert client.post("/api/control/pause", content=b"[1]",
                        headers={**auth(token), "Content-Type": "application/json"}).status_code == 400

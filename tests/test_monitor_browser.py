@@ -190,18 +190,18 @@ def test_page_charts_live_update_pause_and_honest_liveness(stack, browser, capsy
     browser.find_element(By.ID, "token-save").click()
     wait_for(lambda: browser.find_element(By.ID, "token-state").text == "controls unlocked", 5, "controls unlocked")
     assert js(browser, "return localStorage.getItem('cadence.adminToken')") == admin_token(cfg)
-    assert read_control(cfg.layout)["desired"] == "running"
+    assert read_control(cfg.layout).desired == "running"
     pause.click()
     wait_for(lambda: js(browser, "return document.getElementById('confirm').open"), 3, "the confirmation dialog")
     browser.find_element(By.ID, "confirm-cancel").click()  # cancelling does nothing
     time.sleep(0.3)
-    assert read_control(cfg.layout)["desired"] == "running"
+    assert read_control(cfg.layout).desired == "running"
     pause.click()
     wait_for(lambda: js(browser, "return document.getElementById('confirm').open"), 3, "the confirmation dialog")
     browser.find_element(By.ID, "confirm-reason").send_keys("browser test")
     browser.find_element(By.ID, "confirm-ok").click()
-    wait_for(lambda: read_control(cfg.layout)["desired"] == "paused", 5, "control/state.json desired=paused")
-    assert "browser test" in read_control(cfg.layout)["reason"]
+    wait_for(lambda: read_control(cfg.layout).desired == "paused", 5, "control/state.json desired=paused")
+    assert "browser test" in read_control(cfg.layout).reason
     wait_for(lambda: "pause requested" in browser.find_element(By.ID, "control-result").text, 3, "the page's confirmation")
     wait_for(lambda: "paused" in browser.find_element(By.ID, "c-desired").text, 3, "requested: paused (status pushed)")
 

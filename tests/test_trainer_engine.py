@@ -57,7 +57,7 @@ def test_resume_after_crash_equals_uninterrupted_run(make_config, tmp_path):
         TrainerEngine(crashed, CrashAt(half + 2)).setup().train_file(data)
     assert list_checkpoints(crashed.layout.current_model)[-1].step == half
     resumed = TrainerEngine(crashed).setup()
-    assert resumed.global_step == half and resumed.state["current_file"]["steps_done"] == half
+    assert resumed.global_step == half and resumed.state.current_file.steps_done == half
     r2 = resumed.train_file(data)
     assert r2.status == "completed" and r2.global_step_end == n
 
@@ -250,5 +250,5 @@ def test_background_checkpoint_failure_surfaces_and_publishes_nothing(make_confi
     assert not [p for p in root.iterdir() if p.name.startswith(".tmp")]
     monkeypatch.setattr(checkpoint, "_fsync_dirs", real)
     resumed = TrainerEngine(cfg).setup()
-    assert resumed.global_step == 2 and resumed.state["current_file"]["steps_done"] == 2
+    assert resumed.global_step == 2 and resumed.state.current_file.steps_done == 2
     assert resumed.train_file(data).status == "completed"

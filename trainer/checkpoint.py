@@ -14,27 +14,25 @@ from __future__ import annotations
 
 import errno
 import inspect
-import json
 import logging
 import os
 import re
 import shutil
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.atomic_io import fsync_dir, fsync_file, read_json
+from core.atomic_io import fsync_dir, fsync_file
 from core.manifest import MANIFEST_NAME, ManifestCheck, ManifestError, TRAINING_STATE_DIR, file_entry, write_manifest
 from core.state.base import StateError
 from core.state.lifecycle import read_protected
+from core.state.trainer_state import TrainerState, read_trainer_state
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # optimizer state files under training_state/ (trainer.optim_state): one file, ~1 GB shards, or a legacy torch.save
 OPTIMIZER_STATE_RE = re.compile(r"^optimizer(-\d{5}-of-\d{5})?\.safetensors$|^optimizer\.pt$")
-STATE_FILE = "trainer_state.json"
 
 
 def optimizer_state_files(state_dir: str | Path) -> list[Path]:
@@ -60,8 +58,9 @@ class CheckpointInfo:
     def state_dir(self) -> Path:
         return self.path / TRAINING_STATE_DIR
 
-    def trainer_state(self) -> dict:
-        return read_json(self.state_dir / STATE_FILE, {}) or {}
+    def trainer_state(self) -> TrainerState:
+        """The checkpoint's resume record (core/state/trainer_state.py); a fresh state when it has none."""
+        return read_trainer_state(self.state_dir) or TrainerState()
 
 
 def list_checkpoints(root: str | Path) -> list[CheckpointInfo]:
@@ -267,6 +266,3 @@ def prune_checkpoints(root: str | Path, keep: int, protected: set[str] | None = 
     return [c.path for c in doomed]
 
 
-def write_trainer_state(state_dir: Path, state: dict) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    (state_dir / STATE_FILE).write_text(json.dumps({**state, "saved_at": time.time()}, indent=2, default=str))

@@ -3,8 +3,9 @@
 It loads the engine, trains the file (resuming mid-file when the checkpoint says
 so), writes a heartbeat at every step and during long phases, polls the
 operator's requests at step boundaries, and exits with a code the crash detector
-understands; details go to `status/child_result.json`. It asks the kernel for
-SIGTERM if the daemon dies, so it can never train on as an orphan.
+understands (core/state/child_result.py: ExitCode); details go to
+`status/child_result.json`. It asks the kernel for SIGTERM if the daemon dies,
+so it can never train on as an orphan.
 
 Run as (by the daemon):
     python -m trainer.child --file queue/processing/x.jsonl --file-id SHA --schema chat_sft_v1 [--config C] [--set k=v]
@@ -12,6 +13,7 @@ Run as (by the daemon):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import faulthandler
 import logging
 import os
@@ -23,22 +25,18 @@ from pathlib import Path
 
 import psutil
 
-from core.atomic_io import atomic_write_json
 from core.config import ConfigError, add_config_args, config_from_args
-from core.control import read_control
+from core.state.control import read_control
 from core.procs import remove_pid, set_parent_death_signal, write_pid
 from core.ingest import standard_gate
 from core.queue_store import QueueError, TrainingQueue
+from core.state.child_result import ChildResult, ExitCode, TrainedFile, write_child_result
+from core.state.faults import claim_fault_marker
+from core.state.heartbeat import Heartbeat, write_heartbeat
 from core.validation.validator import DataValidator
 from trainer.checkpoint import DiskFullError
 
 logger = logging.getLogger("trainer.child")
-
-EXIT_OK, EXIT_INTERRUPTED = 0, 3
-EXIT_DATA, EXIT_NAN, EXIT_DISK, EXIT_CONFIG, EXIT_OOM, EXIT_REJECTED, EXIT_UNKNOWN = 10, 11, 12, 13, 14, 15, 1
-EXIT_NAMES = {EXIT_OK: "completed", EXIT_INTERRUPTED: "interrupted", EXIT_DATA: "data_error", EXIT_NAN: "nan_loss",
-              EXIT_DISK: "disk_full", EXIT_CONFIG: "config_error", EXIT_OOM: "oom", EXIT_REJECTED: "rejected",
-              EXIT_UNKNOWN: "unknown"}
 
 
 def _rank() -> int:
@@ -49,15 +47,6 @@ def _suffix(rank: int | None) -> str:
     # rank 0 keeps the single-process names, which every reader (daemon, monitor, tests) already knows
     rank = _rank() if rank is None else rank
     return "" if rank == 0 else f".rank{rank}"
-
-
-def heartbeat_path(layout, rank: int | None = None) -> Path:
-    """This rank's heartbeat (rank 0: status/heartbeat.json; rank r: status/heartbeat.rank<r>.json)."""
-    return layout.status / f"heartbeat{_suffix(rank)}.json"
-
-
-def result_path(layout, rank: int | None = None) -> Path:
-    return layout.status / f"child_result{_suffix(rank)}.json"
 
 
 def pid_name(rank: int | None = None) -> str:
@@ -86,10 +75,8 @@ class Faults:
     def _fire(self, kind: str, step: int) -> bool:
         if kind not in self.faults or int(self.faults[kind]) != step:
             return False
-        marker = self.status_dir / f".fault_fired_{kind}"
-        if marker.exists():
+        if not claim_fault_marker(self.status_dir, kind, step):
             return False
-        marker.write_text(str(step))
         logger.warning("fault injection: %s at global step %d", kind, step)
         return True
 
@@ -139,9 +126,9 @@ class DaemonHooks:
         elif now - self._last_beat < 0.2 and phase != "checkpoint":
             return
         self._last_beat = now
-        atomic_write_json(heartbeat_path(self.layout), {"pid": os.getpid(), "phase": phase, "global_step": global_step,
-                                                        "file": self.file_name, "ts": now, "first_step": self.first_step,
-                                                        "ram_pct": psutil.virtual_memory().percent}, durable=False)
+        write_heartbeat(self.layout, Heartbeat(pid=os.getpid(), phase=phase, global_step=global_step, file=self.file_name,
+                                               ts=now, first_step=self.first_step,
+                                               ram_pct=psutil.virtual_memory().percent), _rank())
         if phase == "load":
             self.faults.at_load()
 
@@ -150,13 +137,13 @@ class DaemonHooks:
             self.stop_reason = "SIGTERM"
             return "stop"
         state = read_control(self.layout)
-        if state.get("skip"):
+        if state.skip:
             self.stop_reason = "skip"
             return "stop"
-        if state["desired"] == "stopped":
+        if state.desired == "stopped":
             self.stop_reason = "stop"
             return "stop"
-        if state["desired"] == "paused":
+        if state.desired == "paused":
             if self.cfg.daemon.release_model_on_pause:
                 self.stop_reason = "pause"
                 return "stop"
@@ -196,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
     except ConfigError as exc:
-        return _finish(None, EXIT_CONFIG, str(exc))
+        return _finish(None, ExitCode.CONFIG_ERROR, str(exc))
     layout = cfg.layout
     write_pid(layout.pid_file(pid_name()))
     hooks = DaemonHooks(cfg, Path(args.file).name, Faults(os.environ.get("CADENCE_FAULT_INJECT"), layout.status))
@@ -209,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(cfg, args, hooks: DaemonHooks) -> int:
-    # lazy: the daemon imports this module (result_path, heartbeat_path) and must never load torch
+    # lazy: the daemon imports this module (pid_name) and must never load torch
     import torch
 
     from trainer import ConfigMismatchError, DataError, NonFiniteLossError, TrainerEngine
@@ -217,33 +204,33 @@ def _run(cfg, args, hooks: DaemonHooks) -> int:
     try:
         hooks.heartbeat("load", 0)
         if _rank() == 0 and not _standard_gate(cfg, Path(args.file)):  # the gate may move the file: rank 0 only
-            return _finish(cfg, EXIT_REJECTED, f"{Path(args.file).name}: rejected by STANDARD validation (see its .reason.json)")
+            return _finish(cfg, ExitCode.REJECTED, f"{Path(args.file).name}: rejected by STANDARD validation (see its .reason.json)")
         hooks.heartbeat("load", 0)
         engine = TrainerEngine(cfg, hooks).setup()
         result = engine.train_file(args.file, file_id=args.file_id, schema_id=args.schema, epochs=args.epochs)
         engine.leave_group()  # all ranks together, before the result is final
     except DataError as exc:
-        return _finish(cfg, EXIT_DATA, str(exc))
+        return _finish(cfg, ExitCode.DATA_ERROR, str(exc))
     except NonFiniteLossError as exc:
-        return _finish(cfg, EXIT_NAN, str(exc))
+        return _finish(cfg, ExitCode.NAN_LOSS, str(exc))
     except DiskFullError as exc:
-        return _finish(cfg, EXIT_DISK, str(exc))
+        return _finish(cfg, ExitCode.DISK_FULL, str(exc))
     except ConfigMismatchError as exc:
-        return _finish(cfg, EXIT_CONFIG, str(exc))
+        return _finish(cfg, ExitCode.CONFIG_ERROR, str(exc))
     except torch.OutOfMemoryError as exc:
-        return _finish(cfg, EXIT_OOM, f"out of memory: {exc}")
+        return _finish(cfg, ExitCode.OOM, f"out of memory: {exc}")
     except OSError as exc:
         if exc.errno == 28:
-            return _finish(cfg, EXIT_DISK, str(exc))
+            return _finish(cfg, ExitCode.DISK_FULL, str(exc))
         logger.exception("training failed")
-        return _finish(cfg, EXIT_UNKNOWN, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        return _finish(cfg, ExitCode.UNKNOWN, f"{type(exc).__name__}: {exc}", traceback.format_exc())
     except Exception as exc:  # the loop boundary: classify, never hide
         logger.exception("training failed")
-        return _finish(cfg, EXIT_UNKNOWN, f"{type(exc).__name__}: {exc}", traceback.format_exc())
-    payload = {k: v for k, v in result.__dict__.items()}
+        return _finish(cfg, ExitCode.UNKNOWN, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    trained = TrainedFile(**dataclasses.asdict(result))
     if result.status == "interrupted":
-        return _finish(cfg, EXIT_INTERRUPTED, hooks.stop_reason or "interrupted", result=payload)
-    return _finish(cfg, EXIT_OK, result.status, result=payload)
+        return _finish(cfg, ExitCode.INTERRUPTED, hooks.stop_reason or "interrupted", result=trained)
+    return _finish(cfg, ExitCode.COMPLETED, result.status, result=trained)
 
 
 def _standard_gate(cfg, path: Path) -> bool:
@@ -261,14 +248,14 @@ def _standard_gate(cfg, path: Path) -> bool:
     return standard_gate(cfg, queue, entry, DataValidator(cfg))
 
 
-def _finish(cfg, code: int, message: str, tb: str | None = None, result: dict | None = None) -> int:
+def _finish(cfg, code: ExitCode, message: str, tb: str | None = None, result: TrainedFile | None = None) -> int:
     if cfg is not None:
-        atomic_write_json(result_path(cfg.layout), {"pid": os.getpid(), "exit_code": code, "category": EXIT_NAMES[code],
-                                                    "message": message, "traceback": tb, "result": result,
-                                                    "finished_at": time.time()})
-    if code not in (EXIT_OK, EXIT_INTERRUPTED):
-        logger.error("%s: %s", EXIT_NAMES[code], message)
-    return code
+        write_child_result(cfg.layout, ChildResult(pid=os.getpid(), exit_code=code, category=code.category,
+                                                   message=message, traceback=tb, result=result,
+                                                   finished_at=time.time()), _rank())
+    if code not in (ExitCode.COMPLETED, ExitCode.INTERRUPTED):
+        logger.error("%s: %s", code.category, message)
+    return int(code)
 
 
 if __name__ == "__main__":

@@ -29,12 +29,14 @@ from core.config import CadenceConfig
 from core.extras import require
 from core.manifest import ManifestCheck, ManifestError, sha256_file
 from core.state.lifecycle import AdapterMetadata, write_adapter_metadata as write_record
+from core.state.metrics import Metric
+from core.state.trainer_state import CurrentFile, LastFile, TrainerState, write_trainer_state
 from core.system_metrics import gpu_stats, ram_stats
 from trainer import attention, distributed, optim_state
 from trainer.compile import decide as decide_compile
 from trainer.fast_path import PackedForward, summed_loss, supported as fast_path_supported
 from trainer.checkpoint import (CheckpointError, CheckpointInfo, DiskFullError, begin_checkpoint, checked_checkpoints,
-                                clean_temp_dirs, prune_checkpoints, warn_corrupt, write_trainer_state)
+                                clean_temp_dirs, prune_checkpoints, warn_corrupt)
 from trainer.data import IGNORE_INDEX, DataError, EncodedExample, chat_prompt_and_answer, encode_examples, load_tokenizer, read_jsonl
 from trainer.packing import PackedBatch, held_out_indices, pack, plan_steps
 from trainer.profiles import apply_profile
@@ -125,7 +127,7 @@ class TrainerEngine:
         self.tokenizer = None
         self.optimizer = None
         self.accelerator = None
-        self.state: dict = {}
+        self.state = TrainerState()
         self._fixed_val: list[EncodedExample] | None = None
         self._step_time_ema: float | None = None
         self._compiled: PackedForward | None = None   # compiled training forward, when this process may compile
@@ -177,12 +179,12 @@ class TrainerEngine:
         if self.world > 1:
             logger.info("distributed training: %s on %d processes (this is rank %d)", cfg.training.distributed,
                         self.world, self.rank)
-        self.state = {"global_step": 0, "tokens_seen": 0, "examples_seen": 0, "files_done": [], "current_file": None,
-                      "critical": cfg.critical_values(), "critical_hash": cfg.critical_hash(), "run_started_at": time.time()}
+        self.state = TrainerState(critical=cfg.critical_values(), critical_hash=cfg.critical_hash(),
+                                  run_started_at=time.time())
         if ckpt is not None:
             self._restore(ckpt, optimizer_state)
-        self.status.rewind_metrics(self.state["global_step"])
-        self.status.update(state="idle", global_step=self.state["global_step"],
+        self.status.rewind_metrics(self.global_step)
+        self.status.update(state="idle", global_step=self.global_step,
                            last_checkpoint=ckpt.path.name if ckpt else None)
         return self
 
@@ -224,9 +226,9 @@ class TrainerEngine:
     def _pick_source(self, skip: set[str]) -> tuple[Path, CheckpointInfo | None, ManifestCheck | None]:
         for ckpt, check in checked_checkpoints(self.checkpoint_root, skip):
             state = ckpt.trainer_state()
-            if state.get("critical_hash") and state["critical_hash"] != self.cfg.critical_hash() and not self.new_run:
+            if state.critical_hash and state.critical_hash != self.cfg.critical_hash() and not self.new_run:
                 check.cancel()
-                old = state.get("critical", {})
+                old = state.critical or {}
                 diff = {k: (old.get(k), v) for k, v in self.cfg.critical_values().items() if old.get(k) != v}
                 raise ConfigMismatchError(
                     "critical config changed since the checkpoints were written: "
@@ -287,14 +289,17 @@ class TrainerEngine:
             if torch.cuda.is_available() and rng.get("cuda") is not None:
                 torch.cuda.set_rng_state_all(rng["cuda"])
         saved = ckpt.trainer_state()
-        self.state.update({k: v for k, v in saved.items() if k not in ("critical", "critical_hash") or self.new_run is False})
-        self.state["critical"], self.state["critical_hash"] = self.cfg.critical_values(), self.cfg.critical_hash()
-        logger.info("resumed from %s (global step %d%s)", ckpt.path.name, self.state["global_step"],
-                    f", mid-file {self.state['current_file']['name']}" if self.state.get("current_file") else "")
+        # what the checkpoint recorded replaces the fresh state; the critical values are always this config's
+        self.state = self.state.model_copy(update={**{k: getattr(saved, k) for k in saved.model_fields_set},
+                                                   "critical": self.cfg.critical_values(),
+                                                   "critical_hash": self.cfg.critical_hash()})
+        cur = self.state.current_file
+        logger.info("resumed from %s (global step %d%s)", ckpt.path.name, self.global_step,
+                    f", mid-file {cur.name}" if cur else "")
 
     @property
     def global_step(self) -> int:
-        return int(self.state.get("global_step", 0))
+        return self.state.global_step
 
     # ------------------------------------------------------------------ data
     def _encode(self, rows: list[dict], schema_id: str) -> list[EncodedExample]:
@@ -339,7 +344,7 @@ class TrainerEngine:
 
         file_id = file_id or sha256_file(path)
         t = self.cfg.training
-        if file_id in self.state.get("files_done", []):
+        if file_id in self.state.files_done:
             logger.info("%s already trained (id %s); nothing to do", path.name, file_id[:12])
             return FileResult(file_id, "already_done", self.global_step, self.global_step, 0, 0)
         data = self.prepare_file(path, file_id, schema_id)
@@ -353,21 +358,21 @@ class TrainerEngine:
         if self._compiled is not None:
             logger.info("%s: %d steps, %s", path.name, len(plan),
                         "compiled layers" if self._compile_steps else f"eager (compile = auto needs >= {t.compile_min_steps} steps)")
-        cur = self.state.get("current_file")
-        if cur and cur.get("id") == file_id:
-            done = int(cur.get("steps_done", 0))
-            if cur.get("total_steps") != len(plan):
-                raise RuntimeError(f"{path.name}: resume plan mismatch ({cur.get('total_steps')} != {len(plan)} steps)")
+        cur = self.state.current_file
+        if cur and cur.id == file_id:
+            done = cur.steps_done
+            if cur.total_steps != len(plan):
+                raise RuntimeError(f"{path.name}: resume plan mismatch ({cur.total_steps} != {len(plan)} steps)")
             logger.info("resuming %s at step %d/%d", path.name, done, len(plan))
         else:
             if cur:
                 logger.warning("checkpoint was mid-file %s; starting %s instead (the other file keeps its progress record)",
-                               cur.get("name"), path.name)
+                               cur.name, path.name)
             done = 0
-            cur = {"id": file_id, "name": path.name, "steps_done": 0, "total_steps": len(plan),
-                   "global_step_start": self.global_step, "started_at": time.time()}
-            self.state["current_file"] = cur
-        result = FileResult(file_id, "completed", cur["global_step_start"], self.global_step, done, len(plan),
+            cur = CurrentFile(id=file_id, name=path.name, steps_done=0, total_steps=len(plan),
+                              global_step_start=self.global_step, started_at=time.time())
+            self.state.current_file = cur
+        result = FileResult(file_id, "completed", cur.global_step_start, self.global_step, done, len(plan),
                             examples=len(data.train), truncated=data.truncated, dropped=data.dropped)
         self.status.update(state="training", file=path.name, file_id=file_id, file_step=done, file_total_steps=len(plan),
                            dropped_examples=len(data.dropped), truncated_examples=data.truncated)
@@ -378,7 +383,7 @@ class TrainerEngine:
             raise
         return result
 
-    def _run_plan(self, path: Path, data: "FileData", plan, done: int, cur: dict, result: FileResult) -> None:
+    def _run_plan(self, path: Path, data: "FileData", plan, done: int, cur: CurrentFile, result: FileResult) -> None:
         t = self.cfg.training
         last_loss = None
         for step_index in range(done, len(plan)):
@@ -396,8 +401,8 @@ class TrainerEngine:
             examples = [[data.train[i] for i in micro] for micro in plan[step_index]]
             last_loss, n_tokens = self._train_step(examples, step_index, len(plan))
             self._settle(wait=False)
-            cur["steps_done"] = step_index + 1
-            result.steps = cur["steps_done"]
+            cur.steps_done = step_index + 1
+            result.steps = cur.steps_done
             result.tokens += n_tokens
             is_last = step_index + 1 == len(plan)
             if t.eval_steps and self.global_step % t.eval_steps == 0 and not is_last:
@@ -410,10 +415,10 @@ class TrainerEngine:
             metrics = self.evaluate(data)
             result.val_loss = metrics.get("val_loss")
             file_id = result.file_id
-            self.state["files_done"] = (self.state.get("files_done", []) + [file_id])[-10000:]
-            self.state["current_file"] = None
-            self.state["last_file"] = {"id": file_id, "name": path.name, "final_loss": last_loss,
-                                       "val_loss": result.val_loss, "global_step_end": self.global_step}
+            self.state.files_done = (self.state.files_done + [file_id])[-10000:]
+            self.state.current_file = None
+            self.state.last_file = LastFile(id=file_id, name=path.name, final_loss=last_loss, val_loss=result.val_loss,
+                                            global_step_end=self.global_step)
             self._checkpoint("end_of_file")
             self.status.update(state="idle", file=None, file_step=len(plan))
 
@@ -497,17 +502,16 @@ class TrainerEngine:
             raise NonFiniteLossError(f"gradient norm is {grad_norm} at global step {self.global_step + 1}; step not applied")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.state["global_step"] = self.global_step + 1
-        self.state["tokens_seen"] = self.state.get("tokens_seen", 0) + n_tokens
-        self.state["examples_seen"] = self.state.get("examples_seen", 0) + sum(len(m) for m in micro_batches)
+        self.state.global_step = self.global_step + 1
+        self.state.tokens_seen += n_tokens
+        self.state.examples_seen += sum(len(m) for m in micro_batches)
         elapsed = time.perf_counter() - started
         self._step_time_ema = elapsed if self._step_time_ema is None else 0.9 * self._step_time_ema + 0.1 * elapsed
         if self.global_step % t.log_steps == 0 or file_step + 1 == file_total:
-            record = {"type": "train", "global_step": self.global_step, "file": self.state["current_file"]["name"],
-                      "file_step": file_step + 1, "file_total_steps": file_total, "loss": loss_total, "lr": lr,
-                      "grad_norm": grad_norm, "tokens": n_tokens, "tokens_per_s": n_tokens / elapsed,
-                      "step_time_s": elapsed, "processes": self.world}
-            self.status.metric(record)
+            self.status.metric(Metric(type="train", global_step=self.global_step, file=self.state.current_file.name,
+                                      file_step=file_step + 1, file_total_steps=file_total, loss=loss_total, lr=lr,
+                                      grad_norm=grad_norm, tokens=n_tokens, tokens_per_s=n_tokens / elapsed,
+                                      step_time_s=elapsed, processes=self.world))
             self.status.update(state="training", global_step=self.global_step, file_step=file_step + 1,
                                file_total_steps=file_total, loss=loss_total, lr=lr, tokens_per_s=n_tokens / elapsed,
                                eta_s=self._step_time_ema * (file_total - file_step - 1), gpu=gpu_stats(), ram=ram_stats())
@@ -565,7 +569,7 @@ class TrainerEngine:
         if data is not None and data.held_out_rows:
             metrics["preview"] = self.preview(data.held_out_rows[0])
         if len(metrics) > 2:
-            self.status.metric(metrics)
+            self.status.metric(Metric(**metrics))
             self.status.update(val_loss=metrics.get("val_loss"), fixed_val_loss=metrics.get("fixed_val_loss"),
                                preview=metrics.get("preview"))
         return metrics
@@ -620,7 +624,7 @@ class TrainerEngine:
         self._settle(wait=True)
         self.hooks.heartbeat("checkpoint", self.global_step)
         model = self._net
-        state = dict(self.state, reason=reason, config_hash=self.cfg.critical_hash())
+        state = self.state.model_copy(update={"reason": reason, "config_hash": self.cfg.critical_hash()}, deep=True)
         weights = optimizer = None
         if self.fsdp:  # gathered on every rank (collectives), written by rank 0 in the single-process format
             weights = distributed.full_model_state(model)
@@ -656,8 +660,8 @@ class TrainerEngine:
         publication = begin_checkpoint(self.checkpoint_root, self.global_step, write, min_free, expected)
         # logged now, in step order (a background checkpoint that never gets published leaves a line past the
         # step a restart resumes from, which StatusWriter.rewind_metrics removes)
-        self.status.metric({"type": "checkpoint", "global_step": self.global_step, "path": publication.final.name,
-                            "reason": reason})
+        self.status.metric(Metric(type="checkpoint", global_step=self.global_step, path=publication.final.name,
+                                  reason=reason))
         if reason == "periodic" and self._async_checkpoints():
             if self._publisher is None:
                 self._publisher = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
@@ -726,16 +730,16 @@ class TrainerEngine:
             torch.cuda.empty_cache()
 
 
-def write_adapter_metadata(adapter_dir: Path, cfg: CadenceConfig, state: dict) -> None:
+def write_adapter_metadata(adapter_dir: Path, cfg: CadenceConfig, state: TrainerState) -> None:
     """Per-adapter training metadata, as the original system's LoRA pipeline kept it."""
     lc, t = cfg.training.lora, cfg.training
-    last = state.get("last_file") or {}
+    last = state.last_file or LastFile()
     meta = {"base_model": str(cfg.resolve(cfg.model.base_model)), "model_name": cfg.model.model_name,
             "lora_r": lc.rank, "lora_alpha": lc.alpha, "lora_dropout": lc.dropout, "target_modules": list(lc.target_modules),
-            "learning_rate": t.learning_rate, "epochs": t.epochs, "global_step": state.get("global_step"),
-            "training_examples": state.get("examples_seen"), "files_trained": len(state.get("files_done", [])),
-            "final_loss": last.get("final_loss"), "val_loss": last.get("val_loss"),
-            "training_time_s": time.time() - float(state.get("run_started_at") or time.time()),
+            "learning_rate": t.learning_rate, "epochs": t.epochs, "global_step": state.global_step,
+            "training_examples": state.examples_seen, "files_trained": len(state.files_done),
+            "final_loss": last.final_loss, "val_loss": last.val_loss,
+            "training_time_s": time.time() - float(state.run_started_at or time.time()),
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     write_record(adapter_dir, AdapterMetadata.model_validate(meta))
 

@@ -1,69 +1,49 @@
 """The trainer's live record: `status/training_status.json` (atomic, merged) and `status/metrics.jsonl` (append).
 
-After a resume from checkpoint-N, `rewind_metrics(N)` cuts metric lines past step N
-from the end of the file (a tail scan, not a full read), so the logged step
-sequence stays monotonic even when a crash forced steps to be recomputed.
+Both formats belong to core/state/ (training_status.py: TrainingStatus; metrics.py: Metric); this is the writer
+the engine, the daemon and the watchdog hold. After a resume from checkpoint-N, `rewind_metrics(N)` cuts metric
+lines past step N from the end of the file (core.state.metrics.rewind_metrics), so the logged step sequence stays
+monotonic even when a crash forced steps to be recomputed.
 """
 from __future__ import annotations
 
-import json
+import logging
 import os
 import time
 from pathlib import Path
 
-from core.atomic_io import append_jsonl, atomic_write_json, read_json
+from core.state.base import StateError, read_record
+from core.state.metrics import Metric, append_metric, parse_metric, rewind_metrics
+from core.state.training_status import TrainingStatus, write_training_status
+
+logger = logging.getLogger(__name__)
 
 
 class StatusWriter:
     def __init__(self, status_path: Path, metrics_path: Path):
         self.status_path = Path(status_path)
         self.metrics_path = Path(metrics_path)
-        self._status: dict = read_json(self.status_path, {}) or {}
+        try:
+            self._status = read_record(TrainingStatus, self.status_path) or TrainingStatus()
+        except StateError as exc:  # replaced by this writer's next update
+            logger.warning("%s: starting a fresh status", exc)
+            self._status = TrainingStatus()
 
-    def update(self, **fields) -> dict:
-        self._status.update(fields)
-        self._status["updated_at"] = time.time()
-        self._status["pid"] = os.getpid()
-        atomic_write_json(self.status_path, self._status, durable=False)
+    def update(self, **fields) -> TrainingStatus:
+        """Merge `fields` (TrainingStatus's) into the status and write it; a field it does not have is an error."""
+        merged = {**self._status.model_dump(exclude_unset=True), **fields, "updated_at": time.time(), "pid": os.getpid()}
+        try:
+            self._status = TrainingStatus.model_validate(merged)
+        except ValueError as exc:
+            raise StateError(f"{self.status_path}: not a valid TrainingStatus update: {exc}") from None
+        write_training_status(self.status_path, self._status)
         return self._status
 
-    def metric(self, record: dict) -> None:
-        append_jsonl(self.metrics_path, {"ts": time.time(), **record})
+    def metric(self, record: Metric | dict) -> None:
+        if isinstance(record, dict):
+            record = parse_metric(record, str(self.metrics_path))
+        append_metric(self.metrics_path, record)
 
     def rewind_metrics(self, global_step: int) -> int:
         """Truncate trailing lines whose global_step > `global_step`; returns the number of lines removed."""
-        path = self.metrics_path
-        if not path.exists():
-            return 0
-        size = path.stat().st_size
-        chunk = 1 << 20
-        while True:
-            start = max(0, size - chunk)
-            with open(path, "rb") as fh:
-                fh.seek(start)
-                data = fh.read()
-            first = 0 if start == 0 else data.find(b"\n") + 1  # skip a partial first line
-            cut, removed, found = size, 0, False
-            end = len(data)
-            while end > first:
-                nl = data.rfind(b"\n", first, end - 1)
-                line_start = first if nl < first else nl + 1
-                line = data[line_start:end].strip()
-                if line:
-                    try:
-                        step = json.loads(line).get("global_step")
-                    except (json.JSONDecodeError, AttributeError):
-                        step = None
-                    if isinstance(step, int) and step > global_step:
-                        removed += 1
-                        cut = start + line_start
-                    else:
-                        found = True
-                        break
-                end = line_start
-            if found or start == 0:
-                if cut < size:
-                    with open(path, "r+b") as fh:
-                        fh.truncate(cut)
-                return removed
-            chunk *= 4
+        return rewind_metrics(self.metrics_path, global_step)

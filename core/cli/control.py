@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     running = live_pid(cfg.layout.pid_file("daemon")) is not None
     when = "at the next step boundary" if running else "when the daemon starts (it is not running)"
     if args.json:
-        print(json.dumps({"requested": action, "applies": when, "control": state}, indent=2))
+        print(json.dumps({"requested": action, "applies": when, "control": state.to_json()}, indent=2))
     else:
         print(f"{action} requested; applies {when}")
     return 0

@@ -10,6 +10,7 @@ import json
 import time
 
 from core.config import add_config_args, config_or_exit
+from core.state.faults import crash_history_path
 from safety.crash_detector import history
 
 
@@ -21,13 +22,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     add_config_args(parser)
     args = parser.parse_args(argv)
     cfg = config_or_exit(args)
-    rows = history(cfg.layout.status / "crash_history.jsonl", args.n)
+    rows = history(crash_history_path(cfg.layout), args.n)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([r.to_json() for r in rows], indent=2))
     else:
         for r in rows:
-            print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r['ts']))}  {r['category']:<12} {r['action']:<20} "
-                  f"{r.get('blame', 'file'):<6} {r.get('file') or '-'}  {r['message'][:100]}")
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.ts))}  {r.category:<12} {r.action:<20} "
+                  f"{r.blame:<6} {r.file or '-'}  {r.message[:100]}")
         if not rows:
             print("no crashes recorded")
     return 0
