@@ -10,12 +10,9 @@ Library only; the app calls these functions.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 import time
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -39,39 +36,6 @@ STEP_RE = re.compile(r"checkpoint-(\d+)")
 
 
 # ------------------------------------------------------------------ files
-def tail_lines(path: Path, limit: int, max_bytes: int = 4 << 20) -> list[bytes]:
-    """The last `limit` complete lines of a file, read backwards from its end (never the whole file)."""
-    try:
-        fh = open(path, "rb")
-    except FileNotFoundError:
-        return []
-    with fh:
-        size = os.fstat(fh.fileno()).st_size
-        block, data, pos = 65536, b"", size
-        while pos > 0 and data.count(b"\n") <= limit and size - pos < max_bytes:
-            step = min(block, pos)
-            pos -= step
-            fh.seek(pos)
-            data = fh.read(step) + data
-            block *= 2
-    lines = data.split(b"\n")
-    if pos > 0:
-        lines = lines[1:]  # the first one is cut
-    return [ln for ln in lines if ln.strip()][-limit:]
-
-
-def tail_jsonl(path: Path, limit: int) -> list[dict]:
-    out = []
-    for line in tail_lines(path, limit):
-        try:
-            rec = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
-
-
 def step_of(record: dict) -> int | None:
     """A record's global step: `global_step`/`step`, else the number in a `checkpoint-N` name or path."""
     for key in ("global_step", "step"):
@@ -424,5 +388,5 @@ async def inference_state(cfg, client) -> dict:
 
 
 __all__ = ["status", "liveness", "queue_listing", "queue_detail", "checkpoints", "rankings", "deployments",
-           "curriculum", "SystemSampler", "inference_state", "parse_prometheus", "tail_jsonl", "tail_lines",
+           "curriculum", "SystemSampler", "inference_state", "parse_prometheus",
            "step_of", "PRIORITIES", "stem_of"]

@@ -144,10 +144,11 @@ class StateFile(BaseModel):
     description: str = ""
 
 
-def tail_records(model: type[R], path: str | os.PathLike, limit: int, max_bytes: int = 4 << 20) -> list[R]:
-    """The last `limit` valid records of a JSONL file, read backwards from its end (never the whole file: the
-    monitor polls files that grow for months). A bad line is skipped with a warning naming the file and its
-    position from the end (the line number is unknown without reading the whole file)."""
+def tail_lines(path: str | os.PathLike, limit: int, max_bytes: int = 4 << 20) -> list[bytes]:
+    """The last `limit` non-empty complete lines of a file, read backwards from its end in doubling blocks (never
+    the whole file: the monitor polls JSONL files that grow for months; at most about `max_bytes` are read)."""
+    if limit <= 0:
+        return []
     try:
         fh = open(path, "rb")
     except FileNotFoundError:
@@ -164,7 +165,13 @@ def tail_records(model: type[R], path: str | os.PathLike, limit: int, max_bytes:
     lines = data.split(b"\n")
     if pos > 0:
         lines = lines[1:]  # the first one is cut
-    lines = [ln for ln in lines if ln.strip()][-limit:] if limit > 0 else []
+    return [ln for ln in lines if ln.strip()][-limit:]
+
+
+def tail_records(model: type[R], path: str | os.PathLike, limit: int, max_bytes: int = 4 << 20) -> list[R]:
+    """The last `limit` valid records of a JSONL file (tail_lines). A bad line is skipped with a warning naming the
+    file and its position from the end (the line number is unknown without reading the whole file)."""
+    lines = tail_lines(path, limit, max_bytes)
     out = []
     for back, line in zip(range(len(lines), 0, -1), lines):
         where = f"{path}: line {back} from the end"

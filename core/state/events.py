@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import model_validator
 
-from core.state.base import StateError, StateFile, StateRecord, append_record, parse_record
+from core.state.base import StateError, StateFile, StateRecord, append_record, parse_record, tail_lines
 
 logger = logging.getLogger(__name__)
 
@@ -82,23 +82,7 @@ def read_events(path: str | Path) -> list[Event]:
 
 def tail_events(path: str | Path, limit: int, max_bytes: int = 4 << 20) -> list[Event]:
     """The last `limit` events, read backwards from the end (never the whole file: it grows for months)."""
-    try:
-        fh = open(path, "rb")
-    except FileNotFoundError:
-        return []
-    with fh:
-        size = os.fstat(fh.fileno()).st_size
-        block, data, pos = 65536, b"", size
-        while pos > 0 and data.count(b"\n") <= limit and size - pos < max_bytes:
-            step = min(block, pos)
-            pos -= step
-            fh.seek(pos)
-            data = fh.read(step) + data
-            block *= 2
-    lines = data.split(b"\n")
-    if pos > 0:
-        lines = lines[1:]  # the first one is cut
-    lines = [ln for ln in lines if ln.strip()][-limit:] if limit > 0 else []
+    lines = tail_lines(path, limit, max_bytes)
     return [e for back, line in zip(range(len(lines), 0, -1), lines)
             if (e := _decode(line, f"{path}: line {back} from the end")) is not None]
 
