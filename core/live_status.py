@@ -1,19 +1,8 @@
-"""Control the training daemon: pause, resume, stop, skip, status. Works whether or not the daemon is up.
+"""What is really running, whether or not the daemon is up: training_status.json corrected by pid liveness and
+staleness, with the controller's pending requests, the queue counts, the deployed version and the fault streak.
 
-Requests are written to control/state.json and applied at the next step
-boundary (a request made while the daemon is down applies when it starts):
-
-  pause              checkpoint at the next step, then wait (model kept or released per daemon.release_model_on_pause)
-  resume             continue the same file where it stopped (also restarts a daemon stopped by `stop`)
-  stop               checkpoint at the next step and exit; the file goes back to the FRONT of its queue with its progress
-  stop --after-file  finish the current file, then stop
-  skip               set the current file aside (queue/failed/, with the reason; `cadence queue retry` brings it back)
-  clear              forget every pending request
-  status             what is really running (stale status files and dead pids are shown as such)
-
-Run as:
-    cadence control pause|resume|stop|skip|clear|status [--json] [--reason TEXT]     (cadence pause|resume also work)
-    python3 core/training_controller.py ...        (the seed path, the same command)
+Used by `cadence control status` / `cadence status` (core/cli/control.py, the commands that send pause/resume/stop),
+the monitor and `cadence follow`. A library: no entry point of its own.
 """
 from __future__ import annotations
 
