@@ -209,9 +209,9 @@ def test_a_1_process_checkpoint_resumes_on_2_ranks(reference, tmp_path, micro_mo
 
     ckpt = latest_checkpoint(c.layout.current_model)
     stopped_at = ckpt.step
-    current = ckpt.trainer_state()["current_file"]
-    assert stopped_at >= 3 and current["name"] == "a.jsonl" and current["steps_done"] == stopped_at
-    assert current["steps_done"] < current["total_steps"]  # mid-file
+    current = ckpt.trainer_state().current_file
+    assert stopped_at >= 3 and current.name == "a.jsonl" and current.steps_done == stopped_at
+    assert current.steps_done < current.total_steps  # mid-file
     cfg = dict(c.config_data)
     cfg["training"] = dict(cfg["training"], distributed="ddp", num_processes=2, master_port=_port(4))
     c.write_config(cfg)

@@ -14,6 +14,7 @@ import pytest
 from core.cli.queue import main as queue_main
 from core.queue_store import DuplicateError, QueueError, TrainingQueue
 from core.validation.report import ValidationReport
+from tests.queue_support import claim_worker  # a spawned process imports it by its package name
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -211,22 +212,6 @@ def test_skip_reject_remove_set_priority(make_config, tmp_path):
         q.set_priority("a", "high")  # failed files are retried, not re-prioritised
 
 
-def _claim_worker(base_cfg_json: str, barrier, out, rounds: int) -> None:
-    from core.config import from_dict
-    from core.queue_store import TrainingQueue
-
-    data = json.loads(base_cfg_json)
-    q = TrainingQueue(from_dict(data, Path(data["paths"]["base_dir"])))
-    for r in range(rounds):
-        barrier.wait()
-        try:
-            e = q.claim_next()
-        except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the test
-            out.put((r, os.getpid(), f"ERROR {type(exc).__name__}: {exc}"))
-            continue
-        out.put((r, os.getpid(), e.name if e else None))
-
-
 def test_two_processes_claiming_at_once_exactly_one_wins(make_config, tmp_path):
     cfg = make_config()
     q = TrainingQueue(cfg)
@@ -234,7 +219,7 @@ def test_two_processes_claiming_at_once_exactly_one_wins(make_config, tmp_path):
     workers, rounds = 3, 12
     barrier = ctx.Barrier(workers + 1)
     out = ctx.Queue()
-    procs = [ctx.Process(target=_claim_worker, args=(cfg.to_json(), barrier, out, rounds)) for _ in range(workers)]
+    procs = [ctx.Process(target=claim_worker, args=(cfg.to_json(), barrier, out, rounds)) for _ in range(workers)]
     for p in procs:
         p.start()
     try:
