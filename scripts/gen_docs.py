@@ -124,7 +124,10 @@ def constraints(metadata: list) -> str:
 def default_text(field) -> str:
     if field.is_required():
         return "required"
-    value = field.default_factory() if field.default_factory is not None else field.default
+    factory = field.default_factory
+    if factory is not None and getattr(factory, "__module__", None) in ("time", "datetime", "uuid", "os", "secrets"):
+        return f"`{factory.__module__}.{factory.__qualname__}()` at write time"  # a clock or id: no fixed value to show
+    value = factory() if factory is not None else field.default
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
     elif isinstance(value, list):
