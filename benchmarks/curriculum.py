@@ -132,7 +132,7 @@ def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int) -> d
     shutil.copytree(model_dir, base / "models" / "base")
     from core.config import Layout
     from core.state.metrics import read_metrics
-    from scripts.services import shifted_config
+    from core.services import shifted_config
 
     cfg = shifted_config(0, min_free_disk_gb=0.5, warn_free_disk_gb=1)
     inference, monitor, binary, syllo = (port_base + i for i in range(4))
@@ -142,7 +142,7 @@ def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int) -> d
                                      {"name": "syllo", "url": f"http://127.0.0.1:{syllo}"}]
     cfg.setdefault("comparison", {})["rule"] = rule
     (base / "config.json").write_text(json.dumps(cfg, indent=2))
-    services = [sys.executable, str(REPO / "scripts" / "services.py")]
+    services = [sys.executable, "-m", "core.cli"]
     started = time.time()
     load0 = os.getloadavg()[0]
     subprocess.run(services + ["start", "--config", str(base / "config.json")], check=True, cwd=REPO,
@@ -168,22 +168,26 @@ def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int) -> d
     lag = serving_lag(base, end)
     summary = {"rule": rule, "minutes": minutes, "load": (load0, load1), "levels": levels,
                "promotions": lag["promotions"], "global_step": max(steps or [0]), "better": lag["better"],
-               "lag_median_min": None}
+               "lag_median_min": None, "lag_max_min": None, "waiting_over_5": lag["minutes_waiting_over_5"],
+               "never_served": 0, "rungs": {}, "level_up_s": []}
     print(f"versions promoted: {lag['promotions']}; global step reached: {max(steps or [0])}")
     waits = [x for _, x, _ in lag["lags"]]
     if waits:
         censored = sum(1 for *_, c in lag["lags"] if c)
         summary["lag_median_min"] = sorted(waits)[len(waits) // 2] / 60
+        summary["lag_max_min"], summary["never_served"] = max(waits) / 60, censored
         print(f"checkpoints better on the paired test than the version then served: {lag['better']}; lag until served "
               f"(or the end): median {sorted(waits)[len(waits) // 2] / 60:.1f} min, max {max(waits) / 60:.1f} min; "
               f"{censored} never served; minutes with a better checkpoint unserved for > 5 min: {lag['minutes_waiting_over_5']}")
     else:
         print("checkpoints better on the paired test than the version then served: 0")
     ups = level_up_lag(base, cur)
+    summary["level_up_s"] = ups
     if ups:
         print("level-up -> first step on next-level data: " + ", ".join(
             f"{s} L{l} {'-' if x is None else f'{x:.0f}s'}" for s, l, x in ups))
     rungs = ladder_now(base)
+    summary["rungs"] = {k: v for k, v in rungs.items() if k != "checkpoint"}
     if rungs:
         print("ladder accuracy of the newest scored checkpoint (" + rungs.pop("checkpoint") + "): "
               + ", ".join(f"{k.split(':', 1)[1]} {v:.0%}" for k, v in rungs.items() if v is not None))
@@ -340,7 +344,14 @@ def write_docs(run: BenchmarkRun, loops: list[dict], equal: dict, args) -> None:
              "; ".join(f"{skill} {text}" for skill, text in s["levels"].items()) or "-",
              f"{s['promotions']} versions promoted, global step {s['global_step']}; {s['better']} checkpoints better "
              "on the paired test, median lag until served "
-             + ("-" if s["lag_median_min"] is None else f"{s['lag_median_min']:.1f} min")] for s in loops]
+             + ("-" if s["lag_median_min"] is None else f"{s['lag_median_min']:.1f} min (max {s['lag_max_min']:.1f}, "
+                f"{s['never_served']} never served)")
+             + f"; minutes with a better checkpoint unserved > 5 min: {s['waiting_over_5']}"
+             + "; level-up to first next-level step: " + (", ".join(
+                 f"{sk} L{lv} {'-' if x is None else f'{x:.0f} s'}" for sk, lv, x in s["level_up_s"]) or "-")
+             + "; ladder accuracy at the end: " + (", ".join(
+                 f"{k.split(':', 1)[1]} {v:.0%}" for k, v in s["rungs"].items() if v is not None) or "-")]
+            for s in loops]
     rows += [[f"B. equal wall-clock ({args.budget:g} s), held-out binary L2 exact match", name,
               f"{acc:.0%} after {steps} optimizer steps"] for name, (steps, acc) in equal.items()]
     run.write_docs("Curriculum: minutes to each level in the closed loop; accuracy at equal wall-clock vs TRL",
