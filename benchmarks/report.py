@@ -122,12 +122,13 @@ class BenchmarkRun:
         return "\n".join(parts)
 
     def write_docs(self, title: str, headers: list[str], rows: list[list[Any]], notes: list[str] = (),
-                   page: Path = BENCHMARKS_PAGE) -> Path:
-        """Put the table into `page` (atomically: temp file, fsync, rename) and say so on stdout."""
+                   page: Path = BENCHMARKS_PAGE, section: str | None = None) -> Path:
+        """Put the table into `page` (atomically: temp file, fsync, rename) and say so on stdout. `section` names the
+        region when one script writes more than one table (default: the script's name)."""
         from core.atomic_io import atomic_write_text
 
         text = page.read_text(encoding="utf-8") if page.exists() else "# Benchmarks\n"
-        atomic_write_text(page, replace_section(text, self.name, self.render(title, headers, rows, notes),
+        atomic_write_text(page, replace_section(text, section or self.name, self.render(title, headers, rows, notes),
                                                 f"`benchmarks/{self.name}.py`"))
         print(f"results written to {page}")
         return page

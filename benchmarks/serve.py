@@ -31,6 +31,11 @@ Run as:
     python benchmarks/serve.py --big-request-only --threads 0         # only the big-request line
     python benchmarks/serve.py --backends cadence vllm cadence+vllm --threads 0 --swap-versions 0   # engines + front overhead
     python benchmarks/serve.py --front-overhead 3      # the front vs its own vLLM server, alternating, same run
+    python benchmarks/serve.py --front-overhead 3 --write-docs   # ... and put its table into docs/benchmarks.md
+
+With --write-docs the comparison table goes to docs/benchmarks.md's `serve`
+region and the front-overhead table to its `serve_front_overhead` region,
+each with the command, date, host, load and commit that produced it.
 """
 from __future__ import annotations
 
@@ -570,7 +575,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--front-overhead", type=int, default=0, metavar="ROUNDS",
                         help="only measure Cadence's front over its own vLLM server vs that server directly, in ROUNDS "
                              "alternating rounds (needs the vLLM venv)")
+    parser.add_argument("--write-docs", action="store_true", help="write the result tables into docs/benchmarks.md")
     args = parser.parse_args(argv)
+    run = BenchmarkRun.start("serve", argv=None if argv is None else [__file__, *argv])
 
     workdir = Path(tempfile.mkdtemp(prefix="cadence-bench-"))
     model = Path(args.model).resolve() if args.model else None
@@ -585,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
                                    args.max_level_seconds or None)
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+        if args.write_docs:
+            write_front_overhead_docs(run, out, args)
         shutil.rmtree(workdir, ignore_errors=True)
         return 0
     classes = {"cadence": Cadence, "transformers": TransformersServe, "transformers-cb": TransformersServeCB,
@@ -631,8 +640,39 @@ def main(argv: list[str] | None = None) -> int:
         everything[f"threads={threads or 'default'}"] = {"results": results, "swap": swap}
     if args.json:
         Path(args.json).write_text(json.dumps(everything, indent=2, default=str))
+    if args.write_docs:
+        write_comparison_docs(run, everything, args)
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def write_front_overhead_docs(run: BenchmarkRun, out: dict, args) -> None:
+    rows = [[c, f"{r['direct']['output_tok_per_s']:.1f}", f"{r['front']['output_tok_per_s']:.1f}",
+             f"{r['tok_s_overhead_pct']:+.1f} %", f"{r['direct']['ttft_p50_ms']:.1f} / {r['ttft_p50_added_ms']:+.1f}",
+             f"{r['direct']['ttft_p99_ms']:.1f} / {r['ttft_p99_added_ms']:+.1f}", r["failed"]] for c, r in out.items()]
+    run.write_docs(f"Cadence's front over vLLM vs the same vLLM server direct (medians of {args.front_overhead} "
+                   "alternating rounds; goal <= 5 % tok/s, <= 5 ms TTFT)",
+                   ["c", "direct out tok/s", "via front out tok/s", "tok/s overhead", "TTFT p50 direct / +ms",
+                    "TTFT p99 direct / +ms", "failed"], rows,
+                   [f"max_tokens {args.max_tokens}; streamed chat; output tokens from each answer's usage."],
+                   section="serve_front_overhead")
+
+
+def write_comparison_docs(run: BenchmarkRun, everything: dict, args) -> None:
+    rows = []
+    for key, value in everything.items():
+        if not key.startswith("threads="):
+            continue
+        for name, per_level in value["results"].items():
+            if not isinstance(per_level, dict):
+                rows.append([key, name, "-", "failed: " + str(per_level).splitlines()[0][:120], "", "", ""])
+                continue
+            for c, r in per_level.items():
+                rows.append([key, name, c, f"{r['output_tok_per_s']:.1f}", f"{r['ttft_p50_ms']:.1f}",
+                             f"{r['ttft_p99_ms']:.1f}", r["failed"]])
+    run.write_docs("Serving: output tok/s and TTFT per backend and concurrency, same model, same client, one run",
+                   ["threads per server", "backend", "c", "out tok/s", "TTFT p50 ms", "TTFT p99 ms", "failed"], rows,
+                   [f"max_tokens {args.max_tokens} (ignore_eos); streamed chat; output tokens from each answer's usage."])
 
 
 if __name__ == "__main__":

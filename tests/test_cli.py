@@ -178,6 +178,56 @@ def test_no_import_circle_among_in_tree_modules():
     assert _cycles(graph) == [], "import circles: " + "; ".join(" <-> ".join(c) for c in _cycles(graph))
 
 
+def _defined_names(path: Path) -> set[str] | None:
+    """The names a module defines at its top level (None: it has a star import or a module __getattr__)."""
+    names = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        for sub in ([node] if not isinstance(node, (ast.If, ast.Try)) else ast.walk(node)):
+            if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(sub.name)
+            elif isinstance(sub, (ast.Import, ast.ImportFrom)):
+                if any(a.name == "*" for a in sub.names):
+                    return None
+                names |= {(a.asname or a.name).split(".")[0] for a in sub.names}
+            elif isinstance(sub, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                for target in (sub.targets if isinstance(sub, ast.Assign) else [sub.target]):
+                    names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+    return None if "__getattr__" in names else names
+
+
+def test_every_in_tree_import_resolves():
+    """`from core.x import y` anywhere in the tree, also inside a function and in benchmarks/ and tests/, names a
+    module that exists and a name it defines: a moved module breaks this test, not a benchmark run an hour in."""
+    mods = _modules()
+    scanned = dict(mods)
+    for folder in ("benchmarks", "tests", "scripts"):
+        for f in (REPO / folder).rglob("*.py"):
+            parts = f.relative_to(REPO).with_suffix("").parts
+            scanned[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    roots = set(PACKAGES) | {"benchmarks", "tests", "scripts"}
+    broken = []
+    for name, path in scanned.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module and node.module.split(".")[0] in roots:
+                target = mods.get(node.module) or scanned.get(node.module)
+                if target is None and (REPO / node.module.replace(".", "/")).is_dir():  # a namespace package (scripts/)
+                    broken += [f"{path.relative_to(REPO)}:{node.lineno}: no module {node.module}.{a.name}"
+                               for a in node.names if f"{node.module}.{a.name}" not in scanned]
+                    continue
+                if target is None:
+                    broken.append(f"{path.relative_to(REPO)}:{node.lineno}: no module {node.module}")
+                    continue
+                defined = _defined_names(target)
+                for a in node.names:
+                    if defined is not None and a.name not in defined and f"{node.module}.{a.name}" not in scanned:
+                        broken.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.module} has no {a.name}")
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.split(".")[0] in roots and a.name not in scanned:
+                        broken.append(f"{path.relative_to(REPO)}:{node.lineno}: no module {a.name}")
+    assert broken == [], "\n".join(broken)
+
+
 def _benchmark_shim(rel: str, node: ast.AST, source: str) -> bool:
     """A benchmark script's one documented line: `python benchmarks/NAME.py` puts the repo root, not benchmarks/,
     in sys.path[0] (an assignment, not an insertion), like the seed shims."""

@@ -23,7 +23,7 @@ from scripts import gen_docs
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-WIRED_BENCHMARKS = ("curriculum", "deploy", "ingest", "monitor", "restart")
+WIRED_BENCHMARKS = ("curriculum", "deploy", "ingest", "monitor", "restart", "serve", "vllm_reload")
 
 LINK = re.compile(r"\[(?:[^\]\[]|\[[^\]]*\])*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
@@ -257,11 +257,12 @@ def test_monitor_page_names_every_route(tmp_path):
 # --------------------------------------------------------------------------------------------- benchmarks
 def test_benchmarks_page_has_a_region_for_every_benchmark():
     text = (REPO / "docs" / "benchmarks.md").read_text(encoding="utf-8")
-    for name in (*WIRED_BENCHMARKS, "serve", "train_throughput"):
+    for name in (*WIRED_BENCHMARKS, "serve_front_overhead", "train_throughput"):
         assert text.count(begin_marker(name)) == 1 and text.count(end_marker(name)) == 1, name
         assert text.index(begin_marker(name)) < text.index(end_marker(name)), name
     for name in WIRED_BENCHMARKS:
         assert "--write-docs" in (REPO / "benchmarks" / f"{name}.py").read_text(encoding="utf-8"), name
+    assert 'section="serve_front_overhead"' in (REPO / "benchmarks" / "serve.py").read_text(encoding="utf-8")
 
 
 def test_report_writes_the_table_with_provenance_and_keeps_the_rest(tmp_path):
