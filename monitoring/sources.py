@@ -259,7 +259,7 @@ def checkpoints(cfg) -> dict:
         r = by_name.get(ckpt.path.name) or {}
         out.append({"name": ckpt.path.name, "global_step": ckpt.step, "created": mtime,
                     "reason": state.reason, "files_done": len(state.files_done),
-                    "position": r.get("position"), "score": r.get("score"), "val_loss": r.get("val_loss"),
+                    "position": r.get("position"), "val_loss": r.get("val_loss"),
                     "accuracy": r.get("accuracy"), "accuracy_mean": r.get("accuracy_mean"), "status": r.get("status"),
                     "ladder": r.get("ladder"), "sets": r.get("sets"), "verdict": r.get("verdict"),
                     "champion": ckpt.path.name == ranks["champion"], "deployed": ckpt.path.name == ranks["deployed"]})
