@@ -123,11 +123,15 @@ def read_records(model: type[R], path: str | os.PathLike, strict: bool = False) 
             if not line.strip():
                 continue
             try:
-                yield parse_record(model, json.loads(line), f"{path}:{lineno}")
-            except (StateError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                try:
+                    data = json.loads(line)
+                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                    raise StateError(f"{path}:{lineno}: not JSON ({exc})") from None
+                yield parse_record(model, data, f"{path}:{lineno}")
+            except StateError as exc:  # its text names the file and line
                 if strict:
-                    raise StateError(f"{path}:{lineno}: {exc}") from None
-                logger.warning("skipping %s:%d: %s", path, lineno, exc)
+                    raise
+                logger.warning("skipping %s", exc)
 
 
 class StateFile(BaseModel):

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from core.state.base import StateError, StateFile, StateRecord, append_record, parse_record
+from core.state.base import StateError, StateFile, StateRecord, append_record, parse_record, read_records
 
 logger = logging.getLogger(__name__)
 
@@ -102,30 +102,7 @@ def append_metrics(path: str | Path, records, block: int = 20_000) -> int:
 
 def read_metrics(path: str | Path, strict: bool = False):
     """Every metric record in file order (a bad line skipped with a warning naming file:line)."""
-    for lineno, data in _json_lines(path, strict):
-        try:
-            yield parse_metric(data, f"{path}:{lineno}")
-        except StateError as exc:
-            if strict:
-                raise
-            logger.warning("skipping %s", exc)
-
-
-def _json_lines(path, strict: bool):
-    try:
-        fh = open(path, "rb")
-    except FileNotFoundError:
-        return
-    with fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                if strict:
-                    raise StateError(f"{path}:{lineno}: not JSON ({exc})") from None
-                logger.warning("skipping %s:%d: not JSON (%s)", path, lineno, exc)
+    return read_records(Metric, path, strict)
 
 
 def decode_metric_lines(lines: list[bytes], offs: list[int]) -> list[tuple[int, dict]]:
