@@ -26,7 +26,8 @@ engine scores `ladder_rungs()`, records the current level's accuracy with
 
 Each batch also rehearses the lower levels of every skill (rehearsal_fraction,
 weighted by forgetting: a level whose newest ladder accuracy fell below the bar
-gets more), and is sized by time (file_seconds at the measured training rate)
+gets more, and the lower levels' share of the batch grows with how much was
+forgotten, up to rehearsal_max_fraction), and is sized by time (file_seconds at the measured training rate)
 so a file of a level just passed never trains for long.
 
 Run as:
@@ -271,7 +272,8 @@ class DataManager:
         rate = self.training_rate()
         if dm.file_seconds <= 0 or rate is None:
             return dm.batch_size, None
-        own_share = (1 - dm.replay_fraction) * (1 - dm.rehearsal_fraction) if len(self.skills) > 1 else 1 - dm.rehearsal_fraction
+        rehearsal = self.rehearsal_share()
+        own_share = (1 - dm.replay_fraction) * (1 - rehearsal) if len(self.skills) > 1 else 1 - rehearsal
         count = int(rate * dm.file_seconds * own_share)
         count = max(min(dm.min_batch_size, dm.batch_size), min(dm.batch_size, count))
         return count, {"examples_per_second": round(rate, 3), "file_seconds": dm.file_seconds, "count": count}
@@ -308,9 +310,20 @@ class DataManager:
                 weights[(skill, level)] = 1.0 + self.dm.rehearsal_boost * forgotten.get(level, 0.0)
         return weights
 
+    def rehearsal_share(self) -> float:
+        """The share of a batch (before replay) spent on lower levels: rehearsal_fraction when every lower level
+        holds, growing linearly with the summed shortfall below the bar of the forgotten ones up to
+        rehearsal_max_fraction (reached when that sum equals the threshold, e.g. one level at 0 %). A fixed small
+        share could not win a collapsed level back while the new level took most of every batch."""
+        dm = self.dm
+        top = max(dm.rehearsal_max_fraction, dm.rehearsal_fraction)
+        deficit = sum(sum(self.curriculum.forgetting(skill).values()) for skill in self.skills)
+        threshold = self.curriculum.threshold or 1.0
+        return dm.rehearsal_fraction + (top - dm.rehearsal_fraction) * min(1.0, deficit / threshold)
+
     def _with_rehearsal(self, samples: list[dict[str, Any]], seed: int) -> tuple[list[dict[str, Any]], dict]:
-        """Mix in lower levels of every skill (rehearsal_fraction of the batch), weighted by forgetting."""
-        share = self.dm.rehearsal_fraction
+        """Mix in lower levels of every skill (rehearsal_share() of the batch), weighted by forgetting."""
+        share = self.rehearsal_share()
         weights = self.rehearsal_weights()
         if share <= 0 or not weights:
             return samples, {}

@@ -59,7 +59,8 @@ def test_a_rung_of_the_wrong_skill_or_level_is_never_written_or_used(tmp_path):
 @pytest.fixture
 def dm(make_config):
     cfg = make_config({"data_manager.eval_count": 6, "data_manager.replay_fraction": 0.0,
-                       "data_manager.rehearsal_fraction": 0.5, "data_manager.rehearsal_boost": 10.0})
+                       "data_manager.rehearsal_fraction": 0.5, "data_manager.rehearsal_max_fraction": 0.5,
+                       "data_manager.rehearsal_boost": 10.0})
     clients = {name: LocalSkillClient(get_skill(name)) for name in ("binary", "syllo")}
     return DataManager(cfg, clients=clients, count_tokens=lambda t: len(t.split()) + 1)
 
@@ -92,6 +93,28 @@ def test_lower_levels_that_fall_below_the_bar_are_rehearsed_more(dm):
     assert dm.rehearsal_weights() == {("binary", 1): 1.0, ("binary", 2): 1.0}
     with pytest.raises(ValueError, match="accuracy in \\[0, 1\\]"):
         cur.record_ladder("binary", {2: 1.5})
+
+
+def test_the_rehearsal_share_grows_with_forgetting_up_to_its_cap(make_config):
+    cfg = make_config({"data_manager.replay_fraction": 0.0, "data_manager.rehearsal_fraction": 0.15,
+                       "data_manager.rehearsal_max_fraction": 0.6, "data_manager.rehearsal_boost": 10.0})
+    dm = DataManager(cfg, clients={n: LocalSkillClient(get_skill(n)) for n in ("binary", "syllo")},
+                     count_tokens=lambda t: len(t.split()) + 1)
+    cur = dm.curriculum
+    cur.set_level("syllo", 5)
+    cur.record_ladder("syllo", {1: 1.0, 2: 0.9, 3: 0.85, 4: 0.8})
+    assert dm.rehearsal_share() == pytest.approx(0.15)                   # every lower level holds
+    cur.record_ladder("syllo", {3: 0.4})                                 # 0.4 short of the bar of 0.8: half way
+    assert dm.rehearsal_share() == pytest.approx(0.15 + 0.45 * 0.5)
+    cur.record_ladder("syllo", {3: 0.04, 4: 0.0})                        # collapsed: the cap
+    assert dm.rehearsal_share() == pytest.approx(0.6)
+    batch = dm.generate_batch(skill="syllo", count=40)
+    rows = [json.loads(line) for line in Path(batch.path).read_text().splitlines()]
+    by_level = {}
+    for r in rows:
+        by_level[r["metadata"]["level"]] = by_level.get(r["metadata"]["level"], 0) + 1
+    assert sum(n for lvl, n in by_level.items() if lvl < 5) == int(40 * 0.6 / 0.4) == 60   # 60 % of the batch
+    assert by_level[3] + by_level[4] > 0.8 * 60                          # and most of it on the forgotten two
 
 
 def test_the_comparison_engine_feeds_mastery_from_the_fixed_items_and_lower_rungs_to_rehearsal(make_config, micro_model_dir):
