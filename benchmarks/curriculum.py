@@ -20,6 +20,10 @@ skill's exact-match scorer.
 
 Run as:
     python3 benchmarks/curriculum.py [--minutes 5] [--rule both] [--budget 90] [--skip-loop] [--skip-equal] [--write-docs]
+
+With --write-docs each closed-loop run goes to its rule's region of
+docs/benchmarks.md (curriculum_paired, curriculum_margin) and part B to the
+curriculum region, each with the command, date, host, load and commit.
 """
 from __future__ import annotations
 
@@ -339,23 +343,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def loop_row(s: dict) -> list[str]:
+    return [f"A. closed loop, rule {s['rule']}, {s['minutes']:g} min (load {s['load'][0]:.1f} -> {s['load'][1]:.1f})",
+            "; ".join(f"{skill} {text}" for skill, text in s["levels"].items()) or "-",
+            f"{s['promotions']} versions promoted, global step {s['global_step']}; {s['better']} checkpoints better "
+            "on the paired test, median lag until served "
+            + ("-" if s["lag_median_min"] is None else f"{s['lag_median_min']:.1f} min (max {s['lag_max_min']:.1f}, "
+               f"{s['never_served']} never served)")
+            + f"; minutes with a better checkpoint unserved > 5 min: {s['waiting_over_5']}"
+            + "; level-up to first next-level step: " + (", ".join(
+                f"{sk} L{lv} {'-' if x is None else f'{x:.0f} s'}" for sk, lv, x in s["level_up_s"]) or "-")
+            + "; ladder accuracy at the end: " + (", ".join(
+                f"{k.split(':', 1)[1]} {v:.0%}" for k, v in s["rungs"].items() if v is not None) or "-")]
+
+
 def write_docs(run: BenchmarkRun, loops: list[dict], equal: dict, args) -> None:
-    rows = [[f"A. closed loop, rule {s['rule']}, {s['minutes']:g} min (load {s['load'][0]:.1f} -> {s['load'][1]:.1f})",
-             "; ".join(f"{skill} {text}" for skill, text in s["levels"].items()) or "-",
-             f"{s['promotions']} versions promoted, global step {s['global_step']}; {s['better']} checkpoints better "
-             "on the paired test, median lag until served "
-             + ("-" if s["lag_median_min"] is None else f"{s['lag_median_min']:.1f} min (max {s['lag_max_min']:.1f}, "
-                f"{s['never_served']} never served)")
-             + f"; minutes with a better checkpoint unserved > 5 min: {s['waiting_over_5']}"
-             + "; level-up to first next-level step: " + (", ".join(
-                 f"{sk} L{lv} {'-' if x is None else f'{x:.0f} s'}" for sk, lv, x in s["level_up_s"]) or "-")
-             + "; ladder accuracy at the end: " + (", ".join(
-                 f"{k.split(':', 1)[1]} {v:.0%}" for k, v in s["rungs"].items() if v is not None) or "-")]
-            for s in loops]
-    rows += [[f"B. equal wall-clock ({args.budget:g} s), held-out binary L2 exact match", name,
-              f"{acc:.0%} after {steps} optimizer steps"] for name, (steps, acc) in equal.items()]
-    run.write_docs("Curriculum: minutes to each level in the closed loop; accuracy at equal wall-clock vs TRL",
-                   ["run", "result", "detail"], rows)
+    """Each closed-loop run into its rule's region (curriculum_paired, curriculum_margin), so the two rules can be
+    run one at a time (each on a quiet machine) and both stay on the page; part B into the curriculum region."""
+    headers = ["run", "result", "detail"]
+    for s in loops:
+        run.write_docs(f"Curriculum: the closed loop with the {s['rule']} champion rule", headers, [loop_row(s)],
+                       section=f"curriculum_{s['rule']}")
+    if equal:
+        rows = [[f"B. equal wall-clock ({args.budget:g} s), held-out binary L2 exact match", name,
+                 f"{acc:.0%} after {steps} optimizer steps"] for name, (steps, acc) in equal.items()]
+        run.write_docs("Curriculum: accuracy at equal wall-clock vs TRL", headers, rows)
 
 
 if __name__ == "__main__":

@@ -257,7 +257,7 @@ def test_monitor_page_names_every_route(tmp_path):
 # --------------------------------------------------------------------------------------------- benchmarks
 def test_benchmarks_page_has_a_region_for_every_benchmark():
     text = (REPO / "docs" / "benchmarks.md").read_text(encoding="utf-8")
-    for name in (*WIRED_BENCHMARKS, "serve_front_overhead", "train_throughput"):
+    for name in (*WIRED_BENCHMARKS, "serve_front_overhead", "curriculum_paired", "curriculum_margin", "train_throughput"):
         assert text.count(begin_marker(name)) == 1 and text.count(end_marker(name)) == 1, name
         assert text.index(begin_marker(name)) < text.index(end_marker(name)), name
     for name in WIRED_BENCHMARKS:
