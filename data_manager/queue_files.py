@@ -48,6 +48,28 @@ def _tags_level(tags: list[str]) -> tuple[str | None, int | None]:
     return skill, level
 
 
+def replay_levels(data_file: Path, meta: QueueMeta | None = None) -> dict[str, int]:
+    """{skill: level} of the other skills' replay rows in a generated file (its `replay:SKILL:LEVEL` tags, job
+    sidecar else queue sidecar); {} for a file without them."""
+    readers = [lambda: read_job_sidecar(sidecar_path(data_file, "job")),
+               lambda: meta if meta is not None else read_queue_meta(sidecar_path(data_file, "meta"))]
+    for read in readers:
+        try:
+            record = read()
+        except StateError as exc:
+            logger.warning("%s", exc)
+            continue
+        if record is None:
+            continue
+        out = {}
+        for tag in record.tags:
+            parts = tag.split(":")
+            if len(parts) == 3 and parts[0] == "replay" and parts[2].isdigit():
+                out[parts[1]] = int(parts[2])
+        return out
+    return {}
+
+
 def queued_skill_level(data_file: Path, meta: QueueMeta | None = None) -> tuple[str | None, int | None]:
     """(skill, level) of a queued file: job sidecar tags, else the queue sidecar's (`meta` when the caller has it),
     else its first row's metadata."""

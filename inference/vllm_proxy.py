@@ -52,6 +52,9 @@ class UpstreamResponse(Response):
         watch = asyncio.ensure_future(self._watch_disconnect(receive))
         try:
             await asyncio.wait({relay, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if watch.done() and not relay.done():
+                logger.info("client left %s on version %s: ending the upstream request", self.path,
+                            self.served.version)
         finally:
             for task in (relay, watch):
                 task.cancel()

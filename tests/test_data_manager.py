@@ -245,6 +245,30 @@ def test_prune_moves_files_below_current_level_to_deferred(dm_factory):
     assert dm.status()["deferred_files"] == 4
 
 
+def test_a_generated_file_whose_replay_rows_fell_behind_is_deferred(dm_factory):
+    """After binary levels up, a queued syllo file whose binary replay rows are the old level waits no longer in front
+    of the new level's data: its tags name what it replays, and prune defers it with that reason."""
+    dm = dm_factory({"data_manager.replay_fraction": 0.5})
+    batch = dm.generate_batch(skill="syllo", count=20)
+    job = json.loads(Path(batch.job_path).read_text())
+    assert "replay:binary:1" in job["tags"] and "skill:syllo" in job["tags"]
+    rows = [json.loads(line) for line in Path(batch.path).read_text().splitlines()]
+    assert sum(1 for r in rows if r["metadata"]["skill"] == "binary" and r["metadata"]["level"] == 1) == 20
+    q = dm.layout.queue_dir("low")
+    q.mkdir(parents=True, exist_ok=True)
+    for src in (Path(batch.path), Path(batch.job_path)):
+        src.rename(q / src.name)
+    assert dm.prune_stale() == []                                   # binary still at level 1: nothing stale
+    for _ in range(3):
+        dm.record_eval("binary", 1, 1.0)                            # binary now at level 2
+    (moved,) = dm.prune_stale()
+    assert moved.name == Path(batch.path).name and moved.parent.name == "deferred"
+    meta = json.loads((moved.parent / (moved.name[:-len(".jsonl")] + ".meta.json")).read_text())
+    assert meta["deferred_reason"] == "its binary replay rows are level 1, below the current level 2"
+    fresh = dm.generate_batch(skill="syllo", count=20)              # the next file replays the new level
+    assert "replay:binary:2" in json.loads(Path(fresh.job_path).read_text())["tags"]
+
+
 def test_prune_defers_through_the_queue(dm_factory, tmp_path):
     from core.queue_store import TrainingQueue
 
