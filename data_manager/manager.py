@@ -311,16 +311,32 @@ class DataManager:
                 weights[(skill, level)] = 1.0 + self.dm.rehearsal_boost * forgotten.get(level, 0.0)
         return weights
 
-    def rehearsal_share(self) -> float:
+    def rehearsal_share(self, skills: list[str] | None = None) -> float:
         """The share of a batch (before replay) spent on lower levels: rehearsal_fraction when every lower level
-        holds, growing linearly with the summed shortfall below the bar of the forgotten ones up to
-        rehearsal_max_fraction (reached when that sum equals the threshold, e.g. one level at 0 %). A fixed small
-        share could not win a collapsed level back while the new level took most of every batch."""
+        holds, growing linearly with the summed shortfall below the bar of the forgotten ones (of `skills`, default
+        all) up to rehearsal_max_fraction (reached when that sum equals the threshold, e.g. one level at 0 %). A
+        fixed small share could not win a collapsed level back while the new level took most of every batch."""
         dm = self.dm
         top = max(dm.rehearsal_max_fraction, dm.rehearsal_fraction)
-        deficit = sum(sum(self.curriculum.forgetting(skill).values()) for skill in self.skills)
+        deficit = sum(sum(self.curriculum.forgetting(skill).values()) for skill in (skills or self.skills))
         threshold = self.curriculum.threshold or 1.0
         return dm.rehearsal_fraction + (top - dm.rehearsal_fraction) * min(1.0, deficit / threshold)
+
+    def replay_plan(self, other: str, count: int) -> dict[int, int]:
+        """{level: rows} of `count` replay rows of skill `other`: its current level, except that when some of its
+        lower levels fell below the bar, rehearsal_share([other]) minus the base rehearsal_fraction of them go to
+        those levels in proportion to their shortfall (the other skill's current level is what erased them: replaying
+        only it would keep erasing them)."""
+        current = self.curriculum.level(other)
+        forgotten = self.curriculum.forgetting(other)
+        if not forgotten or count <= 0:
+            return {current: count} if count > 0 else {}
+        extra = self.rehearsal_share([other]) - self.dm.rehearsal_fraction
+        to_forgotten = int(round(count * max(0.0, extra)))
+        total = sum(forgotten.values())
+        plan = {lvl: int(to_forgotten * d / total) for lvl, d in sorted(forgotten.items())}
+        plan[current] = count - sum(plan.values())
+        return {lvl: n for lvl, n in plan.items() if n > 0}
 
     def _with_rehearsal(self, samples: list[dict[str, Any]], seed: int) -> tuple[list[dict[str, Any]], dict]:
         """Mix in lower levels of every skill (rehearsal_share() of the batch), weighted by forgetting."""
@@ -350,7 +366,8 @@ class DataManager:
 
     def _with_replay(self, skill: str, samples: list[dict[str, Any]], seed: int) -> tuple[list[dict[str, Any]], dict]:
         """Mix in rehearsal samples of the other skills at their current levels (replay_fraction of the batch),
-        so training one skill's file does not erase the others (catastrophic forgetting)."""
+        so training one skill's file does not erase the others (catastrophic forgetting); part of them at the
+        other skill's forgotten lower levels when it has some (replay_plan)."""
         others = [s for s in self.skills if s != skill]
         share = self.dm.replay_fraction
         if not others or share <= 0:
@@ -360,13 +377,14 @@ class DataManager:
         for i, other in enumerate(others, 1):
             if per_skill <= 0:
                 break
-            try:
-                extra, _, _ = self._generate(other, self.curriculum.level(other), per_skill, (seed + 7919 * i) % TRAIN_SEED_MAX)
-            except SkillAPIError as exc:
-                logger.warning("replay of %s skipped: %s", other, exc)
-                continue
-            mixed.extend(extra)
-            replayed[other] = len(extra)
+            for j, (level, n) in enumerate(sorted(self.replay_plan(other, per_skill).items())):
+                try:
+                    extra, _, _ = self._generate(other, level, n, (seed + 7919 * i + 15485863 * j) % TRAIN_SEED_MAX)
+                except SkillAPIError as exc:
+                    logger.warning("replay of %s level %d skipped: %s", other, level, exc)
+                    continue
+                mixed.extend(extra)
+                replayed[other] = replayed.get(other, 0) + len(extra)
         random.Random(seed).shuffle(mixed)
         return mixed, replayed
 

@@ -117,6 +117,30 @@ def test_the_rehearsal_share_grows_with_forgetting_up_to_its_cap(make_config):
     assert by_level[3] + by_level[4] > 0.8 * 60                          # and most of it on the forgotten two
 
 
+def test_replay_of_another_skill_goes_partly_to_its_forgotten_levels(make_config):
+    cfg = make_config({"data_manager.replay_fraction": 0.5, "data_manager.rehearsal_fraction": 0.15,
+                       "data_manager.rehearsal_max_fraction": 0.6})
+    dm = DataManager(cfg, clients={n: LocalSkillClient(get_skill(n)) for n in ("binary", "syllo")},
+                     count_tokens=lambda t: len(t.split()) + 1)
+    cur = dm.curriculum
+    cur.set_level("syllo", 5)
+    cur.record_ladder("syllo", {1: 1.0, 2: 0.9, 3: 0.85, 4: 0.8})
+    assert dm.replay_plan("syllo", 100) == {5: 100}                  # nothing forgotten: the current level only
+    cur.record_ladder("syllo", {3: 0.2, 4: 0.0})                     # shortfalls 0.6 and 0.8: the cap, 0.45 extra
+    assert dm.replay_plan("syllo", 100) == {3: 19, 4: 25, 5: 56}     # 45 rows, 0.6 : 0.8
+    batch = dm.generate_batch(skill="binary", count=100)
+    rows = [json.loads(line) for line in Path(batch.path).read_text().splitlines()]
+    syllo = {}
+    for r in rows:
+        if r["metadata"]["skill"] == "syllo":
+            syllo[r["metadata"]["level"]] = syllo.get(r["metadata"]["level"], 0) + 1
+    replay = json.loads(dm.state_path.read_text())["last_batch"]
+    assert replay["replayed"]["syllo"] == sum(syllo.values()) - sum(n for k, n in replay["rehearsed"].items()
+                                                                    if k.startswith("syllo:"))
+    assert syllo[5] < sum(syllo.values()) / 2 and syllo[3] + syllo[4] > syllo[5]   # the forgotten two get more
+    assert "replay:syllo:5" in json.loads(Path(batch.job_path).read_text())["tags"]
+
+
 def test_the_comparison_engine_feeds_mastery_from_the_fixed_items_and_lower_rungs_to_rehearsal(make_config, micro_model_dir):
     from management.model_comparison_engine import score_new_checkpoints
     from tests.management_support import make_checkpoint
