@@ -60,6 +60,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 import httpx
 
+from benchmarks.report import BenchmarkRun
+
 PROMPT = ("You are a careful assistant. Explain, step by step, how to add two binary numbers such as "
           "1011 and 0110, and say what the carry bit does in each column.")
 ADMIN_TOKEN = "bench-admin-token"
