@@ -404,12 +404,13 @@ def test_models_retrieve(client):
 # ---- a client that goes away -----------------------------------------------------------------------------------
 def test_disconnect_aborts_a_non_streaming_request(server, caps, engine, request):
     if engine == "vllm":
-        # Known open bug (issue 15), not hidden: after this stop's merges the vLLM front no longer ends the upstream
-        # request when a non-streaming client leaves (vLLM generated all 1,900 tokens in two full-suite runs on
-        # merged main, on a loaded and on a quiet box; it passes run alone, so it depends on what ran before on the
-        # same server, e.g. a reused upstream connection; it passed on the vllm branch before the merges). The test runs
-        # and reports XFAIL until the front is fixed; then it passes (strict=False) and this mark is removed.
-        request.applymarker(pytest.mark.xfail(strict=False, reason="issue 15: vLLM front does not abort upstream on disconnect since the merges"))
+        # Open in issue 15, not hidden: in two full-suite runs (2026-12-02 08:25 and 08:47 UTC) vLLM generated all
+        # 1,900 tokens of this non-streaming request after its client left; every run since (the module alone, its
+        # vLLM half, and a full suite at 11:42) passed, and the cause was not found. Until a failing run shows which
+        # side missed the disconnect (the message below says whether the front logged "client left"), the test runs
+        # and reports XPASS/XFAIL without failing the suite.
+        request.applymarker(pytest.mark.xfail(strict=False, reason="issue 15: failed in 2 full-suite runs on "
+                                              "2026-12-02 morning, passing since; cause not found"))
     max_tokens = MAX_TOKENS_CAP
     before_abort = _metric(server.url, "vllm:request_success_total", 'finished_reason="abort"')
     before_tokens = _metric(server.url, "vllm:generation_tokens_total")
@@ -421,11 +422,15 @@ def test_disconnect_aborts_a_non_streaming_request(server, caps, engine, request
         assert _wait(lambda: _metric(server.url, "vllm:request_success_total", 'finished_reason="abort"')
                      == before_abort + 1)
     # Stopped: nothing running, and the generated count no longer moves, far below max_tokens.
-    assert _wait(lambda: _metric(server.url, "vllm:num_requests_running") == 0)
+    # On a failure, say which side missed the disconnect: the vLLM front logs "client left" when it ends the upstream.
+    front_log = server.base / "front.log" if engine == "vllm" else None
+    seen = lambda: "" if front_log is None or not front_log.exists() else "front saw the client leave: " + str(
+        "client left" in front_log.read_text(errors="replace"))
+    assert _wait(lambda: _metric(server.url, "vllm:num_requests_running") == 0), seen()
     settled = _metric(server.url, "vllm:generation_tokens_total")
     time.sleep(1.0)
-    assert _metric(server.url, "vllm:generation_tokens_total") == settled
-    assert settled - before_tokens < max_tokens
+    assert _metric(server.url, "vllm:generation_tokens_total") == settled, seen()
+    assert settled - before_tokens < max_tokens, seen()
 
 
 # ---- lm-evaluation-harness over the API -----------------------------------------------------------------------
