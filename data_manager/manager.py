@@ -230,8 +230,7 @@ class DataManager:
             self._note_error(f"{skill} L{level}: quality: {'; '.join(quality.problems)}")
             raise QualityError(skill, level, quality.problems)
         samples, rehearsed = self._with_rehearsal(samples, seed)
-        samples, replayed = self._with_replay(skill, samples, seed)
-        replay_at = {other: self.curriculum.level(other) for other in replayed}
+        samples, replayed, replay_at = self._with_replay(skill, samples, seed)
         path, job_path = self._write_inbox(skill, level, seed, samples, dropped, replay_at)
         state = self.load_state()
         state["last_generation_at"] = now
@@ -322,12 +321,12 @@ class DataManager:
         threshold = self.curriculum.threshold or 1.0
         return dm.rehearsal_fraction + (top - dm.rehearsal_fraction) * min(1.0, deficit / threshold)
 
-    def replay_plan(self, other: str, count: int) -> dict[int, int]:
+    def replay_plan(self, other: str, count: int, current: int | None = None) -> dict[int, int]:
         """{level: rows} of `count` replay rows of skill `other`: its current level, except that when some of its
         lower levels fell below the bar, rehearsal_share([other]) minus the base rehearsal_fraction of them go to
         those levels in proportion to their shortfall (the other skill's current level is what erased them: replaying
         only it would keep erasing them)."""
-        current = self.curriculum.level(other)
+        current = self.curriculum.level(other) if current is None else current
         forgotten = self.curriculum.forgetting(other)
         if not forgotten or count <= 0:
             return {current: count} if count > 0 else {}
@@ -364,20 +363,22 @@ class DataManager:
             rehearsed[f"{skill}:{level}"] = len(extra)
         return mixed, rehearsed
 
-    def _with_replay(self, skill: str, samples: list[dict[str, Any]], seed: int) -> tuple[list[dict[str, Any]], dict]:
+    def _with_replay(self, skill: str, samples: list[dict[str, Any]], seed: int) -> tuple[list[dict[str, Any]], dict, dict]:
         """Mix in rehearsal samples of the other skills at their current levels (replay_fraction of the batch),
         so training one skill's file does not erase the others (catastrophic forgetting); part of them at the
-        other skill's forgotten lower levels when it has some (replay_plan)."""
+        other skill's forgotten lower levels when it has some (replay_plan). Returns the batch, rows replayed per
+        skill, and the current level each replayed skill was at (the file's replay tags)."""
         others = [s for s in self.skills if s != skill]
         share = self.dm.replay_fraction
         if not others or share <= 0:
-            return samples, {}
+            return samples, {}, {}
         per_skill = int(len(samples) * share / (1 - share) / len(others)) if share < 1 else len(samples)
-        mixed, replayed = list(samples), {}
+        mixed, replayed, current = list(samples), {}, {}
         for i, other in enumerate(others, 1):
             if per_skill <= 0:
                 break
-            for j, (level, n) in enumerate(sorted(self.replay_plan(other, per_skill).items())):
+            current[other] = self.curriculum.level(other)
+            for j, (level, n) in enumerate(sorted(self.replay_plan(other, per_skill, current[other]).items())):
                 try:
                     extra, _, _ = self._generate(other, level, n, (seed + 7919 * i + 15485863 * j) % TRAIN_SEED_MAX)
                 except SkillAPIError as exc:
@@ -386,7 +387,7 @@ class DataManager:
                 mixed.extend(extra)
                 replayed[other] = replayed.get(other, 0) + len(extra)
         random.Random(seed).shuffle(mixed)
-        return mixed, replayed
+        return mixed, replayed, {other: lvl for other, lvl in current.items() if other in replayed}
 
     def _note_error(self, message: str) -> None:
         state = self.load_state()
@@ -428,8 +429,9 @@ class DataManager:
         moved = []
         for entry in queue.entries(PRIORITIES):
             skill, level = queued_skill_level(entry.path, entry.meta)
-            stale = [(s, lvl) for s, lvl in ([(skill, level)] if skill in levels and level is not None else [])
-                     + sorted(replay_levels(entry.path, entry.meta).items()) if s in levels and lvl < levels[s]]
+            held = [(skill, level)] if level is not None else []
+            held += sorted(replay_levels(entry.path, entry.meta).items())
+            stale = [(s, lvl) for s, lvl in held if s in levels and lvl < levels[s]]
             if not stale:
                 continue
             s, lvl = stale[0]

@@ -48,9 +48,9 @@ def _tags_level(tags: list[str]) -> tuple[str | None, int | None]:
     return skill, level
 
 
-def replay_levels(data_file: Path, meta: QueueMeta | None = None) -> dict[str, int]:
-    """{skill: level} of the other skills' replay rows in a generated file (its `replay:SKILL:LEVEL` tags, job
-    sidecar else queue sidecar); {} for a file without them."""
+def _sidecar_records(data_file: Path, meta: QueueMeta | None = None):
+    """The file's job sidecar, then its queue sidecar (`meta` when the caller has it), each that exists and reads; a
+    broken one is logged and does not hide the next."""
     readers = [lambda: read_job_sidecar(sidecar_path(data_file, "job")),
                lambda: meta if meta is not None else read_queue_meta(sidecar_path(data_file, "meta"))]
     for read in readers:
@@ -59,8 +59,14 @@ def replay_levels(data_file: Path, meta: QueueMeta | None = None) -> dict[str, i
         except StateError as exc:
             logger.warning("%s", exc)
             continue
-        if record is None:
-            continue
+        if record is not None:
+            yield record
+
+
+def replay_levels(data_file: Path, meta: QueueMeta | None = None) -> dict[str, int]:
+    """{skill: level} of the other skills' replay rows in a generated file (its `replay:SKILL:LEVEL` tags, job
+    sidecar else queue sidecar); {} for a file without them."""
+    for record in _sidecar_records(data_file, meta):
         out = {}
         for tag in record.tags:
             parts = tag.split(":")
@@ -73,15 +79,8 @@ def replay_levels(data_file: Path, meta: QueueMeta | None = None) -> dict[str, i
 def queued_skill_level(data_file: Path, meta: QueueMeta | None = None) -> tuple[str | None, int | None]:
     """(skill, level) of a queued file: job sidecar tags, else the queue sidecar's (`meta` when the caller has it),
     else its first row's metadata."""
-    readers = [lambda: read_job_sidecar(sidecar_path(data_file, "job")),
-               lambda: meta if meta is not None else read_queue_meta(sidecar_path(data_file, "meta"))]
-    for read in readers:
-        try:
-            record = read()
-        except StateError as exc:  # a broken sidecar does not hide the next source
-            logger.warning("%s", exc)
-            continue
-        skill, level = _tags_level(record.tags) if record is not None else (None, None)
+    for record in _sidecar_records(data_file, meta):
+        skill, level = _tags_level(record.tags)
         if skill and level:
             return skill, level
     try:
