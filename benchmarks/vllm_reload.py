@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -37,43 +36,10 @@ import httpx
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from benchmarks.deploy import Load
 from benchmarks.report import BenchmarkRun
 
 PROBE = {"prompt": "The number one plus one is", "max_tokens": 16, "temperature": 0, "logprobs": 1}
-
-
-class Load:
-    """`streams` client threads sending short chat requests to one server until stopped; counts failures."""
-
-    def __init__(self, served, streams: int):
-        self.served, self.streams = served, streams
-        self.stop_event = threading.Event()
-        self.ok = self.failed = 0
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(streams)]
-
-    def _run(self):
-        body = {"model": self.served.served_id, "messages": [{"role": "user", "content": "Say something."}],
-                "max_tokens": 32, "temperature": 0.7}
-        with httpx.Client(timeout=120) as client:
-            while not self.stop_event.is_set():
-                try:
-                    ok = client.post(self.served.base_url + "/v1/chat/completions", json=body).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                with self.lock:
-                    self.ok += ok
-                    self.failed += not ok
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop_event.set()
-        for t in self.threads:
-            t.join(150)
 
 
 def probe(served) -> tuple[list[str], list[float]]:
@@ -142,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         servers.append(active)
         ref_a = probe(active)
         print(f"active server (A) up in {rep['load_seconds']:.1f}s idle, {rep['engine_rss_mb']:.0f} MB")
-        with Load(active, args.streams) as load:
+        load = Load(active.base_url, active.served_id, args.streams, max_tokens=32).start()
+        try:
             fresh, fresh_rep = load_vllm_version(model_b, "b", cfg, require_manifest=False)
             servers.append(fresh)
             ref_b = probe(fresh)
@@ -166,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{same(got_a, ref_a)}; RSS {warm_rss0:.0f} -> {warm_rss1:.0f} MB")
             print(f"warm vs fresh B: {difference(got_b, ref_b)}; rollback vs A: {difference(got_a, ref_a)}; "
                   f"reloaded B vs A: {difference(got_b, ref_a)}")
+        finally:
+            load.finish()
         load_note = f"{load.ok} client requests during the swaps, {load.failed} failed"
         print(load_note)
         ratio = fresh_rep["load_seconds"] / max(to_b["total_s"], 1e-9)
