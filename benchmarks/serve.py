@@ -60,7 +60,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 import httpx
 
-from benchmarks.report import BenchmarkRun
+from benchmarks.report import BenchmarkRun, markdown_table
 
 PROMPT = ("You are a careful assistant. Explain, step by step, how to add two binary numbers such as "
           "1011 and 0110, and say what the carry bit does in each column.")
@@ -541,13 +541,19 @@ def bench_front_overhead(model: Path, workdir: Path, levels: list[int], per_leve
                   "ttft_p99_added_ms": med["front"]["ttft_p99_ms"] - med["direct"]["ttft_p99_ms"],
                   "rounds": runs[c]}
     print(f"\nFront overhead, same vLLM server, medians of {rounds} alternating rounds (goal <= 5 % tok/s, <= 5 ms TTFT):")
-    print("| c | direct out tok/s | via front out tok/s | tok/s overhead | TTFT p50 direct / +ms | TTFT p99 direct / +ms | failed |")
-    print("|---|---|---|---|---|---|---|")
-    for c, r in out.items():
-        print(f"| {c} | {r['direct']['output_tok_per_s']:.1f} | {r['front']['output_tok_per_s']:.1f} | "
-              f"{r['tok_s_overhead_pct']:+.1f} % | {r['direct']['ttft_p50_ms']:.1f} / {r['ttft_p50_added_ms']:+.1f} | "
-              f"{r['direct']['ttft_p99_ms']:.1f} / {r['ttft_p99_added_ms']:+.1f} | {r['failed']} |", flush=True)
+    print(markdown_table(FRONT_OVERHEAD_HEADERS, front_overhead_rows(out)), flush=True)
     return out
+
+
+FRONT_OVERHEAD_HEADERS = ["c", "direct out tok/s", "via front out tok/s", "tok/s overhead", "TTFT p50 direct / +ms",
+                          "TTFT p99 direct / +ms", "failed"]
+
+
+def front_overhead_rows(out: dict) -> list[list]:
+    """One row per concurrency of bench_front_overhead's result: printed and written to the docs alike."""
+    return [[c, f"{r['direct']['output_tok_per_s']:.1f}", f"{r['front']['output_tok_per_s']:.1f}",
+             f"{r['tok_s_overhead_pct']:+.1f} %", f"{r['direct']['ttft_p50_ms']:.1f} / {r['ttft_p50_added_ms']:+.1f}",
+             f"{r['direct']['ttft_p99_ms']:.1f} / {r['ttft_p99_added_ms']:+.1f}", r["failed"]] for c, r in out.items()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -649,13 +655,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_front_overhead_docs(run: BenchmarkRun, out: dict, args) -> None:
-    rows = [[c, f"{r['direct']['output_tok_per_s']:.1f}", f"{r['front']['output_tok_per_s']:.1f}",
-             f"{r['tok_s_overhead_pct']:+.1f} %", f"{r['direct']['ttft_p50_ms']:.1f} / {r['ttft_p50_added_ms']:+.1f}",
-             f"{r['direct']['ttft_p99_ms']:.1f} / {r['ttft_p99_added_ms']:+.1f}", r["failed"]] for c, r in out.items()]
     run.write_docs(f"Cadence's front over vLLM vs the same vLLM server direct (medians of {args.front_overhead} "
                    "alternating rounds; goal <= 5 % tok/s, <= 5 ms TTFT)",
-                   ["c", "direct out tok/s", "via front out tok/s", "tok/s overhead", "TTFT p50 direct / +ms",
-                    "TTFT p99 direct / +ms", "failed"], rows,
+                   FRONT_OVERHEAD_HEADERS, front_overhead_rows(out),
                    [f"max_tokens {args.max_tokens}; streamed chat; output tokens from each answer's usage."],
                    section="serve_front_overhead")
 
