@@ -175,7 +175,7 @@ class ComparisonConfig(Section):
     margin: float = Field(0.01, ge=0, description="Margin rule: relative improvement over the deployed version needed to become champion.")
     anchor_file: str | None = Field(None, description="Fixed anchor set (JSONL) for the forgetting guard; relative to base_dir.")
     guard_tolerance: float = Field(0.05, ge=0, description="Largest allowed relative regression of anchor loss (margin rule); paired rule: of the mean per-item loss of a guarded loss set (anchor, validation, trained files) when the regression is significant.")
-    max_new_tokens: int = Field(64, ge=1, description="Generation budget for accuracy evals.")
+    max_new_tokens: int = Field(256, ge=1, description="Cap on the generation budget of accuracy evals; each set gets 1.5x its longest expected answer + 8 tokens, up to this (a set whose answers do not fit is logged as such).")
     nice: int = Field(10, ge=0, le=19, description="OS niceness of the scoring process so training is not starved.")
     validation_file: str | None = Field(None, description="Validation JSONL scored for val_loss (supervised tokens only); default: training.fixed_validation_file. Relative to base_dir.")
     eval_samples: int = Field(50, ge=0, description="Rows of each eval file (eval_files) exact-matched for each checkpoint (skills use the ladder: ladder_items per rung); 0 = no accuracy evals at all, the ladder included.")

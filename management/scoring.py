@@ -142,6 +142,16 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def answer_budget(tokenizer, samples: list[dict], cap: int) -> tuple[int, int]:
+    """(generation budget, longest expected answer in tokens) for one set: 1.5x its longest expected answer + 8
+    tokens (room for a different but equal rendering, e.g. JSON spacing, and the end token), at most `cap`. A fixed
+    budget either truncates long answers (a syllo level-5 answer is 71-83 tokens: at the old fixed 64 it could never
+    be exact) or lets every wrong answer of a short-answer set run on to it."""
+    longest = max((len(tokenizer(s["assistant_response"], add_special_tokens=False)["input_ids"]) for s in samples),
+                  default=0)
+    return min(cap, longest + longest // 2 + 8), longest
+
+
 def score_sets(scorer: CheckpointScorer, sets, scorer_fn, max_new_tokens: int) -> tuple[dict, list[float]]:
     """Per-item results of every set: {set id: {kind, skill, level, digest, n, loss: [per-item mean CE], exact: "0110…",
     accuracy, mean_loss, scorer}}, and the seconds per generated token of each generation run."""
@@ -159,7 +169,12 @@ def score_sets(scorer: CheckpointScorer, sets, scorer_fn, max_new_tokens: int) -
                "nonfinite": nonfinite, "exact": None, "accuracy": None, "scorer": None}
         if item_set.samples:
             prompts = [[{"role": "user", "content": s["user_prompt"]}] for s in item_set.samples]
-            answers, spt = scorer.generate(prompts, max_new_tokens)
+            budget, longest = answer_budget(scorer.tokenizer, item_set.samples, max_new_tokens)
+            if longest > budget:
+                logger.warning("set %s: its longest expected answer is %d tokens, over the generation cap "
+                               "comparison.max_new_tokens=%d: such items can never be exact", item_set.id, longest,
+                               max_new_tokens)
+            answers, spt = scorer.generate(prompts, budget)
             if spt is not None:
                 latencies.append(spt)
             correct, how = scorer_fn(item_set, answers)

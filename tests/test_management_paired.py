@@ -248,3 +248,47 @@ def test_held_out_rows_of_files_trained_since_the_deployed_version_are_a_set(mak
     assert sets[0].rows == [rows[i] for i in idx] and sets[0].kind == "trained"
     assert trained_sets(cfg, since_step=20, until_step=40)[0].digest == sets[0].digest   # deterministic
     assert trained_sets(cfg, since_step=None, until_step=40) == []                       # nothing deployed yet
+
+
+def test_every_set_gets_a_generation_budget_its_longest_answer_fits(caplog, micro_model_dir):
+    """A perfect model is exact on syllo level 5 (answers of 71-83 tokens on the tiny tokenizer): the budget follows
+    the set's longest expected answer. Under a cap the answers cannot fit, they are cut, and the log says why."""
+    from data_manager.skills.syllo import SylloSkill
+    from management.item_sets import ItemSet
+    from management.scoring import answer_budget, score_sets
+    from trainer.data import load_tokenizer
+
+    tokenizer = load_tokenizer(micro_model_dir)  # the same BPE recipe as the tiny model's
+    samples = [s.to_dict() for s in SylloSkill().generate(5, 8, 2 ** 40 + 5)]
+    lengths = [len(tokenizer(s["assistant_response"], add_special_tokens=False)["input_ids"]) for s in samples]
+    assert max(lengths) > 64  # what the old fixed budget of 64 could never hold
+
+    class Perfect:  # answers each prompt with its expected answer, cut to the budget it is given, as generate would
+        def __init__(self):
+            self.tokenizer, self.budgets = tokenizer, []
+
+        def item_losses(self, rows):
+            return [None] * len(rows)
+
+        def generate(self, prompts, max_new_tokens):
+            self.budgets.append(max_new_tokens)
+            by_prompt = {s["user_prompt"]: s["assistant_response"] for s in samples}
+            ids = [tokenizer(by_prompt[p[0]["content"]], add_special_tokens=False)["input_ids"][:max_new_tokens]
+                   for p in prompts]
+            return [tokenizer.decode(x) for x in ids], None
+
+    exact = lambda item_set, answers: ([a == s["assistant_response"] for a, s in zip(answers, item_set.samples)], "exact")
+    item_set = ItemSet(id="ladder:syllo:L5", kind="ladder", digest="d", rows=[], samples=samples, skill="syllo", level=5)
+    scorer = Perfect()
+    results, _ = score_sets(scorer, [item_set], exact, 256)
+    assert results["ladder:syllo:L5"]["accuracy"] == 1.0
+    assert scorer.budgets == [answer_budget(tokenizer, samples, 256)[0]] == [max(lengths) + max(lengths) // 2 + 8]
+    with caplog.at_level("WARNING", logger="management.scoring"):
+        results, _ = score_sets(scorer, [item_set], exact, 64)
+    assert results["ladder:syllo:L5"]["accuracy"] == sum(n <= 64 for n in lengths) / len(lengths) < 1.0
+    assert f"longest expected answer is {max(lengths)} tokens, over the generation cap comparison.max_new_tokens=64" \
+        in caplog.text
+    # a short-answer set is not given the cap: binary answers stop generating early
+    from data_manager.skills.binary import BinarySkill
+    short = [s.to_dict() for s in BinarySkill().generate(1, 4, 1)]
+    assert answer_budget(tokenizer, short, 256)[0] < 16
