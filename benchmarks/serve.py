@@ -528,6 +528,8 @@ def bench_front_overhead(model: Path, workdir: Path, levels: list[int], per_leve
                 for key, target in (order if r % 2 == 0 else order[::-1]):
                     results, duration = asyncio.run(run_level(target, c, per_level(c), max_tokens, max_seconds=max_seconds))
                     runs[c][key].append(summarize(results, duration))
+                    if runs[c][key][-1]["failed"]:
+                        print(f"  {key} c={c}: {runs[c][key][-1]['failed']} failed: {runs[c][key][-1]['errors']}", flush=True)
             print(f"  front-overhead round {r + 1}/{rounds} done; load {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         front.stop()
