@@ -516,7 +516,8 @@ def bench_front_overhead(model: Path, workdir: Path, levels: list[int], per_leve
     front = CadenceVllm(model, workdir, max(levels))
     front.start()
     try:
-        server = next(p for p in psutil.Process(front.proc.pid).children() if "vllm.entrypoints" in " ".join(p.cmdline()))
+        front_proc = psutil.Process(front.proc.pid)
+        server = next(p for p in front_proc.children() if "vllm.entrypoints" in " ".join(p.cmdline()))
         cmd = server.cmdline()
         direct = SameServer("vllm (the front's own server)", f"http://127.0.0.1:{cmd[cmd.index('--port') + 1]}", front)
         asyncio.run(run_level(direct, 2, 4, max_tokens))
@@ -526,8 +527,14 @@ def bench_front_overhead(model: Path, workdir: Path, levels: list[int], per_leve
             for c in levels:
                 order = [("direct", direct), ("front", front)]
                 for key, target in (order if r % 2 == 0 else order[::-1]):
+                    cpu0 = sum(front_proc.cpu_times()[:2])
                     results, duration = asyncio.run(run_level(target, c, per_level(c), max_tokens, max_seconds=max_seconds))
                     runs[c][key].append(summarize(results, duration))
+                    if key == "front":  # the front process's own CPU (its vLLM server is a child, not counted)
+                        cpu = sum(front_proc.cpu_times()[:2]) - cpu0
+                        tokens = runs[c][key][-1]["output_tok_per_s"] * duration
+                        runs[c][key][-1].update(front_cpu_us_per_token=1e6 * cpu / tokens if tokens else float("nan"),
+                                                front_core_share=cpu / duration if duration else float("nan"))
                     if runs[c][key][-1]["failed"]:
                         print(f"  {key} c={c}: {runs[c][key][-1]['failed']} failed: {runs[c][key][-1]['errors']}", flush=True)
             print(f"  front-overhead round {r + 1}/{rounds} done; load {os.getloadavg()[0]:.1f}", flush=True)
@@ -538,6 +545,8 @@ def bench_front_overhead(model: Path, workdir: Path, levels: list[int], per_leve
         med = {k: {m: statistics.median(x[m] for x in v) for m in ("output_tok_per_s", "ttft_p50_ms", "ttft_p99_ms")}
                for k, v in runs[c].items()}
         out[c] = {**med, "failed": sum(x["failed"] for v in runs[c].values() for x in v),
+                  "front_cpu_us_per_token": statistics.median(x["front_cpu_us_per_token"] for x in runs[c]["front"]),
+                  "front_core_share": statistics.median(x["front_core_share"] for x in runs[c]["front"]),
                   "tok_s_overhead_pct": 100 * (1 - med["front"]["output_tok_per_s"] / med["direct"]["output_tok_per_s"]),
                   "ttft_p50_added_ms": med["front"]["ttft_p50_ms"] - med["direct"]["ttft_p50_ms"],
                   "ttft_p99_added_ms": med["front"]["ttft_p99_ms"] - med["direct"]["ttft_p99_ms"],
@@ -548,14 +557,15 @@ def bench_front_overhead(model: Path, workdir: Path, levels: list[int], per_leve
 
 
 FRONT_OVERHEAD_HEADERS = ["c", "direct out tok/s", "via front out tok/s", "tok/s overhead", "TTFT p50 direct / +ms",
-                          "TTFT p99 direct / +ms", "failed"]
+                          "TTFT p99 direct / +ms", "front CPU µs per token", "front CPU, share of a core", "failed"]
 
 
 def front_overhead_rows(out: dict) -> list[list]:
     """One row per concurrency of bench_front_overhead's result: printed and written to the docs alike."""
     return [[c, f"{r['direct']['output_tok_per_s']:.1f}", f"{r['front']['output_tok_per_s']:.1f}",
              f"{r['tok_s_overhead_pct']:+.1f} %", f"{r['direct']['ttft_p50_ms']:.1f} / {r['ttft_p50_added_ms']:+.1f}",
-             f"{r['direct']['ttft_p99_ms']:.1f} / {r['ttft_p99_added_ms']:+.1f}", r["failed"]] for c, r in out.items()]
+             f"{r['direct']['ttft_p99_ms']:.1f} / {r['ttft_p99_added_ms']:+.1f}", f"{r['front_cpu_us_per_token']:.0f}",
+             f"{100 * r['front_core_share']:.0f} %", r["failed"]] for c, r in out.items()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -660,7 +670,12 @@ def write_front_overhead_docs(run: BenchmarkRun, out: dict, args) -> None:
     run.write_docs(f"Cadence's front over vLLM vs the same vLLM server direct (medians of {args.front_overhead} "
                    "alternating rounds; goal <= 5 % tok/s, <= 5 ms TTFT)",
                    FRONT_OVERHEAD_HEADERS, front_overhead_rows(out),
-                   [f"max_tokens {args.max_tokens}; streamed chat; output tokens from each answer's usage."],
+                   [f"max_tokens {args.max_tokens}; streamed chat; output tokens from each answer's usage.",
+                    "Front CPU: the front process's own user + system CPU time during its level over the output tokens "
+                    "it relayed (its vLLM server is a child process, not counted). On a box where the front has a core "
+                    "of its own that CPU is its whole cost; on 2 cores it is taken from the engine, and the tok/s and "
+                    "TTFT columns swing with the unpinned vLLM server's run-to-run variance (direct alone moved "
+                    "1,066-1,384 tok/s at c=8 between runs of an hour)."],
                    section="serve_front_overhead")
 
 

@@ -41,8 +41,8 @@ def header_timeout_protocol(header_timeout: float):
 
 def server_config(app, host: str, port: int, header_timeout: float, keep_alive: float, **kwargs) -> uvicorn.Config:
     """A uvicorn.Config for `app` with Cadence's connection limits."""
-    # loop="auto" is uvicorn's default, written out: uvloop when installed (a dependency on Linux), which cut the
-    # vLLM front's relay overhead over direct vLLM (benchmarks/serve.py --front-overhead), else asyncio's loop.
+    # loop="auto" is uvicorn's default, written out: uvloop when installed (a dependency on Linux; the vLLM front
+    # relays each token for a little less CPU on it, docs/dependencies.md), else asyncio's loop.
     kwargs.setdefault("loop", "auto")
     return uvicorn.Config(app, host=host, port=port, http=header_timeout_protocol(header_timeout),
                           timeout_keep_alive=keep_alive, h11_max_incomplete_event_size=H11_MAX_HEADER_BYTES,
