@@ -13,7 +13,9 @@ The rule, applied after every recorded eval:
   * when the last `window` (default 3) counted evals have a mean accuracy
     >= `threshold` (default 0.8), the level goes up by exactly one, and the
     count starts afresh at the new level;
-  * the top level of a skill is never exceeded.
+  * the top level of a skill is never exceeded;
+  * with data_manager.hold_while_forgotten (default), a mastered level is not left while a lower level is
+    forgotten (below the threshold on its ladder rung): the skill stays and rehearses it first.
 
 The evals are taken on the held-out ladder (data_manager/ladder.py): a level
 is mastered on its fixed items. The comparison engine also records each
@@ -74,18 +76,19 @@ class Curriculum:
     """Levels and eval history per skill, persisted in one JSON file."""
 
     def __init__(self, path: str | Path, threshold: float = 0.8, window: int = 3,
-                 max_levels: dict[str, int] | None = None):
+                 max_levels: dict[str, int] | None = None, hold_while_forgotten: bool = True):
         if not 0 <= threshold <= 1 or window < 1:
             raise ValueError("threshold must be in [0, 1] and window >= 1")
         self.path = Path(path)
         self.threshold = threshold
         self.window = window
         self.max_levels = dict(max_levels or {})
+        self.hold_while_forgotten = hold_while_forgotten
 
     @classmethod
     def from_config(cls, cfg, max_levels: dict[str, int] | None = None) -> "Curriculum":
         dm = cfg.data_manager
-        return cls(cfg.layout.curriculum, dm.threshold, dm.window, max_levels)
+        return cls(cfg.layout.curriculum, dm.threshold, dm.window, max_levels, dm.hold_while_forgotten)
 
     # -- state ------------------------------------------------------------
     @contextlib.contextmanager
@@ -179,6 +182,12 @@ class Curriculum:
         if top is not None and current >= top:
             return Decision(**base, level_after=current, counted=True, evals_at_level=len(counted), window_mean=mean,
                             reason=f"top level {top} mastered (mean {mean:.3f})")
+        forgotten = self._forgotten(entry) if self.hold_while_forgotten else {}
+        if forgotten:
+            below = ", ".join(f"L{lv} {100 * (self.threshold - gap):.0f} %" for lv, gap in sorted(forgotten.items()))
+            return Decision(**base, level_after=current, counted=True, evals_at_level=len(counted), window_mean=mean,
+                            reason=f"level {current} mastered (mean {mean:.3f}) but held there: lower level(s) below "
+                                   f"the bar of {self.threshold} on their ladder rungs ({below}) are rehearsed first")
         entry["level"] = current + 1
         entry["entered_seq"] = record["seq"]
         entry["entered_at"] = record["at"]
@@ -205,7 +214,9 @@ class Curriculum:
     def forgetting(self, skill: str) -> dict[int, float]:
         """{level: threshold - accuracy} for each level below the current one whose newest ladder accuracy is under
         the bar (the data manager rehearses those more)."""
-        entry = self.load()["skills"].get(skill) or {}
+        return self._forgotten(self.load()["skills"].get(skill) or {})
+
+    def _forgotten(self, entry: dict[str, Any]) -> dict[int, float]:
         current = int(entry.get("level", 1))
         out = {}
         for key, rec in (entry.get("ladder") or {}).items():

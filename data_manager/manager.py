@@ -67,6 +67,7 @@ SCHEMA_ID = "syllo_v1"
 GENERATED_TAG = "data_manager"
 TRAIN_SEED_MAX = 2 ** 31
 EVAL_SEED_BASE = 2 ** 40
+REPLAY_MAX_SCALE = 8.0  # replay rows at most this many times the row-share plan (see _to_token_share)
 
 
 @dataclass
@@ -373,21 +374,56 @@ class DataManager:
         if not others or share <= 0:
             return samples, {}, {}
         per_skill = int(len(samples) * share / (1 - share) / len(others)) if share < 1 else len(samples)
+        # The share is of supervised tokens, what the loss is made of (normalised per token over the step): rows of
+        # a 6-token binary answer next to rows of a 150-token syllo answer would give binary a few % of the gradient.
+        own_tokens = sum(self._answer_tokens(s) for s in samples)
+        target = own_tokens * share / (1 - share) / len(others) if share < 1 else own_tokens
         mixed, replayed, current = list(samples), {}, {}
         for i, other in enumerate(others, 1):
             if per_skill <= 0:
                 break
             current[other] = self.curriculum.level(other)
+            extra = []
             for j, (level, n) in enumerate(sorted(self.replay_plan(other, per_skill, current[other]).items())):
                 try:
-                    extra, _, _ = self._generate(other, level, n, (seed + 7919 * i + 15485863 * j) % TRAIN_SEED_MAX)
+                    rows, _, _ = self._generate(other, level, n, (seed + 7919 * i + 15485863 * j) % TRAIN_SEED_MAX)
                 except SkillAPIError as exc:
                     logger.warning("replay of %s level %d skipped: %s", other, level, exc)
                     continue
-                mixed.extend(extra)
+                extra.append((level, j, rows))
+            extra = self._to_token_share(other, extra, target, seed + 7919 * i)
+            mixed.extend(extra)
+            if extra:
                 replayed[other] = replayed.get(other, 0) + len(extra)
         random.Random(seed).shuffle(mixed)
         return mixed, replayed, {other: lvl for other, lvl in current.items() if other in replayed}
+
+    def _answer_tokens(self, sample: dict[str, Any]) -> int:
+        return self.count_tokens(sample["assistant_response"]) + 1  # + the end-of-turn token, also learned
+
+    def _to_token_share(self, skill: str, groups: list[tuple[int, int, list[dict]]], target: float,
+                        seed: int) -> list[dict[str, Any]]:
+        """Replay rows of `skill` (per level, as replay_plan split them) scaled so their supervised tokens come to
+        `target`: each level's rows cut, or topped up with more of the same level, by one factor (at most
+        REPLAY_MAX_SCALE times the planned rows, so a batch of long answers does not pull in a flood of short ones)."""
+        tokens = sum(self._answer_tokens(s) for _, _, rows in groups for s in rows)
+        if not tokens:
+            return [s for _, _, rows in groups for s in rows]
+        factor = min(REPLAY_MAX_SCALE, target / tokens)
+        out = []
+        for level, j, rows in groups:
+            want = int(round(len(rows) * factor))
+            if want <= len(rows):
+                out.extend(rows[:want])
+                continue
+            out.extend(rows)
+            try:
+                more, _, _ = self._generate(skill, level, want - len(rows), (seed + 31337 * (j + 1)) % TRAIN_SEED_MAX)
+            except SkillAPIError as exc:
+                logger.warning("replay of %s level %d: no more rows: %s", skill, level, exc)
+                continue
+            out.extend(more)
+        return out
 
     def _note_error(self, message: str) -> None:
         state = self.load_state()

@@ -68,13 +68,14 @@ class EvalSource:
         out = {}
         for skill, acc in (entry.get("accuracy") or {}).items():
             try:
-                decision = self.dm.record_eval(skill, acc["level"], acc["accuracy"], step=entry["step"],
-                                               checkpoint=entry["checkpoint"], n=acc["total"])
+                # the lower rungs first: a level is not left while one below it is forgotten (hold_while_forgotten)
                 lower = {r["level"]: r["accuracy"] for r in (entry.get("sets") or {}).values()
                          if r.get("kind") == "ladder" and r.get("skill") == skill and r.get("accuracy") is not None
                          and r["level"] < acc["level"]}
                 if lower:
                     self.dm.curriculum.record_ladder(skill, lower, step=entry["step"], checkpoint=entry["checkpoint"])
+                decision = self.dm.record_eval(skill, acc["level"], acc["accuracy"], step=entry["step"],
+                                               checkpoint=entry["checkpoint"], n=acc["total"])
             except ValueError as exc:
                 logger.error("curriculum refused the eval of %s: %s", skill, exc)
                 continue

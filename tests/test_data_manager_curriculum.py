@@ -147,3 +147,29 @@ def test_cli_status(tmp_path):
     text = run("status")
     assert text.returncode == 0 and "binary" in text.stdout and "0.750" in text.stdout
     assert run("--help").returncode == 0
+
+
+def test_a_mastered_level_is_not_left_while_a_lower_level_is_forgotten(tmp_path):
+    """The hold: level 3 mastered while level 2 sits at 50 % on its rung -> stays at 3, saying why; once level 2 is
+    back over the bar, the next mastered window moves on. With the hold off, the current level alone decides."""
+    cur = Curriculum(tmp_path / "c.json", threshold=0.8, window=3)
+    cur.set_level("binary", 3)
+    cur.record_ladder("binary", {1: 1.0, 2: 0.5}, step=10)
+    decisions = [cur.record_eval("binary", 3, 0.95, step=10 + i) for i in range(4)]
+    assert [d.level_after for d in decisions] == [3, 3, 3, 3]
+    assert "held there" in decisions[-1].reason and "L2 50 %" in decisions[-1].reason
+    assert "L1" not in decisions[-1].reason  # a level that holds is not named
+    cur.record_ladder("binary", {1: 1.0, 2: 0.85}, step=20)
+    assert cur.forgetting("binary") == {}
+    d = cur.record_eval("binary", 3, 0.95, step=21)
+    assert d.advanced and d.level_after == 4
+
+    loose = Curriculum(tmp_path / "loose.json", threshold=0.8, window=3, hold_while_forgotten=False)
+    loose.set_level("binary", 3)
+    loose.record_ladder("binary", {2: 0.0})
+    assert [loose.record_eval("binary", 3, 0.95).level_after for _ in range(3)] == [3, 3, 4]
+
+
+def test_the_hold_is_read_from_config(make_config):
+    assert Curriculum.from_config(make_config()).hold_while_forgotten is True
+    assert Curriculum.from_config(make_config({"data_manager.hold_while_forgotten": False})).hold_while_forgotten is False

@@ -176,3 +176,24 @@ def test_generated_files_are_sized_by_the_measured_training_rate(make_config, tm
     assert dm.training_rate() == 5.0                                 # median of 5, 5, 2, 10 examples/s
     count, sized = dm.sized_batch()
     assert count == int(5.0 * 60 * 0.5 * 0.8) == 120 and sized["examples_per_second"] == 5.0
+
+
+def test_a_checkpoint_whose_lower_rung_collapsed_does_not_move_the_skill_up(make_config):
+    """The comparison engine records the lower rungs before the current level's eval, so the checkpoint that masters
+    level 2 while forgetting level 1 holds the skill at 2 (and the same entry without the collapse moves it up)."""
+    from management.eval_source import EvalSource
+
+    cfg = make_config({"data_manager.window": 1})
+    source = EvalSource(cfg)
+    Curriculum.from_config(cfg).set_level("binary", 2)
+
+    def entry(step, l1):
+        return {"step": step, "checkpoint": f"checkpoint-{step}",
+                "accuracy": {"binary": {"level": 2, "accuracy": 1.0, "total": 4}},
+                "sets": {"ladder:binary:L1": {"kind": "ladder", "skill": "binary", "level": 1, "accuracy": l1},
+                         "ladder:binary:L2": {"kind": "ladder", "skill": "binary", "level": 2, "accuracy": 1.0}}}
+
+    reasons = source.record(entry(5, 0.25))
+    assert Curriculum.from_config(cfg).level("binary") == 2 and "held there" in reasons["binary"]
+    reasons = source.record(entry(6, 1.0))
+    assert Curriculum.from_config(cfg).level("binary") == 3, reasons

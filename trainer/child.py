@@ -43,6 +43,10 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def _world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def _suffix(rank: int | None) -> str:
     # rank 0 keeps the single-process names, which every reader (daemon, monitor, tests) already knows
     rank = _rank() if rank is None else rank
@@ -169,6 +173,16 @@ class DaemonHooks:
         return self.sigterm
 
 
+def cpu_train_threads(cfg, default: int) -> int:
+    """Intra-op threads for a one-process CPU trainer: training.cpu_threads, else `default` (torch's, one per core)
+    less the scorer's threads when the comparison engine scores on CPU next to it (at least 1)."""
+    if cfg.training.cpu_threads is not None:
+        return cfg.training.cpu_threads
+    cc = cfg.comparison
+    scorer_on_cpu = cc.device in ("cpu", "auto")  # "auto" picks a GPU only where there is one; a CPU trainer has none
+    return max(1, default - (cc.torch_threads or 0)) if scorer_on_cpu else default
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train one claimed file (started by the training daemon).")
     parser.add_argument("--file", required=True)
@@ -206,6 +220,13 @@ def _run(cfg, args, hooks: DaemonHooks) -> int:
         if _rank() == 0 and not _standard_gate(cfg, Path(args.file)):  # the gate may move the file: rank 0 only
             return _finish(cfg, ExitCode.REJECTED, f"{Path(args.file).name}: rejected by STANDARD validation (see its .reason.json)")
         hooks.heartbeat("load", 0)
+        if not torch.cuda.is_available() and _world() == 1:
+            threads = cpu_train_threads(cfg, torch.get_num_threads())
+            if threads != torch.get_num_threads():
+                logger.info("training on CPU with %d intra-op thread(s) of %d (training.cpu_threads; the scorer "
+                            "keeps comparison.torch_threads=%s)", threads, torch.get_num_threads(),
+                            cfg.comparison.torch_threads)
+                torch.set_num_threads(threads)
         engine = TrainerEngine(cfg, hooks).setup()
         result = engine.train_file(args.file, file_id=args.file_id, schema_id=args.schema, epochs=args.epochs)
         engine.leave_group()  # all ranks together, before the result is final
