@@ -43,10 +43,6 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def _world() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def _suffix(rank: int | None) -> str:
     # rank 0 keeps the single-process names, which every reader (daemon, monitor, tests) already knows
     rank = _rank() if rank is None else rank
@@ -214,13 +210,14 @@ def _run(cfg, args, hooks: DaemonHooks) -> int:
     import torch
 
     from trainer import ConfigMismatchError, DataError, NonFiniteLossError, TrainerEngine
+    from trainer.distributed import world_size
 
     try:
         hooks.heartbeat("load", 0)
         if _rank() == 0 and not _standard_gate(cfg, Path(args.file)):  # the gate may move the file: rank 0 only
             return _finish(cfg, ExitCode.REJECTED, f"{Path(args.file).name}: rejected by STANDARD validation (see its .reason.json)")
         hooks.heartbeat("load", 0)
-        if not torch.cuda.is_available() and _world() == 1:
+        if not torch.cuda.is_available() and world_size() == 1:
             threads = cpu_train_threads(cfg, torch.get_num_threads())
             if threads != torch.get_num_threads():
                 logger.info("training on CPU with %d intra-op thread(s) of %d (training.cpu_threads; the scorer "
