@@ -8,8 +8,10 @@ lag between a checkpoint that the paired test judges better than the version
 then served and a version at least that new being served (both rules keep the
 paired verdicts, so the margin run shows the same measure), and the minutes in
 which such a checkpoint had waited over 5 min; the seconds from each level-up to
-the claim of the first file with rows of the new level; the newest checkpoint's
-accuracy on every ladder rung; and the scoring cost.
+the claim of the first file with rows of the new level; how each mastered level
+held after its level-up (its ladder accuracy on every later checkpoint: lowest,
+readings below the bar, lowest mean of the curriculum's window); the newest
+checkpoint's accuracy on every ladder rung; and the scoring cost.
 
 Part B takes one fixed generated data set (binary levels 1-2 from the built-in
 skill, seeded) and trains the same tiny model for the same wall-clock budget
@@ -46,7 +48,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from benchmarks.report import BenchmarkRun
 from core.state.queue_records import DATA_SUFFIX, META_SUFFIX, read_queue_meta
-from core.config import Layout
+from core.config import DataManagerConfig, Layout
 from core.state.curriculum import CurriculumState, read_curriculum
 from core.state.deployment import DeployEvent, deployment_events
 from core.state.ledger import ScoreStatus, read_ledger
@@ -130,6 +132,31 @@ def ladder_now(base: Path) -> dict:
                                               if r.kind == "ladder"}}
 
 
+def kept_after_mastery(base: Path, curriculum: CurriculumState, started: float, bar: float, window: int) -> list[dict]:
+    """Per mastered level (the curriculum promoted the skill past it): its ladder accuracy on every checkpoint scored
+    after that promotion's step, as the lowest single reading, the readings below the bar, and the lowest mean of
+    `window` consecutive readings (the window the curriculum itself masters a level on: one reading of 24 items
+    moves by 4 points per item, so a level held at 88 % reads under 80 % now and then by chance alone)."""
+    ledger = read_ledger(Layout.from_base(base))
+    entries = sorted((e for e in (ledger.checkpoints.values() if ledger else ()) if e.status is ScoreStatus.scored and e.sets),
+                     key=lambda e: e.step)
+    out = []
+    for skill, state in curriculum.skills.items():
+        for p in state.promotions:
+            if p.step is None or p.to != p.from_level + 1:
+                continue
+            key = f"ladder:{skill}:L{p.from_level}"
+            acc = [e.sets[key].accuracy for e in entries if e.step > p.step and key in e.sets
+                   and e.sets[key].accuracy is not None]
+            if not acc:
+                continue
+            means = [sum(acc[i:i + window]) / window for i in range(len(acc) - window + 1)] or [sum(acc) / len(acc)]
+            out.append({"skill": skill, "level": p.from_level, "from_min": (_ts(p.at) - started) / 60, "n": len(acc),
+                        "min": min(acc), "below": sum(a + 1e-9 < bar for a in acc), "min_mean": min(means),
+                        "last": acc[-1]})
+    return out
+
+
 def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int) -> dict:
     """One run of part A; prints its report and returns the figures --write-docs puts in a table."""
     base = Path(tempfile.mkdtemp(prefix=f"cadence-curriculum-{rule}-"))
@@ -190,6 +217,16 @@ def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int) -> d
     if ups:
         print("level-up -> first step on next-level data: " + ", ".join(
             f"{s} L{l} {'-' if x is None else f'{x:.0f}s'}" for s, l, x in ups))
+    dmc = cfg.get("data_manager", {})
+    bar, window = dmc.get("threshold", DataManagerConfig().threshold), dmc.get("window", DataManagerConfig().window)
+    kept = kept_after_mastery(base, cur, started, bar, window)
+    summary["kept"], summary["bar"], summary["window"] = kept, bar, window
+    if kept:
+        print(f"mastered levels after their level-up (ladder accuracy per scored checkpoint; bar {bar:.0%}, "
+              f"mean of {window} consecutive):")
+        for k in kept:
+            print(f"  {k['skill']} L{k['level']} from {k['from_min']:.1f} min: {k['n']} checkpoints, lowest {k['min']:.0%}, "
+                  f"{k['below']} below the bar, lowest mean of {window} {k['min_mean']:.0%}, last {k['last']:.0%}")
     rungs = ladder_now(base)
     summary["rungs"] = {k: v for k, v in rungs.items() if k != "checkpoint"}
     if rungs:
@@ -353,6 +390,10 @@ def loop_row(s: dict) -> list[str]:
             + f"; minutes with a better checkpoint unserved > 5 min: {s['waiting_over_5']}"
             + "; level-up to first next-level step: " + (", ".join(
                 f"{sk} L{lv} {'-' if x is None else f'{x:.0f} s'}" for sk, lv, x in s["level_up_s"]) or "-")
+            + "; mastered levels after their level-up (lowest reading / readings below the bar / lowest mean of "
+            + f"{s.get('window', 3)} consecutive): " + (", ".join(
+                f"{k['skill']} L{k['level']} {k['min']:.0%} / {k['below']} of {k['n']} / {k['min_mean']:.0%}"
+                for k in s.get("kept", [])) or "-")
             + "; ladder accuracy at the end: " + (", ".join(
                 f"{k.split(':', 1)[1]} {v:.0%}" for k, v in s["rungs"].items() if v is not None) or "-")]
 

@@ -224,12 +224,14 @@ class DataManager:
         if rotate:
             state["rotation_index"] = int(state.get("rotation_index", 0)) + 1
         self._save_state(state)
-        samples, dropped, space = self._generate(skill, level, count, seed)
+        split = self.carry_split(level, count)
+        samples, dropped, space = self._generate(skill, level, split[level], seed)
         quality = check_quality(samples, skill, level, count_tokens=self.count_tokens, max_tokens=self.cfg.model.max_length,
                                 min_distinct_ratio=self.dm.min_distinct_ratio, problem_space=space)
         if not quality.ok:
             self._note_error(f"{skill} L{level}: quality: {'; '.join(quality.problems)}")
             raise QualityError(skill, level, quality.problems)
+        samples, carried = self._with_carry(skill, level - 1, split.get(level - 1, 0), samples, seed)
         samples, rehearsed = self._with_rehearsal(samples, seed)
         samples, replayed, replay_at = self._with_replay(skill, samples, seed)
         path, job_path = self._write_inbox(skill, level, seed, samples, dropped, replay_at)
@@ -237,7 +239,7 @@ class DataManager:
         state["last_generation_at"] = now
         state["batches_generated"] = int(state.get("batches_generated", 0)) + 1
         state["last_batch"] = {"skill": skill, "level": level, "seed": seed, "count": len(samples), "replayed": replayed,
-                               "rehearsed": rehearsed, "sized": sized, "file": path.name, "at": _utcnow()}
+                               "carried": carried, "rehearsed": rehearsed, "sized": sized, "file": path.name, "at": _utcnow()}
         state["last_error"] = None
         self._save_state(state)
         logger.info("generated %s: %s level %d, %d samples (seed %d)", path.name, skill, level, len(samples), seed)
@@ -264,6 +266,25 @@ class DataManager:
             if len(kept) >= 0.9 * len(samples):
                 dropped, samples = len(samples) - len(kept), kept
         return samples, dropped, space
+
+    def carry_split(self, level: int, count: int) -> dict[int, int]:
+        """{level: rows} of `count` rows of a skill at `level`: carry_fraction of them (rounded) at the level just
+        below, the rest at `level` (all of them at level 1, or with carry_fraction 0)."""
+        carried = int(round(count * self.dm.carry_fraction)) if level > 1 else 0
+        carried = min(carried, max(0, count - 1))
+        return {level: count - carried, **({level - 1: carried} if carried else {})}
+
+    def _with_carry(self, skill: str, below: int, n: int, samples: list[dict[str, Any]], seed: int) -> tuple[list[dict[str, Any]], int]:
+        """`n` rows of the batch's own skill at the level just below (`below`; carry_split), after the current-level
+        rows were generated and quality-checked. Returns the batch and the rows carried."""
+        if n <= 0:
+            return samples, 0
+        try:
+            extra, _, _ = self._generate(skill, below, n, (seed + 1000003) % TRAIN_SEED_MAX)
+        except SkillAPIError as exc:
+            logger.warning("carry of %s level %d skipped: %s", skill, below, exc)
+            return samples, 0
+        return samples + extra, len(extra)
 
     def sized_batch(self) -> tuple[int, dict | None]:
         """Samples of the batch's own skill so that the whole file (with rehearsal and replay) trains in about
@@ -323,20 +344,24 @@ class DataManager:
         return dm.rehearsal_fraction + (top - dm.rehearsal_fraction) * min(1.0, deficit / threshold)
 
     def replay_plan(self, other: str, count: int, current: int | None = None) -> dict[int, int]:
-        """{level: rows} of `count` replay rows of skill `other`: its current level, except that when some of its
-        lower levels fell below the bar, rehearsal_share([other]) minus the base rehearsal_fraction of them go to
-        those levels in proportion to their shortfall (the other skill's current level is what erased them: replaying
-        only it would keep erasing them)."""
+        """{level: rows} of `count` replay rows of skill `other`: its current level and, carry_fraction of those,
+        the level just below (carry_split), except that when some of its lower levels fell below the bar,
+        rehearsal_share([other]) minus the base rehearsal_fraction of the rows go to those levels first, in
+        proportion to their shortfall (the other skill's current level is what erased them: replaying only it would
+        keep erasing them)."""
         current = self.curriculum.level(other) if current is None else current
+        if count <= 0:
+            return {}
         forgotten = self.curriculum.forgetting(other)
-        if not forgotten or count <= 0:
-            return {current: count} if count > 0 else {}
-        extra = self.rehearsal_share([other]) - self.dm.rehearsal_fraction
-        to_forgotten = int(round(count * max(0.0, extra)))
-        total = sum(forgotten.values())
-        plan = {lvl: int(to_forgotten * d / total) for lvl, d in sorted(forgotten.items())}
-        plan[current] = count - sum(plan.values())
-        return {lvl: n for lvl, n in plan.items() if n > 0}
+        plan = {}
+        if forgotten:
+            extra = self.rehearsal_share([other]) - self.dm.rehearsal_fraction
+            to_forgotten = int(round(count * max(0.0, extra)))
+            total = sum(forgotten.values())
+            plan = {lvl: int(to_forgotten * d / total) for lvl, d in sorted(forgotten.items())}
+        for lvl, n in self.carry_split(current, count - sum(plan.values())).items():
+            plan[lvl] = plan.get(lvl, 0) + n
+        return {lvl: n for lvl, n in sorted(plan.items()) if n > 0}
 
     def _with_rehearsal(self, samples: list[dict[str, Any]], seed: int) -> tuple[list[dict[str, Any]], dict]:
         """Mix in lower levels of every skill (rehearsal_share() of the batch), weighted by forgetting."""

@@ -45,7 +45,8 @@ def dm_factory(make_config):
     def make(overrides=None, clients=None, clock=None):
         cfg = make_config({"data_manager.batch_size": 40, "data_manager.eval_count": 10,
                            "data_manager.cooldown_seconds": 60, "data_manager.replay_fraction": 0.0,
-                           "data_manager.rehearsal_fraction": 0.0, **(overrides or {})})
+                           "data_manager.rehearsal_fraction": 0.0, "data_manager.carry_fraction": 0.0,
+                           **(overrides or {})})
         clients = clients or {name: LocalSkillClient(get_skill(name)) for name in ("binary", "syllo")}
         return DataManager(cfg, clients=clients, count_tokens=lambda t: len(t.split()) + 1, clock=clock or Clock())
     return make

@@ -58,7 +58,7 @@ def test_a_rung_of_the_wrong_skill_or_level_is_never_written_or_used(tmp_path):
 
 @pytest.fixture
 def dm(make_config):
-    cfg = make_config({"data_manager.eval_count": 6, "data_manager.replay_fraction": 0.0,
+    cfg = make_config({"data_manager.carry_fraction": 0.0, "data_manager.eval_count": 6, "data_manager.replay_fraction": 0.0,
                        "data_manager.rehearsal_fraction": 0.5, "data_manager.rehearsal_max_fraction": 0.5,
                        "data_manager.rehearsal_boost": 10.0})
     clients = {name: LocalSkillClient(get_skill(name)) for name in ("binary", "syllo")}
@@ -96,7 +96,7 @@ def test_lower_levels_that_fall_below_the_bar_are_rehearsed_more(dm):
 
 
 def test_the_rehearsal_share_grows_with_forgetting_up_to_its_cap(make_config):
-    cfg = make_config({"data_manager.replay_fraction": 0.0, "data_manager.rehearsal_fraction": 0.15,
+    cfg = make_config({"data_manager.carry_fraction": 0.0, "data_manager.replay_fraction": 0.0, "data_manager.rehearsal_fraction": 0.15,
                        "data_manager.rehearsal_max_fraction": 0.6, "data_manager.rehearsal_boost": 10.0})
     dm = DataManager(cfg, clients={n: LocalSkillClient(get_skill(n)) for n in ("binary", "syllo")},
                      count_tokens=lambda t: len(t.split()) + 1)
@@ -118,7 +118,7 @@ def test_the_rehearsal_share_grows_with_forgetting_up_to_its_cap(make_config):
 
 
 def test_replay_of_another_skill_goes_partly_to_its_forgotten_levels(make_config):
-    cfg = make_config({"data_manager.replay_fraction": 0.5, "data_manager.rehearsal_fraction": 0.15,
+    cfg = make_config({"data_manager.carry_fraction": 0.0, "data_manager.replay_fraction": 0.5, "data_manager.rehearsal_fraction": 0.15,
                        "data_manager.rehearsal_max_fraction": 0.6})
     dm = DataManager(cfg, clients={n: LocalSkillClient(get_skill(n)) for n in ("binary", "syllo")},
                      count_tokens=lambda t: len(t.split()) + 1)
@@ -197,3 +197,41 @@ def test_a_checkpoint_whose_lower_rung_collapsed_does_not_move_the_skill_up(make
     assert Curriculum.from_config(cfg).level("binary") == 2 and "held there" in reasons["binary"]
     reasons = source.record(entry(6, 1.0))
     assert Curriculum.from_config(cfg).level("binary") == 3, reasons
+
+
+def test_the_level_just_passed_is_carried_in_every_file_and_every_replay(make_config):
+    """carry_fraction of a skill's current-level rows come from the level just below, in its own files and in its
+    replay in the other skill's files, so a level-up does not leave the passed level out of every step."""
+    cfg = make_config({"data_manager.carry_fraction": 0.25, "data_manager.replay_fraction": 0.5,
+                       "data_manager.rehearsal_fraction": 0.0, "data_manager.rehearsal_max_fraction": 0.6})
+    dm = DataManager(cfg, clients={n: LocalSkillClient(get_skill(n)) for n in ("binary", "syllo")},
+                     count_tokens=lambda t: len(t.split()) + 1)
+    assert dm.carry_split(1, 40) == {1: 40}                           # nothing below level 1
+    assert dm.carry_split(3, 40) == {3: 30, 2: 10} and dm.carry_split(3, 1) == {3: 1}
+    cur = dm.curriculum
+    cur.set_level("syllo", 3)
+    cur.set_level("binary", 3)
+    batch = dm.generate_batch(skill="syllo", count=40)
+    rows = [json.loads(line) for line in Path(batch.path).read_text().splitlines()]
+    count = lambda skill, level: sum(r["metadata"]["skill"] == skill and r["metadata"]["level"] == level for r in rows)
+    assert (count("syllo", 3), count("syllo", 2), count("syllo", 1)) == (30, 10, 0)
+    assert dm.load_state()["last_batch"]["carried"] == 10
+    assert "level:3" in json.loads(Path(batch.job_path).read_text())["tags"]    # the file is of level 3 all the same
+    # binary's replay rows follow its plan (scaled to the token share by one factor for both levels)
+    assert dm.replay_plan("binary", 100) == {2: 25, 3: 75}
+    assert count("binary", 2) > 0 and count("binary", 3) > 2 * count("binary", 2) and count("binary", 1) == 0
+    # a forgotten lower level takes its share of the replay first; the rest is carried as usual
+    cur.record_ladder("binary", {1: 1.0, 2: 0.0})        # shortfall 0.8 = the bar: the 0.6 cap, all of it above 0
+    assert dm.replay_plan("binary", 100) == {2: 60 + 10, 3: 30}        # 60 to the forgotten level, 40 split 1 : 3
+
+
+def test_carry_fraction_zero_trains_the_current_level_only(make_config):
+    cfg = make_config({"data_manager.carry_fraction": 0.0, "data_manager.replay_fraction": 0.0,
+                       "data_manager.rehearsal_fraction": 0.0})
+    dm = DataManager(cfg, clients={n: LocalSkillClient(get_skill(n)) for n in ("binary", "syllo")},
+                     count_tokens=lambda t: len(t.split()) + 1)
+    dm.curriculum.set_level("binary", 3)
+    batch = dm.generate_batch(skill="binary", count=30)
+    rows = [json.loads(line) for line in Path(batch.path).read_text().splitlines()]
+    assert {r["metadata"]["level"] for r in rows} == {3} and len(rows) == 30
+    assert dm.replay_plan("binary", 100) == {3: 100} and dm.load_state()["last_batch"]["carried"] == 0

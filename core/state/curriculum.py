@@ -143,6 +143,7 @@ class LastBatch(RecordPart):
     seed: int = Field(description="With this training seed.")
     count: int = Field(description="Samples in the file (with rehearsal and replay).")
     replayed: dict[str, int] = Field({}, description="other skill -> samples mixed in at its current level")
+    carried: int = Field(0, ge=0, description="samples of the batch's own skill at the level just below (data_manager.carry_fraction)")
     rehearsed: dict[str, int] = Field({}, description="\"skill:level\" -> samples of a lower level mixed in")
     sized: BatchSizing | None = Field(None, description="None: batch_size (nothing measured yet, or sizing off)")
     file: str = Field(description="The file written to inbox/.")
