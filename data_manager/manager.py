@@ -24,6 +24,10 @@ training seed; written once, digest recorded, never rewritten). The comparison
 engine scores `ladder_rungs()`, records the current level's accuracy with
 `record_eval()` and the lower rungs' with the curriculum's `record_ladder()`.
 
+A quarter of a skill's rows (carry_fraction), in its own files and in its replay
+in the other skills' files, are of the level just below its current one, so the
+level just passed is in every step while the next is learned.
+
 Each batch also rehearses the lower levels of every skill (rehearsal_fraction,
 weighted by forgetting: a level whose newest ladder accuracy fell below the bar
 gets more, and the lower levels' share of the batch grows with how much was
