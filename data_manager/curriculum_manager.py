@@ -15,13 +15,17 @@ The rule, applied after every recorded eval:
     count starts afresh at the new level;
   * the top level of a skill is never exceeded;
   * with data_manager.hold_while_forgotten (default), a mastered level is not left while a lower level is
-    forgotten (below the threshold on its ladder rung): the skill stays and rehearses it first.
+    forgotten (below the threshold on its ladder rung, mean of its last `window` readings): the skill stays
+    and rehearses it first.
 
 The evals are taken on the held-out ladder (data_manager/ladder.py): a level
 is mastered on its fixed items. The comparison engine also records each
-checkpoint's accuracy on every lower rung (`record_ladder`); a lower level whose
-newest accuracy falls below the threshold is "forgotten" (`forgetting`) and the
-data manager rehearses it more, in proportion to how far below the bar it is.
+checkpoint's accuracy on every lower rung (`record_ladder`, the last `window`
+readings kept); a lower level whose mean over them falls below the threshold is
+"forgotten" (`forgetting`). The data manager rehearses a lower level more in
+proportion to how far it is short of the threshold plus
+data_manager.rehearsal_margin (`shortfall`): a level is rehearsed back up
+before it falls under the bar, not only after.
 
 Run as:
     cadence curriculum status [--json]
@@ -207,22 +211,41 @@ class Curriculum:
             for level, accuracy in results.items():
                 if not isinstance(level, int) or level < 1 or not 0.0 <= float(accuracy) <= 1.0:
                     raise ValueError(f"ladder result {level!r}: {accuracy!r} is not a level >= 1 with an accuracy in [0, 1]")
-                ladder[str(level)] = {"accuracy": float(accuracy), "step": step, "checkpoint": checkpoint, "at": _now()}
+                old = ladder.get(str(level)) or {}
+                recent = (list(old.get("recent") or ([old["accuracy"]] if old.get("accuracy") is not None else []))
+                          + [float(accuracy)])[-self.window:]
+                ladder[str(level)] = {"accuracy": float(accuracy), "step": step, "checkpoint": checkpoint, "at": _now(),
+                                      "recent": recent}
             self._save(state)
         return self.forgetting(skill)
 
     def forgetting(self, skill: str) -> dict[int, float]:
-        """{level: threshold - accuracy} for each level below the current one whose newest ladder accuracy is under
-        the bar (the data manager rehearses those more)."""
+        """{level: threshold - accuracy} for each level below the current one whose ladder accuracy (the mean of its
+        last `window` readings) is under the bar: forgotten (the hold, the growing rehearsal share)."""
         return self._forgotten(self.load()["skills"].get(skill) or {})
 
+    def shortfall(self, skill: str, target: float) -> dict[int, float]:
+        """{level: target - accuracy} for each level below the current one whose ladder accuracy (mean of its last
+        `window` readings) is under `target` (the data manager weights rehearsal by this, with a target above the bar)."""
+        return self._short_of(self.load()["skills"].get(skill) or {}, target)
+
+    @staticmethod
+    def rung_accuracy(rec: dict[str, Any]) -> float | None:
+        """A rung's accuracy for forgetting: the mean of its recent readings (a record from before they were kept:
+        its one accuracy)."""
+        recent = rec.get("recent") or ([rec["accuracy"]] if rec.get("accuracy") is not None else [])
+        return sum(recent) / len(recent) if recent else None
+
     def _forgotten(self, entry: dict[str, Any]) -> dict[int, float]:
+        return self._short_of(entry, self.threshold)
+
+    def _short_of(self, entry: dict[str, Any], target: float) -> dict[int, float]:
         current = int(entry.get("level", 1))
         out = {}
         for key, rec in (entry.get("ladder") or {}).items():
-            level = int(key)
-            if level < current and rec.get("accuracy") is not None and rec["accuracy"] + 1e-12 < self.threshold:
-                out[level] = round(self.threshold - rec["accuracy"], 6)
+            level, accuracy = int(key), self.rung_accuracy(rec)
+            if level < current and accuracy is not None and accuracy + 1e-12 < target:
+                out[level] = round(target - accuracy, 6)
         return out
 
     def set_level(self, skill: str, level: int, reason: str = "operator") -> None:
@@ -255,8 +278,7 @@ class Curriculum:
                 "promotions": entry.get("promotions", []),
                 "history_size": len(entry.get("history", [])),
                 "ladder": {int(k): v.get("accuracy") for k, v in (entry.get("ladder") or {}).items()},
-                "forgetting": {lvl: round(self.threshold - v["accuracy"], 6)
-                               for lvl, v in ((int(k), v) for k, v in (entry.get("ladder") or {}).items())
-                               if lvl < level and v.get("accuracy") is not None and v["accuracy"] + 1e-12 < self.threshold},
+                "ladder_mean": {int(k): self.rung_accuracy(v) for k, v in (entry.get("ladder") or {}).items()},
+                "forgetting": self._forgotten(entry),
             }
         return {"threshold": self.threshold, "window": self.window, "skills": out, "updated_at": state.get("updated_at")}

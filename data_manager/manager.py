@@ -327,13 +327,15 @@ class DataManager:
         return sorted(rates)[len(rates) // 2] if rates else None
 
     def rehearsal_weights(self) -> dict[tuple[str, int], float]:
-        """{(skill, level): weight} over every level below each skill's current one: 1 for a level that holds,
-        1 + rehearsal_boost * (threshold - accuracy) for one whose newest ladder accuracy fell below the bar."""
+        """{(skill, level): weight} over every level below each skill's current one: 1 for a level at or above
+        threshold + rehearsal_margin on its ladder rung (mean of its last `window` readings), 1 + rehearsal_boost *
+        (threshold + margin - accuracy) for one short of it."""
         weights = {}
+        target = self.curriculum.threshold + self.dm.rehearsal_margin
         for skill in self.skills:
-            forgotten = self.curriculum.forgetting(skill)
+            short = self.curriculum.shortfall(skill, target)
             for level in range(1, self.curriculum.level(skill)):
-                weights[(skill, level)] = 1.0 + self.dm.rehearsal_boost * forgotten.get(level, 0.0)
+                weights[(skill, level)] = 1.0 + self.dm.rehearsal_boost * short.get(level, 0.0)
         return weights
 
     def rehearsal_share(self, skills: list[str] | None = None) -> float:

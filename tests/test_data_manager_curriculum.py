@@ -160,8 +160,12 @@ def test_a_mastered_level_is_not_left_while_a_lower_level_is_forgotten(tmp_path)
     assert "held there" in decisions[-1].reason and "L2 50 %" in decisions[-1].reason
     assert "L1" not in decisions[-1].reason  # a level that holds is not named
     cur.record_ladder("binary", {1: 1.0, 2: 0.85}, step=20)
+    assert cur.forgetting("binary") == {2: pytest.approx(0.8 - (0.5 + 0.85) / 2)}   # the mean of the last 3 readings
+    assert not cur.record_eval("binary", 3, 0.95, step=21).advanced
+    cur.record_ladder("binary", {1: 1.0, 2: 0.85}, step=22)
+    cur.record_ladder("binary", {1: 1.0, 2: 0.85}, step=23)          # [0.85, 0.85, 0.85]
     assert cur.forgetting("binary") == {}
-    d = cur.record_eval("binary", 3, 0.95, step=21)
+    d = cur.record_eval("binary", 3, 0.95, step=24)
     assert d.advanced and d.level_after == 4
 
     loose = Curriculum(tmp_path / "loose.json", threshold=0.8, window=3, hold_while_forgotten=False)

@@ -80,23 +80,35 @@ def test_lower_levels_that_fall_below_the_bar_are_rehearsed_more(dm):
     assert cur.record_ladder("binary", {1: 1.0, 2: 0.3}, step=50, checkpoint="checkpoint-50") == {2: 0.5}
     assert cur.forgetting("binary") == {2: 0.5} and cur.status()["skills"]["binary"]["ladder"] == {1: 1.0, 2: 0.3}
     weights = dm.rehearsal_weights()
-    assert weights == {("binary", 1): 1.0, ("binary", 2): 6.0}      # 1 + 10 * (0.8 - 0.3); syllo has no lower level
+    assert weights == {("binary", 1): 1.0, ("binary", 2): 7.0}      # 1 + 10 * (0.8 + 0.1 - 0.3); syllo: no lower level
     batch = dm.generate_batch(skill="binary", count=70)             # + 70 rehearsal rows (fraction 0.5)
     rows = [json.loads(line) for line in Path(batch.path).read_text().splitlines()]
     levels = {}
     for r in rows:
         levels[r["metadata"]["level"]] = levels.get(r["metadata"]["level"], 0) + 1
-    assert levels == {3: 70, 1: 10, 2: 60}
-    assert json.loads(dm.state_path.read_text())["last_batch"]["rehearsed"] == {"binary:1": 10, "binary:2": 60}
-    # back above the bar: rehearsed like any other lower level
+    assert levels == {3: 70, 1: 9, 2: 61}                           # 70 * 1/8 = 8.75 and 61.25, largest remainder
+    assert json.loads(dm.state_path.read_text())["last_batch"]["rehearsed"] == {"binary:1": 9, "binary:2": 61}
+    # one good reading does not clear it: the mean of the last 3 (window) decides, so one lucky or unlucky reading of
+    # 24 items (4 points each) neither ends nor starts a rehearsal
     cur.record_ladder("binary", {2: 0.9})
-    assert dm.rehearsal_weights() == {("binary", 1): 1.0, ("binary", 2): 1.0}
+    assert cur.forgetting("binary") == {2: pytest.approx(0.2)} and dm.rehearsal_weights()[("binary", 2)] == pytest.approx(4.0)
+    cur.record_ladder("binary", {2: 0.9})
+    cur.record_ladder("binary", {2: 0.9})                             # [0.9, 0.9, 0.9]: at the target, weight 1
+    assert cur.forgetting("binary") == {} and dm.rehearsal_weights() == {("binary", 1): 1.0, ("binary", 2): 1.0}
+    assert cur.status()["skills"]["binary"]["ladder_mean"] == {1: 1.0, 2: pytest.approx(0.9)}
+    # over the bar but short of bar + margin: not forgotten (no hold, no bigger share), but rehearsed more already
+    cur.record_ladder("binary", {1: 0.85})
+    cur.record_ladder("binary", {1: 0.85})
+    cur.record_ladder("binary", {1: 0.85})
+    assert cur.forgetting("binary") == {} and dm.rehearsal_weights()[("binary", 1)] == pytest.approx(1.5)
+    assert dm.rehearsal_share() == pytest.approx(0.5)
     with pytest.raises(ValueError, match="accuracy in \\[0, 1\\]"):
         cur.record_ladder("binary", {2: 1.5})
 
 
 def test_the_rehearsal_share_grows_with_forgetting_up_to_its_cap(make_config):
-    cfg = make_config({"data_manager.carry_fraction": 0.0, "data_manager.replay_fraction": 0.0, "data_manager.rehearsal_fraction": 0.15,
+    cfg = make_config({"data_manager.window": 1,  # one reading decides: the share, not the mean, is tested here
+                       "data_manager.carry_fraction": 0.0, "data_manager.replay_fraction": 0.0, "data_manager.rehearsal_fraction": 0.15,
                        "data_manager.rehearsal_max_fraction": 0.6, "data_manager.rehearsal_boost": 10.0})
     dm = DataManager(cfg, clients={n: LocalSkillClient(get_skill(n)) for n in ("binary", "syllo")},
                      count_tokens=lambda t: len(t.split()) + 1)
@@ -118,7 +130,8 @@ def test_the_rehearsal_share_grows_with_forgetting_up_to_its_cap(make_config):
 
 
 def test_replay_of_another_skill_goes_partly_to_its_forgotten_levels(make_config):
-    cfg = make_config({"data_manager.carry_fraction": 0.0, "data_manager.replay_fraction": 0.5, "data_manager.rehearsal_fraction": 0.15,
+    cfg = make_config({"data_manager.window": 1,  # one reading decides: the share, not the mean, is tested here
+                       "data_manager.carry_fraction": 0.0, "data_manager.replay_fraction": 0.5, "data_manager.rehearsal_fraction": 0.15,
                        "data_manager.rehearsal_max_fraction": 0.6})
     dm = DataManager(cfg, clients={n: LocalSkillClient(get_skill(n)) for n in ("binary", "syllo")},
                      count_tokens=lambda t: len(t.split()) + 1)

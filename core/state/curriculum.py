@@ -44,12 +44,13 @@ class LevelChange(RecordPart):
 
 
 class RungAccuracy(RecordPart):
-    """The newest accuracy on a lower ladder rung (rehearsal: a level below the bar is forgotten)."""
+    """The newest accuracies on a lower ladder rung (rehearsal: a level whose recent mean is below the bar is forgotten)."""
 
     accuracy: float = Field(description="The newest accuracy on the rung.")
     step: int | None = Field(None, description="The checkpoint's global step.")
     checkpoint: str | None = Field(None, description="The checkpoint.")
     at: str | None = Field(None, description="When (ISO time).")
+    recent: list[float] = Field([], description="The last data_manager.window accuracies on the rung, newest last: their mean decides forgetting and rehearsal (one reading of 24 items moves 4 points per item).")
 
 
 class SkillProgress(RecordPart):
