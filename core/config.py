@@ -296,7 +296,6 @@ class DataManagerConfig(Section):
     eval_count: int = Field(50, ge=1, description="Held-out eval examples per skill and level.")
     threshold: float = Field(0.8, ge=0, le=1, description="Mean accuracy that masters a level.")
     window: int = Field(3, ge=1, description="Evals at the current level averaged for the threshold.")
-    mastery_margin: float = Field(0.05, ge=0, le=1, description="A level is mastered when the window's mean reaches threshold + this; it counts as forgotten (rehearsal, the hold) under threshold. The gap is hysteresis: a level only just over the bar on a lucky window of 24-item evals reads under it afterwards; 0 = master at the threshold.")
     hold_while_forgotten: bool = Field(True, description="A skill whose current level is mastered stays there while a lower level's newest ladder accuracy is below the threshold (those levels get the rehearsal share meanwhile); false = level up on the current level alone.")
     replay_fraction: float = Field(0.5, ge=0, lt=1, description="Share of each generated batch drawn from the other skills at their current levels (rehearsal against forgetting), counted in supervised (answer) tokens, what the loss is made of: a skill with short answers gets more rows, within 8x the row share; 0 = one skill per file.")
     rehearsal_fraction: float = Field(0.15, ge=0, lt=1, description="Share of each generated batch drawn from the lower levels (below the current one) of every skill, weighted by forgetting: a level whose accuracy on its ladder rung (mean of the last `window` readings) is under threshold + rehearsal_margin gets 1 + rehearsal_boost * (threshold + rehearsal_margin - accuracy) times the weight of one above it; 0 = no rehearsal of lower levels.")
@@ -352,10 +351,6 @@ class CadenceConfig(Section):
         if t.distributed == "fsdp" and t.mode == "lora":
             raise ValueError("training.distributed = fsdp with training.mode = lora is not supported (use ddp: "
                              "the adapters are small, sharding them saves nothing)")
-        dm = self.data_manager
-        if dm.threshold + dm.mastery_margin > 1 + 1e-12:
-            raise ValueError(f"data_manager.threshold + data_manager.mastery_margin ({dm.threshold} + {dm.mastery_margin}) "
-                             "must be <= 1: no level could ever be mastered")
         return self
 
     @property

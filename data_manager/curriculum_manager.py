@@ -11,12 +11,8 @@ The rule, applied after every recorded eval:
     the history and never moves anything: the original system jumped from
     level 3 to 28 on evals of the wrong level);
   * when the last `window` (default 3) counted evals have a mean accuracy
-    >= `threshold` + `mastery_margin` (config defaults 0.8 + 0.05), the level
-    goes up by exactly one, and the count starts afresh at the new level. The
-    margin is hysteresis: a level is left a little above the bar it is then
-    held to (forgetting is under `threshold`), since a level whose true
-    accuracy is 75 % reads >= 80 % on some window of three 24-item evals
-    sooner or later, and then reads under the bar for the rest of the run;
+    >= `threshold` (default 0.8), the level goes up by exactly one, and the
+    count starts afresh at the new level;
   * the top level of a skill is never exceeded;
   * with data_manager.hold_while_forgotten (default), a mastered level is not left while a lower level is
     forgotten (below the threshold on its ladder rung, mean of its last `window` readings): the skill stays
@@ -84,11 +80,9 @@ class Curriculum:
     """Levels and eval history per skill, persisted in one JSON file."""
 
     def __init__(self, path: str | Path, threshold: float = 0.8, window: int = 3,
-                 max_levels: dict[str, int] | None = None, hold_while_forgotten: bool = True,
-                 mastery_margin: float = 0.0):
-        if not 0 <= threshold <= 1 or window < 1 or not 0 <= mastery_margin <= 1 - threshold:
-            raise ValueError("threshold must be in [0, 1], window >= 1 and mastery_margin in [0, 1 - threshold]")
-        self.mastery_margin = mastery_margin
+                 max_levels: dict[str, int] | None = None, hold_while_forgotten: bool = True):
+        if not 0 <= threshold <= 1 or window < 1:
+            raise ValueError("threshold must be in [0, 1] and window >= 1")
         self.path = Path(path)
         self.threshold = threshold
         self.window = window
@@ -98,13 +92,7 @@ class Curriculum:
     @classmethod
     def from_config(cls, cfg, max_levels: dict[str, int] | None = None) -> "Curriculum":
         dm = cfg.data_manager
-        return cls(cfg.layout.curriculum, dm.threshold, dm.window, max_levels, dm.hold_while_forgotten,
-                   dm.mastery_margin)
-
-    @property
-    def mastery_bar(self) -> float:
-        """The window mean that masters the current level: threshold + mastery_margin."""
-        return self.threshold + self.mastery_margin
+        return cls(cfg.layout.curriculum, dm.threshold, dm.window, max_levels, dm.hold_while_forgotten)
 
     # -- state ------------------------------------------------------------
     @contextlib.contextmanager
@@ -192,8 +180,8 @@ class Curriculum:
         recent = counted[-self.window:]
         mean = sum(h["accuracy"] for h in recent) / len(recent)
         top = self.max_levels.get(skill)
-        if mean + 1e-12 < self.mastery_bar:
-            reason = f"mean {mean:.3f} over last {self.window} evals at level {current} < {self.mastery_bar:g}"
+        if mean + 1e-12 < self.threshold:
+            reason = f"mean {mean:.3f} over last {self.window} evals at level {current} < {self.threshold}"
             return Decision(**base, level_after=current, counted=True, evals_at_level=len(counted), window_mean=mean, reason=reason)
         if top is not None and current >= top:
             return Decision(**base, level_after=current, counted=True, evals_at_level=len(counted), window_mean=mean,
@@ -210,7 +198,7 @@ class Curriculum:
         entry["promotions"].append({"from": current, "to": current + 1, "at": record["at"], "step": record["step"],
                                     "mean": mean, "evals": [h["seq"] for h in recent]})
         return Decision(**base, level_after=current + 1, counted=True, evals_at_level=len(counted), window_mean=mean,
-                        reason=f"level {current} mastered: mean {mean:.3f} over last {self.window} evals >= {self.mastery_bar:g}")
+                        reason=f"level {current} mastered: mean {mean:.3f} over last {self.window} evals >= {self.threshold}")
 
     def record_ladder(self, skill: str, results: dict[int, float], step: int | None = None,
                       checkpoint: str | None = None) -> dict[int, float]:

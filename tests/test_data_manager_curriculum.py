@@ -177,23 +177,3 @@ def test_a_mastered_level_is_not_left_while_a_lower_level_is_forgotten(tmp_path)
 def test_the_hold_is_read_from_config(make_config):
     assert Curriculum.from_config(make_config()).hold_while_forgotten is True
     assert Curriculum.from_config(make_config({"data_manager.hold_while_forgotten": False})).hold_while_forgotten is False
-
-
-def test_a_level_is_mastered_a_margin_above_the_bar_it_is_then_held_to(make_config):
-    """Hysteresis: mastered at threshold + mastery_margin (config default 0.05) over the window, forgotten under the
-    threshold; a window exactly at the bar does not move the skill."""
-    cur = Curriculum.from_config(make_config())
-    assert (cur.threshold, cur.mastery_margin, cur.mastery_bar) == (0.8, 0.05, pytest.approx(0.85))
-    decisions = [cur.record_eval("binary", 1, 0.8) for _ in range(3)]
-    assert not decisions[-1].advanced and "< 0.85" in decisions[-1].reason
-    first, second = cur.record_eval("binary", 1, 0.875), cur.record_eval("binary", 1, 0.875)
-    assert not first.advanced                                      # (0.8 + 0.8 + 0.875) / 3 = 0.825
-    assert second.advanced and ">= 0.85" in second.reason and cur.level("binary") == 2   # 0.85
-    cur.record_ladder("binary", {1: 0.82})                          # above the bar it is held to: not forgotten
-    assert cur.forgetting("binary") == {}
-    assert Curriculum.from_config(make_config({"data_manager.mastery_margin": 0.0})).mastery_bar == 0.8
-
-
-def test_a_margin_that_leaves_no_level_masterable_is_refused(make_config):
-    with pytest.raises(Exception, match=r"data_manager.threshold \+ data_manager.mastery_margin \(0.98 \+ 0.05\)"):
-        make_config({"data_manager.threshold": 0.98})
