@@ -24,13 +24,14 @@ training seed; written once, digest recorded, never rewritten). The comparison
 engine scores `ladder_rungs()`, records the current level's accuracy with
 `record_eval()` and the lower rungs' with the curriculum's `record_ladder()`.
 
-A quarter of a skill's rows (carry_fraction), in its own files and in its replay
-in the other skills' files, are of the level just below its current one, so the
-level just passed is in every step while the next is learned.
+carry_fraction (default a quarter) of a skill's rows, in its own files and in
+its replay in the other skills' files, are of the level just below its current
+one, so the level just passed is in every step while the next is learned.
 
 Each batch also rehearses the lower levels of every skill (rehearsal_fraction,
-weighted by forgetting: a level whose newest ladder accuracy fell below the bar
-gets more, and the lower levels' share of the batch grows with how much was
+weighted by forgetting: a level whose ladder accuracy, the mean of its last
+`window` readings, is short of the bar plus rehearsal_margin gets more, and the
+lower levels' share of the batch grows with how much was
 forgotten, up to rehearsal_max_fraction), and is sized by time (file_seconds at the measured training rate)
 so a file of a level just passed never trains for long.
 
