@@ -155,7 +155,11 @@ def test_page_charts_live_update_pause_and_honest_liveness(stack, browser, capsy
     # zooming the loss chart fetches the range again at full detail; a double-click returns to the whole run
     from selenium.webdriver.common.action_chains import ActionChains
 
+    # A redraw (a new metric, the status tick every 5 s) landing while the zoomed range is being fetched must neither
+    # undo the user's range nor cancel the fetch: it did both, which made this test fail now and then in full runs.
     js(browser, "window.cadenceMonitor.charts.loss.setScale('x', {min: 200, max: 400})")
+    js(browser, "window.cadenceMonitor.redraw()")   # a second script: uPlot's scale hook (a microtask) has run by now
+    assert js(browser, "const x = window.cadenceMonitor.charts.loss.scales.x; return [x.min, x.max]") == [200, 400]
     wait_for(lambda: js(browser, "const z = window.cadenceMonitor.zoom; return z && z.train.step.length === 201 && window.cadenceMonitor.charts.loss.data[0][0] === 200"),
              20, "the zoomed range fetched")  # debounced fetch; slow when the whole suite loads the box
     ActionChains(browser).double_click(browser.find_element(By.CSS_SELECTOR, "#chart-loss .u-over")).perform()

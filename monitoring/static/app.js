@@ -12,6 +12,7 @@
     checkpoints: [], deployments: [], previews: [], system: [], logScale: false, charts: {}, reloadTimer: null,
   };
   window.cadenceMonitor = S;  // for the browser test and for curious operators
+  S.redraw = () => redraw();  // what every new metric and status tick runs (the browser test calls it mid-zoom)
 
   // ------------------------------------------------------------ helpers
   function el(tag, attrs, ...kids) {
@@ -272,21 +273,28 @@
       if (S.zoom) resetZoom();
       return;
     }
+    const pending = S.zoomPending = { min, max };
     S.zoomTimer = setTimeout(async () => {
       const qs = `step_min=${Math.floor(min)}&step_max=${Math.ceil(max)}`;
       try {
         const [tr, ev] = await Promise.all([api(`/api/metrics?kind=train&fields=loss,loss_ema&${qs}`),
                                             api(`/api/metrics?kind=eval&fields=val_loss,val_loss_ema&${qs}`)]);
+        if (S.zoomPending !== pending) return;  // zoomed again or reset meanwhile: that one wins
+        S.zoomPending = null;
         S.zoom = { min, max, train: tr, evals: ev };
         applyZoom();
-      } catch (e) { /* keep the coarse view */ }
+      } catch (e) { if (S.zoomPending === pending) S.zoomPending = null; /* keep the coarse view */ }
     }, 250);
   }
   function resetZoom() {
     clearTimeout(S.zoomTimer);
+    S.zoomPending = null;
     S.zoom = null;
     $("zoom-reset").classList.add("hidden");
-    if (S.charts.loss) S.charts.loss.setData(alignedLossData(), true);
+    if (S.charts.loss) {
+      S.applyingZoom = true;
+      try { S.charts.loss.setData(alignedLossData(), true); } finally { S.applyingZoom = false; }
+    }
   }
   $("zoom-reset").addEventListener("click", resetZoom);
   function applyZoom() {
@@ -299,7 +307,15 @@
   }
   function redraw() {
     const c = S.charts;
-    if (c.loss) { if (S.zoom) applyZoom(); else c.loss.setData(alignedLossData()); }
+    if (c.loss) {
+      if (S.zoom) applyZoom();
+      else {
+        // New data (a metric, a status tick) must not move the x range the user picked while its detail is still
+        // being fetched, and must not count as a zoom by the user: setData under the guard, the range kept if pending.
+        S.applyingZoom = true;
+        try { c.loss.setData(alignedLossData(), !S.zoomPending); } finally { S.applyingZoom = false; }
+      }
+    }
     if (c.lr) c.lr.setData([S.train.step, S.train.lr]);
     if (c.tps) c.tps.setData([S.train.step, S.train.tokens_per_s]);
     const sys = S.system;
