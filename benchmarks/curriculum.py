@@ -217,8 +217,8 @@ def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int) -> d
     if ups:
         print("level-up -> first step on next-level data: " + ", ".join(
             f"{s} L{l} {'-' if x is None else f'{x:.0f}s'}" for s, l, x in ups))
-    dmc = cfg.get("data_manager", {})
-    bar, window = dmc.get("threshold", DataManagerConfig().threshold), dmc.get("window", DataManagerConfig().window)
+    dmc = DataManagerConfig.model_validate(cfg.get("data_manager", {}))
+    bar, window = dmc.threshold, dmc.window
     kept = kept_after_mastery(base, cur, started, bar, window)
     summary["kept"], summary["bar"], summary["window"] = kept, bar, window
     if kept:

@@ -284,12 +284,18 @@ class DataManager:
         rows were generated and quality-checked. Returns the batch and the rows carried."""
         if n <= 0:
             return samples, 0
-        try:
-            extra, _, _ = self._generate(skill, below, n, (seed + 1000003) % TRAIN_SEED_MAX)
-        except SkillAPIError as exc:
-            logger.warning("carry of %s level %d skipped: %s", skill, below, exc)
-            return samples, 0
+        extra = self._mixed_in("carry", skill, below, n, seed + 1000003)
         return samples + extra, len(extra)
+
+    def _mixed_in(self, what: str, skill: str, level: int, n: int, seed: int) -> list[dict[str, Any]]:
+        """`n` rows of `skill` at `level` to mix into a batch (carry, rehearsal, replay); none, with a warning naming
+        `what`, when the skill cannot generate them: the batch's own rows are written all the same."""
+        try:
+            rows, _, _ = self._generate(skill, level, n, seed % TRAIN_SEED_MAX)
+        except SkillAPIError as exc:
+            logger.warning("%s of %s level %d skipped: %s", what, skill, level, exc)
+            return []
+        return rows
 
     def sized_batch(self) -> tuple[int, dict | None]:
         """Samples of the batch's own skill so that the whole file (with rehearsal and replay) trains in about
@@ -387,10 +393,8 @@ class DataManager:
         for i, ((skill, level), n) in enumerate(sorted(counts.items()), 1):
             if n <= 0:
                 continue
-            try:
-                extra, _, _ = self._generate(skill, level, n, (seed + 104729 * i) % TRAIN_SEED_MAX)
-            except SkillAPIError as exc:
-                logger.warning("rehearsal of %s level %d skipped: %s", skill, level, exc)
+            extra = self._mixed_in("rehearsal", skill, level, n, seed + 104729 * i)
+            if not extra:
                 continue
             mixed.extend(extra)
             rehearsed[f"{skill}:{level}"] = len(extra)
@@ -417,12 +421,9 @@ class DataManager:
             current[other] = self.curriculum.level(other)
             extra = []
             for j, (level, n) in enumerate(sorted(self.replay_plan(other, per_skill, current[other]).items())):
-                try:
-                    rows, _, _ = self._generate(other, level, n, (seed + 7919 * i + 15485863 * j) % TRAIN_SEED_MAX)
-                except SkillAPIError as exc:
-                    logger.warning("replay of %s level %d skipped: %s", other, level, exc)
-                    continue
-                extra.append((level, j, rows))
+                rows = self._mixed_in("replay", other, level, n, seed + 7919 * i + 15485863 * j)
+                if rows:
+                    extra.append((level, j, rows))
             extra = self._to_token_share(other, extra, target, seed + 7919 * i)
             mixed.extend(extra)
             if extra:
@@ -449,12 +450,7 @@ class DataManager:
                 out.extend(rows[:want])
                 continue
             out.extend(rows)
-            try:
-                more, _, _ = self._generate(skill, level, want - len(rows), (seed + 31337 * (j + 1)) % TRAIN_SEED_MAX)
-            except SkillAPIError as exc:
-                logger.warning("replay of %s level %d: no more rows: %s", skill, level, exc)
-                continue
-            out.extend(more)
+            out.extend(self._mixed_in("replay top-up", skill, level, want - len(rows), seed + 31337 * (j + 1)))
         return out
 
     def _note_error(self, message: str) -> None:

@@ -291,19 +291,19 @@
     S.zoomPending = null;
     S.zoom = null;
     $("zoom-reset").classList.add("hidden");
-    if (S.charts.loss) {
-      S.applyingZoom = true;
-      try { S.charts.loss.setData(alignedLossData(), true); } finally { S.applyingZoom = false; }
-    }
+    if (S.charts.loss) programmatic(() => S.charts.loss.setData(alignedLossData(), true));
+  }
+  // A change of the loss chart's data or range made by the page, not by the user: the zoom handler ignores it.
+  function programmatic(fn) {
+    S.applyingZoom = true;
+    try { fn(); } finally { S.applyingZoom = false; }
   }
   $("zoom-reset").addEventListener("click", resetZoom);
   function applyZoom() {
     $("zoom-reset").classList.remove("hidden");
     const c = S.charts.loss;
     if (!c || !S.zoom) return;
-    S.applyingZoom = true;
-    try { c.setData(alignedLossData(S.zoom.train, S.zoom.evals), false); c.setScale("x", { min: S.zoom.min, max: S.zoom.max }); }
-    finally { S.applyingZoom = false; }
+    programmatic(() => { c.setData(alignedLossData(S.zoom.train, S.zoom.evals), false); c.setScale("x", { min: S.zoom.min, max: S.zoom.max }); });
   }
   function redraw() {
     const c = S.charts;
@@ -311,9 +311,8 @@
       if (S.zoom) applyZoom();
       else {
         // New data (a metric, a status tick) must not move the x range the user picked while its detail is still
-        // being fetched, and must not count as a zoom by the user: setData under the guard, the range kept if pending.
-        S.applyingZoom = true;
-        try { c.loss.setData(alignedLossData(), !S.zoomPending); } finally { S.applyingZoom = false; }
+        // being fetched, and must not count as a zoom by the user: the range is kept while a fetch is pending.
+        programmatic(() => c.loss.setData(alignedLossData(), !S.zoomPending));
       }
     }
     if (c.lr) c.lr.setData([S.train.step, S.train.lr]);
