@@ -157,6 +157,37 @@ def kept_after_mastery(base: Path, curriculum: CurriculumState, started: float, 
     return out
 
 
+def served_after_mastery(base: Path, curriculum: CurriculumState, started: float, end: float, bar: float) -> list[dict]:
+    """Per mastered level: what box B served from the first promotion of a checkpoint at or past the level-up's step
+    to the end of the run: each served version's reading on the level's rung (from the ledger, where the deployed
+    version is scored on every rung as it appears), the lowest one, and the minutes a version under the bar was
+    served. This is what a user of the API gets; `kept_after_mastery` is what training holds."""
+    layout = Layout.from_base(base)
+    ledger = read_ledger(layout)
+    entries = {e.checkpoint: e for e in (ledger.checkpoints.values() if ledger else ()) if e.sets}
+    promoted = sorted((d.ts, d.checkpoint) for d in deployment_events(layout)
+                      if d.event is DeployEvent.promoted and _step(d.checkpoint) is not None)
+    out = []
+    for skill, state in curriculum.skills.items():
+        for p in state.promotions:
+            if p.step is None or p.to != p.from_level + 1:
+                continue
+            key = f"ladder:{skill}:L{p.from_level}"
+            served = [(ts, name) for ts, name in promoted if _step(name) >= p.step]
+            reads = []
+            for i, (ts, name) in enumerate(served):
+                until = served[i + 1][0] if i + 1 < len(served) else end
+                r = entries[name].sets.get(key) if name in entries else None
+                if r is not None and r.accuracy is not None:
+                    reads.append((r.accuracy, (until - ts) / 60))
+            if reads:
+                out.append({"skill": skill, "level": p.from_level, "from_min": (served[0][0] - started) / 60,
+                            "n": len(reads), "min": min(a for a, _ in reads), "last": reads[-1][0],
+                            "minutes_below": sum(m for a, m in reads if a + 1e-9 < bar),
+                            "minutes": sum(m for _, m in reads)})
+    return out
+
+
 def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int) -> dict:
     """One run of part A; prints its report and returns the figures --write-docs puts in a table."""
     base = Path(tempfile.mkdtemp(prefix=f"cadence-curriculum-{rule}-"))
@@ -227,6 +258,13 @@ def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int) -> d
         for k in kept:
             print(f"  {k['skill']} L{k['level']} from {k['from_min']:.1f} min: {k['n']} checkpoints, lowest {k['min']:.0%}, "
                   f"{k['below']} below the bar, lowest mean of {window} {k['min_mean']:.0%}, last {k['last']:.0%}")
+    served = served_after_mastery(base, cur, started, end, bar)
+    summary["served"] = served
+    if served:
+        print("served versions on the mastered levels (from the first served checkpoint past the level-up):")
+        for k in served:
+            print(f"  {k['skill']} L{k['level']} from {k['from_min']:.1f} min: {k['n']} versions, lowest {k['min']:.0%}, "
+                  f"served under the bar {k['minutes_below']:.1f} of {k['minutes']:.1f} min, last {k['last']:.0%}")
     rungs = ladder_now(base)
     summary["rungs"] = {k: v for k, v in rungs.items() if k != "checkpoint"}
     if rungs:
@@ -394,6 +432,9 @@ def loop_row(s: dict) -> list[str]:
             + f"{s.get('window', 3)} consecutive): " + (", ".join(
                 f"{k['skill']} L{k['level']} {k['min']:.0%} / {k['below']} of {k['n']} / {k['min_mean']:.0%}"
                 for k in s.get("kept", [])) or "-")
+            + "; served versions on the mastered levels (lowest reading / minutes served under the bar): " + (", ".join(
+                f"{k['skill']} L{k['level']} {k['min']:.0%} / {k['minutes_below']:.1f} of {k['minutes']:.1f} min"
+                for k in s.get("served", [])) or "-")
             + "; ladder accuracy at the end: " + (", ".join(
                 f"{k.split(':', 1)[1]} {v:.0%}" for k, v in s["rungs"].items() if v is not None) or "-")]
 

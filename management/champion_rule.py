@@ -68,14 +68,21 @@ def improvement(candidate: float, baseline: float, metric: str) -> float:
     return candidate - baseline
 
 
-def champion_decision(candidate: dict, baseline: dict | None, cc, rule: str | None = None) -> Decision:
-    """Does `candidate` beat the deployed `baseline` (both ledger entries) under comparison.rule (or `rule`)?"""
+def mastery_floor(cfg) -> float | None:
+    """The bar a passed level the deployed version holds must stay at under the paired rule (None: not guarded)."""
+    return cfg.data_manager.threshold if cfg.comparison.keep_mastered else None
+
+
+def champion_decision(candidate: dict, baseline: dict | None, cc, rule: str | None = None,
+                      floor: float | None = None) -> Decision:
+    """Does `candidate` beat the deployed `baseline` (both ledger entries) under comparison.rule (or `rule`)?
+    `floor`: the paired rule's mastery guard (`mastery_floor`)."""
     if (rule or cc.rule) == "paired":
-        return paired_champion_decision(candidate, baseline, cc)
+        return paired_champion_decision(candidate, baseline, cc, floor)
     return margin_decision(candidate, baseline, cc)
 
 
-def paired_champion_decision(candidate: dict, baseline: dict | None, cc) -> Decision:
+def paired_champion_decision(candidate: dict, baseline: dict | None, cc, floor: float | None = None) -> Decision:
     from management.paired_test import paired_decision
 
     if candidate.get("status") != "scored" or not candidate.get("sets"):
@@ -85,7 +92,7 @@ def paired_champion_decision(candidate: dict, baseline: dict | None, cc) -> Deci
         return Decision(False, f"non-finite loss on {', '.join(broken)}", rule="paired")
     if baseline is None:
         return Decision(True, "no deployed baseline", rule="paired")
-    d = paired_decision(candidate["sets"], baseline.get("sets") or {}, cc)
+    d = paired_decision(candidate["sets"], baseline.get("sets") or {}, cc, floor)
     tests = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in t.__dict__.items()} for t in d.tests]
     return Decision(d.accepted, d.reason, rule="paired", tests=tests)
 
@@ -141,7 +148,7 @@ def pick_champion(cfg, ledger: dict, baseline_content_id: str | None, exclude: s
     baseline = entry_for_content(ledger, baseline_content_id)
     last = None
     for entry in candidates(cfg, ledger, baseline_content_id, exclude):
-        decision = champion_decision(entry, baseline, cfg.comparison)
+        decision = champion_decision(entry, baseline, cfg.comparison, floor=mastery_floor(cfg))
         if decision.accepted:
             return entry, decision
         last = last or (entry, decision)

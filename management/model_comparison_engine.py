@@ -27,7 +27,9 @@ management/eval_source.py), comparison.rule:
     bootstrap on per-item loss) at comparison.confidence: promoted when better
     on at least one set, refused when any guarded set (every ladder rung's exact
     match, trained/validation/anchor loss, eval files) regresses beyond its
-    tolerance, and refused on a tie. Newest candidate first.
+    tolerance, refused when it reads under the mastery bar on a passed level the
+    deployed version holds (comparison.keep_mastered), and refused on a tie.
+    Newest candidate first.
   * "margin" (the old rule): the primary metric improves by comparison.margin
     AND anchor loss does not regress by more than comparison.guard_tolerance.
 Without a deployed baseline the best-ranked (paired: the newest) checkpoint
@@ -52,7 +54,8 @@ from pathlib import Path
 from core.manifest import ManifestError, content_id, read_manifest
 from core.state.base import StateError, parse_record
 from core.state.ledger import Ledger, read_ledger, write_ledger
-from management.champion_rule import Decision, candidates, champion_decision, entry_for_content, metric_value, rank
+from management.champion_rule import (Decision, candidates, champion_decision, entry_for_content, mastery_floor,
+                                     metric_value, rank)
 from management.eval_source import EvalSource
 from trainer.checkpoint import CheckpointInfo, list_checkpoints
 from management.deployment_state import active_content_id
@@ -111,7 +114,7 @@ def record_verdicts(cfg, baseline_content_id: str | None, exclude: set[str] = fr
         out = {"key": key, "baseline": baseline_content_id, "baseline_checkpoint": (baseline or {}).get("checkpoint"),
                "at": _now()}
         for rule in ("paired", "margin"):
-            d = champion_decision(entry, baseline, cfg.comparison, rule)
+            d = champion_decision(entry, baseline, cfg.comparison, rule, mastery_floor(cfg))
             out[rule] = {"accepted": d.accepted, "reason": d.reason}
         entry["verdicts"] = (verdicts + [out])[-keep:]
         changed += 1

@@ -17,15 +17,20 @@ for the whole family and not for each of twenty sets):
   1. refused when any guarded test regresses: p_worse < alpha / n_guard_tests AND
      the drop exceeds its tolerance (comparison.accuracy_tolerance points of exact
      match, comparison.guard_tolerance relative loss). The reason names the set;
-  2. refused when no improvement test has p_better < alpha / n_improvement_tests
+  2. refused when the candidate drops under the mastery bar (`floor`: data_manager.threshold when
+     comparison.keep_mastered) on a level a skill has passed (a ladder rung below the skill's highest one)
+     where the deployed version reads at or above it: the served version keeps every level it holds, on the
+     rung's fixed items. Test 1 alone lets a mastered level slide (the Bonferroni split over ~15 guarded sets
+     needs ~9 losses of 24 and no win before it calls a drop significant);
+  3. refused when no improvement test has p_better < alpha / n_improvement_tests
      (a noisy tie is not a promotion);
-  3. otherwise accepted, naming the sets it is better on.
+  4. otherwise accepted, naming the sets it is better on.
 
 Which metrics serve as improvement evidence and which are guarded, per kind of
 set, is the table ROLES. The loss of a mastered ladder rung is not guarded (it
 drifts while the answers stay right); its exact match is.
 
-Library only: `paired_decision(candidate_sets, baseline_sets, cc)`.
+Library only: `paired_decision(candidate_sets, baseline_sets, cc, floor=None)`.
 """
 from __future__ import annotations
 
@@ -132,8 +137,19 @@ def paired_tests(cand: dict, base: dict, cc) -> tuple[list[PairedTest], list[str
     return tests, unpaired
 
 
-def paired_decision(cand: dict, base: dict, cc) -> PairedDecision:
-    """Accept `cand` (set results of the candidate) over `base` (the deployed version's) under the paired rule."""
+def passed_rungs(sets: dict) -> set[str]:
+    """Ladder set ids below their skill's highest rung in `sets`: the levels each skill has passed."""
+    top: dict[str, int] = {}
+    for r in sets.values():
+        if r.get("kind") == "ladder" and r.get("skill") and isinstance(r.get("level"), int):
+            top[r["skill"]] = max(top.get(r["skill"], 0), r["level"])
+    return {sid for sid, r in sets.items() if r.get("kind") == "ladder" and r.get("skill") in top
+            and isinstance(r.get("level"), int) and r["level"] < top[r["skill"]]}
+
+
+def paired_decision(cand: dict, base: dict, cc, floor: float | None = None) -> PairedDecision:
+    """Accept `cand` (set results of the candidate) over `base` (the deployed version's) under the paired rule;
+    `floor`: the mastery bar a passed level the deployed version holds must stay at (None: no such guard)."""
     tests, unpaired = paired_tests(cand, base, cc)
     if not tests:
         return PairedDecision(False, f"no item set scored for both the candidate and the deployed version "
@@ -150,6 +166,16 @@ def paired_decision(cand: dict, base: dict, cc) -> PairedDecision:
         more = f" (+{len(regressions) - 1} more)" if len(regressions) > 1 else ""
         return PairedDecision(False, f"{what} {worst.describe()}, p={worst.p_worse:.2g} < {a_guard:.2g}{more}: "
                                      f"forgetting guard", tests, unpaired, a_better, a_guard)
+    if floor is not None:
+        passed = passed_rungs(cand)
+        dropped = [t for t in tests if t.metric == "exact" and t.set in passed
+                   and t.baseline >= floor - 1e-9 and t.candidate < floor - 1e-9]
+        if dropped:
+            worst = min(dropped, key=lambda t: t.candidate)
+            more = f" (+{len(dropped) - 1} more)" if len(dropped) > 1 else ""
+            return PairedDecision(False, f"forgets {worst.describe()}: under the mastery bar {floor:.0%} on a passed "
+                                         f"level the deployed version holds{more}: mastery guard",
+                                  tests, unpaired, a_better, a_guard)
     better = sorted((t for t in improve if t.p_better < a_better), key=lambda t: t.p_better)
     if not better:
         best = min(improve, key=lambda t: t.p_better, default=None)

@@ -82,6 +82,47 @@ def test_better_on_the_current_level_but_forgetting_a_lower_level_is_refused(cc)
     assert paired_decision(flip, base, cc).accepted
 
 
+def test_mastery_guard_keeps_a_passed_level_the_deployed_version_holds(cc):
+    base = deployed_sets()  # binary L1 at 24/24 (passed), L2 the current level
+    better_now = res("ladder", "1" * 14 + "0" * 6 + "1" * 4, noisy(0.9, 4), skill="binary", level=2)
+    # L1 loses 5 of 24 (79 %, under the 80 % bar): not significant after the Bonferroni split (p = 1/32 > 0.05/3) ...
+    slid = {**base, "ladder:binary:L2": better_now,
+            "ladder:binary:L1": res("ladder", "0" * 5 + "1" * 19, noisy(0.2, 1), skill="binary", level=1)}
+    assert paired_decision(slid, base, cc).accepted
+    # ... but the deployed version holds L1 at or above the bar, so under the mastery guard it is refused, named
+    d = paired_decision(slid, base, cc, floor=0.8)
+    assert not d.accepted
+    assert d.reason == ("forgets ladder:binary:L1 exact 1 -> 0.7917 (n=24): under the mastery bar 80% on a passed "
+                        "level the deployed version holds: mastery guard")
+    # 4 of 24 lost (83 %) stays over the bar: promoted (the guard is the bar itself, no tolerance)
+    four = {**slid, "ladder:binary:L1": res("ladder", "0" * 4 + "1" * 20, noisy(0.2, 1), skill="binary", level=1)}
+    assert paired_decision(four, base, cc, floor=0.8).accepted
+    # the current level (the skill's highest rung) is never floored: it is still being learned
+    assert paired_decision({**base, "ladder:binary:L2": better_now}, base, cc, floor=0.8).accepted
+    # a passed level the deployed version itself holds under the bar is not floored (only a significant drop blocks)
+    weak = {**base, "ladder:binary:L1": res("ladder", "0" * 6 + "1" * 18, noisy(0.2, 1), skill="binary", level=1)}
+    weaker = {**slid, "ladder:binary:L1": res("ladder", "0" * 7 + "1" * 17, noisy(0.2, 1), skill="binary", level=1)}
+    assert paired_decision(weaker, weak, cc, floor=0.8).accepted
+
+
+def test_mastery_guard_follows_comparison_keep_mastered(make_config):
+    from management.champion_rule import mastery_floor
+    assert mastery_floor(make_config()) == 0.8                       # data_manager.threshold
+    assert mastery_floor(make_config({"data_manager.threshold": 0.9})) == 0.9
+    assert mastery_floor(make_config({"comparison.keep_mastered": False})) is None
+    base = {"status": "scored", "step": 10, "content_id": "a", "sets": deployed_sets()}
+    slid = {"status": "scored", "step": 20, "content_id": "b", "sets": {
+        **deployed_sets(), "ladder:binary:L2": res("ladder", "1" * 14 + "0" * 6 + "1" * 4, noisy(0.9, 4), skill="binary", level=2),
+        "ladder:binary:L1": res("ladder", "0" * 5 + "1" * 19, noisy(0.2, 1), skill="binary", level=1)}}
+    cfg = make_config()
+    assert "mastery guard" in champion_decision(slid, base, cfg.comparison, floor=mastery_floor(cfg)).reason
+    ledger = {"checkpoints": {"checkpoint-10": {**base, "checkpoint": "checkpoint-10"},
+                              "checkpoint-20": {**slid, "checkpoint": "checkpoint-20"}}}
+    assert pick_champion(cfg, ledger, "a")[0] is None
+    off = make_config({"comparison.keep_mastered": False})
+    assert pick_champion(off, ledger, "a")[0]["checkpoint"] == "checkpoint-20"
+
+
 def test_better_on_the_current_level_but_forgetting_the_anchor_set_is_refused(cc):
     base = deployed_sets()
     better_now = res("ladder", "1" * 14 + "0" * 6 + "1" * 4, noisy(0.9, 4), skill="binary", level=2)
