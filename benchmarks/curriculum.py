@@ -10,8 +10,12 @@ paired verdicts, so the margin run shows the same measure), and the minutes in
 which such a checkpoint had waited over 5 min; the seconds from each level-up to
 the claim of the first file with rows of the new level; how each mastered level
 held after its level-up (its ladder accuracy on every later checkpoint: lowest,
-readings below the bar, lowest mean of the curriculum's window); the newest
-checkpoint's accuracy on every ladder rung; and the scoring cost.
+readings below the bar, lowest mean of the curriculum's window) and what the
+served versions read on it (lowest, minutes a version under the bar was
+served); the newest checkpoint's accuracy on every ladder rung; the scoring
+cost; and the last served version's accuracy on --fresh-items new items of
+every level (a seed no ladder or batch uses): the ladder's fixed 24 items chose
+it, so this is the unbiased figure.
 
 Part B takes one fixed generated data set (binary levels 1-2 from the built-in
 skill, seeded) and trains the same tiny model for the same wall-clock budget
@@ -21,7 +25,7 @@ both on the same held-out binary level-2 problems by greedy generation and the
 skill's exact-match scorer.
 
 Run as:
-    python3 benchmarks/curriculum.py [--minutes 5] [--rule both] [--budget 90] [--skip-loop] [--skip-equal] [--write-docs]
+    python3 benchmarks/curriculum.py [--minutes 5] [--rule both] [--fresh-items 100] [--budget 90] [--skip-loop] [--skip-equal] [--write-docs]
 
 With --write-docs each closed-loop run goes to its rule's region of
 docs/benchmarks.md (curriculum_paired, curriculum_margin) and part B to the
@@ -50,7 +54,7 @@ from benchmarks.report import BenchmarkRun
 from core.state.queue_records import DATA_SUFFIX, META_SUFFIX, read_queue_meta
 from core.config import DataManagerConfig, Layout
 from core.state.curriculum import CurriculumState, read_curriculum
-from core.state.deployment import DeployEvent, deployment_events
+from core.state.deployment import DeployEvent, deployment_events, read_deployment_state
 from core.state.ledger import ScoreStatus, read_ledger
 
 
@@ -188,7 +192,46 @@ def served_after_mastery(base: Path, curriculum: CurriculumState, started: float
     return out
 
 
-def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int) -> dict:
+FRESH_SEED = 424242  # no ladder rung (data_manager/ladder.py) or generated batch uses it
+
+
+def fresh_accuracy(cfg_path: Path, model: Path, rungs: list[tuple[str, int]], n: int) -> dict[str, float]:
+    """Accuracy of `model` on n new items per (skill, level), generated in-process by the built-in skill and scored
+    with the comparison engine's own generation budget and the skill's scorer."""
+    from core.config import load_config
+    from data_manager.skills import get_skill
+    from management.scoring import CheckpointScorer, answer_budget
+
+    cfg = load_config(cfg_path)
+    scorer = CheckpointScorer(cfg, model)
+    out = {}
+    try:
+        for name, level in rungs:
+            skill = get_skill(name)
+            samples = [x.to_dict() for x in skill.generate(level, n, FRESH_SEED)]
+            budget, _ = answer_budget(scorer.tokenizer, samples, cfg.comparison.max_new_tokens)
+            answers, _ = scorer.generate([[{"role": "user", "content": x["user_prompt"]}] for x in samples], budget)
+            out[f"{name}:L{level}"] = sum(skill.score_sample(x, a).correct for x, a in zip(samples, answers)) / n
+    finally:
+        scorer.close()
+    return out
+
+
+def fresh_report(base: Path, target: str, curriculum: CurriculumState, n: int) -> dict:
+    """The version `target` serves at the end, on n new items of every level up to each skill's current one, beside
+    its ladder reading ({} when nothing is served or n is 0)."""
+    active = read_deployment_state(Layout.from_base(base)).active(target)
+    if not n or active is None or not Path(active.path or "").is_dir():
+        return {}
+    levels = [(sk, lv) for sk, st in curriculum.skills.items() for lv in range(1, st.level + 1)]
+    fresh = fresh_accuracy(base / "config.json", Path(active.path), levels, n)
+    ledger = read_ledger(Layout.from_base(base))
+    entry = ledger.checkpoints.get(active.checkpoint or "") if ledger else None
+    ladder = {k.split(":", 1)[1]: r.accuracy for k, r in ((entry.sets or {}).items() if entry else ()) if r.kind == "ladder"}
+    return {"version": active.version, "n": n, "rungs": {k: (v, ladder.get(k)) for k, v in fresh.items()}}
+
+
+def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int, fresh_items: int = 100) -> dict:
     """One run of part A; prints its report and returns the figures --write-docs puts in a table."""
     base = Path(tempfile.mkdtemp(prefix=f"cadence-curriculum-{rule}-"))
     shutil.copytree(model_dir, base / "models" / "base")
@@ -265,6 +308,11 @@ def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int) -> d
         for k in served:
             print(f"  {k['skill']} L{k['level']} from {k['from_min']:.1f} min: {k['n']} versions, lowest {k['min']:.0%}, "
                   f"served under the bar {k['minutes_below']:.1f} of {k['minutes']:.1f} min, last {k['last']:.0%}")
+    summary["fresh"] = fresh_report(base, cfg["deploy"]["targets"][0]["name"], cur, fresh_items)
+    if summary["fresh"]:
+        f = summary["fresh"]
+        print(f"last served version {f['version']} on {f['n']} new items per level (its ladder reading): " + ", ".join(
+            f"{k} {v:.0%} ({'-' if lad is None else f'{lad:.0%}'})" for k, (v, lad) in f["rungs"].items()))
     rungs = ladder_now(base)
     summary["rungs"] = {k: v for k, v in rungs.items() if k != "checkpoint"}
     if rungs:
@@ -397,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port-base", type=int, default=18500, help="part A: first of the 4 ports per run (+20 per run)")
     parser.add_argument("--budget", type=float, default=90.0, help="part B: training seconds per contender")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--fresh-items", type=int, default=100,
+                        help="part A: new items per level the last served version is scored on at the end (0 = none)")
     parser.add_argument("--skip-loop", action="store_true")
     parser.add_argument("--skip-equal", action="store_true")
     parser.add_argument("--write-docs", action="store_true", help="write the result tables into docs/benchmarks.md")
@@ -410,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     loops, equal = [], {}
     if not args.skip_loop:
         for i, rule in enumerate(["paired", "margin"] if args.rule == "both" else [args.rule]):
-            loops.append(closed_loop(args.minutes, model_dir, rule, args.port_base + 20 * i))
+            loops.append(closed_loop(args.minutes, model_dir, rule, args.port_base + 20 * i, args.fresh_items))
     if not args.skip_equal:
         equal = equal_compute(args.budget, model_dir, args.lr)
     if args.write_docs:
@@ -436,7 +486,11 @@ def loop_row(s: dict) -> list[str]:
                 f"{k['skill']} L{k['level']} {k['min']:.0%} / {k['minutes_below']:.1f} of {k['minutes']:.1f} min"
                 for k in s.get("served", [])) or "-")
             + "; ladder accuracy at the end: " + (", ".join(
-                f"{k.split(':', 1)[1]} {v:.0%}" for k, v in s["rungs"].items() if v is not None) or "-")]
+                f"{k.split(':', 1)[1]} {v:.0%}" for k, v in s["rungs"].items() if v is not None) or "-")
+            + (f"; last served version ({s['fresh']['version']}) on {s['fresh']['n']} new items per level "
+               "(its ladder reading): " + ", ".join(
+                   f"{k} {v:.0%} ({'-' if lad is None else f'{lad:.0%}'})" for k, (v, lad) in s["fresh"]["rungs"].items())
+               if s.get("fresh") else "")]
 
 
 def write_docs(run: BenchmarkRun, loops: list[dict], equal: dict, args) -> None:
