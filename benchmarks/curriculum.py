@@ -95,7 +95,10 @@ def serving_lag(base: Path, end: float) -> dict:
                    for at, step, _ in better):
                 waiting += 1
             t += 60
-    return {"better": len(better), "lags": lags, "minutes_waiting_over_5": waiting, "promotions": len(promoted)}
+    times = sorted(ts for ts, _ in promoted)
+    gaps = [b - a for a, b in zip(times, times[1:] + [end])]
+    return {"better": len(better), "lags": lags, "minutes_waiting_over_5": waiting, "promotions": len(promoted),
+            "longest_gap_min": max(gaps) / 60 if gaps else None}
 
 
 def level_up_lag(base: Path, curriculum: CurriculumState) -> list[tuple[str, int, float | None]]:
@@ -275,7 +278,9 @@ def closed_loop(minutes: float, model_dir: Path, rule: str, port_base: int, fres
                "promotions": lag["promotions"], "global_step": max(steps or [0]), "better": lag["better"],
                "lag_median_min": None, "lag_max_min": None, "waiting_over_5": lag["minutes_waiting_over_5"],
                "never_served": 0, "rungs": {}, "level_up_s": []}
-    print(f"versions promoted: {lag['promotions']}; global step reached: {max(steps or [0])}")
+    summary["longest_gap_min"] = lag["longest_gap_min"]
+    print(f"versions promoted: {lag['promotions']}; global step reached: {max(steps or [0])}; longest time without a "
+          f"promotion: " + ("-" if lag["longest_gap_min"] is None else f"{lag['longest_gap_min']:.1f} min"))
     waits = [x for _, x, _ in lag["lags"]]
     if waits:
         censored = sum(1 for *_, c in lag["lags"] if c)
@@ -471,7 +476,9 @@ def main(argv: list[str] | None = None) -> int:
 def loop_row(s: dict) -> list[str]:
     return [f"A. closed loop, rule {s['rule']}, {s['minutes']:g} min (load {s['load'][0]:.1f} -> {s['load'][1]:.1f})",
             "; ".join(f"{skill} {text}" for skill, text in s["levels"].items()) or "-",
-            f"{s['promotions']} versions promoted, global step {s['global_step']}; {s['better']} checkpoints better "
+            f"{s['promotions']} versions promoted (longest time without one: "
+            + ("-" if s.get("longest_gap_min") is None else f"{s['longest_gap_min']:.1f} min")
+            + f"), global step {s['global_step']}; {s['better']} checkpoints better "
             "on the paired test, median lag until served "
             + ("-" if s["lag_median_min"] is None else f"{s['lag_median_min']:.1f} min (max {s['lag_max_min']:.1f}, "
                f"{s['never_served']} never served)")
