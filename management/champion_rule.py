@@ -129,8 +129,10 @@ def margin_decision(candidate: dict, baseline: dict | None, cc) -> Decision:
     return decision
 
 
-def candidates(cfg, ledger: dict, baseline_content_id: str | None, exclude: set[str] = frozenset()) -> list[dict]:
-    """Scored checkpoints newer than the deployed one, not tried yet, in the order the rule considers them."""
+def candidates(cfg, ledger: dict, baseline_content_id: str | None, exclude: set[str] = frozenset(),
+               published: set[str] | None = None) -> list[dict]:
+    """Scored checkpoints newer than the deployed one, not tried yet (and, given `published`, still on disk under
+    those names: rolling retention removes checkpoints the scorer has judged), in the order the rule considers them."""
     baseline = entry_for_content(ledger, baseline_content_id)
     base_step = int(baseline.get("step") or 0) if baseline else -1
     if cfg.comparison.rule == "paired":
@@ -140,14 +142,16 @@ def candidates(cfg, ledger: dict, baseline_content_id: str | None, exclude: set[
         ordered = rank(ledger["checkpoints"].values(), cfg.comparison.primary_metric)
     # never go back in training time automatically (that is an operator rollback)
     return [e for e in ordered if e.get("content_id") not in exclude and e.get("content_id") != baseline_content_id
-            and int(e.get("step") or 0) > base_step]
+            and int(e.get("step") or 0) > base_step and (published is None or e.get("checkpoint") in published)]
 
 
-def pick_champion(cfg, ledger: dict, baseline_content_id: str | None, exclude: set[str] = frozenset()) -> tuple[dict | None, Decision | None]:
-    """The first candidate (see `candidates`) that beats the deployed one (content ids in `exclude` were tried already)."""
+def pick_champion(cfg, ledger: dict, baseline_content_id: str | None, exclude: set[str] = frozenset(),
+                  published: set[str] | None = None) -> tuple[dict | None, Decision | None]:
+    """The first candidate (see `candidates`) that beats the deployed one (content ids in `exclude` were tried already;
+    `published`: the checkpoint names on disk, when only those can be deployed)."""
     baseline = entry_for_content(ledger, baseline_content_id)
     last = None
-    for entry in candidates(cfg, ledger, baseline_content_id, exclude):
+    for entry in candidates(cfg, ledger, baseline_content_id, exclude, published):
         decision = champion_decision(entry, baseline, cfg.comparison, floor=mastery_floor(cfg))
         if decision.accepted:
             return entry, decision

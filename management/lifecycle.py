@@ -24,7 +24,7 @@ from management.auto_disk_manager import check
 from management.deployment_orchestrator import Orchestrator, active_content_id, tried_content_ids
 from management.champion_rule import pick_champion
 from management.model_comparison_engine import load_ledger, record_champion, record_verdicts, score_new_checkpoints
-from management.retention import apply_retention
+from management.retention import apply_retention, write_protected
 from trainer.checkpoint import list_checkpoints
 
 logger = logging.getLogger("management")
@@ -51,12 +51,15 @@ class LifecycleWorker:
         tried = tried_content_ids(cfg)
         record_verdicts(cfg, baseline, tried)  # both rules' verdicts, kept for the ranking page and the benchmark
         ledger = load_ledger(cfg)
-        entry, decision = pick_champion(cfg, ledger, baseline, tried)
+        # only what is still on disk: the trainer's rolling retention removes checkpoints the scorer has judged (a
+        # removed champion was picked again on every pass, its deploy failing, until a newer one passed)
+        entry, decision = pick_champion(cfg, ledger, baseline, tried, set(self._published()))
         if entry is None:
             if decision is not None:
                 logger.info("no champion: %s", decision.reason)
             return None
         record_champion(cfg, entry, decision, baseline)
+        write_protected(cfg)  # the champion is kept from the trainer's rolling retention while it is deployed
         logger.info("champion %s: %s", entry["checkpoint"], decision.reason)
         if not (cfg.deploy.enabled and cfg.deploy.targets):
             return None

@@ -126,6 +126,26 @@ def test_broken_checkpoint_is_refused_while_the_old_version_serves(deployed, mic
         assert orch.deploy("checkpoint-20")["status"] == "skipped"
 
 
+def test_a_champion_removed_from_disk_is_passed_over_and_the_next_one_is_deployed(deployed, micro_model_dir,
+                                                                                   monkeypatch):
+    """The trainer's rolling retention removes checkpoints the scorer has judged; the newest passing one used to be
+    picked again on every pass, its deploy failing ('not a published checkpoint'), until a newer one passed."""
+    from management import champion_rule
+    cfg, server, worker = deployed
+    monkeypatch.setattr(champion_rule, "champion_decision",  # the rule under test elsewhere: here any newer one passes
+                        lambda entry, baseline, cc, rule=None, floor=None: champion_rule.Decision(True, "newer", rule="paired"))
+    make_checkpoint(cfg, micro_model_dir, 20, seed=2)
+    make_checkpoint(cfg, micro_model_dir, 30, seed=3)
+    worker.score()
+    shutil.rmtree(cfg.layout.current_model / "checkpoint-30")       # removed after scoring, before the deploy step
+    result = worker.champion_and_deploy()
+    assert result["status"] == "promoted", result
+    assert load_state(cfg)["targets"]["local"]["active"]["checkpoint"] == "checkpoint-20"
+    assert served(server)["global_step"] == 20
+    # the champion was pinned in protected.json before its deploy, so rolling retention keeps it meanwhile
+    assert '"champion": "checkpoint-20"' in (cfg.layout.current_model / "protected.json").read_text().replace("\n", "")
+
+
 def test_failed_health_window_rolls_back(deployed, micro_model_dir, tmp_path):
     cfg, server, worker = deployed
     before = served(server)

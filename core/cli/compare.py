@@ -17,6 +17,7 @@ from core.config import add_config_args, config_or_exit
 from management.deployment_orchestrator import active_content_id, tried_content_ids
 from management.champion_rule import pick_champion
 from management.model_comparison_engine import _print_table, load_ledger, score_new_checkpoints
+from trainer.checkpoint import list_checkpoints
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ledger = load_ledger(cfg)
     if args.command == "champion":
         base = active_content_id(cfg)
-        entry, decision = pick_champion(cfg, ledger, base, tried_content_ids(cfg))
+        on_disk = {c.path.name for c in list_checkpoints(cfg.layout.current_model)}  # as the lifecycle picks
+        entry, decision = pick_champion(cfg, ledger, base, tried_content_ids(cfg), on_disk)
         out = {"champion": entry and entry["checkpoint"], "decision": decision and decision.to_dict(), "deployed_content_id": base}
         print(json.dumps(out, indent=2) if args.json else
               f"champion: {out['champion'] or 'none'} ({decision.reason if decision else 'no scored checkpoints'})")
