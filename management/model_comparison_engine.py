@@ -27,8 +27,8 @@ management/eval_source.py), comparison.rule:
     bootstrap on per-item loss) at comparison.confidence: promoted when better
     on at least one set, refused when any guarded set (every ladder rung's exact
     match, trained/validation/anchor loss, eval files) regresses beyond its
-    tolerance, refused when it reads under the mastery bar on a passed level the
-    deployed version holds (comparison.keep_mastered), and refused on a tie.
+    tolerance, refused when it reads under both the mastery bar and the deployed
+    version on a passed level (comparison.keep_mastered), and refused on a tie.
     Newest candidate first.
   * "margin" (the old rule): the primary metric improves by comparison.margin
     AND anchor loss does not regress by more than comparison.guard_tolerance.

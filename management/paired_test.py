@@ -17,11 +17,12 @@ for the whole family and not for each of twenty sets):
   1. refused when any guarded test regresses: p_worse < alpha / n_guard_tests AND
      the drop exceeds its tolerance (comparison.accuracy_tolerance points of exact
      match, comparison.guard_tolerance relative loss). The reason names the set;
-  2. refused when the candidate drops under the mastery bar (`floor`: data_manager.threshold when
-     comparison.keep_mastered) on a level a skill has passed (a ladder rung below the skill's highest one)
-     where the deployed version reads at or above it: the served version keeps every level it holds, on the
-     rung's fixed items. Test 1 alone lets a mastered level slide (the Bonferroni split over ~15 guarded sets
-     needs ~9 losses of 24 and no win before it calls a drop significant);
+  2. refused when, on a level a skill has passed (a ladder rung below the skill's highest one), the candidate
+     reads under both the mastery bar (`floor`: data_manager.threshold when comparison.keep_mastered) and the
+     deployed version: a passed level the served version holds stays at or above the bar, and one it does
+     not hold yet (right after a level-up) never reads lower, on the rung's fixed items. Test 1 alone lets a
+     passed level slide (the Bonferroni split over ~15 guarded sets needs ~9 losses of 24 and no win before
+     it calls a drop significant);
   3. refused when no improvement test has p_better < alpha / n_improvement_tests
      (a noisy tie is not a promotion);
   4. otherwise accepted, naming the sets it is better on.
@@ -169,12 +170,12 @@ def paired_decision(cand: dict, base: dict, cc, floor: float | None = None) -> P
     if floor is not None:
         passed = passed_rungs(cand)
         dropped = [t for t in tests if t.metric == "exact" and t.set in passed
-                   and t.baseline >= floor - 1e-9 and t.candidate < floor - 1e-9]
+                   and t.candidate < min(floor, t.baseline) - 1e-9]
         if dropped:
             worst = min(dropped, key=lambda t: t.candidate)
             more = f" (+{len(dropped) - 1} more)" if len(dropped) > 1 else ""
-            return PairedDecision(False, f"forgets {worst.describe()}: under the mastery bar {floor:.0%} on a passed "
-                                         f"level the deployed version holds{more}: mastery guard",
+            return PairedDecision(False, f"forgets {worst.describe()}: a passed level under the mastery bar "
+                                         f"{floor:.0%} and under the deployed version{more}: mastery guard",
                                   tests, unpaired, a_better, a_guard)
     better = sorted((t for t in improve if t.p_better < a_better), key=lambda t: t.p_better)
     if not better:

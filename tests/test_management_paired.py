@@ -82,7 +82,7 @@ def test_better_on_the_current_level_but_forgetting_a_lower_level_is_refused(cc)
     assert paired_decision(flip, base, cc).accepted
 
 
-def test_mastery_guard_keeps_a_passed_level_the_deployed_version_holds(cc):
+def test_mastery_guard_keeps_a_passed_level_at_the_bar_or_at_least_where_the_deployed_version_has_it(cc):
     base = deployed_sets()  # binary L1 at 24/24 (passed), L2 the current level
     better_now = res("ladder", "1" * 14 + "0" * 6 + "1" * 4, noisy(0.9, 4), skill="binary", level=2)
     # L1 loses 5 of 24 (79 %, under the 80 % bar): not significant after the Bonferroni split (p = 1/32 > 0.05/3) ...
@@ -92,17 +92,22 @@ def test_mastery_guard_keeps_a_passed_level_the_deployed_version_holds(cc):
     # ... but the deployed version holds L1 at or above the bar, so under the mastery guard it is refused, named
     d = paired_decision(slid, base, cc, floor=0.8)
     assert not d.accepted
-    assert d.reason == ("forgets ladder:binary:L1 exact 1 -> 0.7917 (n=24): under the mastery bar 80% on a passed "
-                        "level the deployed version holds: mastery guard")
+    assert d.reason == ("forgets ladder:binary:L1 exact 1 -> 0.7917 (n=24): a passed level under the mastery bar 80% "
+                        "and under the deployed version: mastery guard")
     # 4 of 24 lost (83 %) stays over the bar: promoted (the guard is the bar itself, no tolerance)
     four = {**slid, "ladder:binary:L1": res("ladder", "0" * 4 + "1" * 20, noisy(0.2, 1), skill="binary", level=1)}
     assert paired_decision(four, base, cc, floor=0.8).accepted
     # the current level (the skill's highest rung) is never floored: it is still being learned
     assert paired_decision({**base, "ladder:binary:L2": better_now}, base, cc, floor=0.8).accepted
-    # a passed level the deployed version itself holds under the bar is not floored (only a significant drop blocks)
+    # a passed level the deployed version reads under the bar (right after a level-up) may not read lower: one item
+    # less is refused, the same reading or a better one passes
     weak = {**base, "ladder:binary:L1": res("ladder", "0" * 6 + "1" * 18, noisy(0.2, 1), skill="binary", level=1)}
     weaker = {**slid, "ladder:binary:L1": res("ladder", "0" * 7 + "1" * 17, noisy(0.2, 1), skill="binary", level=1)}
-    assert paired_decision(weaker, weak, cc, floor=0.8).accepted
+    same = {**slid, "ladder:binary:L1": res("ladder", "1" + "0" * 6 + "1" * 17, noisy(0.2, 1), skill="binary", level=1)}
+    d = paired_decision(weaker, weak, cc, floor=0.8)
+    assert not d.accepted and d.reason.startswith("forgets ladder:binary:L1 exact 0.75 -> 0.7083 (n=24)")
+    assert paired_decision(same, weak, cc, floor=0.8).accepted
+    assert paired_decision(weaker, weak, cc).accepted            # without the guard: one item is noise
 
 
 def test_mastery_guard_follows_comparison_keep_mastered(make_config):
