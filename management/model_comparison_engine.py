@@ -241,6 +241,9 @@ def score_new_checkpoints(cfg, limit: int | None = None, only: str | None = None
     source = EvalSource(cfg)
     done = []
     for ckpt in todo:
+        if not ckpt.path.is_dir():  # rolling retention removed it while the newer ones were scored
+            logger.info("%s was removed before it was scored (rolling retention): skipped", ckpt.path.name)
+            continue
         base_cid = _deployed_content_id(cfg)
         base = entry_for_content(load_ledger(cfg), base_cid)
         since = int(base["step"]) if base and base.get("step") is not None else None
@@ -250,6 +253,9 @@ def score_new_checkpoints(cfg, limit: int | None = None, only: str | None = None
             logger.exception("building the item sets for %s failed", ckpt.path.name)
             sets = None
         entry = score_checkpoint(cfg, ckpt, source, since, sets)
+        if entry["status"] != "scored" and not ckpt.path.is_dir():  # not a broken checkpoint: a removed one
+            logger.info("%s was removed while it was scored (rolling retention): not recorded", ckpt.path.name)
+            continue
         ledger = load_ledger(cfg)
         ledger["checkpoints"][entry["checkpoint"]] = entry
         save_ledger(cfg, ledger)  # persisted before the curriculum hears of it: a restart never re-scores

@@ -162,3 +162,33 @@ def test_without_a_validation_file_a_frozen_set_is_made_once_from_held_out_evals
     make_checkpoint(cfg, micro_model_dir, 20, seed=1)
     score_new_checkpoints(cfg)
     assert [json.loads(line) for line in frozen.read_text().splitlines()] == rows
+
+
+def test_a_checkpoint_removed_before_or_while_it_is_scored_is_skipped_not_recorded_as_failed(make_config,
+                                                                                             micro_model_dir,
+                                                                                             monkeypatch, caplog):
+    """The trainer's rolling retention removes checkpoints while the scorer works through a backlog (newest first):
+    such a checkpoint is no broken one (it used to be recorded as failed with a model hub 'Repo id' error)."""
+    import shutil
+    from management import model_comparison_engine as mce
+
+    cfg = make_config({"comparison.validation_file": "val.jsonl", "comparison.eval_samples": 0})
+    write_chat_rows(cfg.layout.base_dir / "val.jsonl", 4)
+    for step in (10, 20, 30):
+        make_checkpoint(cfg, micro_model_dir, step, seed=step)
+    real = mce.score_checkpoint
+
+    def scoring_while_retention_runs(cfg_, ckpt, *a, **k):
+        if ckpt.step == 30:  # while the newest is scored, checkpoint-10 goes
+            shutil.rmtree(cfg.layout.current_model / "checkpoint-10")
+        if ckpt.step == 20:  # and checkpoint-20 goes while it is being scored
+            shutil.rmtree(ckpt.path)
+        return real(cfg_, ckpt, *a, **k)
+
+    monkeypatch.setattr(mce, "score_checkpoint", scoring_while_retention_runs)
+    with caplog.at_level("INFO", logger="management.model_comparison_engine"):
+        done = score_new_checkpoints(cfg)
+    assert [e["checkpoint"] for e in done] == ["checkpoint-30"] and done[0]["status"] == "scored"
+    assert set(load_ledger(cfg)["checkpoints"]) == {"checkpoint-30"}
+    assert "checkpoint-10 was removed before it was scored (rolling retention): skipped" in caplog.text
+    assert "checkpoint-20 was removed while it was scored (rolling retention): not recorded" in caplog.text
