@@ -139,6 +139,14 @@ def ladder_now(base: Path) -> dict:
                                               if r.kind == "ladder"}}
 
 
+def passed_levels(curriculum: CurriculumState):
+    """(skill, promotion, ladder set id) per level the curriculum promoted a skill past, one level at a time."""
+    for skill, state in curriculum.skills.items():
+        for p in state.promotions:
+            if p.step is not None and p.to == p.from_level + 1:
+                yield skill, p, f"ladder:{skill}:L{p.from_level}"
+
+
 def kept_after_mastery(base: Path, curriculum: CurriculumState, started: float, bar: float, window: int) -> list[dict]:
     """Per mastered level (the curriculum promoted the skill past it): its ladder accuracy on every checkpoint scored
     after that promotion's step, as the lowest single reading, the readings below the bar, and the lowest mean of
@@ -148,19 +156,15 @@ def kept_after_mastery(base: Path, curriculum: CurriculumState, started: float, 
     entries = sorted((e for e in (ledger.checkpoints.values() if ledger else ()) if e.status is ScoreStatus.scored and e.sets),
                      key=lambda e: e.step)
     out = []
-    for skill, state in curriculum.skills.items():
-        for p in state.promotions:
-            if p.step is None or p.to != p.from_level + 1:
-                continue
-            key = f"ladder:{skill}:L{p.from_level}"
-            acc = [e.sets[key].accuracy for e in entries if e.step > p.step and key in e.sets
-                   and e.sets[key].accuracy is not None]
-            if not acc:
-                continue
-            means = [sum(acc[i:i + window]) / window for i in range(len(acc) - window + 1)] or [sum(acc) / len(acc)]
-            out.append({"skill": skill, "level": p.from_level, "from_min": (_ts(p.at) - started) / 60, "n": len(acc),
-                        "min": min(acc), "below": sum(a + 1e-9 < bar for a in acc), "min_mean": min(means),
-                        "last": acc[-1]})
+    for skill, p, key in passed_levels(curriculum):
+        acc = [e.sets[key].accuracy for e in entries if e.step > p.step and key in e.sets
+               and e.sets[key].accuracy is not None]
+        if not acc:
+            continue
+        means = [sum(acc[i:i + window]) / window for i in range(len(acc) - window + 1)] or [sum(acc) / len(acc)]
+        out.append({"skill": skill, "level": p.from_level, "from_min": (_ts(p.at) - started) / 60, "n": len(acc),
+                    "min": min(acc), "below": sum(a + 1e-9 < bar for a in acc), "min_mean": min(means),
+                    "last": acc[-1]})
     return out
 
 
@@ -175,23 +179,19 @@ def served_after_mastery(base: Path, curriculum: CurriculumState, started: float
     promoted = sorted((d.ts, d.checkpoint) for d in deployment_events(layout)
                       if d.event is DeployEvent.promoted and _step(d.checkpoint) is not None)
     out = []
-    for skill, state in curriculum.skills.items():
-        for p in state.promotions:
-            if p.step is None or p.to != p.from_level + 1:
-                continue
-            key = f"ladder:{skill}:L{p.from_level}"
-            served = [(ts, name) for ts, name in promoted if _step(name) >= p.step]
-            reads = []
-            for i, (ts, name) in enumerate(served):
-                until = served[i + 1][0] if i + 1 < len(served) else end
-                r = entries[name].sets.get(key) if name in entries else None
-                if r is not None and r.accuracy is not None:
-                    reads.append((r.accuracy, (until - ts) / 60))
-            if reads:
-                out.append({"skill": skill, "level": p.from_level, "from_min": (served[0][0] - started) / 60,
-                            "n": len(reads), "min": min(a for a, _ in reads), "last": reads[-1][0],
-                            "minutes_below": sum(m for a, m in reads if a + 1e-9 < bar),
-                            "minutes": sum(m for _, m in reads)})
+    for skill, p, key in passed_levels(curriculum):
+        served = [(ts, name) for ts, name in promoted if _step(name) >= p.step]
+        reads = []
+        for i, (ts, name) in enumerate(served):
+            until = served[i + 1][0] if i + 1 < len(served) else end
+            r = entries[name].sets.get(key) if name in entries else None
+            if r is not None and r.accuracy is not None:
+                reads.append((r.accuracy, (until - ts) / 60))
+        if reads:
+            out.append({"skill": skill, "level": p.from_level, "from_min": (served[0][0] - started) / 60,
+                        "n": len(reads), "min": min(a for a, _ in reads), "last": reads[-1][0],
+                        "minutes_below": sum(m for a, m in reads if a + 1e-9 < bar),
+                        "minutes": sum(m for _, m in reads)})
     return out
 
 
